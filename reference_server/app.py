@@ -1,0 +1,75 @@
+"""The application interface: the hooks a server calls, Swoole-style.
+
+Subclass :class:`Application` and override what you need. Each hook receives
+the :class:`~reference_server.runtime.api.Server` of the process it runs in,
+whose API has the same meaning in every process. A hook may be a coroutine
+function; it is then run as a task (so two messages of one session may be
+handled concurrently if the hook awaits).
+
+Which process runs which hook:
+
+============================  ==================================================
+``on_worker_start``           every worker and task worker, once started
+``on_open`` / ``on_message``  the worker that owns the session
+``on_close``                  the worker that owned the session, after release
+``on_task``                   a task worker; its return value (if not None)
+                              is sent back as if ``finish`` had been called
+``on_finish``                 the process that called ``task``
+``on_pipe_message``           the process named by ``send_message``
+``on_worker_exit``            a worker or task worker about to stop, its loop
+                              still running: clear your timers here
+``on_worker_stop``            the same process, last thing before it exits
+============================  ==================================================
+
+Custom processes (``add_process``) are declared in :attr:`processes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from websockets.http11 import Request
+
+    from .runtime.api import Server
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """A custom process: ``target(server)`` runs until it returns or the server stops.
+
+    It is respawned if it exits or crashes while the server runs.
+    """
+
+    name: str
+    target: Callable[[Server], Awaitable[None]]
+
+
+class Application:
+    processes: list[ProcessSpec] = []
+
+    def on_worker_start(self, server: Server) -> Any: ...
+    def on_open(self, server: Server, session: int, request: Request) -> Any: ...
+    def on_message(self, server: Server, session: int, data: str | bytes) -> Any: ...
+    def on_close(self, server: Server, session: int, code: int, reason: str) -> Any: ...
+    def on_task(self, server: Server, task_id: int, src_worker: int, data: Any) -> Any: ...
+    def on_finish(self, server: Server, task_id: int, data: Any) -> Any: ...
+    def on_pipe_message(self, server: Server, src: str, data: Any) -> Any: ...
+    def on_request(self, server: Server, src: str, data: Any) -> Any:
+        """Answer ``server.request(dst, data)`` from another process (may be async)."""
+        from .errors import ErrorCode, ServerError
+
+        raise ServerError(ErrorCode.UNSUPPORTED, "this application answers no requests")
+
+    def on_worker_exit(self, server: Server) -> Any: ...
+    def on_worker_stop(self, server: Server) -> Any: ...
+    def on_admin(self, server: Server, op: str, body: dict[str, Any]) -> Any:
+        """Application-specific admin operations (``POST /v1/app/{op}``).
+
+        Return a JSON-able value, or raise ``ServerError``. The default knows none.
+        """
+        from .errors import ErrorCode, ServerError
+
+        raise ServerError(ErrorCode.NOT_FOUND, f"unknown application operation {op!r}")

@@ -1,0 +1,362 @@
+"""The scenario application: the contract's application protocol (v1) on the reference API.
+
+Clients send JSON text messages ``{"op": ..., "id": ...}``; every request gets
+exactly one reply ``{"re": id, "ok": true, ...}`` or
+``{"re": id, "ok": false, "error": {"code": n, "name": "..."}}``. Messages the
+server sends on its own carry ``"ev"`` instead of ``"re"``. The full protocol
+is ``docs/contract-v1.md`` section 3; this module is its reference.
+
+Timers started by a session belong to the worker that owns that session, and
+are cleared when that session closes. A timer pushing to *another* session
+keeps pushing after the target is gone (that is the seed situation), counting
+each failure by error code so the client can ask.
+
+The sweep (contract section 4.3) runs in task worker 0 on a timer, using only
+the public API: it lists ``connections``, reads each session's info, and for
+each one that matches the rule pushes a notice and then closes it with 4001.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..app import Application
+from ..errors import CloseCode, ErrorCode, ServerError
+from ..runtime.api import Server
+
+SWEEPER = "task-0"
+
+
+@dataclass
+class AppTimer:
+    id: int
+    owner: int  # session that started it
+    to: int  # session it pushes to
+    remaining: int | None
+    seq: int = 0
+    sent: int = 0
+    failed: Counter = field(default_factory=Counter)
+    last_error: str = ""
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "timer": self.id,
+            "to": self.to,
+            "seq": self.seq,
+            "sent": self.sent,
+            "failed": {str(code): n for code, n in sorted(self.failed.items())},
+            "last_error": self.last_error,
+        }
+
+
+class BadRequest(Exception):
+    pass
+
+
+def _int(msg: dict, key: str, default: int | None = None, *, low: int | None = None) -> int:
+    value = msg.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadRequest(f"{key!r} must be an integer")
+    if low is not None and value < low:
+        raise BadRequest(f"{key!r} must be >= {low}")
+    return value
+
+
+class ContractApp(Application):
+    def __init__(self) -> None:
+        self.timers: dict[int, AppTimer] = {}
+        self.by_owner: dict[int, set[int]] = {}
+        self.pending_tasks: dict[int, tuple[int, Any]] = {}
+        # sweeper state (task worker 0)
+        self.rule: dict[str, Any] | None = None
+        self.rule_timer: int | None = None
+        self.sweeping = False
+        self.sweep_no = 0
+        self.reports: deque[dict[str, Any]] = deque(maxlen=200)
+
+    # -- sessions ------------------------------------------------------------------
+
+    def on_message(self, server: Server, session: int, data: str | bytes) -> None:
+        if isinstance(data, bytes):
+            self._reply(server, session, None, error=(ErrorCode.BAD_REQUEST, "binary messages carry no op"))
+            return
+        try:
+            msg = json.loads(data)
+            if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
+                raise BadRequest("expected a JSON object with a string 'op'")
+        except (ValueError, BadRequest) as exc:
+            self._reply(server, session, None, error=(ErrorCode.BAD_REQUEST, f"malformed request: {exc}"))
+            return
+        req_id = msg.get("id")
+        handler = getattr(self, "op_" + msg["op"], None)
+        if handler is None:
+            self._reply(server, session, req_id, error=(ErrorCode.UNSUPPORTED, f"unsupported op {msg['op']!r}"))
+            return
+        try:
+            result = handler(server, session, msg)
+        except BadRequest as exc:
+            self._reply(server, session, req_id, error=(ErrorCode.BAD_REQUEST, str(exc)))
+            return
+        if result is not None:
+            self._reply(server, session, req_id, **result)
+
+    def on_close(self, server: Server, session: int, code: int, reason: str) -> None:
+        for tid in self.by_owner.pop(session, ()):
+            server.clear(tid)
+            self.timers.pop(tid, None)
+
+    def on_worker_exit(self, server: Server) -> None:
+        # The fix the seed's users are given: clear this process's timers on exit.
+        server.clear_all()
+        self.timers.clear()
+        self.by_owner.clear()
+
+    def _reply(self, server: Server, to: int, req_id: Any, /, *, error=None, **fields: Any) -> None:
+        if error is not None:
+            code, message = error
+            payload = {"re": req_id, "ok": False, "error": {"code": int(code), "name": code.name, "message": message}}
+        else:
+            payload = {"re": req_id, "ok": True, **fields}
+        server.push(to, json.dumps(payload))
+
+    # -- operations (contract section 3) ----------------------------------------------
+
+    def op_whoami(self, server: Server, session: int, msg: dict) -> dict:
+        return {"session": session, "worker": server.worker_id, "pid": server.pid, "generation": server.generation}
+
+    def op_echo(self, server: Server, session: int, msg: dict) -> dict:
+        return {"seq": msg.get("seq"), "data": msg.get("data")}
+
+    def op_ping(self, server: Server, session: int, msg: dict) -> dict:
+        return {"pong": time.time()}
+
+    def op_timer_start(self, server: Server, session: int, msg: dict) -> dict:
+        interval = _int(msg, "interval_ms", low=1)
+        to = _int(msg, "to", session, low=1)
+        count = msg.get("count")
+        if count is not None:
+            count = _int(msg, "count", low=1)
+        tid = server.tick(interval, self._fire, label=f"session {session} -> {to}")
+        self.timers[tid] = AppTimer(tid, session, to, count)
+        self.by_owner.setdefault(session, set()).add(tid)
+        return {"timer": tid}
+
+    def _fire(self, tid: int) -> None:
+        timer = self.timers.get(tid)
+        server = self._server
+        if timer is None:
+            server.clear(tid)
+            return
+        timer.seq += 1
+        payload = json.dumps({"ev": "tick", "timer": tid, "seq": timer.seq, "to": timer.to, "from": timer.owner, "ts": time.time()})
+        if server.push(timer.to, payload):
+            timer.sent += 1
+        else:
+            timer.failed[int(server.last_error)] += 1
+            timer.last_error = server.last_error.name
+        if timer.remaining is not None:
+            timer.remaining -= 1
+            if timer.remaining <= 0:
+                self._drop_timer(server, tid)
+
+    def _drop_timer(self, server: Server, tid: int) -> AppTimer | None:
+        timer = self.timers.pop(tid, None)
+        if timer is not None:
+            server.clear(tid)
+            self.by_owner.get(timer.owner, set()).discard(tid)
+        return timer
+
+    def op_timer_stop(self, server: Server, session: int, msg: dict) -> dict:
+        tid = _int(msg, "timer")
+        timer = self.timers.get(tid)
+        if timer is None or timer.owner != session:
+            raise BadRequest(f"no timer {tid} started by this session")
+        self._drop_timer(server, tid)
+        return timer.status()
+
+    def op_timer_status(self, server: Server, session: int, msg: dict) -> dict:
+        tid = _int(msg, "timer")
+        timer = self.timers.get(tid)
+        if timer is None or timer.owner != session:
+            raise BadRequest(f"no timer {tid} started by this session")
+        return timer.status()
+
+    def op_push(self, server: Server, session: int, msg: dict) -> dict | None:
+        to = _int(msg, "to")
+        data = msg.get("data")
+        payload = json.dumps({"ev": "push", "from": session, "to": to, "data": data})
+        if server.push(to, payload):
+            return {}
+        code = server.last_error
+        self._reply(server, session, msg.get("id"), error=(code, f"push to session {to} failed"))
+        return None
+
+    def op_bind(self, server: Server, session: int, msg: dict) -> dict:
+        server.bind(session, _int(msg, "uid"))
+        return {}
+
+    def op_protect(self, server: Server, session: int, msg: dict) -> dict:
+        on = msg.get("on", True)
+        if not isinstance(on, bool):
+            raise BadRequest("'on' must be true or false")
+        server.protect(session, on)
+        return {}
+
+    def op_close(self, server: Server, session: int, msg: dict) -> None:
+        code = _int(msg, "code", int(CloseCode.NORMAL))
+        if not (code == 1000 or 3000 <= code <= 4999):
+            raise BadRequest(f"close code {code} is not 1000 or 3000..4999")
+        reason = msg.get("reason", "")
+        if not isinstance(reason, str) or len(reason.encode()) > 123:
+            raise BadRequest("'reason' must be a string of at most 123 bytes")
+        self._reply(server, session, msg.get("id"))
+        server.close(session, code, reason)
+        return None
+
+    def op_task(self, server: Server, session: int, msg: dict) -> dict | None:
+        sleep_ms = _int(msg, "sleep_ms", 0, low=0)
+        task_id = server.task({"data": msg.get("data"), "sleep_ms": sleep_ms, "session": session})
+        if task_id < 0:
+            self._reply(server, session, msg.get("id"), error=(server.last_error, "no task worker"))
+            return None
+        self.pending_tasks[task_id] = (session, msg.get("id"))
+        return {"task": task_id}
+
+    def on_worker_start(self, server: Server) -> None:
+        self._server = server
+
+    async def on_task(self, server: Server, task_id: int, src_worker: int, data: Any) -> Any:
+        if data.get("sleep_ms"):
+            await asyncio.sleep(data["sleep_ms"] / 1000.0)
+        return {"data": data.get("data"), "task_worker": server.worker_id}
+
+    def on_finish(self, server: Server, task_id: int, data: Any) -> None:
+        pending = self.pending_tasks.pop(task_id, None)
+        if pending is None:
+            return
+        session, req_id = pending
+        server.push(session, json.dumps({"ev": "task_result", "task": task_id, "re": req_id, "result": data}))
+
+    # -- the sweep (task worker 0) --------------------------------------------------
+
+    def on_admin(self, server: Server, op: str, body: dict[str, Any]) -> Any:
+        return self._admin(server, op, body)
+
+    async def _admin(self, server: Server, op: str, body: dict[str, Any]) -> Any:
+        if op == "sweep.set":
+            body = validate_rule(body)
+        return await server.request(SWEEPER, {"op": op, "body": body})
+
+    async def on_request(self, server: Server, src: str, data: Any) -> Any:
+        op = data.get("op")
+        if op == "sweep.set":
+            self.rule = data["body"]
+            if self.rule_timer is not None:
+                server.clear(self.rule_timer)
+            self.rule_timer = server.tick(self.rule["interval_ms"], self._sweep_tick, label="sweep")
+            return {"ok": True, "rule": self.rule}
+        if op == "sweep.clear":
+            if self.rule_timer is not None:
+                server.clear(self.rule_timer)
+            self.rule, self.rule_timer = None, None
+            return {"ok": True}
+        if op == "sweep.reports":
+            since = int(data.get("body", {}).get("since", 0) or 0)
+            return {"rule": self.rule, "running": self.sweeping, "reports": [r for r in self.reports if r["sweep"] > since]}
+        raise ServerError(ErrorCode.NOT_FOUND, f"unknown sweep operation {op!r}")
+
+    def _sweep_tick(self, tid: int) -> Any:
+        if self.sweeping or self.rule is None:
+            return None
+        return self.sweep(self._server, self.rule)
+
+    async def sweep(self, server: Server, rule: dict[str, Any]) -> dict[str, Any]:
+        """One pass over every session of every worker (contract section 4.3)."""
+        self.sweeping = True
+        self.sweep_no += 1
+        uids = set(rule.get("uids", []))
+        idle = rule.get("idle_ms")
+        pace = rule.get("pace_ms", 0) / 1000.0
+        notice = rule.get("notice", "swept")
+        report: dict[str, Any] = {
+            "sweep": self.sweep_no,
+            "process": server.name,
+            "started": time.time(),
+            "seen": [],
+            "matched": [],
+            "closed": [],
+            "info_missing": [],
+            "push_failed": [],
+            "close_failed": [],
+            "errors": [],
+        }
+        try:
+            for sid in server.connections:
+                report["seen"].append(sid)
+                try:
+                    info = server.get_client_info(sid)
+                    if info is None:  # closed between being listed and being read
+                        report["info_missing"].append(sid)
+                        continue
+                    idle_for = (time.time() - info.last_recv_time) * 1000.0
+                    if (info.uid and info.uid in uids) or (idle is not None and idle_for > idle):
+                        report["matched"].append(sid)
+                        text = json.dumps({"ev": "notice", "reason": notice, "session": sid, "sweep": self.sweep_no})
+                        if not server.push(sid, text):
+                            report["push_failed"].append([sid, server.last_error.name])
+                        if server.close(sid, CloseCode.SWEPT, notice):
+                            report["closed"].append(sid)
+                            server.counters["sweep_closes"] += 1
+                        else:
+                            report["close_failed"].append([sid, server.last_error.name])
+                except Exception as exc:  # a bug: reported, never fatal to the sweep
+                    report["errors"].append([sid, repr(exc)])
+                if pace:
+                    await asyncio.sleep(pace)
+        finally:
+            report["ended"] = time.time()
+            self.reports.append(report)
+            self.sweeping = False
+        server.log.info(
+            "sweep.done",
+            sweep=self.sweep_no,
+            seen=len(report["seen"]),
+            closed=len(report["closed"]),
+            info_missing=len(report["info_missing"]),
+            errors=len(report["errors"]),
+        )
+        return report
+
+
+def validate_rule(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ServerError(ErrorCode.BAD_REQUEST, "sweep rule must be a JSON object")
+    rule: dict[str, Any] = {}
+    uids = body.get("uids", [])
+    if not isinstance(uids, list) or not all(isinstance(u, int) and not isinstance(u, bool) for u in uids):
+        raise ServerError(ErrorCode.BAD_REQUEST, "'uids' must be a list of integers")
+    rule["uids"] = uids
+    for key, default, low in (("interval_ms", 1000, 10), ("pace_ms", 0, 0)):
+        value = body.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ServerError(ErrorCode.BAD_REQUEST, f"{key!r} must be an integer >= {low}")
+        rule[key] = value
+    if "idle_ms" in body:
+        if not isinstance(body["idle_ms"], int) or body["idle_ms"] < 0:
+            raise ServerError(ErrorCode.BAD_REQUEST, "'idle_ms' must be an integer >= 0")
+        rule["idle_ms"] = body["idle_ms"]
+    notice = body.get("notice", "swept")
+    if not isinstance(notice, str) or len(notice.encode()) > 123:
+        raise ServerError(ErrorCode.BAD_REQUEST, "'notice' must be a string of at most 123 bytes")
+    rule["notice"] = notice
+    if not uids and "idle_ms" not in rule:
+        raise ServerError(ErrorCode.BAD_REQUEST, "a rule needs 'uids' or 'idle_ms'")
+    return rule
+
+
+app = ContractApp()

@@ -1,0 +1,111 @@
+"""Server configuration: one dataclass, validated in one place.
+
+Every field has a command-line option of the same name (``--heartbeat-idle-ms``
+for ``heartbeat_idle_ms``). :meth:`Config.validate` raises
+:class:`~reference_server.errors.ConfigError` naming the option and the value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, fields
+
+from .errors import ConfigError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 9501
+    workers: int = 2
+    task_workers: int = 1
+    #: Redis URL for broadcast; empty: start the embedded fakeredis broker.
+    redis_url: str = ""
+    #: Start the embedded broker when no ``redis_url`` is given (off: no broker at all).
+    embedded_broker: bool = True
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 0  # 0: no admin API
+    admin_token: str = ""
+    log_level: str = "info"
+    log_format: str = "json"  # json | text
+    #: Application: ``module:attribute`` naming an Application instance or class.
+    app: str = "reference_server.apps.contract:app"
+    max_connections: int = 65536
+    max_message_size: int = 1024 * 1024
+    #: Heartbeat (Swoole semantics): close sessions that sent nothing for this long.
+    heartbeat_idle_ms: int = 0  # 0: off
+    heartbeat_check_ms: int = 0  # 0: idle / 2 (Swoole's default relation)
+    #: WebSocket ping keepalive: ping every interval, close if no pong in timeout.
+    ping_interval_ms: int = 0  # 0: off
+    ping_timeout_ms: int = 10_000
+    #: How long a closing session waits for the client's close frame.
+    close_timeout_ms: int = 2_000
+    handshake_timeout_ms: int = 10_000
+    #: Graceful shutdown bound: after this the master kills what is left.
+    shutdown_timeout_ms: int = 5_000
+    backlog: int = 1024
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def heartbeat_check_interval_ms(self) -> int:
+        if self.heartbeat_check_ms:
+            return self.heartbeat_check_ms
+        return max(1, self.heartbeat_idle_ms // 2)
+
+    def validate(self) -> Config:
+        def need(cond: bool, option: str, value: object, why: str) -> None:
+            if not cond:
+                raise ConfigError(f"--{option.replace('_', '-')}={value!r}: {why}")
+
+        for name in ("host", "admin_host"):
+            value = getattr(self, name)
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                need(value == "localhost", name, value, "not an IP address")
+        need(0 <= self.port <= 65535, "port", self.port, "must be 0..65535")
+        need(0 <= self.admin_port <= 65535, "admin_port", self.admin_port, "must be 0..65535")
+        need(1 <= self.workers <= 64, "workers", self.workers, "must be 1..64")
+        need(0 <= self.task_workers <= 64, "task_workers", self.task_workers, "must be 0..64")
+        need(
+            1 <= self.max_connections <= 1 << 20,
+            "max_connections",
+            self.max_connections,
+            "must be 1..1048576",
+        )
+        need(self.max_message_size >= 125, "max_message_size", self.max_message_size, ">= 125")
+        need(self.log_level in LOG_LEVELS, "log_level", self.log_level, f"one of {LOG_LEVELS}")
+        need(self.log_format in ("json", "text"), "log_format", self.log_format, "json or text")
+        need(":" in self.app, "app", self.app, "expected module:attribute")
+        for name in (
+            "heartbeat_idle_ms",
+            "heartbeat_check_ms",
+            "ping_interval_ms",
+            "ping_timeout_ms",
+            "close_timeout_ms",
+            "handshake_timeout_ms",
+            "shutdown_timeout_ms",
+        ):
+            need(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
+        need(
+            not self.admin_port or bool(self.admin_token),
+            "admin_token",
+            self.admin_token,
+            "required when --admin-port is set",
+        )
+        if self.redis_url:
+            need(
+                self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+                "redis_url",
+                self.redis_url,
+                "expected redis://host:port[/db]",
+            )
+        if self.port and self.admin_port:
+            need(self.port != self.admin_port, "admin_port", self.admin_port, "same as --port")
+        return self
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.name != "extra"]

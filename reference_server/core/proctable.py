@@ -1,0 +1,159 @@
+"""The process directory: which processes a server runs, readable from all of them.
+
+Like the session table it lives in the shared mapping and is only interpreted
+here. The master is its single writer; every process reads it to find a
+worker's or task worker's pid (to route a push, a task or a pipe message) and
+to list the server's processes (admin API, stats).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+_ENTRY = struct.Struct("<IBBhiId32s")
+ENTRY_SIZE = 64
+assert _ENTRY.size <= ENTRY_SIZE
+_SEQ = struct.Struct("<I")
+MAX_PROCESSES = 256
+
+
+class ProcKind(enum.IntEnum):
+    WORKER = 1
+    TASK = 2
+    CUSTOM = 3
+    ADMIN = 4
+    BROKER = 5
+
+    @property
+    def label(self) -> str:
+        return {1: "worker", 2: "task_worker", 3: "custom", 4: "admin", 5: "broker"}[int(self)]
+
+
+class ProcState(enum.IntEnum):
+    EMPTY = 0
+    STARTING = 1
+    READY = 2
+    STOPPING = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ProcEntry:
+    slot: int
+    state: ProcState
+    kind: ProcKind
+    index: int  # worker id / task worker id / custom process index
+    pid: int
+    generation: int
+    started: float
+    name: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind.label,
+            "id": self.index,
+            "pid": self.pid,
+            "state": self.state.name.lower(),
+            "generation": self.generation,
+            "started": self.started,
+            "name": self.name,
+        }
+
+
+def proctable_size() -> int:
+    return MAX_PROCESSES * ENTRY_SIZE
+
+
+class ProcTable:
+    """Interpret ``buf`` as the process directory."""
+
+    def __init__(self, buf: bytearray | memoryview) -> None:
+        if len(buf) < proctable_size():
+            raise ValueError("buffer too small for the process table")
+        self._buf = buf
+
+    def _read(self, slot: int) -> tuple:
+        off = slot * ENTRY_SIZE
+        while True:
+            (s1,) = _SEQ.unpack_from(self._buf, off)
+            if s1 & 1:
+                continue
+            f = _ENTRY.unpack_from(self._buf, off)
+            (s2,) = _SEQ.unpack_from(self._buf, off)
+            if s1 == s2:
+                return f
+
+    def entries(self) -> Iterator[ProcEntry]:
+        for slot in range(MAX_PROCESSES):
+            f = self._read(slot)
+            if f[1] != ProcState.EMPTY:
+                yield ProcEntry(
+                    slot=slot,
+                    state=ProcState(f[1]),
+                    kind=ProcKind(f[2]),
+                    index=f[3],
+                    pid=f[4],
+                    generation=f[5],
+                    started=f[6],
+                    name=f[7].rstrip(b"\0").decode(),
+                )
+
+    def find(self, kind: ProcKind, index: int | None = None) -> list[ProcEntry]:
+        return [
+            e for e in self.entries() if e.kind is kind and (index is None or e.index == index)
+        ]
+
+    def by_pid(self, pid: int) -> ProcEntry | None:
+        for e in self.entries():
+            if e.pid == pid:
+                return e
+        return None
+
+    # -- master only --------------------------------------------------------
+
+    def put(
+        self,
+        *,
+        kind: ProcKind,
+        index: int,
+        pid: int,
+        generation: int,
+        started: float,
+        name: str,
+        state: ProcState = ProcState.STARTING,
+    ) -> int:
+        for slot in range(MAX_PROCESSES):
+            if self._read(slot)[1] == ProcState.EMPTY:
+                self._write(slot, state, kind, index, pid, generation, started, name)
+                return slot
+        raise RuntimeError(f"more than {MAX_PROCESSES} processes")
+
+    def set_state(self, pid: int, state: ProcState) -> None:
+        e = self.by_pid(pid)
+        if e is not None:
+            self._write(e.slot, state, e.kind, e.index, e.pid, e.generation, e.started, e.name)
+
+    def remove(self, pid: int) -> None:
+        e = self.by_pid(pid)
+        if e is not None:
+            self._write(e.slot, ProcState.EMPTY, e.kind, 0, 0, 0, 0.0, "")
+
+    def _write(self, slot, state, kind, index, pid, generation, started, name) -> None:
+        off = slot * ENTRY_SIZE
+        (seq,) = _SEQ.unpack_from(self._buf, off)
+        _SEQ.pack_into(self._buf, off, seq + 1)
+        _ENTRY.pack_into(
+            self._buf,
+            off,
+            seq + 1,
+            int(state),
+            int(kind),
+            index,
+            pid,
+            generation,
+            started,
+            name.encode()[:32],
+        )
+        _SEQ.pack_into(self._buf, off, seq + 2)

@@ -1,0 +1,445 @@
+"""The session registry: one table of every session, readable from every process.
+
+The table lives in a buffer shared by all processes of a server (an anonymous
+``MAP_SHARED`` mapping created by the master before it forks). This module
+only interprets the buffer, so it is pure: tests hand it a ``bytearray``.
+
+Layout
+    A 64-byte header, then ``capacity`` fixed-size records (one per slot).
+
+Session ids
+    ``sid = (serial << slot_bits) | slot``: the master draws a new serial for
+    every connection, so ids grow strictly and are never reused during a
+    server's life, and any process finds a session's slot without a lookup.
+    A reader always compares the record's ``sid`` with the id it was given:
+    a stale id can never reach the newer session that reuses its slot (the
+    bug of servers that key sessions by OS fd).
+
+Writers (one at a time per slot, by protocol rather than by lock)
+    * the master: ``allocate`` (FREE -> CONNECTING) and ``free`` (-> FREE);
+    * the owner process, for everything between (establish, touch, bind,
+      protect, closing, closed, and a change of owner on migration).
+    Operations on a session from any other process are routed to its owner.
+
+Readers
+    Each record carries a sequence counter (a seqlock): a writer makes it odd,
+    writes, and makes it even again; a reader copies the record and retries
+    if the counter was odd or changed meanwhile. A reader therefore never sees
+    a half-written record, and never blocks a writer.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..errors import ErrorCode
+
+MAGIC = 0x52454653  # "REFS"
+LAYOUT_VERSION = 1
+
+_HEADER = struct.Struct("<IIIIQ")  # magic, layout, capacity, high-water mark, serial
+HEADER_SIZE = 64
+
+# seq, state, flags, worker, owner_pid, sid, uid, connect, last_recv,
+# established, remote_port, local_port, os_fd, family, remote_addr
+_RECORD = struct.Struct("<IBBhiQqdddHHiB16s")
+RECORD_SIZE = 96
+assert _RECORD.size <= RECORD_SIZE
+
+_SEQ = struct.Struct("<I")
+_LAST_RECV_OFFSET = struct.calcsize("<IBBhiQqd")  # seq .. connect_time
+_LAST_RECV = struct.Struct("<d")
+
+#: How often a reader retries a record that is being written before giving up.
+READ_RETRIES = 10_000
+
+
+class SessionState(enum.IntEnum):
+    """Life of a slot. Only CONNECTING and ESTABLISHED sessions *exist*."""
+
+    FREE = 0
+    CONNECTING = 1  # TCP accepted, WebSocket handshake not complete
+    ESTABLISHED = 2  # handshake complete, messages flow
+    CLOSING = 3  # close frame sent or received, or the socket is going away
+    CLOSED = 4  # socket released by the owner; the master has not freed the slot yet
+
+
+class Flag(enum.IntFlag):
+    NONE = 0
+    PROTECTED = 1  # exempt from the heartbeat
+    MIGRATING = 2  # reserved: the session is moving to another worker
+
+
+LIVE_STATES = frozenset({SessionState.CONNECTING, SessionState.ESTABLISHED})
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """A snapshot of one session's record (``get_client_info``)."""
+
+    session: int
+    state: SessionState
+    worker: int
+    owner_pid: int
+    remote_addr: str
+    remote_port: int
+    local_port: int
+    connect_time: float
+    last_recv_time: float
+    established_time: float
+    uid: int
+    protected: bool
+    os_fd: int
+
+    @property
+    def established(self) -> bool:
+        return self.state is SessionState.ESTABLISHED
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "session": self.session,
+            "state": self.state.name.lower(),
+            "established": self.established,
+            "worker": self.worker,
+            "pid": self.owner_pid,
+            "remote_addr": self.remote_addr,
+            "remote_port": self.remote_port,
+            "local_port": self.local_port,
+            "connect_time": self.connect_time,
+            "last_recv_time": self.last_recv_time,
+            "established_time": self.established_time or None,
+            "uid": self.uid,
+            "protected": self.protected,
+            "os_fd": self.os_fd,
+        }
+
+
+class TableFull(Exception):
+    """No free slot: the server is at ``max_connections``."""
+
+
+class TornRecord(Exception):
+    """A record stayed mid-write for too long (its writer died while writing)."""
+
+
+def slot_bits_for(capacity: int) -> int:
+    if capacity < 1:
+        raise ValueError(f"capacity must be >= 1, got {capacity}")
+    return max(1, (capacity - 1).bit_length())
+
+
+def table_size(capacity: int) -> int:
+    """Bytes needed for a table of ``capacity`` slots."""
+    return HEADER_SIZE + capacity * RECORD_SIZE
+
+
+def _pack_addr(addr: str) -> tuple[int, bytes]:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return int(family), socket.inet_pton(family, addr).ljust(16, b"\0")
+        except OSError:
+            continue
+    return 0, b"\0" * 16
+
+
+def _unpack_addr(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    if family == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, raw)
+    return ""
+
+
+class SessionTable:
+    """Interpret ``buf`` as a session table; see the module docstring."""
+
+    def __init__(self, buf: bytearray | memoryview, capacity: int, *, create: bool = False) -> None:
+        if len(buf) < table_size(capacity):
+            raise ValueError(f"buffer of {len(buf)} bytes is too small for {capacity} slots")
+        self._buf = buf
+        self.capacity = capacity
+        self.slot_bits = slot_bits_for(capacity)
+        self._slot_mask = (1 << self.slot_bits) - 1
+        if create:
+            buf[: table_size(capacity)] = bytes(table_size(capacity))
+            _HEADER.pack_into(buf, 0, MAGIC, LAYOUT_VERSION, capacity, 0, 0)
+        else:
+            magic, layout, cap, _, _ = _HEADER.unpack_from(buf, 0)
+            if (magic, layout, cap) != (MAGIC, LAYOUT_VERSION, capacity):
+                raise ValueError("buffer does not hold a session table of this layout")
+        # Master-only bookkeeping (the single allocator): free slots, lowest first.
+        self._free: list[int] | None = None
+
+    # -- ids ---------------------------------------------------------------
+
+    def slot_of(self, sid: int) -> int:
+        return sid & self._slot_mask
+
+    def _offset(self, slot: int) -> int:
+        return HEADER_SIZE + slot * RECORD_SIZE
+
+    @property
+    def high_water(self) -> int:
+        """One past the highest slot ever used: scans stop here."""
+        return _HEADER.unpack_from(self._buf, 0)[3]
+
+    # -- reading (any process) ---------------------------------------------
+
+    def _read_raw(self, slot: int) -> tuple:
+        off = self._offset(slot)
+        buf = self._buf
+        for _ in range(READ_RETRIES):
+            (seq1,) = _SEQ.unpack_from(buf, off)
+            if seq1 & 1:
+                continue
+            fields = _RECORD.unpack_from(buf, off)
+            (seq2,) = _SEQ.unpack_from(buf, off)
+            if seq1 == seq2 == fields[0]:
+                return fields
+        raise TornRecord(f"slot {slot} stayed mid-write")
+
+    def lookup(self, sid: int) -> ClientInfo | None:
+        """The record of ``sid`` in any state but FREE, or None if the id is stale."""
+        if sid <= 0:
+            return None
+        slot = self.slot_of(sid)
+        if slot >= self.capacity:
+            return None
+        f = self._read_raw(slot)
+        if f[5] != sid or f[1] == SessionState.FREE:
+            return None
+        return self._info(f)
+
+    def get_client_info(self, sid: int) -> ClientInfo | None:
+        """The record of a session that exists (connecting or established), else None."""
+        info = self.lookup(sid)
+        if info is None or info.state not in LIVE_STATES:
+            return None
+        return info
+
+    def exists(self, sid: int) -> bool:
+        return self.get_client_info(sid) is not None
+
+    def is_established(self, sid: int) -> bool:
+        info = self.lookup(sid)
+        return info is not None and info.state is SessionState.ESTABLISHED
+
+    def push_error(self, sid: int) -> tuple[ErrorCode, ClientInfo | None]:
+        """Why a push to ``sid`` cannot be delivered (``OK`` when it can).
+
+        ``SESSION_NOT_EXIST`` for an unknown or stale id, ``SESSION_CLOSED``
+        while the session is closing, ``NOT_ESTABLISHED`` during the handshake.
+        """
+        info = self.lookup(sid)
+        if info is None:
+            return ErrorCode.SESSION_NOT_EXIST, None
+        if info.state is SessionState.ESTABLISHED:
+            return ErrorCode.OK, info
+        if info.state is SessionState.CONNECTING:
+            return ErrorCode.NOT_ESTABLISHED, info
+        return ErrorCode.SESSION_CLOSED, info
+
+    def sessions(self, *, established_only: bool = False) -> Iterator[ClientInfo]:
+        """Live scan of existing sessions, in slot order.
+
+        A session may close between being yielded and being used: callers
+        must tolerate that (this is the contract of ``connections``).
+        """
+        wanted = (
+            (SessionState.ESTABLISHED,) if established_only else tuple(LIVE_STATES)
+        )
+        for slot in range(self.high_water):
+            # Cheap pre-check of the state byte, then a consistent read.
+            if self._buf[self._offset(slot) + 4] not in wanted:
+                continue
+            try:
+                f = self._read_raw(slot)
+            except TornRecord:
+                continue
+            if f[1] in wanted:
+                yield self._info(f)
+
+    def _info(self, f: tuple) -> ClientInfo:
+        return ClientInfo(
+            session=f[5],
+            state=SessionState(f[1]),
+            worker=f[3],
+            owner_pid=f[4],
+            remote_addr=_unpack_addr(f[13], f[14]),
+            remote_port=f[10],
+            local_port=f[11],
+            connect_time=f[7],
+            last_recv_time=f[8],
+            established_time=f[9],
+            uid=f[6],
+            protected=bool(f[2] & Flag.PROTECTED),
+            os_fd=f[12],
+        )
+
+    # -- writing ------------------------------------------------------------
+
+    def _write(self, slot: int, **changes: object) -> None:
+        """Seqlock write of some fields of one record (caller is the slot's writer)."""
+        off = self._offset(slot)
+        f = list(_RECORD.unpack_from(self._buf, off))
+        seq = f[0]
+        if seq & 1:  # a previous writer died mid-write; we are its successor
+            seq += 1
+        _SEQ.pack_into(self._buf, off, seq + 1)
+        for name, value in changes.items():
+            f[_FIELD_INDEX[name]] = value
+        f[0] = seq + 1
+        _RECORD.pack_into(self._buf, off, *f)
+        _SEQ.pack_into(self._buf, off, seq + 2)
+
+    def _owned(self, sid: int) -> int:
+        slot = self.slot_of(sid)
+        if slot >= self.capacity:
+            raise KeyError(sid)
+        f = _RECORD.unpack_from(self._buf, self._offset(slot))
+        if f[5] != sid or f[1] == SessionState.FREE:
+            raise KeyError(sid)
+        return slot
+
+    # master ----------------------------------------------------------------
+
+    def allocate(
+        self,
+        *,
+        worker: int,
+        owner_pid: int,
+        remote_addr: str,
+        remote_port: int,
+        local_port: int,
+        now: float,
+    ) -> int:
+        """Reserve the lowest free slot for a new connection; return its session id.
+
+        Master only. Raises :class:`TableFull` at capacity.
+        """
+        if self._free is None:
+            self._rebuild_free()
+        assert self._free is not None
+        if not self._free:
+            raise TableFull(f"all {self.capacity} session slots are in use")
+        slot = heapq.heappop(self._free)
+        magic, layout, cap, hwm, serial = _HEADER.unpack_from(self._buf, 0)
+        serial += 1
+        sid = (serial << self.slot_bits) | slot
+        family, packed = _pack_addr(remote_addr)
+        self._write(
+            slot,
+            state=SessionState.CONNECTING,
+            flags=0,
+            worker=worker,
+            owner_pid=owner_pid,
+            sid=sid,
+            uid=0,
+            connect_time=now,
+            last_recv=now,
+            established=0.0,
+            remote_port=remote_port,
+            local_port=local_port,
+            os_fd=-1,
+            family=family,
+            remote_addr=packed,
+        )
+        _HEADER.pack_into(self._buf, 0, magic, layout, cap, max(hwm, slot + 1), serial)
+        return sid
+
+    def free(self, sid: int) -> bool:
+        """Return the slot of ``sid`` to the free list (master only).
+
+        Idempotent: freeing a stale id does nothing and returns False.
+        """
+        try:
+            slot = self._owned(sid)
+        except KeyError:
+            return False
+        self._write(slot, state=SessionState.FREE, flags=0)
+        if self._free is not None:
+            heapq.heappush(self._free, slot)
+        return True
+
+    def free_owned_by(self, owner_pid: int) -> list[int]:
+        """Free every slot owned by a dead process; return the session ids (master only)."""
+        freed = []
+        for slot in range(self.high_water):
+            f = _RECORD.unpack_from(self._buf, self._offset(slot))
+            if f[1] != SessionState.FREE and f[4] == owner_pid:
+                freed.append(f[5])
+                self.free(f[5])
+        return freed
+
+    def _rebuild_free(self) -> None:
+        self._free = [
+            slot
+            for slot in range(self.capacity)
+            if self._buf[self._offset(slot) + 4] == SessionState.FREE
+        ]
+
+    # owner -----------------------------------------------------------------
+
+    def set_os_fd(self, sid: int, fd: int) -> None:
+        self._write(self._owned(sid), os_fd=fd)
+
+    def establish(self, sid: int, now: float) -> None:
+        self._write(self._owned(sid), state=SessionState.ESTABLISHED, established=now, last_recv=now)
+
+    def touch(self, sid: int, now: float) -> None:
+        """Record that data was received from the client (heartbeat activity)."""
+        slot = self._owned(sid)
+        off = self._offset(slot)
+        (seq,) = _SEQ.unpack_from(self._buf, off)
+        seq += seq & 1
+        _SEQ.pack_into(self._buf, off, seq + 1)
+        _LAST_RECV.pack_into(self._buf, off + _LAST_RECV_OFFSET, now)
+        _SEQ.pack_into(self._buf, off, seq + 2)
+
+    def set_closing(self, sid: int) -> None:
+        self._write(self._owned(sid), state=SessionState.CLOSING)
+
+    def set_closed(self, sid: int) -> None:
+        self._write(self._owned(sid), state=SessionState.CLOSED)
+
+    def set_uid(self, sid: int, uid: int) -> None:
+        self._write(self._owned(sid), uid=uid)
+
+    def set_protected(self, sid: int, protected: bool) -> None:
+        slot = self._owned(sid)
+        flags = _RECORD.unpack_from(self._buf, self._offset(slot))[2]
+        flags = (flags | Flag.PROTECTED) if protected else (flags & ~Flag.PROTECTED)
+        self._write(slot, flags=int(flags))
+
+    def set_owner(self, sid: int, worker: int, owner_pid: int) -> None:
+        """Hand a session to another process (the previous owner calls this)."""
+        self._write(self._owned(sid), worker=worker, owner_pid=owner_pid)
+
+
+_FIELD_INDEX = {
+    name: i
+    for i, name in enumerate(
+        (
+            "seq",
+            "state",
+            "flags",
+            "worker",
+            "owner_pid",
+            "sid",
+            "uid",
+            "connect_time",
+            "last_recv",
+            "established",
+            "remote_port",
+            "local_port",
+            "os_fd",
+            "family",
+            "remote_addr",
+        )
+    )
+}

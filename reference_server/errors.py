@@ -1,0 +1,82 @@
+"""Error codes, close codes and exit codes: the names a user can search for.
+
+Session error codes follow Swoole's numbering so that people who know the seed
+recognise them (``1004``, ``1005``, ``8503``); the rest are this project's own.
+Every code has a stable upper-case name; logs, the admin API and the contract's
+application protocol always carry both.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.IntEnum):
+    """Why an operation on a session (or a request) failed."""
+
+    OK = 0
+    #: The session is closing or closed (close frame sent or received, socket
+    #: not yet released).
+    SESSION_CLOSED = 1004
+    #: No live session has this id: it never existed, or it is gone for good.
+    SESSION_NOT_EXIST = 1005
+    #: The TCP connection exists but the WebSocket handshake is not complete.
+    NOT_ESTABLISHED = 8503
+    #: The message is larger than ``max_message_size``.
+    MESSAGE_TOO_BIG = 1009
+    #: The process that owns the session could not be reached.
+    OWNER_UNREACHABLE = 2001
+    #: No task worker is running.
+    NO_TASK_WORKER = 2002
+    #: A destination process (worker id, task worker id) does not exist.
+    UNKNOWN_PROCESS = 2003
+    #: A request of the application protocol or the admin API is malformed.
+    BAD_REQUEST = 4400
+    #: The target does not implement the requested operation.
+    UNSUPPORTED = 4501
+    #: The admin token is missing or wrong.
+    UNAUTHORIZED = 4401
+    #: Unknown admin route.
+    NOT_FOUND = 4404
+    #: Unexpected failure inside the server (a bug: it is logged with a trace).
+    INTERNAL = 4500
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the reference server sends (contract section 5)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # server shutdown, or the port the session came in on was removed
+    PROTOCOL_ERROR = 1002
+    INVALID_DATA = 1007
+    POLICY = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SWEPT = 4001  # closed by the task process's sweep rule
+    IDLE_TIMEOUT = 4408  # heartbeat: nothing received for heartbeat_idle_time
+
+
+class ExitCode(enum.IntEnum):
+    """Exit status of ``python -m reference_server``."""
+
+    OK = 0
+    FAILURE = 1  # the server stopped because of an internal failure
+    BAD_CONFIG = 2  # a bad option, a bad value, or a bad config file
+    CANNOT_BIND = 3  # a port is in use, privileged, or the address is invalid
+
+
+class ServerError(Exception):
+    """An error with a stable code and name, raised by the public API."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code.name} ({int(code)}): {message}")
+        self.code = code
+        self.message = message
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the option and the value."""

@@ -1,0 +1,343 @@
+"""The admin API: HTTP/1.1 + JSON on loopback, in its own process.
+
+The admin process is an ordinary child using the same public API as any other
+process (it is itself a proof that the API works from outside the workers).
+Routes are in ``docs/contract-v1.md`` section 4. Every ``/v1`` route needs
+``Authorization: Bearer <token>``; ``/ready`` and ``/metrics`` do not.
+
+Bad requests never crash anything: a wrong token is 401, an unknown route
+404, a wrong method 405, a malformed or oversized body 400/413, each with a
+JSON body ``{"error": {"code": ..., "name": ..., "message": ...}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import re
+import socket
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from ..core.metrics import merge, render_prometheus
+from ..core.proctable import ProcKind, ProcState
+from ..errors import CloseCode, ErrorCode, ServerError
+
+if TYPE_CHECKING:
+    from .process import Runtime
+
+CONTRACT_VERSION = 1
+MAX_HEADER = 16 * 1024
+MAX_BODY = 1024 * 1024
+
+_HTTP_STATUS = {
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.SESSION_NOT_EXIST: 404,
+    ErrorCode.SESSION_CLOSED: 409,
+    ErrorCode.NOT_ESTABLISHED: 409,
+    ErrorCode.UNSUPPORTED: 501,
+    ErrorCode.UNKNOWN_PROCESS: 404,
+}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    411: "Length Required",
+    413: "Content Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_body(code: ErrorCode, message: str) -> dict[str, Any]:
+    return {"error": {"code": int(code), "name": code.name, "message": message}}
+
+
+async def serve_admin(rt: Runtime, sock: socket.socket | None) -> None:
+    assert sock is not None, "the admin process needs its listening socket"
+    sock.setblocking(False)
+    admin = AdminApi(rt)
+    server = await asyncio.start_server(admin.handle_connection, sock=sock, limit=MAX_HEADER)
+    rt.log.info("admin.listening", port=sock.getsockname()[1])
+    try:
+        await rt.stopping.wait()
+    finally:
+        server.close()
+
+
+class AdminApi:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.api = rt.api
+        self.token = rt.config.admin_token.encode()
+        self.routes: list[tuple[str, re.Pattern[str], Any, bool]] = [
+            ("GET", re.compile(r"/ready"), self.ready, False),
+            ("GET", re.compile(r"/metrics"), self.metrics, False),
+            ("GET", re.compile(r"/v1/info"), self.info, True),
+            ("GET", re.compile(r"/v1/sessions"), self.sessions, True),
+            ("GET", re.compile(r"/v1/sessions/(\d+)"), self.session, True),
+            ("POST", re.compile(r"/v1/sessions/(\d+)/push"), self.push, True),
+            ("POST", re.compile(r"/v1/sessions/(\d+)/close"), self.close, True),
+            ("GET", re.compile(r"/v1/stats"), self.stats, True),
+            ("GET", re.compile(r"/v1/processes"), self.processes, True),
+            ("POST", re.compile(r"/v1/shutdown"), self.shutdown, True),
+            ("GET", re.compile(r"/v1/sweep"), self.app_op("sweep.reports"), True),
+            ("PUT", re.compile(r"/v1/sweep"), self.app_op("sweep.set"), True),
+            ("DELETE", re.compile(r"/v1/sweep"), self.app_op("sweep.clear"), True),
+        ]
+
+    # -- HTTP plumbing ------------------------------------------------------------
+
+    async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                keep_alive = await self._one_request(reader, writer)
+                if not keep_alive:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial.strip():
+                await self._send(writer, 400, error_body(ErrorCode.BAD_REQUEST, "incomplete request"), False)
+            return False
+        except asyncio.LimitOverrunError:
+            await self._send(writer, 400, error_body(ErrorCode.BAD_REQUEST, "request header too large"), False)
+            return False
+        try:
+            method, path, headers = parse_head(head)
+        except HttpError as exc:
+            await self._send(writer, exc.status, error_body(exc.code, exc.message), False)
+            return False
+        keep_alive = headers.get("connection", "").lower() != "close"
+        try:
+            body = await self._read_body(reader, headers)
+            status, payload = await self.dispatch(method, path, headers, body)
+        except HttpError as exc:
+            status, payload = exc.status, error_body(exc.code, exc.message)
+            if exc.status in (411, 413):
+                keep_alive = False
+        except ServerError as exc:
+            status, payload = _HTTP_STATUS.get(exc.code, 400), error_body(exc.code, exc.message)
+        except Exception as exc:
+            self.rt.log.error("admin.failed", path=path, error=repr(exc), trace=traceback.format_exc())
+            status, payload = 500, error_body(ErrorCode.INTERNAL, "internal error (logged)")
+        await self._send(writer, status, payload, keep_alive)
+        return keep_alive
+
+    async def _read_body(self, reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+        if "transfer-encoding" in headers:
+            raise HttpError(411, ErrorCode.BAD_REQUEST, "chunked bodies are not supported: send Content-Length")
+        raw = headers.get("content-length", "0")
+        if not raw.isdigit():
+            raise HttpError(400, ErrorCode.BAD_REQUEST, f"bad Content-Length {raw!r}")
+        length = int(raw)
+        if length > MAX_BODY:
+            raise HttpError(413, ErrorCode.BAD_REQUEST, f"body of {length} bytes exceeds {MAX_BODY}")
+        return await reader.readexactly(length) if length else b""
+
+    async def _send(self, writer: asyncio.StreamWriter, status: int, payload: Any, keep_alive: bool) -> None:
+        if isinstance(payload, str):
+            body, ctype = payload.encode(), "text/plain; version=0.0.4; charset=utf-8"
+        else:
+            body, ctype = json.dumps(payload, default=str).encode(), "application/json"
+        head = (
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
+            f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        await writer.drain()
+
+    async def dispatch(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        path = path.split("?", 1)[0]
+        allowed = []
+        for route_method, pattern, handler, auth in self.routes:
+            match = pattern.fullmatch(path)
+            if match is None:
+                continue
+            if route_method != method:
+                allowed.append(route_method)
+                continue
+            if auth:
+                self._check_token(headers)
+            return await handler(parse_json(body), *match.groups())
+        if allowed:
+            raise HttpError(405, ErrorCode.BAD_REQUEST, f"{method} not allowed on {path}; use {', '.join(allowed)}")
+        raise HttpError(404, ErrorCode.NOT_FOUND, f"no route {method} {path}")
+
+    def _check_token(self, headers: dict[str, str]) -> None:
+        given = headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token):
+            raise HttpError(401, ErrorCode.UNAUTHORIZED, "missing or wrong admin token (Authorization: Bearer ...)")
+
+    # -- routes ------------------------------------------------------------------------
+
+    async def ready(self, body: Any) -> tuple[int, Any]:
+        entries = list(self.rt.procs.entries())
+        wanted = [e for e in entries if e.kind in (ProcKind.WORKER, ProcKind.TASK)]
+        counts = {ProcKind.WORKER: self.rt.config.workers, ProcKind.TASK: self.rt.config.task_workers}
+        ready = all(
+            sum(1 for e in wanted if e.kind is kind and e.state is ProcState.READY) >= n
+            for kind, n in counts.items()
+        )
+        return (200 if ready else 503), {"ready": ready}
+
+    async def info(self, body: Any) -> tuple[int, Any]:
+        return 200, {
+            "contract": CONTRACT_VERSION,
+            "implementation": "reference_server",
+            "workers": self.rt.config.workers,
+            "task_workers": self.rt.config.task_workers,
+        }
+
+    async def sessions(self, body: Any) -> tuple[int, Any]:
+        return 200, {"sessions": [info.as_dict() for info in self.api.sessions()]}
+
+    async def session(self, body: Any, sid: str) -> tuple[int, Any]:
+        info = self.api.get_client_info(int(sid))
+        if info is None:
+            raise ServerError(ErrorCode.SESSION_NOT_EXIST, f"session {sid} does not exist")
+        return 200, info.as_dict()
+
+    async def push(self, body: Any, sid: str) -> tuple[int, Any]:
+        data = require(body, "data", str)
+        if not self.api.push(int(sid), data):
+            code = self.api.last_error
+            raise ServerError(code, f"push to session {sid} failed")
+        return 200, {"ok": True}
+
+    async def close(self, body: Any, sid: str) -> tuple[int, Any]:
+        code = optional(body, "code", int, int(CloseCode.NORMAL))
+        reason = optional(body, "reason", str, "")
+        if not (code == 1000 or 3000 <= code <= 4999):
+            raise ServerError(ErrorCode.BAD_REQUEST, f"close code {code} is not 1000 or 3000..4999")
+        if not self.api.close(int(sid), code, reason):
+            raise ServerError(self.api.last_error, f"close of session {sid} failed")
+        return 200, {"ok": True}
+
+    async def stats(self, body: Any) -> tuple[int, Any]:
+        return 200, await self.collect_stats()
+
+    async def collect_stats(self) -> dict[str, Any]:
+        per_process = await self.api.gather_stats()
+        sessions = self.api.sessions()
+        by_worker: dict[str, int] = {}
+        for info in sessions:
+            by_worker[str(info.worker)] = by_worker.get(str(info.worker), 0) + 1
+        return {
+            "contract": CONTRACT_VERSION,
+            "sessions": {
+                "open": len(sessions),
+                "established": sum(1 for s in sessions if s.established),
+                "by_worker": by_worker,
+            },
+            "counters": merge(p.get("counters", {}) for p in per_process),
+            "timers": {p["name"]: p.get("timers", 0) for p in per_process if "name" in p},
+            "master": self.rt.boot.extras.get("master_stats", lambda: {})(),
+            "processes": per_process,
+        }
+
+    async def metrics(self, body: Any) -> tuple[int, Any]:
+        stats = await self.collect_stats()
+        gauges = {
+            "sessions_open": stats["sessions"]["open"],
+            "sessions_established": stats["sessions"]["established"],
+        }
+        labelled = {
+            "worker_sessions": [
+                ({"worker": w}, n) for w, n in sorted(stats["sessions"]["by_worker"].items())
+            ],
+            "process_timers": [({"process": name}, n) for name, n in sorted(stats["timers"].items())],
+            "process_fds": [
+                ({"process": p["name"]}, p["fds"]) for p in stats["processes"] if "fds" in p
+            ],
+        }
+        master = stats["master"]
+        counters = dict(stats["counters"])
+        for key in ("connections_accepted", "connections_refused", "respawns", "sessions_lost"):
+            if key in master:
+                counters[key] = int(master[key])
+        return 200, render_prometheus(counters, gauges, labelled)
+
+    async def processes(self, body: Any) -> tuple[int, Any]:
+        entries = [e.as_dict() for e in self.rt.procs.entries()]
+        entries.append({"kind": "master", "id": 0, "pid": os.getppid(), "state": "ready", "name": "master"})
+        return 200, {"processes": entries}
+
+    async def shutdown(self, body: Any) -> tuple[int, Any]:
+        self.api.shutdown()
+        return 200, {"ok": True}
+
+    def app_op(self, op: str):
+        async def handler(body: Any) -> tuple[int, Any]:
+            result = self.rt.app.on_admin(self.api, op, body or {})
+            if asyncio.iscoroutine(result):
+                result = await result
+            return 200, result
+
+        return handler
+
+
+def parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
+    try:
+        text = head.decode("latin-1")
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes everything
+        raise HttpError(400, ErrorCode.BAD_REQUEST, "undecodable request") from None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise HttpError(400, ErrorCode.BAD_REQUEST, f"bad request line {lines[0][:80]!r}")
+    method, path, _ = parts
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip():
+            raise HttpError(400, ErrorCode.BAD_REQUEST, f"bad header line {line[:80]!r}")
+        headers[name.strip().lower()] = value.strip()
+    return method, path, headers
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HttpError(400, ErrorCode.BAD_REQUEST, f"body is not valid JSON: {exc}") from None
+
+
+def require(body: Any, key: str, kind: type) -> Any:
+    if not isinstance(body, dict) or not isinstance(body.get(key), kind) or isinstance(body.get(key), bool):
+        raise ServerError(ErrorCode.BAD_REQUEST, f"body must be an object with {key!r} of type {kind.__name__}")
+    return body[key]
+
+
+def optional(body: Any, key: str, kind: type, default: Any) -> Any:
+    if body is None or (isinstance(body, dict) and key not in body):
+        return default
+    return require(body, key, kind)

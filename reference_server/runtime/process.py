@@ -1,0 +1,620 @@
+"""A child process of the server: worker, task worker, custom process or admin.
+
+After the fork the master calls :func:`child_main`, which never returns. The
+:class:`Runtime` runs one asyncio loop with:
+
+* the ctl channel to the master (connection hand-overs, stop orders; its EOF
+  means the master died and the child stops);
+* the peer inbox (pushes, closes, tasks, results, pipe messages, RPCs);
+* the sessions this process owns (workers only), the heartbeat and keepalive;
+* the application's hooks and timers.
+
+Stopping (SIGTERM, a ``stop`` order, or the master gone): ``on_worker_exit``
+runs with the loop alive; timers the application left are cleared with one
+warning naming them; sessions get a 1001 close frame and up to
+``close_timeout`` to answer; ``on_worker_stop`` runs; the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import ctypes
+import importlib
+import inspect
+import itertools
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..app import Application, ProcessSpec
+from ..config import Config
+from ..core.metrics import Counters
+from ..core.proctable import ProcKind, ProcState, ProcTable
+from ..core.registry import SessionTable
+from ..errors import CloseCode, ErrorCode, ServerError
+from . import ipc
+from .api import DEAD_CODES, Server
+from .logs import Log, RateLimitedLog
+from .session import Session
+from .timers import Timers
+
+_current_task: contextvars.ContextVar[tuple[int, int, int] | None] = contextvars.ContextVar(
+    "current_task", default=None
+)
+
+
+@dataclass
+class ChildBoot:
+    """Everything a child needs, prepared by the master before the fork."""
+
+    kind: ProcKind
+    index: int
+    name: str
+    generation: int
+    config: Config
+    token: str
+    table: SessionTable
+    procs: ProcTable
+    ctl: socket.socket
+    log: Log
+    app: Application
+    master_pid: int
+    spec: ProcessSpec | None = None
+    extra_socket: socket.socket | None = None  # admin listener / broker listener
+    broker_url: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def load_app(spec: str) -> Application:
+    module_name, _, attr = spec.partition(":")
+    module = importlib.import_module(module_name)
+    obj = getattr(module, attr)
+    if isinstance(obj, type):
+        obj = obj()
+    if not isinstance(obj, Application):
+        raise TypeError(f"{spec} is not an Application")
+    return obj
+
+
+def _set_parent_death_signal(sig: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def child_main(boot: ChildBoot) -> None:
+    """Entry point of a forked child; exits the process, never returns."""
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master coordinates Ctrl-C
+        for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _set_parent_death_signal(signal.SIGTERM)
+        if os.getppid() != boot.master_pid:
+            os._exit(0)  # the master died before we could watch it
+        boot.log.rebind(boot.name)
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        runtime = Runtime(boot, loop)
+        code = loop.run_until_complete(runtime.run())
+    except BaseException as exc:  # the last line of defence
+        try:
+            boot.log.error("process.crash", error=repr(exc), trace=traceback.format_exc())
+        finally:
+            code = 1
+    finally:
+        try:
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+class Runtime:
+    def __init__(self, boot: ChildBoot, loop: asyncio.AbstractEventLoop) -> None:
+        self.boot = boot
+        self.kind = boot.kind
+        self.index = boot.index
+        self.name = boot.name
+        self.generation = boot.generation
+        self.config = boot.config
+        self.table = boot.table
+        self.procs = boot.procs
+        self.log = boot.log
+        self.app = boot.app
+        self.loop = loop
+        self.counters = Counters()
+        self.dead_log = RateLimitedLog(self.log, self.counters)
+        self.links = ipc.PeerLinks(boot.token, loop)
+        self.timers = Timers(loop, self.log, self.counters)
+        self.sessions: dict[int, Session] = {}
+        self.api = Server(self)
+        self.stopping = asyncio.Event()
+        self._stop_reason = ""
+        self._rpc_ids = itertools.count(1)
+        self._rpc_waiting: dict[int, asyncio.Future] = {}
+        self._task_ids = itertools.count(1)
+        self._task_rr = itertools.count()
+        self._task_queue: asyncio.Queue | None = None
+        self._background: set[asyncio.Task] = set()
+        self._session_gone = asyncio.Event()
+
+    # -- life cycle -------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = self.loop
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+        loop.add_reader(self.boot.ctl.fileno(), self._on_ctl_readable)
+        inbox = await ipc.start_inbox(self.boot.token, self._on_peer_message, self._on_ipc_error)
+        exit_code = 0
+        try:
+            if self.kind is ProcKind.TASK:
+                self._task_queue = asyncio.Queue()
+                self._spawn(self._task_loop())
+            if self.kind is ProcKind.WORKER:
+                self._spawn(self._housekeeping())
+            self._spawn(self._log_flusher())
+            if self.kind in (ProcKind.WORKER, ProcKind.TASK):
+                await self._hook("on_worker_start", self.api)
+            main: asyncio.Task | None = None
+            if self.kind is ProcKind.CUSTOM and self.boot.spec is not None:
+                main = self._spawn(self.boot.spec.target(self.api))
+            elif self.kind is ProcKind.ADMIN:
+                from .admin import serve_admin
+
+                main = self._spawn(serve_admin(self, self.boot.extra_socket))
+            elif self.kind is ProcKind.BROKER:
+                from .broker import serve_broker
+
+                main = self._spawn(serve_broker(self, self.boot.extra_socket))
+            self.ctl_send(("ready",))
+            self.log.info("process.start", kind=self.kind.label, id=self.index, generation=self.generation)
+            if main is not None:
+                done, _ = await asyncio.wait(
+                    {main, asyncio.ensure_future(self.stopping.wait())},
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if main in done and not self.stopping.is_set():
+                    exc = main.exception()
+                    if exc is not None:
+                        self.log.error("process.main_failed", error=repr(exc))
+                        exit_code = 1
+                    self.request_stop("process returned")
+            await self.stopping.wait()
+            await self._shutdown()
+        finally:
+            inbox.close()
+            loop.remove_reader(self.boot.ctl.fileno())
+            self.links.close()
+            for task in list(self._background):
+                task.cancel()
+        self.log.info("process.exit", reason=self._stop_reason, code=exit_code)
+        return exit_code
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stopping.is_set():
+            self._stop_reason = reason
+            self.stopping.set()
+
+    async def _shutdown(self) -> None:
+        if self.kind in (ProcKind.WORKER, ProcKind.TASK):
+            await self._hook("on_worker_exit", self.api)
+        left = self.timers.describe()
+        if left:
+            self.log.warning(
+                "timers.left_after_exit",
+                count=len(left),
+                timers=left[:20],
+                hint="clear timers in on_worker_exit; the framework cleared these",
+            )
+            self.timers.clear_all(reason="process exit")
+        for sess in list(self.sessions.values()):
+            sess.close(CloseCode.GOING_AWAY, "server shutting down", cause="shutdown")
+        deadline = time.monotonic() + self.config.close_timeout_ms / 1000.0
+        while self.sessions and time.monotonic() < deadline:
+            self._session_gone.clear()
+            try:
+                await asyncio.wait_for(self._session_gone.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+        for sess in list(self.sessions.values()):
+            sess.abort("shutdown")
+        if self.kind in (ProcKind.WORKER, ProcKind.TASK):
+            await self._hook("on_worker_stop", self.api)
+        # Let written data (close frames, IPC) drain before the process ends.
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = self.loop.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _hook(self, name: str, *args: Any) -> Any:
+        """Run an application hook; errors are logged, never fatal."""
+        try:
+            result = getattr(self.app, name)(*args)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        except Exception as exc:
+            self.log.error("app.hook_failed", hook=name, error=repr(exc), trace=traceback.format_exc())
+            return None
+
+    def call_hook(self, name: str, *args: Any) -> None:
+        """Run a hook from synchronous code; a coroutine hook becomes a task."""
+        try:
+            result = getattr(self.app, name)(*args)
+            if inspect.isawaitable(result):
+                self._spawn(self._await_hook(name, result))
+        except Exception as exc:
+            self.log.error("app.hook_failed", hook=name, error=repr(exc), trace=traceback.format_exc())
+
+    async def _await_hook(self, name: str, awaitable) -> None:
+        try:
+            await awaitable
+        except Exception as exc:
+            self.log.error("app.hook_failed", hook=name, error=repr(exc), trace=traceback.format_exc())
+
+    # -- ctl channel --------------------------------------------------------------
+
+    def ctl_send(self, message: Any) -> None:
+        try:
+            self.boot.ctl.send(ipc.ctl_encode(message))
+        except (BlockingIOError, InterruptedError):
+            # The master is far behind; a blocking retry keeps ordering.
+            self.boot.ctl.setblocking(True)
+            try:
+                self.boot.ctl.send(ipc.ctl_encode(message))
+            finally:
+                self.boot.ctl.setblocking(False)
+        except OSError:
+            self.request_stop("master gone")
+
+    def _on_ctl_readable(self) -> None:
+        while True:
+            try:
+                received = ipc.ctl_recv(self.boot.ctl)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.log.error("ctl.recv_failed", error=repr(exc))
+                self.request_stop("ctl failure")
+                return
+            if received is None:
+                self.loop.remove_reader(self.boot.ctl.fileno())
+                self.request_stop("master gone")
+                return
+            message, fds = received
+            kind = message[0]
+            if kind == "accept":
+                _, sid, local_port = message
+                self._adopt(sid, fds[0], local_port)
+            elif kind == "stop":
+                for fd in fds:
+                    os.close(fd)
+                self.request_stop(message[1])
+            else:
+                for fd in fds:
+                    os.close(fd)
+                self.log.warning("ctl.unknown", kind=str(kind))
+
+    # -- sessions (workers) ---------------------------------------------------------
+
+    def _adopt(self, sid: int, fd: int, local_port: int) -> None:
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        sess = Session(
+            sid,
+            self,
+            max_message_size=self.config.max_message_size,
+            close_timeout=self.config.close_timeout_ms / 1000.0,
+            handshake_timeout=self.config.handshake_timeout_ms / 1000.0,
+        )
+        self.sessions[sid] = sess
+        try:
+            self.table.set_os_fd(sid, fd)
+        except KeyError:
+            pass
+        self.log.debug("session.accept", sid=sid, fd=fd, local_port=local_port)
+        self._spawn(self._attach(sock, sess))
+
+    async def _attach(self, sock: socket.socket, sess: Session) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: sess, sock)
+        except OSError as exc:
+            sock.close()
+            sess.close_cause = "reset"
+            self.log.info("session.attach_failed", sid=sess.sid, error=repr(exc))
+            sess.connection_lost(exc)
+
+    def session_activity(self, sess: Session, now: float) -> None:
+        try:
+            self.table.touch(sess.sid, now)
+        except KeyError:
+            pass
+
+    def session_opened(self, sess: Session, request) -> None:
+        try:
+            self.table.establish(sess.sid, time.time())
+        except KeyError:
+            return
+        self.counters["sessions_opened"] += 1
+        info = self.table.lookup(sess.sid)
+        self.log.info(
+            "session.open",
+            sid=sess.sid,
+            worker=self.index,
+            remote=f"{info.remote_addr}:{info.remote_port}" if info else "",
+            path=request.path,
+        )
+        self.call_hook("on_open", self.api, sess.sid, request)
+
+    def session_message(self, sess: Session, data: str | bytes) -> None:
+        self.counters["messages_received"] += 1
+        self.call_hook("on_message", self.api, sess.sid, data)
+
+    def session_closing(self, sess: Session) -> None:
+        try:
+            self.table.set_closing(sess.sid)
+        except KeyError:
+            pass
+
+    def session_lost(self, sess: Session) -> None:
+        self.sessions.pop(sess.sid, None)
+        try:
+            info = self.table.lookup(sess.sid)
+            self.table.set_closed(sess.sid)
+        except KeyError:
+            info = None
+        self.ctl_send(("closed", sess.sid))
+        self.counters["sessions_closed"] += 1
+        if sess.close_cause == "protocol_error":
+            self.counters["protocol_errors"] += 1
+        if not sess.established:
+            self.counters["handshake_failed"] += 1
+        self.log.info(
+            "session.close",
+            sid=sess.sid,
+            worker=self.index,
+            code=sess.close_code,
+            reason=sess.close_reason,
+            cause=sess.close_cause,
+            lived_s=round(time.time() - info.connect_time, 3) if info else None,
+        )
+        self._session_gone.set()
+        if sess.established:
+            self.call_hook("on_close", self.api, sess.sid, sess.close_code or 1006, sess.close_reason)
+
+    def close_local(self, sid: int, code: int, reason: str, cause: str = "server") -> bool:
+        sess = self.sessions.get(sid)
+        return sess is not None and sess.close(code, reason, cause)
+
+    def apply_owner_op(self, sid: int, op: str, value: Any) -> None:
+        if sid not in self.sessions:
+            return
+        try:
+            if op == "protect":
+                self.table.set_protected(sid, value)
+            elif op == "bind":
+                self.table.set_uid(sid, value)
+        except KeyError:
+            pass
+
+    def note_push_failed(self, sid: int, code: ErrorCode) -> None:
+        self.counters["push_failed"] += 1
+        if code in DEAD_CODES:
+            self.counters["dead_session_pushes"] += 1
+            self.dead_log.once("warning", "push.dead_session", sid, sid=sid, code=int(code), error=code.name)
+
+    async def _housekeeping(self) -> None:
+        """Heartbeat and keepalive for the sessions this worker owns."""
+        cfg = self.config
+        idle = cfg.heartbeat_idle_ms / 1000.0
+        ping_every = cfg.ping_interval_ms / 1000.0
+        ping_timeout = cfg.ping_timeout_ms / 1000.0
+        periods = [p for p in (cfg.heartbeat_check_interval_ms / 1000.0 if idle else 0, ping_every) if p]
+        if not periods:
+            return
+        period = min(periods)
+        next_ping = time.monotonic() + ping_every if ping_every else float("inf")
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            if idle:
+                for sess in list(self.sessions.values()):
+                    if sess.closing or now - sess.last_recv <= idle:
+                        continue
+                    info = self.table.lookup(sess.sid)
+                    if info is not None and info.protected:
+                        continue
+                    self.counters["heartbeat_closes"] += 1
+                    sess.close(CloseCode.IDLE_TIMEOUT, "idle timeout", cause="heartbeat")
+            if ping_every:
+                for sess in list(self.sessions.values()):
+                    if sess.ping_payload is not None and now - sess.ping_sent_at > ping_timeout:
+                        sess.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout", cause="keepalive")
+                if now >= next_ping:
+                    next_ping = now + ping_every
+                    for sess in list(self.sessions.values()):
+                        if sess.ping_payload is None:
+                            sess.ping(os.urandom(4))
+
+    async def _log_flusher(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.dead_log.flush()
+
+    # -- peer messages ----------------------------------------------------------------
+
+    def _on_ipc_error(self, event: str, exc: Exception) -> None:
+        self.log.warning(event, error=repr(exc))
+
+    def _on_peer_message(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "push":
+            _, sid, data = message
+            sess = self.sessions.get(sid)
+            if sess is None or not sess.send(data):
+                self.note_push_failed(
+                    sid, ErrorCode.SESSION_CLOSED if sess is not None else ErrorCode.SESSION_NOT_EXIST
+                )
+        elif kind == "close":
+            _, sid, code, reason = message
+            self.close_local(sid, code, reason)
+        elif kind in ("protect", "bind"):
+            _, sid, value = message
+            self.apply_owner_op(sid, kind, value)
+        elif kind == "task":
+            assert self._task_queue is not None
+            self._task_queue.put_nowait(message[1:])
+        elif kind == "finish":
+            _, task_id, result = message
+            self.counters["tasks_finished"] += 1
+            self.call_hook("on_finish", self.api, task_id, result)
+        elif kind == "pipe":
+            _, src, data = message
+            self.call_hook("on_pipe_message", self.api, src, data)
+        elif kind == "rpc":
+            _, req_id, reply_pid, method, args = message
+            self._spawn(self._serve_rpc(req_id, reply_pid, method, args))
+        elif kind == "rpc_reply":
+            _, req_id, ok, value = message
+            fut = self._rpc_waiting.pop(req_id, None)
+            if fut is not None and not fut.done():
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(ServerError(ErrorCode(value[0]), value[1]))
+        else:
+            self.log.warning("ipc.unknown_message", kind=str(kind))
+
+    # -- RPC -----------------------------------------------------------------------------
+
+    async def call(self, pid: int, method: str, args: Any, timeout: float) -> Any:
+        req_id = next(self._rpc_ids)
+        fut = self.loop.create_future()
+        self._rpc_waiting[req_id] = fut
+        if not self.links.send(pid, ("rpc", req_id, os.getpid(), method, args)):
+            self._rpc_waiting.pop(req_id, None)
+            raise ServerError(ErrorCode.OWNER_UNREACHABLE, f"process {pid} cannot be reached")
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise ServerError(ErrorCode.OWNER_UNREACHABLE, f"process {pid} did not answer {method}") from None
+        finally:
+            self._rpc_waiting.pop(req_id, None)
+
+    async def _serve_rpc(self, req_id: int, reply_pid: int, method: str, args: Any) -> None:
+        try:
+            if method == "stats":
+                value = self.local_stats()
+            elif method == "app_request":
+                src, data = args
+                value = getattr(self.app, "on_request", None)
+                if value is None:
+                    raise ServerError(ErrorCode.UNSUPPORTED, "the application has no on_request hook")
+                value = value(self.api, src, data)
+                if inspect.isawaitable(value):
+                    value = await value
+            else:
+                raise ServerError(ErrorCode.NOT_FOUND, f"unknown RPC method {method!r}")
+            reply = ("rpc_reply", req_id, True, value)
+        except ServerError as exc:
+            reply = ("rpc_reply", req_id, False, (int(exc.code), exc.message))
+        except Exception as exc:
+            self.log.error("rpc.failed", method=method, error=repr(exc), trace=traceback.format_exc())
+            reply = ("rpc_reply", req_id, False, (int(ErrorCode.INTERNAL), repr(exc)))
+        self.links.send(reply_pid, reply)
+
+    def local_stats(self) -> dict[str, Any]:
+        try:
+            fds = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            fds = -1
+        try:
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            rss = -1
+        return {
+            "name": self.name,
+            "kind": self.kind.label,
+            "id": self.index,
+            "pid": os.getpid(),
+            "generation": self.generation,
+            "sessions": len(self.sessions),
+            "timers": len(self.timers),
+            "fds": fds,
+            "rss_bytes": rss,
+            "ipc_pending_bytes": self.links.pending_bytes(),
+            "counters": self.counters.snapshot(),
+        }
+
+    async def gather_stats(self, timeout: float) -> list[dict[str, Any]]:
+        me = os.getpid()
+        entries = [e for e in self.procs.entries() if e.state is ProcState.READY]
+
+        async def one(entry):
+            if entry.pid == me:
+                return self.local_stats()
+            try:
+                return await self.call(entry.pid, "stats", None, timeout)
+            except ServerError as exc:
+                return {"name": entry.name, "pid": entry.pid, "error": exc.message}
+
+        return list(await asyncio.gather(*(one(e) for e in entries)))
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    def dispatch_task(self, data: Any, dst_worker: int) -> int:
+        workers = sorted(
+            (e for e in self.procs.entries() if e.kind is ProcKind.TASK and e.state is ProcState.READY),
+            key=lambda e: e.index,
+        )
+        if not workers:
+            raise ServerError(ErrorCode.NO_TASK_WORKER, "no task worker is running")
+        if dst_worker >= 0:
+            chosen = [e for e in workers if e.index == dst_worker]
+            if not chosen:
+                raise ServerError(ErrorCode.UNKNOWN_PROCESS, f"no task worker {dst_worker}")
+            target = chosen[0]
+        else:
+            target = workers[next(self._task_rr) % len(workers)]
+        task_id = next(self._task_ids)
+        if not self.links.send(target.pid, ("task", task_id, os.getpid(), self.index, data)):
+            self.counters["ipc_send_failed"] += 1
+            raise ServerError(ErrorCode.OWNER_UNREACHABLE, f"task worker {target.index} cannot be reached")
+        self.counters["tasks_dispatched"] += 1
+        return task_id
+
+    async def _task_loop(self) -> None:
+        """Run tasks one at a time, in arrival order (a task worker's contract)."""
+        assert self._task_queue is not None
+        while True:
+            task_id, src_pid, src_worker, data = await self._task_queue.get()
+            token = _current_task.set((task_id, src_pid, 0))
+            try:
+                result = await self._hook("on_task", self.api, task_id, src_worker, data)
+                self.counters["tasks_done"] += 1
+                if result is not None:
+                    self.links.send(src_pid, ("finish", task_id, result))
+            finally:
+                _current_task.reset(token)
+
+    def finish_current_task(self, data: Any) -> None:
+        current = _current_task.get()
+        if current is None:
+            raise ServerError(ErrorCode.BAD_REQUEST, "finish() called outside a task")
+        task_id, src_pid, _ = current
+        self.links.send(src_pid, ("finish", task_id, data))
