@@ -291,7 +291,6 @@ class ContractApp(Application):
             "matched": [],
             "closed": [],
             "info_missing": [],
-            "push_failed": [],
             "close_failed": [],
             "errors": [],
         }
@@ -307,9 +306,8 @@ class ContractApp(Application):
                     if (info.uid and info.uid in uids) or (idle is not None and idle_for > idle):
                         report["matched"].append(sid)
                         text = json.dumps({"ev": "notice", "reason": notice, "session": sid, "sweep": self.sweep_no})
-                        if not server.push(sid, text):
-                            report["push_failed"].append([sid, server.last_error.name])
-                        if server.close(sid, CloseCode.SWEPT, notice):
+                        # The notice must be the session's last message: send it with the close, atomically.
+                        if server.close(sid, CloseCode.SWEPT, notice, last_message=text):
                             report["closed"].append(sid)
                             server.counters["sweep_closes"] += 1
                         else:

@@ -122,8 +122,22 @@ class Server:
         self._rt.note_push_failed(session, code)
         return False
 
-    def close(self, session: int, code: int = CloseCode.NORMAL, reason: str = "") -> bool:
-        """Close a session with a proper close frame; pushes queued before go out first."""
+    def close(
+        self,
+        session: int,
+        code: int = CloseCode.NORMAL,
+        reason: str = "",
+        *,
+        last_message: str | bytes | None = None,
+    ) -> bool:
+        """Close a session with a proper close frame; pushes queued before go out first.
+
+        ``last_message``, if given, is sent immediately before the close frame,
+        atomically at the owner: nothing (a timer's push, say) can come between
+        them. ``push(notice)`` followed by ``close()`` from another process
+        gives no such guarantee, since the owner may run its own timers between
+        the two routed operations.
+        """
         info = self._rt.table.get_client_info(session)
         if info is None:
             lookup = self._rt.table.lookup(session)
@@ -132,10 +146,10 @@ class Server:
             )
             return False
         if info.owner_pid == os.getpid():
-            if not self._rt.close_local(session, int(code), reason):
+            if not self._rt.close_local(session, int(code), reason, last_message):
                 self.last_error = ErrorCode.SESSION_CLOSED
                 return False
-        elif not self._rt.links.send(info.owner_pid, ("close", session, int(code), reason)):
+        elif not self._rt.links.send(info.owner_pid, ("close", session, int(code), reason, last_message)):
             self._rt.counters["ipc_send_failed"] += 1
             self.last_error = ErrorCode.OWNER_UNREACHABLE
             return False

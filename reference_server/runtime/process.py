@@ -396,9 +396,15 @@ class Runtime:
         if sess.established:
             self.call_hook("on_close", self.api, sess.sid, sess.close_code or 1006, sess.close_reason)
 
-    def close_local(self, sid: int, code: int, reason: str, cause: str = "server") -> bool:
+    def close_local(
+        self, sid: int, code: int, reason: str, last_message: str | bytes | None = None, cause: str = "server"
+    ) -> bool:
         sess = self.sessions.get(sid)
-        return sess is not None and sess.close(code, reason, cause)
+        if sess is None:
+            return False
+        if last_message is not None and not sess.send(last_message):
+            self.note_push_failed(sid, ErrorCode.SESSION_CLOSED)
+        return sess.close(code, reason, cause)
 
     def apply_owner_op(self, sid: int, op: str, value: Any) -> None:
         if sid not in self.sessions:
@@ -470,8 +476,8 @@ class Runtime:
                     sid, ErrorCode.SESSION_CLOSED if sess is not None else ErrorCode.SESSION_NOT_EXIST
                 )
         elif kind == "close":
-            _, sid, code, reason = message
-            self.close_local(sid, code, reason)
+            _, sid, code, reason, last_message = message
+            self.close_local(sid, code, reason, last_message)
         elif kind in ("protect", "bind"):
             _, sid, value = message
             self.apply_owner_op(sid, kind, value)

@@ -1,0 +1,15 @@
+"""The scenario harness: drives any target through the written contract (docs/contract-v1.md).
+
+Modules, one concern each:
+
+* :mod:`.manifest` -- load and validate a target manifest (TOML).
+* :mod:`.target`   -- start a target on free loopback ports, wait until ready, stop it.
+* :mod:`.broker`   -- the embedded fakeredis broker the harness provides (or a real Redis URL).
+* :mod:`.client`   -- a WebSocket client that records its history.
+* :mod:`.admin`    -- the admin API client.
+* :mod:`.evidence` -- named checks with expected/observed values; the failure message.
+* :mod:`.waiting`  -- wait on an observable condition with a bound.
+* :mod:`.plugin`   -- the pytest plugin: options, fixtures, capability gating, results.
+"""
+
+CONTRACT_VERSION = 1

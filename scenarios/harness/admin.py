@@ -1,0 +1,69 @@
+"""Client for the contract's admin API (section 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+class AdminError(RuntimeError):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"admin API answered {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+class AdminClient:
+    def __init__(self, base_url: str, token: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+
+    def request_sync(
+        self, method: str, path: str, body: Any = None, *, token: str | None = None, raw: bytes | None = None
+    ) -> tuple[int, Any]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.base_url + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token if token is None else token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, _decode(resp.read(), resp.headers.get("Content-Type", ""))
+        except urllib.error.HTTPError as exc:
+            return exc.code, _decode(exc.read(), exc.headers.get("Content-Type", ""))
+
+    async def request(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        return await asyncio.to_thread(self.request_sync, method, path, body, **kw)
+
+    async def get(self, path: str) -> Any:
+        status, body = await self.request("GET", path)
+        if status != 200:
+            raise AdminError(status, body)
+        return body
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        status, payload = await self.request(method, path, body)
+        if status != 200:
+            raise AdminError(status, payload)
+        return payload
+
+    async def stats(self) -> dict[str, Any]:
+        return await self.get("/v1/stats")
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        return (await self.get("/v1/sessions"))["sessions"]
+
+    async def processes(self) -> list[dict[str, Any]]:
+        return (await self.get("/v1/processes"))["processes"]
+
+
+def _decode(raw: bytes, ctype: str) -> Any:
+    if "json" in ctype:
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw.decode(errors="replace")
+    return raw.decode(errors="replace")

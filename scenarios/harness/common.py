@@ -1,0 +1,89 @@
+"""Observations shared by several scenarios: process fds and session counts of a target."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .admin import AdminClient
+from .client import connect_many, dispose_all
+from .target import count_fds
+from .waiting import settle
+
+
+async def fd_snapshot(admin: AdminClient) -> dict[str, int]:
+    """Open fds per process of the target (by name), read from /proc (local targets)."""
+    out = {}
+    for proc in await admin.processes():
+        n = count_fds(int(proc["pid"]))
+        if n is not None:
+            out[str(proc.get("name") or proc["pid"])] = n
+    return out
+
+
+async def check_no_leaks(admin: AdminClient, evidence: Any, baseline_fds: dict[str, int], *, timeout: float = 10.0) -> None:
+    """After every client is gone: no session left, and every process back to its fd baseline."""
+    sessions: list[Any] = []
+
+    async def no_sessions() -> bool:
+        nonlocal sessions
+        sessions = await admin.sessions()
+        return not sessions
+
+    await settle(no_sessions, timeout=timeout, interval=0.05)
+    evidence.check(
+        "no sessions left after every client is gone",
+        not sessions,
+        expected=0,
+        observed=len(sessions),
+        sessions=sessions,
+    )
+    current: dict[str, int] = {}
+
+    async def fds_back() -> bool:
+        nonlocal current
+        current = await fd_snapshot(admin)
+        return all(current.get(name, n) <= n for name, n in baseline_fds.items())
+
+    await settle(fds_back, timeout=timeout, interval=0.05)
+    grown = {name: [baseline_fds[name], n] for name, n in current.items() if n > baseline_fds.get(name, n)}
+    evidence.check(
+        "every process is back to its fd count (no fd leak)",
+        not grown,
+        expected="fds <= baseline",
+        observed=grown or "all at baseline",
+        baseline=baseline_fds,
+    )
+
+
+async def warm_up(
+    target: Any,
+    admin: AdminClient,
+    extra: Callable[[list[Any]], Awaitable[None]] | None = None,
+) -> dict[str, int]:
+    """Exercise every cross-process path once, then return the fd baseline.
+
+    Implementations may open inter-process links lazily and keep them (the
+    reference does); a baseline taken before they exist would read as a leak.
+    ``extra(clients)`` runs scenario-specific paths on the warm-up clients.
+    """
+    workers = int(target.profile.get("workers", 1))
+    clients = await connect_many(target.ws_url, "warm", max(2, 2 * workers))
+    try:
+        for a in clients:
+            for b in clients:
+                if a is not b:
+                    await a.request("push", to=b.session, data="warm")
+        await asyncio.gather(*(c.request("task", data="warm") for c in clients), return_exceptions=True)
+        await admin.stats()
+        if extra is not None:
+            await extra(clients)
+    finally:
+        await dispose_all(clients)
+    await settle(lambda: _no_sessions(admin), timeout=10, interval=0.05)
+    return await fd_snapshot(admin)
+
+
+async def _no_sessions(admin: AdminClient) -> bool:
+    return not await admin.sessions()

@@ -1,0 +1,81 @@
+"""Named checks with what was expected and what was seen (Jepsen-style: check the record).
+
+A scenario records facts (client histories, stats, reports) and then states
+checks. Every check is kept, passing or not; :meth:`Evidence.verdict` raises
+:class:`ScenarioFailed` listing each failed check with its evidence, and the
+whole record is written as JSON next to the run's results.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MAX_EXCERPT = 40
+
+
+class ScenarioFailed(AssertionError):
+    pass
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    expected: Any = None
+    observed: Any = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        text = f"[FAIL] {self.name}: expected {self.expected!r}, observed {self.observed!r}"
+        for key, value in self.details.items():
+            rendered = json.dumps(value, default=str)
+            if len(rendered) > 600:
+                rendered = rendered[:600] + "..."
+            text += f"\n         {key}: {rendered}"
+        return text
+
+
+class Evidence:
+    def __init__(self, scenario: str, path: Path) -> None:
+        self.scenario = scenario
+        self.path = path
+        self.checks: list[Check] = []
+        self.facts: dict[str, Any] = {}
+        self.started = time.time()
+
+    def check(self, name: str, passed: bool, *, expected: Any = None, observed: Any = None, **details: Any) -> bool:
+        """Record one check; details should be small excerpts (lists are cut)."""
+        trimmed = {k: (v[:MAX_EXCERPT] if isinstance(v, list) else v) for k, v in details.items()}
+        self.checks.append(Check(name, bool(passed), expected, observed, trimmed))
+        return bool(passed)
+
+    def fact(self, name: str, value: Any) -> None:
+        self.facts[name] = value
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def verdict(self) -> None:
+        if not self.checks:
+            raise ScenarioFailed(f"{self.scenario}: no check was made")
+        if self.failed:
+            lines = [f"{self.scenario}: {len(self.failed)} of {len(self.checks)} checks failed"]
+            lines += [c.describe() for c in self.failed]
+            lines.append(f"evidence: {self.path}")
+            raise ScenarioFailed("\n".join(lines))
+
+    def write(self, extra: dict[str, Any] | None = None) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "scenario": self.scenario,
+            "started": self.started,
+            "checks": [asdict(c) for c in self.checks],
+            "facts": self.facts,
+            **(extra or {}),
+        }
+        self.path.write_text(json.dumps(record, indent=1, default=str))

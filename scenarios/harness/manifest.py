@@ -1,0 +1,124 @@
+"""Target manifests (contract section 2): how to start, ready-check and stop a target.
+
+A manifest is TOML. Errors name the file and the key. Placeholders in the
+start command and the ready URL are filled by :meth:`Manifest.render`.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import CONTRACT_VERSION
+
+#: Capabilities defined by contract version 1 (later versions add more).
+KNOWN_CAPABILITIES = {
+    "task_sweep": "a task process can list, inspect, push to and close every session (section 4.3)",
+    "dead_session_stats": "push to a dead session fails with 1004/1005 and is counted (section 3.4)",
+    "heartbeat": "idle sessions are closed with 4408; protect() exempts (section 3.6)",
+    "fd_reuse_info": "session info includes the OS fd in the owner (os_fd)",
+}
+PLACEHOLDERS = {
+    "python",
+    "manifest_dir",
+    "port",
+    "admin_port",
+    "admin_token",
+    "redis_url",
+    "workers",
+    "task_workers",
+    "heartbeat_idle_ms",
+    "heartbeat_check_ms",
+    "log_level",
+}
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+
+
+class ManifestError(ValueError):
+    pass
+
+
+@dataclass
+class Manifest:
+    path: Path
+    name: str
+    contract: int
+    description: str
+    command: list[str]
+    cwd: Path
+    env: dict[str, str]
+    ready_url: str
+    ready_timeout: float
+    stop_signal: str
+    stop_timeout: float
+    capabilities: set[str]
+    known_failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def uses_redis(self) -> bool:
+        return any("{redis_url}" in part for part in self.command)
+
+    def render(self, values: dict[str, Any]) -> tuple[list[str], str]:
+        def fill(text: str) -> str:
+            return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), text)
+
+        return [fill(part) for part in self.command], fill(self.ready_url)
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    path = Path(path).resolve()
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no such manifest") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"{path}: not valid TOML: {exc}") from None
+
+    def get(table: dict, key: str, kind: type, where: str, default: Any = ...) -> Any:
+        if key not in table:
+            if default is ...:
+                raise ManifestError(f"{path}: missing {where}{key}")
+            return default
+        value = table[key]
+        if not isinstance(value, kind):
+            raise ManifestError(f"{path}: {where}{key} must be {kind.__name__}, got {type(value).__name__}")
+        return value
+
+    contract = get(data, "contract", int, "")
+    if contract != CONTRACT_VERSION:
+        raise ManifestError(f"{path}: contract {contract} is not supported (this harness speaks {CONTRACT_VERSION})")
+    start = get(data, "start", dict, "")
+    command = get(start, "command", list, "start.")
+    if not command or not all(isinstance(p, str) for p in command):
+        raise ManifestError(f"{path}: start.command must be a non-empty list of strings")
+    for part in command:
+        for name in _PLACEHOLDER.findall(part):
+            if name not in PLACEHOLDERS:
+                raise ManifestError(f"{path}: start.command uses unknown placeholder {{{name}}}")
+    ready = get(data, "ready", dict, "")
+    stop = get(data, "stop", dict, "", {})
+    caps = get(data, "capabilities", dict, "", {})
+    declared = get(caps, "declared", list, "capabilities.", [])
+    unknown = [c for c in declared if c not in KNOWN_CAPABILITIES]
+    if unknown:
+        raise ManifestError(f"{path}: capabilities.declared has unknown capabilities {unknown}")
+    known = get(data, "known_failures", dict, "", {})
+    env = get(start, "env", dict, "start.", {})
+    return Manifest(
+        path=path,
+        name=get(data, "name", str, ""),
+        contract=contract,
+        description=get(data, "description", str, "", ""),
+        command=command,
+        cwd=(path.parent / get(start, "cwd", str, "start.", ".")).resolve(),
+        env={str(k): str(v) for k, v in env.items()},
+        ready_url=get(ready, "http", str, "ready."),
+        ready_timeout=float(get(ready, "timeout_s", (int, float), "ready.", 20)),
+        stop_signal=get(stop, "signal", str, "stop.", "SIGTERM"),
+        stop_timeout=float(get(stop, "timeout_s", (int, float), "stop.", 10)),
+        capabilities=set(declared),
+        known_failures={str(k): str(v) for k, v in known.items()},
+    )

@@ -1,0 +1,295 @@
+"""The pytest plugin behind ``pytest scenarios/ --target PATH``.
+
+* ``--target``: a manifest (default: the reference server's). ``--redis-url``:
+  a real Redis for targets that take one (default: an embedded fakeredis the
+  harness starts). ``--report-dir``: where results go (default ``reports``).
+* Fixtures: ``target`` (one instance per run, default profile),
+  ``target_factory`` (an instance with its own profile, stopped after the
+  test), ``admin``, ``evidence``, and ``run_async`` to drive a scenario coroutine.
+* A test marked ``@pytest.mark.requires("cap", ...)`` whose capability the
+  target does not declare is skipped and reported as ``unsupported``.
+* Each run writes ``<report-dir>/runs/<run-id>/results.json`` (and a copy at
+  ``<report-dir>/latest/results.json``): one record per scenario with its
+  verdict, duration and the path of its evidence file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import CONTRACT_VERSION
+from .admin import AdminClient
+from .broker import EmbeddedBroker
+from .evidence import Evidence
+from .manifest import Manifest, ManifestError, load_manifest
+from .target import Target
+
+REPO = Path(__file__).resolve().parents[2]
+REFERENCE_MANIFEST = REPO / "reference_server" / "target.toml"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("scenarios", "scenario harness")
+    group.addoption("--target", default=str(REFERENCE_MANIFEST), help="target manifest (TOML)")
+    group.addoption(
+        "--redis-url",
+        default=os.environ.get("SCENARIO_REDIS_URL", ""),
+        help="real Redis for the target (default: embedded fakeredis started by the harness)",
+    )
+    group.addoption("--report-dir", default=str(REPO / "reports"), help="where results are written")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "requires(*caps): contract capabilities the scenario needs")
+    config.addinivalue_line("markers", "scenario(id, seed=''): scenario identity in reports")
+
+
+class ScenarioRun:
+    """State of one harness run: the target manifest, the broker, the results."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        try:
+            self.manifest: Manifest = load_manifest(config.getoption("--target"))
+        except ManifestError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.run_id = f"{stamp}-{self.manifest.name}-{os.getpid()}"
+        self.report_root = Path(config.getoption("--report-dir")).resolve()
+        self.run_dir = self.report_root / "runs" / self.run_id
+        self.results: list[dict[str, Any]] = []
+        self.target_stops: list[dict[str, Any]] = []
+        self.started = time.time()
+        self._redis_url = config.getoption("--redis-url")
+        self._broker: EmbeddedBroker | None = None
+        self.broker_kind = "redis" if self._redis_url else "embedded-fakeredis"
+
+    @property
+    def redis_url(self) -> str:
+        if not self._redis_url:
+            self._broker = EmbeddedBroker()
+            self._redis_url = self._broker.start()
+        return self._redis_url
+
+    def new_target(self, profile: dict[str, Any], label: str) -> Target:
+        redis_url = self.redis_url if self.manifest.uses_redis else ""
+        target = Target(
+            self.manifest,
+            profile=profile,
+            redis_url=redis_url,
+            log_path=self.run_dir / "logs" / f"{label}.log",
+        )
+        target.start()
+        return target
+
+    def stopped(self, target: Target, label: str) -> None:
+        report = target.stop()
+        self.target_stops.append(
+            {
+                "label": label,
+                "exit_code": report.exit_code,
+                "forced": report.forced,
+                "leftover_pids": report.leftover_pids,
+                "stop_s": round(report.duration_s, 3),
+                "log": str(target.log_path),
+            }
+        )
+
+    def close(self) -> None:
+        if self._broker is not None:
+            self._broker.stop()
+
+    def write_results(self) -> Path:
+        counts: dict[str, int] = {}
+        for r in self.results:
+            counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+        doc = {
+            "run_id": self.run_id,
+            "contract": CONTRACT_VERSION,
+            "target": {
+                "name": self.manifest.name,
+                "manifest": str(self.manifest.path),
+                "declared_capabilities": sorted(self.manifest.capabilities),
+            },
+            "broker": self.broker_kind,
+            "started": self.started,
+            "duration_s": round(time.time() - self.started, 3),
+            "summary": counts,
+            "scenarios": self.results,
+            "target_stops": self.target_stops,
+        }
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / "results.json"
+        path.write_text(json.dumps(doc, indent=1))
+        latest = self.report_root / "latest"
+        latest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, latest / "results.json")
+        return path
+
+
+_RUN_KEY = pytest.StashKey[ScenarioRun]()
+
+
+def _run(config: pytest.Config) -> ScenarioRun:
+    if _RUN_KEY not in config.stash:
+        config.stash[_RUN_KEY] = ScenarioRun(config)
+    return config.stash[_RUN_KEY]
+
+
+def _is_scenario(item: pytest.Item) -> bool:
+    return item.get_closest_marker("scenario") is not None
+
+
+def _scenario_id(item: pytest.Item) -> tuple[str, str]:
+    marker = item.get_closest_marker("scenario")
+    if marker is None:
+        return item.name, ""
+    return marker.args[0], marker.kwargs.get("seed", "")
+
+
+@pytest.fixture(scope="session")
+def scenario_run(request: pytest.FixtureRequest) -> ScenarioRun:
+    return _run(request.config)
+
+
+@pytest.fixture(scope="session")
+def target(scenario_run: ScenarioRun):
+    instance = scenario_run.new_target({}, "default")
+    try:
+        yield instance
+    finally:
+        scenario_run.stopped(instance, "default")
+
+
+@pytest.fixture
+def target_factory(scenario_run: ScenarioRun, request: pytest.FixtureRequest):
+    started: list[tuple[Target, str]] = []
+
+    def start(profile: dict[str, Any], label: str = "") -> Target:
+        label = label or f"{request.node.name}-{len(started)}"
+        instance = scenario_run.new_target(profile, label)
+        started.append((instance, label))
+        return instance
+
+    try:
+        yield start
+    finally:
+        for instance, label in started:
+            scenario_run.stopped(instance, label)
+
+
+@pytest.fixture
+def admin(target: Target) -> AdminClient:
+    return AdminClient(target.admin_url, target.admin_token)
+
+
+@pytest.fixture
+def evidence(request: pytest.FixtureRequest, scenario_run: ScenarioRun):
+    sid, seed = _scenario_id(request.node)
+    ev = Evidence(sid, scenario_run.run_dir / "evidence" / f"{request.node.name}.json")
+    request.node.stash[_EVIDENCE_KEY] = ev
+    yield ev
+    ev.write({"seed": seed, "target": scenario_run.manifest.name, "test": request.node.nodeid})
+
+
+_EVIDENCE_KEY = pytest.StashKey[Evidence]()
+
+
+@pytest.fixture
+def run_async():
+    """Run a scenario coroutine to completion on a fresh event loop."""
+
+    def runner(coro, timeout: float = 90.0):
+        async def bounded():
+            return await asyncio.wait_for(coro, timeout)
+
+        return asyncio.run(bounded())
+
+    return runner
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("requires")
+    if marker is None:
+        return
+    run = _run(item.config)
+    missing = [cap for cap in marker.args if cap not in run.manifest.capabilities]
+    if missing:
+        pytest.skip(f"unsupported: target {run.manifest.name!r} does not declare {', '.join(missing)}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if not _is_scenario(item):
+        return report
+    finished = report.when == "call" or (report.when == "setup" and not report.passed)
+    if report.when == "teardown" and report.failed:
+        finished = True
+    if not finished:
+        return report
+    sid, seed = _scenario_id(item)
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        verdict = "unsupported" if "unsupported:" in reason else "skipped"
+        message = reason.removeprefix("Skipped: ")
+    elif report.passed:
+        verdict, message = "passed", ""
+    else:
+        verdict = "failed" if report.when == "call" else "error"
+        message = str(report.longrepr)[-4000:]
+    ev = item.stash.get(_EVIDENCE_KEY, None)
+    run = _run(item.config)
+    run.results.append(
+        {
+            "id": sid,
+            "seed": seed,
+            "test": item.nodeid,
+            "verdict": verdict,
+            "duration_s": round(report.duration, 3),
+            "evidence": str(ev.path) if ev is not None else None,
+            "checks": len(ev.checks) if ev is not None else 0,
+            "failed_checks": [c.name for c in ev.failed] if ev is not None else [],
+            "message": message,
+        }
+    )
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    run = session.config.stash.get(_RUN_KEY, None)
+    if run is None:
+        return
+    run.close()
+    if run.results:
+        path = run.write_results()
+        session.config.stash[_RESULTS_PATH] = path
+
+
+_RESULTS_PATH = pytest.StashKey[Path]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    path = config.stash.get(_RESULTS_PATH, None)
+    run = config.stash.get(_RUN_KEY, None)
+    if path is None or run is None:
+        return
+    counts: dict[str, int] = {}
+    for r in run.results:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+    terminalreporter.write_sep("=", f"scenarios against {run.manifest.name}: {summary}")
+    for r in run.results:
+        terminalreporter.write_line(f"  {r['verdict']:<12} {r['id']:<28} {r['duration_s']:>7.2f}s")
+    terminalreporter.write_line(f"results: {path}")
+    leftovers = [s for s in run.target_stops if s["leftover_pids"] or s["forced"]]
+    for s in leftovers:
+        terminalreporter.write_line(f"WARNING: target {s['label']} had to be killed: {s}")
