@@ -91,7 +91,7 @@ async def scenario(target, admin, evidence) -> None:
                 await client.close(1000, "bye")
 
         await asyncio.gather(*(leave(c, rng.uniform(0, 0.6)) for c in churn))
-        all_swept = await settle(lambda: all(c.is_closed for c in doomed), timeout=15)
+        all_swept = await settle(lambda: all(c.is_closed for c in doomed), timeout=8)
         evidence.fact("all_doomed_closed_in_time", all_swept)
         sweep_state = await admin.call("GET", "/v1/sweep")
         await admin.call("DELETE", "/v1/sweep")
