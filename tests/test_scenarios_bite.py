@@ -1,0 +1,56 @@
+"""Proof that each scenario catches the bug it is about.
+
+Each broken variant (tests/variants/) runs as a target through the real
+harness, in a subprocess, exactly as a user would run it; its scenario must
+fail, and by the check named for that bug. The reference must pass the same
+scenarios in the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.variants import REPO, VARIANTS, Variant, write_manifest
+
+REFERENCE = REPO / "reference_server" / "target.toml"
+
+
+def run_suite(scenario_files: list[str], manifest: Path, report_dir: Path) -> tuple[int, dict, str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", *scenario_files, "--target", str(manifest), "--report-dir", str(report_dir), "-q"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    results_path = report_dir / "latest" / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    return proc.returncode, results, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
+def test_scenario_catches_broken_variant(variant: Variant, tmp_path: Path) -> None:
+    manifest = write_manifest(variant.name, tmp_path)
+    code, results, output = run_suite([variant.scenario], manifest, tmp_path / "reports")
+    assert code == 1, f"the scenario did not fail on {variant.name}:\n{output}"
+    (record,) = results["scenarios"]
+    assert record["verdict"] == "failed", record
+    assert any(name.startswith(variant.caught_by) for name in record["failed_checks"]), (
+        f"{variant.name} failed, but not by '{variant.caught_by}...': {record['failed_checks']}"
+    )
+    stops = results["target_stops"]
+    assert stops and not any(s["leftover_pids"] for s in stops), stops
+
+
+def test_reference_passes_every_scenario(tmp_path: Path) -> None:
+    scenario_files = sorted({v.scenario for v in VARIANTS})
+    code, results, output = run_suite(scenario_files, REFERENCE, tmp_path / "reports")
+    assert code == 0, output
+    verdicts = {r["id"]: r["verdict"] for r in results["scenarios"]}
+    assert verdicts and set(verdicts.values()) == {"passed"}, verdicts
+    assert all(s["exit_code"] == 0 and not s["forced"] for s in results["target_stops"]), results["target_stops"]

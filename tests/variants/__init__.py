@@ -1,0 +1,98 @@
+"""Deliberately broken variants of the reference server (proof that the scenarios bite).
+
+Each module holds one bug, applied as a patch to the reference before it starts
+(the master forks its children, so they inherit the patch). Run one as a target:
+
+    python -m tests.variants NAME [reference server options...]
+
+or write its manifest with :func:`write_manifest`. Every variant says which
+scenario must catch it, and by which check.
+"""
+
+from __future__ import annotations
+
+import importlib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    bug: str
+    scenario: str  # test file under scenarios/
+    caught_by: str  # start of the name of the check that must fail
+
+
+VARIANTS = [
+    Variant(
+        "sid_reuse",
+        "session ids are reused like OS fds and stale ids are not detected",
+        "scenarios/test_dead_session_push.py",
+        "a new client never receives what was meant for another session",
+    ),
+    Variant(
+        "push_warn_storm",
+        "every failed push logs a warning (Swoole's warning storm)",
+        "scenarios/test_dead_session_push.py",
+        "no warning storm",
+    ),
+    Variant(
+        "sweep_local_only",
+        "connections lists only the calling process's own sessions (BASE mode)",
+        "scenarios/test_task_sweep.py",
+        "each sweep saw every session",
+    ),
+    Variant(
+        "close_drops_queue",
+        "close() drops the connection without flushing queued data or a close frame",
+        "scenarios/test_task_sweep.py",
+        "every swept client got a close frame",
+    ),
+    Variant(
+        "heartbeat_counts_pushes",
+        "what the server pushes counts as activity for the heartbeat",
+        "scenarios/test_heartbeat.py",
+        "server pushes do not count as activity",
+    ),
+]
+BY_NAME = {v.name: v for v in VARIANTS}
+
+
+def apply(name: str) -> None:
+    importlib.import_module(f"tests.variants.{name}").apply()
+
+
+def write_manifest(name: str, directory: Path) -> Path:
+    """A manifest for variant ``name``: the reference's, started through the variant."""
+    ref = tomllib.loads((REPO / "reference_server" / "target.toml").read_text())
+    command = ref["start"]["command"]
+    assert command[:3] == ["{python}", "-m", "reference_server"], command[:3]
+    command = ["{python}", "-m", "tests.variants", name, *command[3:]]
+    caps = ", ".join(f'"{c}"' for c in ref["capabilities"]["declared"])
+    args = ", ".join(f'"{part}"' for part in command)
+    text = f"""contract = 1
+name = "variant-{name}"
+description = "BROKEN on purpose: {BY_NAME[name].bug}"
+
+[start]
+command = [{args}]
+cwd = "{REPO}"
+
+[ready]
+http = "{ref["ready"]["http"]}"
+timeout_s = 20
+
+[stop]
+signal = "SIGTERM"
+timeout_s = 10
+
+[capabilities]
+declared = [{caps}]
+"""
+    path = directory / f"variant-{name}.toml"
+    path.write_text(text)
+    return path

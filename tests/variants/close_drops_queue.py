@@ -1,0 +1,19 @@
+"""BUG: close() drops the TCP connection at once: queued data and the close frame are lost.
+
+Caught by scenarios/test_task_sweep.py (no notice, no 4001 close frame).
+"""
+
+from reference_server.runtime.session import Session
+
+
+def apply() -> None:
+    def close(self, code, reason, cause="server"):
+        if self.closing or self.lost:
+            return False
+        self.close_code, self.close_reason = code, reason
+        self._begin_closing(cause)
+        if self.transport is not None:
+            self.transport.abort()
+        return True
+
+    Session.close = close

@@ -1,0 +1,20 @@
+"""BUG: what the server pushes counts as activity, so a silent client is never idle.
+
+Caught by scenarios/test_heartbeat.py (push-only clients are not closed).
+"""
+
+import time
+
+from reference_server.runtime.session import Session
+
+
+def apply() -> None:
+    original = Session.send
+
+    def send(self, data):
+        ok = original(self, data)
+        if ok:
+            self.last_recv = time.monotonic()
+        return ok
+
+    Session.send = send

@@ -1,0 +1,16 @@
+"""BUG: every failed push logs a warning (the storm Swoole users report).
+
+Caught by scenarios/test_dead_session_push.py (the log grows with dead pushes).
+"""
+
+from reference_server.runtime.process import Runtime
+
+
+def apply() -> None:
+    original = Runtime.note_push_failed
+
+    def note_push_failed(self, sid, code):
+        original(self, sid, code)
+        self.log.warning("push.failed", sid=sid, code=int(code), error=code.name)
+
+    Runtime.note_push_failed = note_push_failed
