@@ -1,0 +1,102 @@
+"""Unit tests of the pure core: framing, rate limiting, metrics, config, process table."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reference_server.config import Config
+from reference_server.core.framing import Decoder, FrameTooLarge, encode
+from reference_server.core.metrics import render_prometheus
+from reference_server.core.proctable import ProcKind, ProcState, ProcTable, proctable_size
+from reference_server.core.ratelimit import OncePerKey, Summariser
+from reference_server.core.registry import SessionTable, TableFull, table_size
+from reference_server.errors import ConfigError
+
+messages = st.lists(
+    st.tuples(st.sampled_from(["push", "close", "task"]), st.integers(), st.binary(max_size=300)), max_size=20
+)
+
+
+@given(messages, st.lists(st.integers(1, 50), min_size=1, max_size=30))
+def test_frames_survive_any_split(batch, cuts):
+    stream = b"".join(encode(m) for m in batch)
+    decoder, out, pos = Decoder(), [], 0
+    for cut in cuts * (len(stream) // max(1, sum(cuts)) + 1):
+        out += decoder.feed(stream[pos : pos + cut])
+        pos += cut
+        if pos >= len(stream):
+            break
+    out += decoder.feed(stream[pos:])
+    assert out == batch and decoder.pending == 0
+
+
+def test_oversized_frame_is_refused():
+    with pytest.raises(FrameTooLarge):
+        Decoder().feed(b"\xff\xff\xff\xff")
+
+
+def test_once_per_key_is_bounded():
+    once = OncePerKey(capacity=2)
+    assert once.first(1) and not once.first(1)
+    assert once.first(2) and once.first(3)  # evicts 1
+    assert once.first(1)
+
+
+def test_summariser_releases_once_per_interval():
+    s = Summariser(interval=10)
+    assert s.due(0) == []
+    for sid in (1, 1, 2):
+        s.suppressed("push.dead_session", sid)
+    assert s.due(5) == []
+    assert s.due(10) == [("push.dead_session", 3, 2)]
+    assert s.due(30) == []
+
+
+def test_prometheus_text_has_standard_counters():
+    text = render_prometheus({"pushes": 3}, {"sessions_open": 2}, {"worker_sessions": [({"worker": "0"}, 2)]})
+    assert "refsrv_pushes_total 3" in text
+    assert "refsrv_dead_session_pushes_total 0" in text
+    assert 'refsrv_worker_sessions{worker="0"} 2' in text
+    assert "# TYPE refsrv_pushes_total counter" in text
+
+
+@pytest.mark.parametrize(
+    "change, names",
+    [
+        ({"port": 70000}, "--port"),
+        ({"workers": 0}, "--workers"),
+        ({"host": "not-an-ip"}, "--host"),
+        ({"admin_port": 9000}, "--admin-token"),
+        ({"redis_url": "http://x"}, "--redis-url"),
+        ({"log_level": "loud"}, "--log-level"),
+        ({"heartbeat_idle_ms": -1}, "--heartbeat-idle-ms"),
+    ],
+)
+def test_bad_config_names_the_option(change, names):
+    with pytest.raises(ConfigError, match=names):
+        Config(**change).validate()
+
+
+def test_session_table_refuses_when_full_and_reuses_slots():
+    table = SessionTable(bytearray(table_size(2)), 2, create=True)
+    kw = dict(worker=0, owner_pid=1, remote_addr="::1", remote_port=1, local_port=2, now=0.0)
+    a, b = table.allocate(**kw), table.allocate(**kw)
+    with pytest.raises(TableFull):
+        table.allocate(**kw)
+    assert table.get_client_info(a).remote_addr == "::1"
+    table.free(a)
+    c = table.allocate(**kw)
+    assert table.slot_of(c) == table.slot_of(a) and c != a
+    assert table.lookup(a) is None and table.exists(b)
+
+
+def test_proctable_round_trip():
+    procs = ProcTable(bytearray(proctable_size()))
+    procs.put(kind=ProcKind.WORKER, index=1, pid=42, generation=1, started=1.0, name="worker-1")
+    procs.set_state(42, ProcState.READY)
+    (entry,) = procs.find(ProcKind.WORKER, 1)
+    assert (entry.pid, entry.state, entry.name) == (42, ProcState.READY, "worker-1")
+    procs.remove(42)
+    assert procs.by_pid(42) is None
