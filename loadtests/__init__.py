@@ -1,0 +1,1 @@
+"""Load tests and benchmarks (Locust and broadcast benchmarks arrive with the broadcast capability)."""
