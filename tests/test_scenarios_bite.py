@@ -54,3 +54,17 @@ def test_reference_passes_every_scenario(tmp_path: Path) -> None:
     verdicts = {r["id"]: r["verdict"] for r in results["scenarios"]}
     assert verdicts and set(verdicts.values()) == {"passed"}, verdicts
     assert all(s["exit_code"] == 0 and not s["forced"] for s in results["target_stops"]), results["target_stops"]
+
+
+def test_undeclared_capabilities_are_reported_unsupported_not_failed(tmp_path: Path) -> None:
+    text = REFERENCE.read_text().replace(
+        'declared = ["task_sweep", "dead_session_stats", "heartbeat", "fd_reuse_info"]', "declared = []"
+    )
+    text = text.replace('cwd = ".."', f'cwd = "{REPO}"')
+    manifest = tmp_path / "declares-nothing.toml"
+    manifest.write_text(text)
+    code, results, output = run_suite(["scenarios/"], manifest, tmp_path / "reports")
+    assert code == 0, output
+    verdicts = {r["id"]: r["verdict"] for r in results["scenarios"]}
+    assert verdicts == {"task_sweep": "unsupported", "dead_session_push": "unsupported", "heartbeat": "unsupported"}
+    assert results["target"]["declared_capabilities"] == []

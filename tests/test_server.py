@@ -259,3 +259,31 @@ def test_websockets_client_sees_proper_handshake(server):
 
     reply = asyncio.run(main())
     assert reply["ok"] and reply["session"] > 0 and reply["worker"] in (0, 1)
+
+
+def test_keepalive_pings_and_closes_a_client_that_never_pongs(tmp_path):
+    target = start_target(
+        tmp_path, "keepalive", ("--ping-interval-ms", "100", "--ping-timeout-ms", "300"), workers=1, task_workers=0
+    )
+    try:
+
+        async def main():
+            reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
+            writer.write(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            await reader.readuntil(b"\r\n\r\n")
+            opcodes = []
+            while not opcodes or opcodes[-1] != 0x8:  # read frames, never answer a ping
+                head = await asyncio.wait_for(reader.readexactly(2), 5)
+                payload = await reader.readexactly(head[1] & 0x7F)
+                opcodes.append(head[0] & 0x0F)
+            writer.close()
+            return opcodes, payload
+
+        opcodes, close_payload = asyncio.run(main())
+        assert opcodes[0] == 0x9, opcodes  # a ping first
+        assert int.from_bytes(close_payload[:2], "big") == 1011, close_payload
+    finally:
+        assert target.stop().exit_code == 0
