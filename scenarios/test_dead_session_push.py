@@ -23,7 +23,7 @@ import asyncio
 import pytest
 
 from scenarios.harness.client import ScenarioClient, connect_many, dispose_all
-from scenarios.harness.common import check_no_leaks, warm_up
+from scenarios.harness.common import check_no_leaks, counter_delta, warm_up
 from scenarios.harness.waiting import settle, until
 
 PUSHERS = 3
@@ -134,9 +134,7 @@ async def scenario(target, admin, evidence) -> None:
         expected={"ok": False, "code": 1005, "name": "SESSION_NOT_EXIST"},
         observed=one_off,
     )
-    counted = stats_after["counters"].get("dead_session_pushes", 0) - stats_before["counters"].get(
-        "dead_session_pushes", 0
-    )
+    counted = counter_delta(stats_before, stats_after, "dead_session_pushes")
     evidence.check(
         "stats count every dead-session push the clients saw",
         counted >= total_failed + 1,

@@ -20,6 +20,7 @@ import pytest
 
 from scenarios.harness.admin import AdminClient
 from scenarios.harness.client import ScenarioClient, connect_many, dispose_all
+from scenarios.harness.common import counter_delta
 from scenarios.harness.waiting import settle
 
 IDLE_MS = 600
@@ -102,9 +103,7 @@ async def scenario(target, evidence) -> None:
         expected="open for the whole window",
         observed=survivors_closed or "all open",
     )
-    counted = stats_after["counters"].get("heartbeat_closes", 0) - stats_before["counters"].get(
-        "heartbeat_closes", 0
-    )
+    counted = counter_delta(stats_before, stats_after, "heartbeat_closes")
     evidence.check(
         "stats count the heartbeat closes",
         counted == len(idle) + len(pushed),

@@ -25,7 +25,7 @@ import time
 import pytest
 
 from scenarios.harness.client import ScenarioClient, connect_many, dispose_all
-from scenarios.harness.common import check_no_leaks, warm_up
+from scenarios.harness.common import check_no_leaks, counter_delta, warm_up
 from scenarios.harness.waiting import settle, until
 
 DOOMED_UID = 7
@@ -180,7 +180,7 @@ async def scenario(target, admin, evidence) -> None:
         observed={"disturbed": disturbed, "starved": starved},
     )
     closed_by_sweeps = sum(len(r["closed"]) for r in reports)
-    delta = stats_after["counters"].get("sweep_closes", 0) - stats_before["counters"].get("sweep_closes", 0)
+    delta = counter_delta(stats_before, stats_after, "sweep_closes")
     evidence.check(
         "stats count the sweep's closes",
         delta == closed_by_sweeps,

@@ -12,6 +12,11 @@ from .target import count_fds
 from .waiting import settle
 
 
+def counter_delta(before: dict[str, Any], after: dict[str, Any], name: str) -> int:
+    """How much a standard counter of ``/v1/stats`` grew between two snapshots."""
+    return int(after["counters"].get(name, 0)) - int(before["counters"].get(name, 0))
+
+
 async def fd_snapshot(admin: AdminClient) -> dict[str, int]:
     """Open fds per process of the target (by name), read from /proc (local targets)."""
     out = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -132,7 +133,10 @@ class Target:
                         return
             except (urllib.error.URLError, OSError):
                 pass
-            time.sleep(0.02)  # polling interval of the readiness probe, bounded by the deadline
+            try:  # between probes, wait on the target's exit (bounded): a crash is seen at once
+                self.proc.wait(timeout=0.02)
+            except subprocess.TimeoutExpired:
+                pass
         self.stop()
         raise TargetStartError(
             f"target {self.manifest.name!r} not ready after {self.manifest.ready_timeout}s; log tail:\n"
@@ -159,9 +163,7 @@ class Target:
         leftover = self._group_members(pgid)
         if leftover:
             self._kill_group(pgid)
-            deadline = time.monotonic() + 5
-            while self._group_members(pgid) and time.monotonic() < deadline:
-                time.sleep(0.01)
+            _wait_gone(leftover, timeout=5)
         self.stop_report = StopReport(code, forced, leftover, time.monotonic() - started)
         return self.stop_report
 
@@ -196,6 +198,25 @@ class Target:
 
     def log_tail(self, n: int = 30) -> str:
         return "\n".join(self.log_lines()[-n:])
+
+
+def _wait_gone(pids: list[int], timeout: float) -> None:
+    """Wait until every pid has exited (pidfds become readable on exit), with a bound."""
+    fds = []
+    for pid in pids:
+        try:
+            fds.append(os.pidfd_open(pid))
+        except OSError:
+            pass  # already gone
+    try:
+        deadline = time.monotonic() + timeout
+        pending = list(fds)
+        while pending and time.monotonic() < deadline:
+            ready, _, _ = select.select(pending, [], [], deadline - time.monotonic())
+            pending = [fd for fd in pending if fd not in ready]
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def count_fds(pid: int) -> int | None:
