@@ -16,6 +16,11 @@ Which process runs which hook:
                               is sent back as if ``finish`` had been called
 ``on_finish``                 the process that called ``task``
 ``on_pipe_message``           the process named by ``send_message``
+``on_migrate_out``            the worker a session is leaving: stop the
+                              session's timers, return their state (picklable)
+``on_migrate_in``             the worker a session arrived in, with that
+                              state: re-arm them (also called in the source,
+                              with the same state, if the move failed)
 ``on_worker_exit``            a worker or task worker about to stop, its loop
                               still running: clear your timers here
 ``on_worker_stop``            the same process, last thing before it exits
@@ -62,6 +67,20 @@ class Application:
         from .errors import ErrorCode, ServerError
 
         raise ServerError(ErrorCode.UNSUPPORTED, "this application answers no requests")
+
+    def on_migrate_out(self, server: Server, session: int) -> Any:
+        """The session is about to leave this worker: return its per-session state.
+
+        Called just before the socket is handed over; whatever is returned
+        must be picklable and is given to :meth:`on_migrate_in` in the
+        worker that receives the session. Stop timers that belong to the
+        session here: a timer left behind keeps firing in this process.
+        May be a coroutine; the session is frozen only after it returns.
+        """
+        return None
+
+    def on_migrate_in(self, server: Server, session: int, state: Any) -> Any:
+        """The session now lives in this worker, with what ``on_migrate_out`` returned."""
 
     def on_worker_exit(self, server: Server) -> Any: ...
     def on_worker_stop(self, server: Server) -> Any: ...

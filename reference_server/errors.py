@@ -30,6 +30,20 @@ class ErrorCode(enum.IntEnum):
     NO_TASK_WORKER = 2002
     #: A destination process (worker id, task worker id) does not exist.
     UNKNOWN_PROCESS = 2003
+    #: ``migrate``: the session already belongs to the requested worker.
+    ALREADY_THERE = 2010
+    #: ``migrate``: another migration of this session is under way.
+    MIGRATION_IN_PROGRESS = 2011
+    #: ``migrate``: the hand-over did not happen (the target refused it, could
+    #: not be reached, or died first); the session goes on where it was.
+    MIGRATION_FAILED = 2012
+    #: ``migrate``: the session's connection state cannot move (for example a
+    #: negotiated permessage-deflate context). The reference never negotiates
+    #: deflate, so it never returns this; other targets may.
+    NOT_MOVABLE = 2013
+    #: Internal: the session moved on while a request for it was on its way.
+    #: The API retries with the new owner; applications never see it.
+    MOVED = 2014
     #: A request of the application protocol or the admin API is malformed.
     BAD_REQUEST = 4400
     #: The target does not implement the requested operation.

@@ -2,7 +2,8 @@
 
 Operations: connect (allocate), handshake (establish), close (closing), lost
 (closed + freed by the master), abort (freed at once: a worker died), push
-(its error code), sweep (the live scan) and stale ids. A tiny table (4 slots)
+(its error code), migrate (the migrating flag, then one owner switch that
+counts), group, sweep (the live scan) and stale ids. A tiny table (4 slots)
 forces slot reuse, which is where an fd-keyed registry goes wrong.
 """
 
@@ -32,6 +33,8 @@ class RegistryMachine(RuleBasedStateMachine):
         self.table = SessionTable(bytearray(table_size(CAPACITY)), CAPACITY, create=True)
         self.model: dict[int, SessionState] = {}
         self.owner: dict[int, int] = {}
+        self.moves: dict[int, int] = {}
+        self.group: dict[int, int] = {}
         self.gone: set[int] = set()
         self.last_sid = 0
         self.clock = 1000.0
@@ -102,6 +105,25 @@ class RegistryMachine(RuleBasedStateMachine):
             self.table.set_uid(sid, uid)
             assert self.table.lookup(sid).uid == uid
 
+    @rule(sid=sessions, worker=st.integers(0, 2))
+    def migrate(self, sid: int, worker: int) -> None:
+        if self.model.get(sid) is SessionState.ESTABLISHED:
+            self.table.set_migrating(sid, True)
+            assert self.table.lookup(sid).migrating
+            assert self.table.get_client_info(sid).owner_pid == self.owner[sid], "the source owns it until the switch"
+            self.table.set_owner(sid, worker, 100 + worker)  # clears MIGRATING in the same write
+            self.owner[sid] = 100 + worker
+            self.moves[sid] = self.moves.get(sid, 0) + 1
+            info = self.table.get_client_info(sid)
+            assert (info.worker, info.owner_pid, info.migrating) == (worker, 100 + worker, False)
+            assert info.migrations == self.moves[sid]
+
+    @rule(sid=sessions, group=st.integers(0, 1 << 40))
+    def set_group(self, sid: int, group: int) -> None:
+        if sid in self.model:
+            self.table.set_group(sid, group)
+            self.group[sid] = group
+
     @rule()
     def sweep(self) -> None:
         seen = {info.session: info.state for info in self.table.sessions()}
@@ -120,6 +142,10 @@ class RegistryMachine(RuleBasedStateMachine):
         for sid, state in self.model.items():
             assert self.table.exists(sid) == (state in (SessionState.CONNECTING, SessionState.ESTABLISHED))
             assert self.table.is_established(sid) == (state is SessionState.ESTABLISHED)
+            info = self.table.lookup(sid)
+            assert info.owner_pid == self.owner[sid]
+            assert info.migrations == self.moves.get(sid, 0)
+            assert info.group == self.group.get(sid, 0)
 
 
 RegistryMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)

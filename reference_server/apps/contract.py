@@ -7,7 +7,9 @@ server sends on its own carry ``"ev"`` instead of ``"re"``. The full protocol
 is ``docs/contract-v1.md`` section 3; this module is its reference.
 
 Timers started by a session belong to the worker that owns that session, and
-are cleared when that session closes. A timer pushing to *another* session
+are cleared when that session closes. When the session migrates, they move
+with it (``on_migrate_out`` stops them and exports their state,
+``on_migrate_in`` re-arms them): their ids and sequence numbers go on. A timer pushing to *another* session
 keeps pushing after the target is gone (that is the seed situation), counting
 each failure by error code so the client can ask.
 
@@ -19,6 +21,7 @@ each one that matches the rule pushes a notice and then closes it with 4001.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 from collections import Counter, deque
@@ -34,10 +37,12 @@ SWEEPER = "task-0"
 
 @dataclass
 class AppTimer:
-    id: int
+    id: int  # numbered per session: stable when the session migrates
     owner: int  # session that started it
     to: int  # session it pushes to
+    interval_ms: int
     remaining: int | None
+    tid: int = 0  # this process's timer id (changes when the session moves)
     seq: int = 0
     sent: int = 0
     failed: Counter = field(default_factory=Counter)
@@ -52,6 +57,21 @@ class AppTimer:
             "failed": {str(code): n for code, n in sorted(self.failed.items())},
             "last_error": self.last_error,
         }
+
+    def export(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "owner": self.owner, "to": self.to, "interval_ms": self.interval_ms,
+            "remaining": self.remaining, "seq": self.seq, "sent": self.sent,
+            "failed": dict(self.failed), "last_error": self.last_error,
+        }
+
+
+@dataclass
+class SessionTimers:
+    """The timers a session started: they live in the worker that owns the session."""
+
+    next_id: int = 1
+    timers: dict[int, AppTimer] = field(default_factory=dict)
 
 
 class BadRequest(Exception):
@@ -69,8 +89,8 @@ def _int(msg: dict, key: str, default: int | None = None, *, low: int | None = N
 
 class ContractApp(Application):
     def __init__(self) -> None:
-        self.timers: dict[int, AppTimer] = {}
-        self.by_owner: dict[int, set[int]] = {}
+        self.by_owner: dict[int, SessionTimers] = {}
+        self.by_tid: dict[int, AppTimer] = {}
         self.pending_tasks: dict[int, tuple[int, Any]] = {}
         # sweeper state (task worker 0)
         self.rule: dict[str, Any] | None = None
@@ -81,7 +101,7 @@ class ContractApp(Application):
 
     # -- sessions ------------------------------------------------------------------
 
-    def on_message(self, server: Server, session: int, data: str | bytes) -> None:
+    def on_message(self, server: Server, session: int, data: str | bytes) -> Any:
         if isinstance(data, bytes):
             self._reply(server, session, None, error=(ErrorCode.BAD_REQUEST, "binary messages carry no op"))
             return
@@ -101,19 +121,64 @@ class ContractApp(Application):
             result = handler(server, session, msg)
         except BadRequest as exc:
             self._reply(server, session, req_id, error=(ErrorCode.BAD_REQUEST, str(exc)))
+            return None
+        if inspect.isawaitable(result):
+            return self._finish_async(server, session, req_id, result)
+        if result is not None:
+            self._reply(server, session, req_id, **result)
+        return None
+
+    async def _finish_async(self, server: Server, session: int, req_id: Any, pending: Any) -> None:
+        try:
+            result = await pending
+        except BadRequest as exc:
+            self._reply(server, session, req_id, error=(ErrorCode.BAD_REQUEST, str(exc)))
+            return
+        except ServerError as exc:
+            self._reply(server, session, req_id, error=(exc.code, exc.message))
             return
         if result is not None:
             self._reply(server, session, req_id, **result)
 
     def on_close(self, server: Server, session: int, code: int, reason: str) -> None:
-        for tid in self.by_owner.pop(session, ()):
-            server.clear(tid)
-            self.timers.pop(tid, None)
+        mine = self.by_owner.pop(session, None)
+        if mine is not None:
+            for timer in mine.timers.values():
+                server.clear(timer.tid)
+                self.by_tid.pop(timer.tid, None)
+
+    def on_migrate_out(self, server: Server, session: int) -> Any:
+        """Stop the session's timers here and hand their state to the next worker."""
+        mine = self.by_owner.pop(session, None)
+        if mine is None:
+            return None
+        for timer in mine.timers.values():
+            server.clear(timer.tid)
+            self.by_tid.pop(timer.tid, None)
+        return {"next_id": mine.next_id, "timers": [t.export() for t in mine.timers.values()]}
+
+    def on_migrate_in(self, server: Server, session: int, state: Any) -> None:
+        """Re-arm the timers the session brought along; ids and sequence numbers go on."""
+        if not state:
+            return
+        mine = self.by_owner.setdefault(session, SessionTimers())
+        mine.next_id = max(mine.next_id, state["next_id"])
+        for raw in state["timers"]:
+            timer = AppTimer(
+                raw["id"], raw["owner"], raw["to"], raw["interval_ms"], raw["remaining"],
+                seq=raw["seq"], sent=raw["sent"], failed=Counter(raw["failed"]), last_error=raw["last_error"],
+            )
+            self._arm(server, mine, timer)
+
+    def _arm(self, server: Server, mine: SessionTimers, timer: AppTimer) -> None:
+        timer.tid = server.tick(timer.interval_ms, self._fire, label=f"session {timer.owner} -> {timer.to}")
+        mine.timers[timer.id] = timer
+        self.by_tid[timer.tid] = timer
 
     def on_worker_exit(self, server: Server) -> None:
         # The fix the seed's users are given: clear this process's timers on exit.
         server.clear_all()
-        self.timers.clear()
+        self.by_tid.clear()
         self.by_owner.clear()
 
     def _reply(self, server: Server, to: int, req_id: Any, /, *, error=None, **fields: Any) -> None:
@@ -141,19 +206,20 @@ class ContractApp(Application):
         count = msg.get("count")
         if count is not None:
             count = _int(msg, "count", low=1)
-        tid = server.tick(interval, self._fire, label=f"session {session} -> {to}")
-        self.timers[tid] = AppTimer(tid, session, to, count)
-        self.by_owner.setdefault(session, set()).add(tid)
-        return {"timer": tid}
+        mine = self.by_owner.setdefault(session, SessionTimers())
+        timer = AppTimer(mine.next_id, session, to, interval, count)
+        mine.next_id += 1
+        self._arm(server, mine, timer)
+        return {"timer": timer.id}
 
     def _fire(self, tid: int) -> None:
-        timer = self.timers.get(tid)
+        timer = self.by_tid.get(tid)
         server = self._server
         if timer is None:
             server.clear(tid)
             return
         timer.seq += 1
-        payload = json.dumps({"ev": "tick", "timer": tid, "seq": timer.seq, "to": timer.to, "from": timer.owner, "ts": time.time()})
+        payload = json.dumps({"ev": "tick", "timer": timer.id, "seq": timer.seq, "to": timer.to, "from": timer.owner, "ts": time.time()})
         if server.push(timer.to, payload):
             timer.sent += 1
         else:
@@ -162,29 +228,30 @@ class ContractApp(Application):
         if timer.remaining is not None:
             timer.remaining -= 1
             if timer.remaining <= 0:
-                self._drop_timer(server, tid)
+                self._drop_timer(server, timer)
 
-    def _drop_timer(self, server: Server, tid: int) -> AppTimer | None:
-        timer = self.timers.pop(tid, None)
-        if timer is not None:
-            server.clear(tid)
-            self.by_owner.get(timer.owner, set()).discard(tid)
+    def _drop_timer(self, server: Server, timer: AppTimer) -> None:
+        server.clear(timer.tid)
+        self.by_tid.pop(timer.tid, None)
+        mine = self.by_owner.get(timer.owner)
+        if mine is not None:
+            mine.timers.pop(timer.id, None)
+
+    def _own_timer(self, session: int, msg: dict) -> AppTimer:
+        tid = _int(msg, "timer")
+        mine = self.by_owner.get(session)
+        timer = mine.timers.get(tid) if mine is not None else None
+        if timer is None:
+            raise BadRequest(f"no timer {tid} started by this session")
         return timer
 
     def op_timer_stop(self, server: Server, session: int, msg: dict) -> dict:
-        tid = _int(msg, "timer")
-        timer = self.timers.get(tid)
-        if timer is None or timer.owner != session:
-            raise BadRequest(f"no timer {tid} started by this session")
-        self._drop_timer(server, tid)
+        timer = self._own_timer(session, msg)
+        self._drop_timer(server, timer)
         return timer.status()
 
     def op_timer_status(self, server: Server, session: int, msg: dict) -> dict:
-        tid = _int(msg, "timer")
-        timer = self.timers.get(tid)
-        if timer is None or timer.owner != session:
-            raise BadRequest(f"no timer {tid} started by this session")
-        return timer.status()
+        return self._own_timer(session, msg).status()
 
     def op_push(self, server: Server, session: int, msg: dict) -> dict | None:
         to = _int(msg, "to")
@@ -199,6 +266,24 @@ class ContractApp(Application):
     def op_bind(self, server: Server, session: int, msg: dict) -> dict:
         server.bind(session, _int(msg, "uid"))
         return {}
+
+    def op_join(self, server: Server, session: int, msg: dict) -> dict:
+        server.set_group(session, _int(msg, "group", low=0))
+        return {}
+
+    async def op_migrate(self, server: Server, session: int, msg: dict) -> dict:
+        """Move me to worker W; the reply comes from W, after the move."""
+        to = _int(msg, "worker", low=0)
+        moved = await server.move(session, to)
+        return {"from": moved["from"], "to": moved["to"], "elapsed_ms": moved["elapsed_ms"]}
+
+    def op_block(self, server: Server, session: int, msg: dict) -> dict:
+        """Block this worker's event loop for ``ms`` (a slow synchronous hook, on purpose)."""
+        ms = _int(msg, "ms", low=0)
+        if ms > 5000:
+            raise BadRequest("'ms' must be at most 5000")
+        time.sleep(ms / 1000.0)
+        return {"blocked_ms": ms, "worker": server.worker_id}
 
     def op_protect(self, server: Server, session: int, msg: dict) -> dict:
         on = msg.get("on", True)

@@ -17,6 +17,8 @@ _ENTRY = struct.Struct("<IBBhiId32s")
 ENTRY_SIZE = 64
 assert _ENTRY.size <= ENTRY_SIZE
 _SEQ = struct.Struct("<I")
+_HWM = struct.Struct("<I")  # header: one past the highest slot ever used
+HEADER_SIZE = 64
 MAX_PROCESSES = 256
 
 
@@ -63,7 +65,7 @@ class ProcEntry:
 
 
 def proctable_size() -> int:
-    return MAX_PROCESSES * ENTRY_SIZE
+    return HEADER_SIZE + MAX_PROCESSES * ENTRY_SIZE
 
 
 class ProcTable:
@@ -74,8 +76,12 @@ class ProcTable:
             raise ValueError("buffer too small for the process table")
         self._buf = buf
 
+    @property
+    def high_water(self) -> int:
+        return _HWM.unpack_from(self._buf, 0)[0]
+
     def _read(self, slot: int) -> tuple:
-        off = slot * ENTRY_SIZE
+        off = HEADER_SIZE + slot * ENTRY_SIZE
         while True:
             (s1,) = _SEQ.unpack_from(self._buf, off)
             if s1 & 1:
@@ -86,7 +92,7 @@ class ProcTable:
                 return f
 
     def entries(self) -> Iterator[ProcEntry]:
-        for slot in range(MAX_PROCESSES):
+        for slot in range(self.high_water):
             f = self._read(slot)
             if f[1] != ProcState.EMPTY:
                 yield ProcEntry(
@@ -127,6 +133,8 @@ class ProcTable:
         for slot in range(MAX_PROCESSES):
             if self._read(slot)[1] == ProcState.EMPTY:
                 self._write(slot, state, kind, index, pid, generation, started, name)
+                if slot >= self.high_water:
+                    _HWM.pack_into(self._buf, 0, slot + 1)
                 return slot
         raise RuntimeError(f"more than {MAX_PROCESSES} processes")
 
@@ -141,7 +149,7 @@ class ProcTable:
             self._write(e.slot, ProcState.EMPTY, e.kind, 0, 0, 0, 0.0, "")
 
     def _write(self, slot, state, kind, index, pid, generation, started, name) -> None:
-        off = slot * ENTRY_SIZE
+        off = HEADER_SIZE + slot * ENTRY_SIZE
         (seq,) = _SEQ.unpack_from(self._buf, off)
         _SEQ.pack_into(self._buf, off, seq + 1)
         _ENTRY.pack_into(

@@ -40,14 +40,14 @@ from dataclasses import dataclass
 from ..errors import ErrorCode
 
 MAGIC = 0x52454653  # "REFS"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 _HEADER = struct.Struct("<IIIIQ")  # magic, layout, capacity, high-water mark, serial
 HEADER_SIZE = 64
 
 # seq, state, flags, worker, owner_pid, sid, uid, connect, last_recv,
-# established, remote_port, local_port, os_fd, family, remote_addr
-_RECORD = struct.Struct("<IBBhiQqdddHHiB16s")
+# established, remote_port, local_port, os_fd, family, remote_addr, group, migrations
+_RECORD = struct.Struct("<IBBhiQqdddHHiB16sqI")
 RECORD_SIZE = 96
 assert _RECORD.size <= RECORD_SIZE
 
@@ -72,7 +72,7 @@ class SessionState(enum.IntEnum):
 class Flag(enum.IntFlag):
     NONE = 0
     PROTECTED = 1  # exempt from the heartbeat
-    MIGRATING = 2  # reserved: the session is moving to another worker
+    MIGRATING = 2  # the session is moving to another worker (set by the source, cleared by the target)
 
 
 LIVE_STATES = frozenset({SessionState.CONNECTING, SessionState.ESTABLISHED})
@@ -95,6 +95,9 @@ class ClientInfo:
     uid: int
     protected: bool
     os_fd: int
+    group: int = 0
+    migrating: bool = False
+    migrations: int = 0
 
     @property
     def established(self) -> bool:
@@ -116,6 +119,9 @@ class ClientInfo:
             "uid": self.uid,
             "protected": self.protected,
             "os_fd": self.os_fd,
+            "group": self.group,
+            "migrating": self.migrating,
+            "migrations": self.migrations,
         }
 
 
@@ -279,6 +285,9 @@ class SessionTable:
             uid=f[6],
             protected=bool(f[2] & Flag.PROTECTED),
             os_fd=f[12],
+            group=f[15],
+            migrating=bool(f[2] & Flag.MIGRATING),
+            migrations=f[16],
         )
 
     # -- writing ------------------------------------------------------------
@@ -348,6 +357,8 @@ class SessionTable:
             os_fd=-1,
             family=family,
             remote_addr=packed,
+            group=0,
+            migrations=0,
         )
         _HEADER.pack_into(self._buf, 0, magic, layout, cap, max(hwm, slot + 1), serial)
         return sid
@@ -410,15 +421,33 @@ class SessionTable:
     def set_uid(self, sid: int, uid: int) -> None:
         self._write(self._owned(sid), uid=uid)
 
-    def set_protected(self, sid: int, protected: bool) -> None:
+    def _set_flag(self, sid: int, flag: Flag, on: bool) -> None:
         slot = self._owned(sid)
         flags = _RECORD.unpack_from(self._buf, self._offset(slot))[2]
-        flags = (flags | Flag.PROTECTED) if protected else (flags & ~Flag.PROTECTED)
+        flags = (flags | flag) if on else (flags & ~flag)
         self._write(slot, flags=int(flags))
 
+    def set_protected(self, sid: int, protected: bool) -> None:
+        self._set_flag(sid, Flag.PROTECTED, protected)
+
+    def set_migrating(self, sid: int, on: bool) -> None:
+        """Mark a session as moving (its source sets it, its new owner clears it)."""
+        self._set_flag(sid, Flag.MIGRATING, on)
+
+    def set_group(self, sid: int, group: int) -> None:
+        self._write(self._owned(sid), group=group)
+
     def set_owner(self, sid: int, worker: int, owner_pid: int) -> None:
-        """Hand a session to another process (the previous owner calls this)."""
-        self._write(self._owned(sid), worker=worker, owner_pid=owner_pid)
+        """Make ``owner_pid`` (worker ``worker``) the session's owner, in one write.
+
+        Called by the process that has just adopted the session, which from
+        then on is the record's writer. Counts the migration and clears
+        MIGRATING in the same write.
+        """
+        slot = self._owned(sid)
+        f = _RECORD.unpack_from(self._buf, self._offset(slot))
+        flags = int(f[2] & ~Flag.MIGRATING)
+        self._write(slot, worker=worker, owner_pid=owner_pid, migrations=f[16] + 1, flags=flags)
 
 
 _FIELD_INDEX = {
@@ -440,6 +469,8 @@ _FIELD_INDEX = {
             "os_fd",
             "family",
             "remote_addr",
+            "group",
+            "migrations",
         )
     )
 }

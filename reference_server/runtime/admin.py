@@ -18,6 +18,7 @@ import json
 import os
 import re
 import socket
+import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,10 @@ _HTTP_STATUS = {
     ErrorCode.NOT_ESTABLISHED: 409,
     ErrorCode.UNSUPPORTED: 501,
     ErrorCode.UNKNOWN_PROCESS: 404,
+    ErrorCode.ALREADY_THERE: 409,
+    ErrorCode.MIGRATION_IN_PROGRESS: 409,
+    ErrorCode.MIGRATION_FAILED: 503,
+    ErrorCode.NOT_MOVABLE: 409,
 }
 _REASONS = {
     200: "OK",
@@ -94,6 +99,10 @@ class AdminApi:
             ("GET", re.compile(r"/v1/sessions/(\d+)"), self.session, True),
             ("POST", re.compile(r"/v1/sessions/(\d+)/push"), self.push, True),
             ("POST", re.compile(r"/v1/sessions/(\d+)/close"), self.close, True),
+            ("POST", re.compile(r"/v1/sessions/(\d+)/migrate"), self.migrate, True),
+            ("POST", re.compile(r"/v1/migrations"), self.migrations, True),
+            ("POST", re.compile(r"/v1/affinity"), self.affinity, True),
+            ("POST", re.compile(r"/v1/rebalance"), self.rebalance, True),
             ("GET", re.compile(r"/v1/stats"), self.stats, True),
             ("GET", re.compile(r"/v1/processes"), self.processes, True),
             ("POST", re.compile(r"/v1/shutdown"), self.shutdown, True),
@@ -237,6 +246,41 @@ class AdminApi:
         if not self.api.close(int(sid), code, reason):
             raise ServerError(self.api.last_error, f"close of session {sid} failed")
         return 200, {"ok": True}
+
+    async def migrate(self, body: Any, sid: str) -> tuple[int, Any]:
+        worker = require(body, "worker", int)
+        return 200, await self.api.move(int(sid), worker)
+
+    async def migrations(self, body: Any) -> tuple[int, Any]:
+        """Several moves in one request, one after the other; each one's outcome and time."""
+        moves = require(body, "moves", list)
+        if len(moves) > 10_000 or not all(
+            isinstance(m, list) and len(m) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in m)
+            for m in moves
+        ):
+            raise ServerError(ErrorCode.BAD_REQUEST, "'moves' must be a list of at most 10000 [session, worker] pairs")
+        results = []
+        for sid, worker in moves:
+            started = time.perf_counter()
+            try:
+                moved = await self.api.move(sid, worker)
+                results.append({**moved, "ok": True, "total_ms": round((time.perf_counter() - started) * 1000, 3)})
+            except ServerError as exc:
+                results.append({"session": sid, "to": worker, "ok": False, **error_body(exc.code, exc.message)})
+        return 200, {"results": results}
+
+    async def affinity(self, body: Any) -> tuple[int, Any]:
+        if not isinstance(body, dict):
+            raise ServerError(ErrorCode.BAD_REQUEST, "body must be an object with 'group' or 'sessions'")
+        group = optional(body, "group", int, None)
+        sessions = optional(body, "sessions", list, None)
+        if sessions is not None and not all(isinstance(s, int) and not isinstance(s, bool) for s in sessions):
+            raise ServerError(ErrorCode.BAD_REQUEST, "'sessions' must be a list of session ids")
+        worker = optional(body, "worker", int, None)
+        return 200, await self.api.affinity(group=group, sessions=sessions, to_worker=worker)
+
+    async def rebalance(self, body: Any) -> tuple[int, Any]:
+        return 200, await self.api.rebalance()
 
     async def stats(self, body: Any) -> tuple[int, Any]:
         return 200, await self.collect_stats()

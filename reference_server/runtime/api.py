@@ -4,7 +4,8 @@ Reads (``connections``, ``exists``, ``is_established``, ``get_client_info``)
 come straight from the shared session table: synchronous, never stale by more
 than the owner's last write, and they always verify the session id.
 
-Operations on a session (``push``, ``close``, ``protect``, ``bind``) are
+Operations on a session (``push``, ``close``, ``protect``, ``bind``,
+``set_group``) are
 performed by the session's owner. From the owner they act at once; from any
 other process they are checked against the table and routed to the owner,
 which re-checks when they arrive (the session may have closed meanwhile: that
@@ -18,12 +19,13 @@ counted (``dead_session_pushes``) and logged once per session, never per call.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..core.proctable import ProcEntry, ProcKind, ProcState
-from ..core.registry import ClientInfo
+from ..core.registry import ClientInfo, SessionState
 from ..errors import CloseCode, ErrorCode, ServerError
 
 if TYPE_CHECKING:
@@ -107,9 +109,10 @@ class Server:
             return self._push_failed(session, code)
         assert info is not None
         if info.owner_pid == os.getpid():
-            sess = self._rt.sessions.get(session)
-            if sess is None or not sess.send(data):
-                return self._push_failed(session, ErrorCode.SESSION_CLOSED)
+            code = self._rt.deliver(("push", session, data))
+            if code is not ErrorCode.OK:
+                self.last_error = code  # counted by deliver()
+                return False
         elif not self._rt.links.send(info.owner_pid, ("push", session, data)):
             self._rt.counters["ipc_send_failed"] += 1
             return self._push_failed(session, ErrorCode.OWNER_UNREACHABLE)
@@ -146,8 +149,9 @@ class Server:
             )
             return False
         if info.owner_pid == os.getpid():
-            if not self._rt.close_local(session, int(code), reason, last_message):
-                self.last_error = ErrorCode.SESSION_CLOSED
+            result = self._rt.deliver(("close", session, int(code), reason, last_message))
+            if result is not ErrorCode.OK:
+                self.last_error = result
                 return False
         elif not self._rt.links.send(info.owner_pid, ("close", session, int(code), reason, last_message)):
             self._rt.counters["ipc_send_failed"] += 1
@@ -163,7 +167,7 @@ class Server:
             self.last_error = ErrorCode.SESSION_NOT_EXIST
             return False
         if info.owner_pid == os.getpid():
-            self._rt.apply_owner_op(session, op, value)
+            self._rt.deliver((op, session, value))
         elif not self._rt.links.send(info.owner_pid, (op, session, value)):
             self.last_error = ErrorCode.OWNER_UNREACHABLE
             return False
@@ -177,6 +181,157 @@ class Server:
     def bind(self, session: int, uid: int) -> bool:
         """Attach an application user id to a session (shown in ``get_client_info``)."""
         return self._owner_op(session, "bind", int(uid))
+
+    def set_group(self, session: int, group: int) -> bool:
+        """Put a session in an application group (a room, say): see :meth:`affinity`."""
+        return self._owner_op(session, "group", int(group))
+
+    # -- migration ----------------------------------------------------------------
+
+    async def move(self, session: int, to_worker: int, *, timeout: float = 10.0) -> dict[str, Any]:
+        """Move a live session to worker ``to_worker``; return ``{session, from, to, elapsed_ms}``.
+
+        Callable from any process. It returns once the target owns the
+        session and every operation addressed to it on the way has been
+        applied, in order (``docs/architecture.md``, migration). Raises
+        :class:`ServerError`: ``SESSION_NOT_EXIST`` (1005), ``SESSION_CLOSED``
+        (1004, closing), ``NOT_ESTABLISHED`` (8503), ``UNKNOWN_PROCESS``
+        (2003, no such running worker), ``ALREADY_THERE`` (2010),
+        ``MIGRATION_IN_PROGRESS`` (2011), ``MIGRATION_FAILED`` (2012, the
+        session goes on where it was).
+        """
+        rt = self._rt
+        for _ in range(8):
+            info = rt.table.lookup(session)
+            if info is None:
+                raise ServerError(ErrorCode.SESSION_NOT_EXIST, f"session {session} does not exist")
+            if info.state is SessionState.CONNECTING:
+                raise ServerError(ErrorCode.NOT_ESTABLISHED, f"session {session} has not completed its handshake")
+            if info.state is not SessionState.ESTABLISHED:
+                raise ServerError(ErrorCode.SESSION_CLOSED, f"session {session} is closing")
+            if rt.find_worker(to_worker) is None:
+                raise ServerError(ErrorCode.UNKNOWN_PROCESS, f"no running worker {to_worker}")
+            if info.worker == to_worker and not info.migrating:
+                raise ServerError(ErrorCode.ALREADY_THERE, f"session {session} is already in worker {to_worker}")
+            try:
+                if info.owner_pid == os.getpid():
+                    return await rt.mover.move_out(session, to_worker)
+                return await rt.call(info.owner_pid, "migrate", (session, to_worker), timeout)
+            except ServerError as exc:
+                if exc.code is not ErrorCode.MOVED:
+                    raise
+        raise ServerError(ErrorCode.MIGRATION_FAILED, f"session {session} kept moving; try again")
+
+    async def migrate(self, session: int, to_worker: int) -> bool:
+        """Swoole-style :meth:`move`: True, or False with :attr:`last_error` set."""
+        try:
+            await self.move(session, to_worker)
+        except ServerError as exc:
+            self.last_error = exc.code
+            return False
+        self.last_error = ErrorCode.OK
+        return True
+
+    async def affinity(
+        self,
+        *,
+        group: int | None = None,
+        sessions: list[int] | None = None,
+        to_worker: int | None = None,
+        concurrency: int = 16,
+    ) -> dict[str, Any]:
+        """Move every session of a group (or the given sessions) into one worker.
+
+        Without ``to_worker``, the worker that already holds most of them is
+        chosen (the lowest id on a tie), so the fewest move. Returns what was
+        moved, what was already there, and what failed (with codes).
+        """
+        rt = self._rt
+        if (group is None) == (sessions is None):
+            raise ServerError(ErrorCode.BAD_REQUEST, "give either a group or a list of sessions")
+        live = {info.session: info for info in rt.table.sessions(established_only=True)}
+        if group is not None:
+            members = [info for info in live.values() if info.group == group]
+            missing: list[int] = []
+        else:
+            wanted = list(dict.fromkeys(sessions or []))
+            members = [live[s] for s in wanted if s in live]
+            missing = [s for s in wanted if s not in live]
+        workers = self._running_workers()
+        if to_worker is None:
+            counts = {w: 0 for w in workers}
+            for info in members:
+                if info.worker in counts:
+                    counts[info.worker] += 1
+            if not counts:
+                raise ServerError(ErrorCode.UNKNOWN_PROCESS, "no running worker")
+            to_worker = max(sorted(counts), key=lambda w: counts[w])
+        elif to_worker not in workers:
+            raise ServerError(ErrorCode.UNKNOWN_PROCESS, f"no running worker {to_worker}")
+        plan = [(info.session, info.worker, to_worker) for info in members if info.worker != to_worker]
+        moved, failed = await self._run_moves(plan, concurrency)
+        failed += [self._failure(s, None, to_worker, ServerError(ErrorCode.SESSION_NOT_EXIST, "not live")) for s in missing]
+        return {
+            "group": group,
+            "worker": to_worker,
+            "members": len(members),
+            "already_there": len(members) - len(plan),
+            "moved": moved,
+            "failed": failed,
+        }
+
+    async def rebalance(self, *, concurrency: int = 16) -> dict[str, Any]:
+        """Even out established sessions across running workers (counts differ by at most one).
+
+        Moves as few sessions as possible, from the fullest workers to the
+        emptiest; returns the counts before, the moves made, and failures.
+        """
+        workers = self._running_workers()
+        if not workers:
+            raise ServerError(ErrorCode.UNKNOWN_PROCESS, "no running worker")
+        by_worker: dict[int, list[int]] = {w: [] for w in workers}
+        for info in self._rt.table.sessions(established_only=True):
+            if info.worker in by_worker and not info.migrating:
+                by_worker[info.worker].append(info.session)
+        before = {w: len(s) for w, s in by_worker.items()}
+        counts = dict(before)
+        plan = []
+        while True:
+            high = max(sorted(counts), key=lambda w: counts[w])
+            low = min(sorted(counts), key=lambda w: counts[w])
+            if counts[high] - counts[low] <= 1:
+                break
+            plan.append((by_worker[high].pop(), high, low))
+            counts[high] -= 1
+            counts[low] += 1
+        moved, failed = await self._run_moves(plan, concurrency)
+        return {"before": before, "planned": counts, "moved": moved, "failed": failed}
+
+    def _running_workers(self) -> list[int]:
+        return sorted(
+            e.index for e in self._rt.procs.entries() if e.kind is ProcKind.WORKER and e.state is ProcState.READY
+        )
+
+    async def _run_moves(
+        self, plan: list[tuple[int, int, int]], concurrency: int
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        moved: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(sid: int, src: int, dst: int) -> None:
+            async with gate:
+                try:
+                    moved.append(await self.move(sid, dst))
+                except ServerError as exc:
+                    failed.append(self._failure(sid, src, dst, exc))
+
+        await asyncio.gather(*(one(*step) for step in plan))
+        return moved, failed
+
+    @staticmethod
+    def _failure(sid: int, src: int | None, dst: int, exc: ServerError) -> dict[str, Any]:
+        return {"session": sid, "from": src, "to": dst, "code": int(exc.code), "name": exc.code.name, "message": exc.message}
 
     # -- tasks and messages ---------------------------------------------------
 

@@ -9,13 +9,17 @@ Two kinds of channel (see ``docs/architecture.md``):
 * **peer**: every child listens on an abstract-namespace Unix stream socket
   named after the server's token and its pid. Any process sends to any other
   through a lazily opened :class:`PeerLinks` connection: pushes, closes,
-  tasks, results, pipe messages and RPCs. Messages from one process to another
-  arrive in the order they were sent. The inbox refuses peers of another uid.
+  tasks, results, pipe messages, RPCs, and migrating sessions, whose socket
+  rides with its message (``SCM_RIGHTS`` on the same stream, so it keeps its
+  place in the order). Messages from one process to another arrive in the
+  order they were sent. The inbox refuses peers of another uid.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
+import collections
 import errno
 import os
 import pickle
@@ -26,6 +30,8 @@ from typing import Any
 
 from ..core.framing import Decoder, encode
 
+READ_SIZE = 256 * 1024
+_INT = array.array("i")
 CTL_MAX = 60 * 1024  # a ctl message must fit one SEQPACKET datagram
 _PEERCRED = struct.Struct("3i")
 
@@ -68,67 +74,155 @@ def ctl_recv(sock: socket.socket) -> tuple[Any, list[int]] | None:
     return pickle.loads(data), fds
 
 
-class _InboxProtocol(asyncio.Protocol):
-    def __init__(self, handler: Callable[[Any], None], on_error: Callable[[str, Exception], None]) -> None:
-        self._handler = handler
-        self._on_error = on_error
-        self._decoder = Decoder()
-        self._transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        sock = transport.get_extra_info("socket")
-        pid, uid, _gid = _PEERCRED.unpack(
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-        )
-        if uid != os.getuid():
-            self._on_error("ipc.peer_refused", PermissionError(f"peer pid {pid} runs as uid {uid}"))
-            transport.abort()
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            messages = self._decoder.feed(data)
-        except Exception as exc:  # a corrupt stream: drop this link only
-            self._on_error("ipc.bad_frame", exc)
-            assert self._transport is not None
-            self._transport.abort()
-            return
-        for message in messages:
-            try:
-                self._handler(message)
-            except Exception as exc:
-                self._on_error("ipc.handler_failed", exc)
+_FDS = "+fds"  # envelope of a message that carries file descriptors
+MAX_FDS = 16
 
 
-async def start_inbox(
-    token: str,
-    handler: Callable[[Any], None],
-    on_error: Callable[[str, Exception], None],
-) -> asyncio.AbstractServer:
-    loop = asyncio.get_running_loop()
-    return await loop.create_unix_server(
-        lambda: _InboxProtocol(handler, on_error), path=peer_address(token, os.getpid())
-    )
+class _InboxConn:
+    """One incoming link: frames in, and the fds that ride with some of them."""
 
-
-class _Link:
-    """One outgoing connection with a write buffer; never reads."""
-
-    __slots__ = ("buf", "sock", "writing")
+    __slots__ = ("decoder", "fds", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.buf = bytearray()
+        self.decoder = Decoder()
+        self.fds: collections.deque[int] = collections.deque()
+
+    def close(self) -> None:
+        while self.fds:
+            os.close(self.fds.popleft())
+        self.sock.close()
+
+
+class Inbox:
+    """A process's peer inbox: ``handler(message, fds)`` for every message, in order per sender.
+
+    Messages sent with descriptors (``PeerLinks.send(..., fds=[...])``) reach
+    the handler with those descriptors, made non-inheritable, which it then
+    owns. A link that sends garbage is dropped (the others go on); peers of
+    another uid are refused.
+    """
+
+    def __init__(
+        self,
+        token: str,
+        loop: asyncio.AbstractEventLoop,
+        handler: Callable[[Any, list[int]], None],
+        on_error: Callable[[str, Exception], None],
+    ) -> None:
+        self._loop = loop
+        self._handler = handler
+        self._on_error = on_error
+        self._conns: dict[int, _InboxConn] = {}
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.set_inheritable(False)
+        self._listener.bind(peer_address(token, os.getpid()))
+        self._listener.listen(128)
+        self._listener.setblocking(False)
+        loop.add_reader(self._listener.fileno(), self._on_accept)
+
+    def _on_accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._on_error("ipc.accept_failed", exc)
+                return
+            sock.setblocking(False)
+            pid, uid, _gid = _PEERCRED.unpack(
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            )
+            if uid != os.getuid():
+                self._on_error("ipc.peer_refused", PermissionError(f"peer pid {pid} runs as uid {uid}"))
+                sock.close()
+                continue
+            conn = _InboxConn(sock)
+            self._conns[sock.fileno()] = conn
+            self._loop.add_reader(sock.fileno(), self._on_readable, conn)
+
+    def _on_readable(self, conn: _InboxConn) -> None:
+        try:
+            data, ancdata, flags, _ = conn.sock.recvmsg(
+                READ_SIZE, socket.CMSG_SPACE(MAX_FDS * _INT.itemsize), socket.MSG_CMSG_CLOEXEC
+            )
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._on_error("ipc.recv_failed", exc)
+            self._drop(conn)
+            return
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+                for fd in fds:
+                    os.set_inheritable(fd, False)
+                    conn.fds.append(fd)
+        if flags & socket.MSG_CTRUNC:
+            self._on_error("ipc.fds_truncated", OSError(errno.EMSGSIZE, "descriptors were cut off"))
+            self._drop(conn)
+            return
+        if not data:
+            self._drop(conn)
+            return
+        try:
+            messages = conn.decoder.feed(data)
+        except Exception as exc:  # a corrupt stream: drop this link only
+            self._on_error("ipc.bad_frame", exc)
+            self._drop(conn)
+            return
+        for message in messages:
+            fds: list[int] = []
+            if type(message) is tuple and message and message[0] == _FDS:
+                _, count, message = message
+                if len(conn.fds) < count:
+                    self._on_error("ipc.fds_missing", OSError(errno.EBADMSG, f"{count} descriptors announced"))
+                    self._drop(conn)
+                    return
+                fds = [conn.fds.popleft() for _ in range(count)]
+            try:
+                self._handler(message, fds)
+            except Exception as exc:
+                self._on_error("ipc.handler_failed", exc)
+
+    def _drop(self, conn: _InboxConn) -> None:
+        if self._conns.pop(conn.sock.fileno(), None) is not None:
+            self._loop.remove_reader(conn.sock.fileno())
+        conn.close()
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._listener.fileno())
+        self._listener.close()
+        for conn in list(self._conns.values()):
+            self._drop(conn)
+
+
+class _Link:
+    """One outgoing connection with a write queue; never reads.
+
+    The queue holds ``[bytes, fds]`` entries: descriptors go out with the
+    first byte of their frame, so the receiver sees them no later than the
+    frame itself.
+    """
+
+    __slots__ = ("out", "sock", "writing")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.out: collections.deque[list] = collections.deque()
         self.writing = False
 
 
 class PeerLinks:
     """Synchronous ``send(pid, message)`` to any process of the server.
 
-    ``send`` never blocks: what the kernel does not take at once is buffered
+    ``send`` never blocks: what the kernel does not take at once is queued
     and written when the socket becomes writable. It returns False when the
     destination cannot be reached (it is gone, or its inbox is not up yet).
+    Descriptors passed in ``fds`` must stay open until the receiver has
+    them; the receiver gets its own copies.
     """
 
     def __init__(self, token: str, loop: asyncio.AbstractEventLoop) -> None:
@@ -136,29 +230,42 @@ class PeerLinks:
         self._loop = loop
         self._links: dict[int, _Link] = {}
 
-    def send(self, pid: int, message: Any) -> bool:
-        return self.send_raw(pid, encode(message))
+    def send(self, pid: int, message: Any, fds: list[int] | tuple[int, ...] = ()) -> bool:
+        if fds:
+            if len(fds) > MAX_FDS:
+                raise ValueError(f"at most {MAX_FDS} descriptors per message")
+            return self._send(pid, encode((_FDS, len(fds), message)), list(fds))
+        return self._send(pid, encode(message), None)
 
     def send_raw(self, pid: int, frame: bytes) -> bool:
+        return self._send(pid, frame, None)
+
+    def _send(self, pid: int, frame: bytes, fds: list[int] | None) -> bool:
         link = self._links.get(pid)
         if link is None:
             link = self._open(pid)
             if link is None:
                 return False
-        if link.buf:
-            link.buf += frame
+        if link.out:
+            link.out.append([frame, fds])
             return True
         try:
-            sent = link.sock.send(frame)
+            sent = self._write(link.sock, frame, fds)
         except BlockingIOError:
             sent = 0
         except OSError:
             self._drop(pid)
             return False
         if sent < len(frame):
-            link.buf += frame[sent:]
+            link.out.append([memoryview(frame)[sent:] if sent else frame, fds if not sent else None])
             self._want_write(pid, link)
         return True
+
+    @staticmethod
+    def _write(sock: socket.socket, data: bytes, fds: list[int] | None) -> int:
+        if fds:
+            return sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        return sock.send(data)
 
     def _open(self, pid: int) -> _Link | None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -182,20 +289,27 @@ class PeerLinks:
         link = self._links.get(pid)
         if link is None:
             return
-        try:
-            sent = link.sock.send(link.buf)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._drop(pid)
-            return
-        del link.buf[:sent]
-        if not link.buf:
-            self._loop.remove_writer(link.sock.fileno())
-            link.writing = False
+        out = link.out
+        while out:
+            entry = out[0]
+            try:
+                sent = self._write(link.sock, entry[0], entry[1])
+            except BlockingIOError:
+                return
+            except OSError:
+                self._drop(pid)
+                return
+            if sent < len(entry[0]):
+                entry[0] = memoryview(entry[0])[sent:]
+                if sent:
+                    entry[1] = None
+                return
+            out.popleft()
+        self._loop.remove_writer(link.sock.fileno())
+        link.writing = False
 
     def pending_bytes(self) -> int:
-        return sum(len(link.buf) for link in self._links.values())
+        return sum(len(e[0]) for link in self._links.values() for e in link.out)
 
     def _drop(self, pid: int) -> None:
         link = self._links.pop(pid, None)

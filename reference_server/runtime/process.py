@@ -35,12 +35,13 @@ from typing import Any
 from ..app import Application, ProcessSpec
 from ..config import Config
 from ..core.metrics import Counters
-from ..core.proctable import ProcKind, ProcState, ProcTable
+from ..core.proctable import ProcEntry, ProcKind, ProcState, ProcTable
 from ..core.registry import SessionTable
 from ..errors import CloseCode, ErrorCode, ServerError
 from . import ipc
 from .api import DEAD_CODES, Server
 from .logs import Log, RateLimitedLog
+from .migration import SESSION_OPS, Mover
 from .session import Session
 from .timers import Timers
 
@@ -137,6 +138,7 @@ class Runtime:
         self.links = ipc.PeerLinks(boot.token, loop)
         self.timers = Timers(loop, self.log, self.counters)
         self.sessions: dict[int, Session] = {}
+        self.mover = Mover(self)
         self.api = Server(self)
         self.stopping = asyncio.Event()
         self._stop_reason = ""
@@ -154,7 +156,7 @@ class Runtime:
         loop = self.loop
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
         loop.add_reader(self.boot.ctl.fileno(), self._on_ctl_readable)
-        inbox = await ipc.start_inbox(self.boot.token, self._on_peer_message, self._on_ipc_error)
+        inbox = ipc.Inbox(self.boot.token, loop, self._on_peer_message, self._on_ipc_error)
         exit_code = 0
         try:
             if self.kind is ProcKind.TASK:
@@ -162,7 +164,7 @@ class Runtime:
                 self._spawn(self._task_loop())
             if self.kind is ProcKind.WORKER:
                 self._spawn(self._housekeeping())
-            self._spawn(self._log_flusher())
+            self._spawn(self._periodic())
             if self.kind in (ProcKind.WORKER, ProcKind.TASK):
                 await self._hook("on_worker_start", self.api)
             main: asyncio.Task | None = None
@@ -312,6 +314,7 @@ class Runtime:
     # -- sessions (workers) ---------------------------------------------------------
 
     def _adopt(self, sid: int, fd: int, local_port: int) -> None:
+        """Serve a connection the master accepted (its handshake comes first)."""
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
         sess = Session(
@@ -327,16 +330,7 @@ class Runtime:
         except KeyError:
             pass
         self.log.debug("session.accept", sid=sid, fd=fd, local_port=local_port)
-        self._spawn(self._attach(sock, sess))
-
-    async def _attach(self, sock: socket.socket, sess: Session) -> None:
-        try:
-            await self.loop.connect_accepted_socket(lambda: sess, sock)
-        except OSError as exc:
-            sock.close()
-            sess.close_cause = "reset"
-            self.log.info("session.attach_failed", sid=sess.sid, error=repr(exc))
-            sess.connection_lost(exc)
+        sess.attach(self.loop, sock)
 
     def session_activity(self, sess: Session, now: float) -> None:
         try:
@@ -406,16 +400,48 @@ class Runtime:
             self.note_push_failed(sid, ErrorCode.SESSION_CLOSED)
         return sess.close(code, reason, cause)
 
-    def apply_owner_op(self, sid: int, op: str, value: Any) -> None:
-        if sid not in self.sessions:
-            return
+    def deliver(self, op: tuple, forwarded: bool = False) -> ErrorCode:
+        """Apply an operation on a session this process owns (or route it if it is moving).
+
+        ``op`` is ``("push", sid, data)``, ``("close", sid, code, reason,
+        last_message)``, or ``(name, sid, value)`` for protect, bind and group.
+        A failed push is counted (and logged once per session) here.
+        """
+        if self.mover.intercept(op, forwarded):
+            return ErrorCode.OK
+        kind, sid = op[0], op[1]
+        sess = self.sessions.get(sid)
+        if kind == "push":
+            if sess is not None and sess.send(op[2]):
+                return ErrorCode.OK
+            code = ErrorCode.SESSION_CLOSED if sess is not None else ErrorCode.SESSION_NOT_EXIST
+            self.note_push_failed(sid, code)
+            return code
+        if sess is None:
+            return ErrorCode.SESSION_NOT_EXIST
+        if kind == "close":
+            _, _, code, reason, last_message = op
+            return ErrorCode.OK if self.close_local(sid, code, reason, last_message) else ErrorCode.SESSION_CLOSED
         try:
-            if op == "protect":
-                self.table.set_protected(sid, value)
-            elif op == "bind":
-                self.table.set_uid(sid, value)
+            if kind == "protect":
+                self.table.set_protected(sid, op[2])
+            elif kind == "bind":
+                self.table.set_uid(sid, op[2])
+            elif kind == "group":
+                self.table.set_group(sid, op[2])
         except KeyError:
-            pass
+            return ErrorCode.SESSION_NOT_EXIST
+        return ErrorCode.OK
+
+    def find_worker(self, index: int) -> ProcEntry | None:
+        """The running worker ``index``, if there is one."""
+        for entry in self.procs.entries():
+            if entry.kind is ProcKind.WORKER and entry.index == index and entry.state is ProcState.READY:
+                return entry
+        return None
+
+    def process_alive(self, pid: int) -> bool:
+        return any(e.pid == pid and e.state is not ProcState.EMPTY for e in self.procs.entries())
 
     def note_push_failed(self, sid: int, code: ErrorCode) -> None:
         self.counters["push_failed"] += 1
@@ -456,31 +482,41 @@ class Runtime:
                         if sess.ping_payload is None:
                             sess.ping(os.urandom(4))
 
-    async def _log_flusher(self) -> None:
+    async def _periodic(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             self.dead_log.flush()
+            self.mover.housekeeping(time.monotonic())
 
     # -- peer messages ----------------------------------------------------------------
 
     def _on_ipc_error(self, event: str, exc: Exception) -> None:
         self.log.warning(event, error=repr(exc))
 
-    def _on_peer_message(self, message: tuple) -> None:
+    def _on_peer_message(self, message: tuple, fds: list[int]) -> None:
         kind = message[0]
-        if kind == "push":
-            _, sid, data = message
-            sess = self.sessions.get(sid)
-            if sess is None or not sess.send(data):
-                self.note_push_failed(
-                    sid, ErrorCode.SESSION_CLOSED if sess is not None else ErrorCode.SESSION_NOT_EXIST
-                )
-        elif kind == "close":
-            _, sid, code, reason, last_message = message
-            self.close_local(sid, code, reason, last_message)
-        elif kind in ("protect", "bind"):
-            _, sid, value = message
-            self.apply_owner_op(sid, kind, value)
+        if fds and kind != "adopt":
+            for fd in fds:
+                os.close(fd)
+            self.log.warning("ipc.unexpected_fds", kind=str(kind), count=len(fds))
+        if kind in SESSION_OPS:
+            self.deliver(message)
+        elif kind == "fwd":
+            self.deliver(message[1], forwarded=True)
+        elif kind == "adopt":
+            _, snap, deadline, src_pid, src_worker = message
+            self.mover.adopt(snap, deadline, src_pid, src_worker, fds)
+        elif kind == "adopted":
+            _, sid, ok, code, why = message
+            self.mover.on_adopted(sid, ok, code, why)
+        elif kind == "drained":
+            self.mover.on_drained(message[1])
+        elif kind == "barrier":
+            _, token, src_pid = message
+            self.links.send(src_pid, ("barrier_ack", token, os.getpid()))
+        elif kind == "barrier_ack":
+            _, token, pid = message
+            self.mover.on_barrier_ack(token, pid)
         elif kind == "task":
             assert self._task_queue is not None
             self._task_queue.put_nowait(message[1:])
@@ -525,6 +561,9 @@ class Runtime:
         try:
             if method == "stats":
                 value = self.local_stats()
+            elif method == "migrate":
+                sid, to_worker = args
+                value = await self.mover.move_out(sid, to_worker)
             elif method == "app_request":
                 src, data = args
                 value = getattr(self.app, "on_request", None)

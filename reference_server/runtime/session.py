@@ -1,10 +1,26 @@
-"""One WebSocket session in its owner worker: asyncio I/O around websockets' Sans-I/O core.
+"""One WebSocket session in its owner worker: thin I/O around websockets' Sans-I/O core.
 
 The protocol state machine (handshake, framing, masking, ping/pong, the close
 handshake, size limits, protocol errors) is ``websockets.server.ServerProtocol``.
-This class only moves bytes between it and the socket, assembles fragmented
-messages, keeps the session's registry record current, and tells the worker
-what happened (open, message, close) through a :class:`SessionHost`.
+This class only moves bytes between it and a :class:`SocketStream`, assembles
+fragmented messages, and tells the worker what happened (open, message,
+close) through a :class:`SessionHost`.
+
+Everything that makes up the session besides the socket is plain data, so a
+session can be *detached* (:meth:`Session.detach`, giving the socket and a
+:class:`SessionSnapshot`) and *restored* in another process
+(:meth:`Session.restore`), which is what migration does:
+
+* bytes read but not parsed: the :class:`FrameSplitter` only hands whole
+  frames to the parser, so they are exactly ``splitter.pending``;
+* the parser's state between frames: ``current_size`` of an unfinished
+  fragmented message;
+* the fragments of that message received so far, and its opcode;
+* bytes queued for the client and not yet written;
+* the keepalive ping in flight, and when data was last received.
+
+Only an established, open session whose output is not a half-sent frame can
+be detached; the runtime checks :attr:`Session.movable` first.
 
 Close causes (logged with the close code on ``session.close``):
 ``client`` (the client sent a close frame), ``server`` (``close()`` was
@@ -13,8 +29,8 @@ close handshake), ``protocol_error``, ``handshake_failed``,
 ``handshake_timeout``, ``close_timeout`` (the client did not answer our close
 frame in time).
 
-Per-message deflate is not negotiated: its state could not move with a
-migrated socket (see the contract).
+Per-message deflate is never negotiated: its compression context could not
+move with a migrated socket (contract section 6).
 """
 
 from __future__ import annotations
@@ -23,12 +39,17 @@ import asyncio
 import logging
 import socket
 import time
+from dataclasses import dataclass, field
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 from websockets.frames import Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+
+from ..core.wsframes import FrameSplitter, Mode
+from .stream import SocketStream
 
 _QUIET = logging.getLogger("reference_server.websockets")
 _QUIET.setLevel(logging.ERROR)
@@ -45,7 +66,24 @@ class SessionHost(TypingProtocol):
     def session_activity(self, session: Session, now: float) -> None: ...
 
 
-class Session(asyncio.Protocol):
+@dataclass
+class SessionSnapshot:
+    """A detached session's state: everything but the socket (picklable)."""
+
+    sid: int
+    rx_pending: bytes
+    tx_pending: list[bytes]
+    current_size: int | None
+    fragments: list[bytes] | None
+    fragment_opcode: int | None
+    ping_payload: bytes | None
+    ping_sent_at: float
+    last_recv: float  # time.monotonic(), which is system-wide on Linux
+    app_state: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Session:
     def __init__(
         self,
         sid: int,
@@ -57,12 +95,15 @@ class Session(asyncio.Protocol):
     ) -> None:
         self.sid = sid
         self.host = host
+        self.max_message_size = max_message_size
         self.proto = ServerProtocol(max_size=max_message_size, logger=_QUIET)
-        self.transport: asyncio.Transport | None = None
+        self.splitter = FrameSplitter(max_frame=max_message_size)
+        self.stream: SocketStream | None = None
         self.close_timeout = close_timeout
         self.established = False
         self.closing = False
         self.lost = False
+        self.detached = False
         self.close_cause = ""
         self.close_code: int | None = None
         self.close_reason = ""
@@ -73,34 +114,122 @@ class Session(asyncio.Protocol):
         self._fragment_opcode: Opcode | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._handshake_timeout = handshake_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    # -- asyncio.Protocol ----------------------------------------------------
+    # -- attaching ----------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+    def attach(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        """Start serving a freshly accepted connection (the handshake comes first)."""
+        self._loop = loop
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        loop = asyncio.get_running_loop()
+        self.stream = SocketStream(loop, sock, self)
         self._timer = loop.call_later(self._handshake_timeout, self._on_handshake_timeout)
+        self.stream.start()
 
-    def data_received(self, data: bytes) -> None:
-        now = time.monotonic()
-        self.last_recv = now
-        self.host.session_activity(self, time.time())
-        self.proto.receive_data(data)
-        self._process()
+    @classmethod
+    def restore(
+        cls,
+        snap: SessionSnapshot,
+        host: SessionHost,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        *,
+        max_message_size: int,
+        close_timeout: float,
+        handshake_timeout: float,
+    ) -> Session:
+        """Adopt a session another process detached; it resumes reading at once.
 
-    def eof_received(self) -> bool:
-        self.proto.receive_eof()
-        self._process()
-        return False  # let asyncio close the transport
+        Nothing is written or read until :meth:`resume`, so the caller can
+        finish its bookkeeping first.
+        """
+        self = cls(
+            snap.sid,
+            host,
+            max_message_size=max_message_size,
+            close_timeout=close_timeout,
+            handshake_timeout=handshake_timeout,
+        )
+        self._loop = loop
+        self.proto = ServerProtocol(state=State.OPEN, max_size=max_message_size, logger=_QUIET)
+        self.proto.current_size = snap.current_size
+        self.splitter = FrameSplitter(max_frame=max_message_size, mode=Mode.FRAMES, pending=snap.rx_pending)
+        self.established = True
+        self._fragments = list(snap.fragments) if snap.fragments is not None else None
+        self._fragment_opcode = Opcode(snap.fragment_opcode) if snap.fragment_opcode is not None else None
+        self.ping_payload = snap.ping_payload
+        self.ping_sent_at = snap.ping_sent_at
+        self.last_recv = snap.last_recv
+        self.stream = SocketStream(loop, sock, self, pending=snap.tx_pending)
+        return self
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def resume(self) -> None:
+        """Start (or restart) reading and writing after :meth:`restore` or a failed move."""
+        assert self.stream is not None
+        self.detached = False
+        self.stream.start()
+        if self.splitter.pending:
+            self.on_data(b"")  # a carried-over frame may already be complete (it never is today)
+
+    @property
+    def movable(self) -> bool:
+        """True when :meth:`detach` would capture the whole session."""
+        return self.is_open and self.stream is not None and not self.stream.is_closing and not self.proto.writes
+
+    def detach(self) -> tuple[socket.socket, SessionSnapshot]:
+        """Stop all I/O and hand over the socket and the state; see the module docstring."""
+        assert self.stream is not None and self.movable
+        sock, tx_pending = self.stream.detach()
+        self.detached = True
         if self._timer is not None:
             self._timer.cancel()
-        if self.lost:
+            self._timer = None
+        snap = SessionSnapshot(
+            sid=self.sid,
+            rx_pending=self.splitter.pending,
+            tx_pending=tx_pending,
+            current_size=self.proto.current_size,
+            fragments=list(self._fragments) if self._fragments is not None else None,
+            fragment_opcode=int(self._fragment_opcode) if self._fragment_opcode is not None else None,
+            ping_payload=self.ping_payload,
+            ping_sent_at=self.ping_sent_at,
+            last_recv=self.last_recv,
+        )
+        return sock, snap
+
+    def reattach(self, sock: socket.socket, tx_pending: list[bytes]) -> None:
+        """Take the socket back after a move that failed; I/O resumes where it stopped."""
+        assert self._loop is not None
+        self.stream = SocketStream(self._loop, sock, self, pending=tx_pending)
+        self.resume()
+
+    # -- stream events ------------------------------------------------------------
+
+    def on_data(self, data: bytes) -> None:
+        if data:
+            self.last_recv = time.monotonic()
+            self.host.session_activity(self, time.time())
+        whole = self.splitter.feed(data)
+        if whole:
+            self.proto.receive_data(whole)
+            self._process()
+
+    def on_eof(self) -> None:
+        if self.splitter.pending:
+            # The client ended mid-frame: let the parser see the fragment it will never finish.
+            self.proto.receive_data(self.splitter.pending)
+            self.splitter = FrameSplitter(max_frame=self.max_message_size, mode=self.splitter.mode)
+        self.proto.receive_eof()
+        self._process()
+        if self.stream is not None:
+            self.stream.close()
+
+    def on_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.lost or self.detached:
             return
         self.lost = True
         if not self.close_cause:
@@ -138,8 +267,12 @@ class Session(asyncio.Protocol):
                 self._timer.cancel()
                 self._timer = None
             self.established = True
+            self.splitter.handshake_done()
             self._flush()  # the 101 goes out before anything on_open pushes
             self.host.session_opened(self, request)
+            if self.splitter.pending and self.stream is not None and not self.stream.is_closing:
+                assert self._loop is not None
+                self._loop.call_soon(self.on_data, b"")  # frames sent right behind the request
         else:
             self.close_cause = "handshake_failed"
 
@@ -183,18 +316,17 @@ class Session(asyncio.Protocol):
             self.host.session_message(self, bytes(data))
 
     def _flush(self) -> None:
-        transport = self.transport
-        if transport is None:
+        stream = self.stream
+        if stream is None or self.detached:
             return
         for chunk in self.proto.data_to_send():
             if chunk:
-                if not transport.is_closing():
-                    transport.write(chunk)
+                stream.write(chunk)
             else:
-                transport.close()  # SEND_EOF: the server ends the TCP connection
+                stream.close()  # SEND_EOF: the server ends the TCP connection
         if self.proto.close_expected() and self._timer is None and not self.lost:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self.close_timeout, self._on_close_timeout)
+            assert self._loop is not None
+            self._timer = self._loop.call_later(self.close_timeout, self._on_close_timeout)
 
     def _begin_closing(self, cause: str) -> None:
         self.closing = True
@@ -204,22 +336,31 @@ class Session(asyncio.Protocol):
 
     def _on_handshake_timeout(self) -> None:
         self._timer = None
-        if not self.established and self.transport is not None:
+        if not self.established and self.stream is not None:
             self.close_cause = "handshake_timeout"
-            self.transport.abort()
+            self.stream.abort()
 
     def _on_close_timeout(self) -> None:
         self._timer = None
-        if self.transport is not None and not self.lost:
+        if self.stream is not None and not self.lost:
             if not self.close_cause:
                 self.close_cause = "close_timeout"
-            self.transport.abort()
+            self.stream.abort()
 
     # -- what the worker calls -------------------------------------------------
 
     @property
     def is_open(self) -> bool:
-        return self.established and not self.closing and self.proto.state is State.OPEN
+        return (
+            self.established
+            and not self.closing
+            and not self.detached
+            and self.proto.state is State.OPEN
+        )
+
+    @property
+    def out_buffered(self) -> int:
+        return self.stream.buffered if self.stream is not None else 0
 
     def send(self, data: str | bytes) -> bool:
         """Queue one message; False if the session is not open."""
@@ -243,7 +384,7 @@ class Session(asyncio.Protocol):
 
     def close(self, code: int, reason: str, cause: str = "server") -> bool:
         """Start the closing handshake; everything queued before goes out first."""
-        if self.closing or self.lost:
+        if self.closing or self.lost or self.detached:
             return False
         self.close_code = code
         self.close_reason = reason
@@ -251,11 +392,11 @@ class Session(asyncio.Protocol):
         if self.established and self.proto.state is State.OPEN:
             self.proto.send_close(code, reason)
             self._flush()
-        elif self.transport is not None:
-            self.transport.close()
+        elif self.stream is not None:
+            self.stream.close()
         return True
 
     def abort(self, cause: str) -> None:
-        if self.transport is not None and not self.lost:
+        if self.stream is not None and not self.lost and not self.detached:
             self.close_cause = self.close_cause or cause
-            self.transport.abort()
+            self.stream.abort()

@@ -12,8 +12,8 @@ def apply() -> None:
             return False
         self.close_code, self.close_reason = code, reason
         self._begin_closing(cause)
-        if self.transport is not None:
-            self.transport.abort()
+        if self.stream is not None:
+            self.stream.abort()
         return True
 
     Session.close = close

@@ -1,0 +1,434 @@
+"""Live migration of a session from one worker to another: the protocol at both ends.
+
+Roles: the *requester* (any process, :meth:`Server.move`), the *source* (the
+session's owner) and the *target* (a worker). All messages travel over the
+peer links, which keep order between any two processes; the socket rides with
+its ``adopt`` message (``SCM_RIGHTS``).
+
+1. **Freeze** (source). Check the request; call the application's
+   ``on_migrate_out`` (it stops the session's timers and returns their state);
+   set the record's MIGRATING flag; :meth:`Session.detach` the session (socket,
+   unparsed bytes, parser state, unfinished message, unsent bytes, keepalive
+   state); send ``adopt`` with the socket to the target. From here on,
+   operations on the session that reach the source (push, close, protect,
+   bind, group) are queued in arrival order.
+2. **Adopt** (target). Refuse if stopping or past the adoption deadline.
+   Otherwise restore the session, make itself the owner in *one* record write
+   (which also clears MIGRATING and counts the move, so ``get_client_info``
+   always names exactly one owner), answer ``adopted``, resume the socket, and
+   call ``on_migrate_in`` with the exported state. Operations that reach the
+   target directly are *held* until step 4.
+3. **Forward** (source). On ``adopted``: close its own copy of the socket
+   (``close``, never ``shutdown``: the connection lives on in the target, so
+   no FIN is sent), send the queued operations as ``fwd``, and forward later
+   ones as they come. Then a **barrier**: ``barrier`` to every other process,
+   each of which answers ``barrier_ack`` on its own link to the source. Links
+   are FIFO, so once every process has answered, each operation that any
+   process addressed to the source before it could see the new owner has
+   reached the source and been forwarded.
+4. **Drain** (source to target). ``drained``: the target applies the held
+   operations in arrival order.
+
+The requester gets its answer at the end of step 3, when the target owns the
+session; the barrier completes in the background, and one barrier round
+covers every move that reached step 3 before it began (rounds batch under
+load). A new move of the same session waits for its drain.
+
+So, per sender, operations on a moving session are applied exactly once and
+in the order they were issued, whichever owner each one was sent to.
+
+Failures before the adoption (target gone, unreachable, refusing, or silent
+past the deadline): the source re-attaches the socket where it stopped,
+applies the queued operations, hands the exported state back to
+``on_migrate_in`` in its own process, and the move fails with
+``MIGRATION_FAILED``. The session never stops working.
+
+A source remembers where each session went (a *tombstone*, kept for
+:data:`TOMBSTONE_TTL`), so that a late operation still reaches the new owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..core.proctable import ProcKind, ProcState
+from ..errors import ErrorCode, ServerError
+from .session import Session, SessionSnapshot
+
+if TYPE_CHECKING:
+    from .process import Runtime
+
+#: How long a target may take to adopt a session before it must refuse it.
+ADOPT_DEADLINE = 5.0
+#: After the deadline, how long the source still waits for an answer in flight.
+ADOPT_GRACE = 1.0
+#: How long the source waits for every process to answer a barrier.
+BARRIER_TIMEOUT = 2.0
+#: How long a target holds operations before applying them without ``drained``.
+DRAIN_TIMEOUT = 5.0
+#: How long a source keeps forwarding late operations for a session it gave away.
+TOMBSTONE_TTL = 30.0
+
+SESSION_OPS = frozenset({"push", "close", "protect", "bind", "group"})
+
+
+@dataclass
+class Outgoing:
+    """A session leaving this process (source side)."""
+
+    sid: int
+    session: Session
+    sock: socket.socket
+    snapshot: SessionSnapshot
+    target_pid: int
+    target_worker: int
+    started: float
+    queue: list[tuple] = field(default_factory=list)
+    forwarding: bool = False
+    adopted: asyncio.Future | None = None
+
+
+@dataclass
+class Incoming:
+    """A session adopted by this process whose source is still draining (target side)."""
+
+    sid: int
+    source_pid: int
+    started: float
+    held: list[tuple] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class _Round:
+    token: int
+    waiting: set[int]
+    moves: list[Outgoing]
+    timer: asyncio.TimerHandle | None = None
+
+
+class Mover:
+    """The migration state of one process (a worker, or any requester)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.outgoing: dict[int, Outgoing] = {}
+        self.incoming: dict[int, Incoming] = {}
+        self.moved: dict[int, tuple[int, float]] = {}  # sid -> (new owner pid, expiry)
+        self._round: _Round | None = None
+        self._next_round: list[Outgoing] = []
+        self._tokens = itertools.count(1)
+
+    # -- routing of session operations ------------------------------------------------
+
+    def intercept(self, op: tuple, forwarded: bool) -> bool:
+        """Take care of ``op`` if its session is moving or moved; True if taken."""
+        sid = op[1]
+        out = self.outgoing.get(sid)
+        if out is not None:
+            if out.forwarding:
+                self._forward(out.target_pid, op)
+            else:
+                out.queue.append(op)
+            return True
+        if not forwarded:
+            inc = self.incoming.get(sid)
+            if inc is not None:
+                inc.held.append(op)
+                return True
+        moved = self.moved.get(sid)
+        if moved is not None and sid not in self.rt.sessions:
+            self._forward(moved[0], op)
+            return True
+        return False
+
+    def _forward(self, pid: int, op: tuple) -> None:
+        if self.rt.links.send(pid, ("fwd", op)):
+            self.rt.counters["migration_forwards"] += 1
+        else:
+            self.rt.counters["ipc_send_failed"] += 1
+            self.rt.log.warning("migration.forward_failed", sid=op[1], op=op[0], to_pid=pid)
+
+    # -- source side ----------------------------------------------------------------------
+
+    async def move_out(self, sid: int, to_worker: int) -> dict[str, Any]:
+        """Move session ``sid`` (owned here) to worker ``to_worker``; see the module docstring."""
+        rt = self.rt
+        self._check_not_leaving(sid)
+        inc = self.incoming.get(sid)
+        if inc is not None:  # it has just arrived: let its previous move finish first
+            try:
+                await asyncio.wait_for(inc.done.wait(), DRAIN_TIMEOUT)
+            except TimeoutError:
+                pass
+            self._check_not_leaving(sid)
+        sess = rt.sessions.get(sid)
+        if sess is None:
+            if sid in self.moved:
+                raise ServerError(ErrorCode.MOVED, f"session {sid} has moved on")
+            if rt.table.lookup(sid) is not None:
+                raise ServerError(ErrorCode.SESSION_CLOSED, f"session {sid} is closing")
+            raise ServerError(ErrorCode.SESSION_NOT_EXIST, f"session {sid} does not exist")
+        if not sess.established:
+            raise ServerError(ErrorCode.NOT_ESTABLISHED, f"session {sid} has not completed its handshake")
+        if not sess.movable:
+            raise ServerError(ErrorCode.SESSION_CLOSED, f"session {sid} is closing")
+        if to_worker == rt.index and rt.kind is ProcKind.WORKER:
+            raise ServerError(ErrorCode.ALREADY_THERE, f"session {sid} is already in worker {to_worker}")
+        target = rt.find_worker(to_worker)
+        if target is None:
+            raise ServerError(ErrorCode.UNKNOWN_PROCESS, f"no running worker {to_worker}")
+
+        # 1. freeze
+        started = time.perf_counter()
+        try:
+            state = rt.app.on_migrate_out(rt.api, sid)
+            if inspect.isawaitable(state):
+                state = await state
+        except Exception as exc:
+            rt.log.error("app.hook_failed", hook="on_migrate_out", error=repr(exc), trace=traceback.format_exc())
+            raise ServerError(ErrorCode.MIGRATION_FAILED, f"on_migrate_out failed: {exc!r}") from None
+        if not sess.movable or rt.sessions.get(sid) is not sess:  # it closed while the hook ran
+            self._call_in(sid, state)
+            raise ServerError(ErrorCode.SESSION_CLOSED, f"session {sid} is closing")
+        try:
+            rt.table.set_migrating(sid, True)
+        except KeyError:
+            self._call_in(sid, state)
+            raise ServerError(ErrorCode.SESSION_NOT_EXIST, f"session {sid} does not exist") from None
+        sock, snap = sess.detach()
+        snap.app_state = state
+        del rt.sessions[sid]
+        out = Outgoing(sid, sess, sock, snap, target.pid, to_worker, started)
+        out.adopted = rt.loop.create_future()
+        self.outgoing[sid] = out
+        deadline = time.monotonic() + ADOPT_DEADLINE
+        sent = rt.links.send(
+            target.pid, ("adopt", self.transfer_snapshot(snap), deadline, os.getpid(), rt.index), fds=[sock.fileno()]
+        )
+        if not sent:
+            self._roll_back(out, "the target cannot be reached")
+        ok, code, message = await self._wait_adopted(out, deadline)
+        if not ok:
+            if code == ErrorCode.SESSION_NOT_EXIST:  # the session died while in flight
+                self._give_up(out)
+                raise ServerError(ErrorCode.SESSION_NOT_EXIST, message)
+            self._roll_back(out, message)
+
+        # 3. forward, then the barrier (it completes in the background: the target owns
+        # the session now, and anything addressed to it is held there until step 4).
+        self.release_source_copy(out.sock)
+        out.forwarding = True
+        for op in out.queue:
+            self._forward(out.target_pid, op)
+        out.queue.clear()
+        self._join_barrier(out)
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        rt.counters["migrations_out"] += 1
+        rt.log.debug("session.migrated", sid=sid, to_worker=to_worker, ms=round(elapsed_ms, 3))
+        return {"session": sid, "from": rt.index, "to": to_worker, "elapsed_ms": round(elapsed_ms, 3)}
+
+    def _check_not_leaving(self, sid: int) -> None:
+        out = self.outgoing.get(sid)
+        if out is None:
+            return
+        if out.forwarding:  # it already belongs to the target: the requester retries there
+            raise ServerError(ErrorCode.MOVED, f"session {sid} has moved on")
+        raise ServerError(ErrorCode.MIGRATION_IN_PROGRESS, f"session {sid} is already moving")
+
+    def transfer_snapshot(self, snap: SessionSnapshot) -> SessionSnapshot:
+        """What goes to the target (all of it; a seam for the broken variants)."""
+        return snap
+
+    def release_source_copy(self, sock: socket.socket) -> None:
+        """Drop this process's copy of a handed-over socket: close, never shutdown (no FIN)."""
+        sock.close()
+
+    async def _wait_adopted(self, out: Outgoing, deadline: float) -> tuple[bool, int, str]:
+        rt = self.rt
+        assert out.adopted is not None
+        while True:
+            if out.adopted.done():
+                return out.adopted.result()
+            now = time.monotonic()
+            if now > deadline + ADOPT_GRACE:
+                info = rt.table.lookup(out.sid)
+                if info is not None and info.owner_pid == out.target_pid:
+                    # It adopted and its answer is still on the way: wait for it.
+                    return await out.adopted
+                return False, int(ErrorCode.MIGRATION_FAILED), "the target did not adopt the session in time"
+            try:
+                return await asyncio.wait_for(asyncio.shield(out.adopted), 0.1)
+            except TimeoutError:
+                pass
+            if not rt.process_alive(out.target_pid):
+                info = rt.table.lookup(out.sid)
+                if info is not None and info.owner_pid == out.target_pid:
+                    return False, int(ErrorCode.SESSION_NOT_EXIST), "the target died after adopting the session"
+                return False, int(ErrorCode.MIGRATION_FAILED), "the target died before adopting the session"
+
+    def on_adopted(self, sid: int, ok: bool, code: int, message: str) -> None:
+        out = self.outgoing.get(sid)
+        if out is not None and out.adopted is not None and not out.adopted.done():
+            out.adopted.set_result((ok, code, message))
+
+    def _roll_back(self, out: Outgoing, why: str) -> None:
+        """The move failed before the adoption: the session goes on here. Raises MIGRATION_FAILED."""
+        rt = self.rt
+        del self.outgoing[out.sid]
+        sess = out.session
+        rt.sessions[out.sid] = sess
+        try:
+            rt.table.set_migrating(out.sid, False)
+        except KeyError:
+            pass
+        sess.reattach(out.sock, out.snapshot.tx_pending)
+        self._call_in(out.sid, out.snapshot.app_state)
+        for op in out.queue:
+            rt.deliver(op)
+        rt.counters["migrations_failed"] += 1
+        rt.log.warning("migration.failed", sid=out.sid, to_worker=out.target_worker, reason=why)
+        raise ServerError(ErrorCode.MIGRATION_FAILED, why)
+
+    def _give_up(self, out: Outgoing) -> None:
+        """The session was lost with a dead target: drop our copy and what was queued."""
+        rt = self.rt
+        del self.outgoing[out.sid]
+        out.sock.close()
+        rt.counters["migrations_failed"] += 1
+        for op in out.queue:
+            if op[0] == "push":
+                rt.note_push_failed(op[1], ErrorCode.SESSION_NOT_EXIST)
+        rt.log.warning("migration.lost", sid=out.sid, to_worker=out.target_worker)
+
+    def _call_in(self, sid: int, state: Any) -> None:
+        self.rt.call_hook("on_migrate_in", self.rt.api, sid, state)
+
+    # -- the barrier -----------------------------------------------------------------------
+
+    def _join_barrier(self, out: Outgoing) -> None:
+        if self._round is None:
+            self._start_round([out])
+        else:
+            self._next_round.append(out)  # the round under way began before this switch
+
+    def _start_round(self, moves: list[Outgoing]) -> None:
+        rt = self.rt
+        me = os.getpid()
+        token = next(self._tokens)
+        waiting = set()
+        for entry in rt.procs.entries():
+            if entry.pid == me or entry.state is ProcState.EMPTY:
+                continue
+            if rt.links.send(entry.pid, ("barrier", token, me)):
+                waiting.add(entry.pid)
+        rnd = _Round(token, waiting, moves)
+        self._round = rnd
+        if not waiting:
+            self._end_round()
+        else:
+            rnd.timer = rt.loop.call_later(BARRIER_TIMEOUT, self._round_timeout, token)
+
+    def on_barrier_ack(self, token: int, pid: int) -> None:
+        rnd = self._round
+        if rnd is None or rnd.token != token:
+            return
+        rnd.waiting.discard(pid)
+        if not rnd.waiting:
+            self._end_round()
+
+    def _round_timeout(self, token: int) -> None:
+        rnd = self._round
+        if rnd is not None and rnd.token == token:
+            self.rt.log.warning("migration.barrier_timeout", silent_pids=sorted(rnd.waiting))
+            self._end_round()
+
+    def _end_round(self) -> None:
+        rnd = self._round
+        assert rnd is not None
+        if rnd.timer is not None:
+            rnd.timer.cancel()
+        self._round = None
+        expiry = time.monotonic() + TOMBSTONE_TTL
+        for out in rnd.moves:
+            self.rt.links.send(out.target_pid, ("drained", out.sid))
+            if self.outgoing.get(out.sid) is out:
+                del self.outgoing[out.sid]
+            self.moved[out.sid] = (out.target_pid, expiry)
+        if self._next_round:
+            moves, self._next_round = self._next_round, []
+            self._start_round(moves)
+
+    # -- target side -------------------------------------------------------------------------
+
+    def adopt(self, snap: SessionSnapshot, deadline: float, src_pid: int, src_worker: int, fds: list[int]) -> None:
+        rt = self.rt
+        sid = snap.sid
+
+        def refuse(code: ErrorCode, why: str) -> None:
+            for fd in fds:
+                os.close(fd)
+            rt.links.send(src_pid, ("adopted", sid, False, int(code), why))
+            rt.log.info("migration.refused", sid=sid, from_worker=src_worker, reason=why)
+
+        if len(fds) != 1:
+            refuse(ErrorCode.MIGRATION_FAILED, f"expected one socket, got {len(fds)}")
+            return
+        if rt.kind is not ProcKind.WORKER or rt.stopping.is_set():
+            refuse(ErrorCode.MIGRATION_FAILED, f"{rt.name} is not accepting sessions")
+            return
+        if time.monotonic() > deadline:
+            refuse(ErrorCode.MIGRATION_FAILED, "the adoption deadline had passed")
+            return
+        sock = socket.socket(fileno=fds[0])
+        sock.setblocking(False)
+        cfg = rt.config
+        sess = Session.restore(
+            snap,
+            rt,
+            rt.loop,
+            sock,
+            max_message_size=cfg.max_message_size,
+            close_timeout=cfg.close_timeout_ms / 1000.0,
+            handshake_timeout=cfg.handshake_timeout_ms / 1000.0,
+        )
+        try:
+            rt.table.set_owner(sid, rt.index, os.getpid())
+            rt.table.set_os_fd(sid, fds[0])
+        except KeyError:
+            sock.detach()  # keep the fd number valid for refuse() to close
+            refuse(ErrorCode.SESSION_NOT_EXIST, f"session {sid} is gone from the registry")
+            return
+        rt.sessions[sid] = sess
+        self.moved.pop(sid, None)
+        self.incoming[sid] = Incoming(sid, src_pid, time.monotonic())
+        rt.links.send(src_pid, ("adopted", sid, True, 0, ""))
+        rt.counters["migrations_in"] += 1
+        sess.resume()
+        self._call_in(sid, snap.app_state)
+
+    def on_drained(self, sid: int) -> None:
+        inc = self.incoming.pop(sid, None)
+        if inc is None:
+            return
+        for op in inc.held:
+            self.rt.deliver(op)
+        inc.done.set()
+
+    def housekeeping(self, now: float) -> None:
+        """Release holds whose source went silent; expire tombstones."""
+        for sid, inc in list(self.incoming.items()):
+            if now - inc.started > DRAIN_TIMEOUT:
+                self.rt.log.warning("migration.drain_timeout", sid=sid, source_pid=inc.source_pid)
+                self.on_drained(sid)
+        for sid, (_, expiry) in list(self.moved.items()):
+            if now > expiry:
+                del self.moved[sid]
