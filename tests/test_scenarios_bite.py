@@ -58,7 +58,7 @@ def test_reference_passes_every_scenario(tmp_path: Path) -> None:
 
 def test_undeclared_capabilities_are_reported_unsupported_not_failed(tmp_path: Path) -> None:
     text = REFERENCE.read_text().replace(
-        'declared = ["task_sweep", "dead_session_stats", "heartbeat", "fd_reuse_info"]', "declared = []"
+        'declared = ["task_sweep", "dead_session_stats", "heartbeat", "fd_reuse_info", "migrate"]', "declared = []"
     )
     text = text.replace('cwd = ".."', f'cwd = "{REPO}"')
     manifest = tmp_path / "declares-nothing.toml"

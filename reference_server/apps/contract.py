@@ -195,7 +195,7 @@ class ContractApp(Application):
         return {"session": session, "worker": server.worker_id, "pid": server.pid, "generation": server.generation}
 
     def op_echo(self, server: Server, session: int, msg: dict) -> dict:
-        return {"seq": msg.get("seq"), "data": msg.get("data")}
+        return {"seq": msg.get("seq"), "data": msg.get("data"), "worker": server.worker_id}
 
     def op_ping(self, server: Server, session: int, msg: dict) -> dict:
         return {"pong": time.time()}

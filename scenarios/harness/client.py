@@ -43,6 +43,7 @@ class ScenarioClient:
         self.history: list[Event] = []
         self.events: list[dict[str, Any]] = []
         self.replies: dict[Any, dict[str, Any]] = {}
+        self.reply_order: list[Any] = []  # reply ids in arrival order
         self.session: int | None = None
         self.worker: int | None = None
         self.close_frame: tuple[int, str] | None = None  # received close frame, if any
@@ -77,6 +78,7 @@ class ScenarioClient:
                 parsed["_t"] = now
                 if "re" in parsed and parsed["re"] is not None:
                     self.replies[parsed["re"]] = parsed
+                    self.reply_order.append(parsed["re"])
                 else:
                     self.events.append(parsed)
         except ConnectionClosed:

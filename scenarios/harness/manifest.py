@@ -20,6 +20,7 @@ KNOWN_CAPABILITIES = {
     "dead_session_stats": "push to a dead session fails with 1004/1005 and is counted (section 3.4)",
     "heartbeat": "idle sessions are closed with 4408; protect() exempts (section 3.6)",
     "fd_reuse_info": "session info includes the OS fd in the owner (os_fd)",
+    "migrate": "live sessions move between workers: admin migrate/affinity/rebalance, app op migrate (section 6)",
 }
 PLACEHOLDERS = {
     "python",

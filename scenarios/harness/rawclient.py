@@ -1,0 +1,151 @@
+"""A WebSocket client that writes exactly the bytes it is told to, when it is told to.
+
+Scenarios about migration need a client that can stop in the middle of a
+frame (even in the middle of its header), or between the fragments of one
+message, and go on later. :class:`RawClient` does the opening handshake with
+websockets' Sans-I/O ``ClientProtocol``, then sends hand-built frames in
+arbitrary slices, and parses what the server sends with the same protocol
+object. Everything received is recorded with a timestamp.
+
+Pongs the protocol owes the server are written only between whole frames of
+ours, never inside one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+from websockets.client import ClientProtocol
+from websockets.frames import Close, Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from .waiting import until
+
+
+def frame_bytes(opcode: Opcode, payload: bytes, fin: bool = True) -> bytes:
+    """One client frame (masked, as the protocol requires)."""
+    return Frame(opcode, payload, fin).serialize(mask=True, extensions=[])
+
+
+def text_frame(payload: str | bytes, fin: bool = True, *, continuation: bool = False) -> bytes:
+    data = payload.encode() if isinstance(payload, str) else payload
+    return frame_bytes(Opcode.CONT if continuation else Opcode.TEXT, data, fin)
+
+
+def ping_frame(payload: bytes) -> bytes:
+    return frame_bytes(Opcode.PING, payload)
+
+
+class RawClient:
+    def __init__(self, name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proto: ClientProtocol) -> None:
+        self.name = name
+        self._reader = reader
+        self._writer = writer
+        self.proto = proto
+        self.messages: list[tuple[float, Any]] = []  # (time, parsed JSON or raw text)
+        self.pongs: list[bytes] = []
+        self.close_frame: Close | None = None
+        self.eof_at: float | None = None
+        self._mid_frame = False
+        self._task = asyncio.create_task(self._read())
+
+    @classmethod
+    async def connect(cls, url: str, name: str, *, timeout: float = 10.0) -> RawClient:
+        uri = parse_uri(url)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(uri.host, uri.port), timeout)
+        proto = ClientProtocol(uri, max_size=None)
+        proto.send_request(proto.connect())
+        for chunk in proto.data_to_send():
+            writer.write(chunk)
+        await writer.drain()
+        deadline = time.monotonic() + timeout
+        while proto.state is State.CONNECTING:
+            data = await asyncio.wait_for(reader.read(65536), max(0.01, deadline - time.monotonic()))
+            if not data:
+                raise ConnectionError(f"{name}: connection closed during the handshake")
+            proto.receive_data(data)
+        if proto.state is not State.OPEN:
+            raise ConnectionError(f"{name}: handshake failed: {proto.handshake_exc!r}")
+        proto.events_received()  # the response
+        return cls(name, reader, writer, proto)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                data = await self._reader.read(262144)
+                if not data:
+                    self.proto.receive_eof()
+                    self.eof_at = time.time()
+                    break
+                self.proto.receive_data(data)
+                now = time.time()
+                for event in self.proto.events_received():
+                    if event.opcode is Opcode.TEXT:
+                        text = event.data.decode()
+                        try:
+                            self.messages.append((now, json.loads(text)))
+                        except ValueError:
+                            self.messages.append((now, text))
+                    elif event.opcode is Opcode.PONG:
+                        self.pongs.append(bytes(event.data))
+                    elif event.opcode is Opcode.CLOSE:
+                        self.close_frame = self.proto.close_rcvd
+                if not self._mid_frame:
+                    self._flush_owed()
+        except (ConnectionError, OSError):
+            self.eof_at = self.eof_at or time.time()
+
+    def _flush_owed(self) -> None:
+        for chunk in self.proto.data_to_send():
+            if chunk and not self._writer.is_closing():
+                self._writer.write(chunk)
+
+    # -- sending ------------------------------------------------------------------
+
+    async def write(self, data: bytes, *, ends_frame: bool = True) -> None:
+        """Write raw bytes; say whether they end on a frame boundary of ours."""
+        if not self._mid_frame:
+            self._flush_owed()
+        self._writer.write(data)
+        self._mid_frame = not ends_frame
+        await self._writer.drain()
+
+    async def ping_and_wait(self, *, prefix: bytes = b"", suffix: bytes = b"", timeout: float = 10.0) -> None:
+        """Write ``prefix + PING + suffix`` in one write, and wait for the pong.
+
+        The pong proves the server read that write (a loopback write this
+        small arrives in one piece), including ``suffix``, however incomplete.
+        """
+        token = os.urandom(6)
+        await self.write(prefix + ping_frame(token) + suffix, ends_frame=not suffix)
+        await until(lambda: token in self.pongs, timeout=timeout, what=f"{self.name}: pong {token.hex()}")
+
+    def replies(self) -> list[dict[str, Any]]:
+        return [m for _, m in self.messages if isinstance(m, dict) and "re" in m]
+
+    async def wait_reply(self, req_id: Any, timeout: float = 10.0) -> dict[str, Any]:
+        return await until(
+            lambda: next((m for m in self.replies() if m.get("re") == req_id), None) or (self.eof_at and {"closed": True}),
+            timeout=timeout,
+            what=f"{self.name}: reply {req_id!r}",
+        )
+
+    async def request(self, op: str, req_id: Any, **fields: Any) -> dict[str, Any]:
+        await self.write(text_frame(json.dumps({"op": op, "id": req_id, **fields})))
+        return await self.wait_reply(req_id)
+
+    @property
+    def is_closed(self) -> bool:
+        return self.eof_at is not None or self.close_frame is not None
+
+    async def dispose(self) -> None:
+        self._writer.close()
+        try:
+            await asyncio.wait_for(self._task, 5)
+        except (TimeoutError, asyncio.CancelledError):
+            self._task.cancel()

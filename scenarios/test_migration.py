@@ -1,0 +1,414 @@
+"""Scenarios: live sessions move between workers (seed: Workerman moving a connection's fd).
+
+``migration_stream``
+    Clients stream numbered echo requests (empty to 300 KB, some fragmented,
+    pings in between), each gets a 10 ms tick from its own timer, and the
+    admin API pushes numbered messages to them, while a seeded schedule moves
+    them between workers again and again (through the admin API and through
+    the app op "migrate me"). From the histories: every echo exactly once, in
+    order, intact, from a worker that owned the session at that time; ticks
+    and pushes without gap or repeat; no session closed; the stats and each
+    session's record count the moves; no fd leaked.
+
+``migration_partial_frames``
+    A client stops in the middle of a frame (inside its header, inside its
+    payload) or between the fragments of a message; the session is moved;
+    the client finishes. The message must arrive whole, from the new worker.
+
+``migration_pushes_in_flight``
+    The target worker is kept busy so that the move stays in flight; pushes
+    sent to the session meanwhile (and right after) arrive exactly once, in
+    order.
+
+``migration_errors``
+    Each refusal comes with its code, and the session keeps working where it
+    was: unknown session, unknown worker, already there, closing, handshake
+    not done, a move already in progress, malformed requests.
+
+``migration_affinity_rebalance``
+    Under traffic, groups are gathered into one worker each, then a skewed
+    spread is rebalanced; the per-session checks above still hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+
+import pytest
+from websockets.frames import Opcode
+
+from scenarios.harness.admin import AdminClient
+from scenarios.harness.client import ScenarioClient, connect_many, dispose_all
+from scenarios.harness.common import check_no_leaks, counter_delta, warm_up
+from scenarios.harness.rawclient import RawClient, frame_bytes, text_frame
+from scenarios.harness.traffic import MoveLog, Streamer, echo_problems, gap_or_repeat, numbered
+from scenarios.harness.waiting import settle, until
+
+TICK_MS = 10
+
+
+async def warm_moves(target, admin: AdminClient, clients: list[ScenarioClient]) -> None:
+    """Move a warm-up client through every worker, so every link a move uses exists."""
+    workers = int(target.profile.get("workers", 1))
+    for c in clients[:workers]:
+        assert c.session is not None and c.worker is not None
+        for step in range(1, workers + 1):
+            dst = (c.worker + step) % workers
+            await admin.request("POST", f"/v1/sessions/{c.session}/migrate", {"worker": dst})
+        await c.request("migrate", worker=(c.worker + 1) % workers)
+
+
+def other_worker(rng: random.Random, current: int, workers: int) -> int:
+    return rng.choice([w for w in range(workers) if w != current])
+
+
+async def admin_pusher(admin: AdminClient, clients: list[ScenarioClient], stop: asyncio.Event, rng: random.Random, sent: dict[int, int]) -> None:
+    """Numbered pushes through the admin API (one sender, so their order is defined)."""
+    while not stop.is_set():
+        c = rng.choice(clients)
+        assert c.session is not None
+        n = sent.get(c.session, 0) + 1
+        status, _ = await admin.request("POST", f"/v1/sessions/{c.session}/push", {"data": json.dumps({"ev": "apush", "n": n})})
+        if status == 200:
+            sent[c.session] = n
+
+
+async def stop_ticks(clients: list[ScenarioClient], timers: dict[str, int]) -> dict[str, int]:
+    """Stop every client's timer; return how many ticks each one says it sent."""
+    finals = await asyncio.gather(*(c.request("timer_stop", timer=timers[c.name]) for c in clients))
+    return {c.name: f.get("seq", -1) for c, f in zip(clients, finals, strict=True)}
+
+
+async def per_session_checks(evidence, clients, streamers, log: MoveLog, pushes: dict[int, int], tick_totals: dict[str, int]) -> None:
+    await asyncio.gather(*(s.drain() for s in streamers))
+    await settle(
+        lambda: all(
+            len(numbered(c.evs("apush"), "n")) >= pushes.get(c.session, 0)
+            and len([e for e in c.evs("tick") if e.get("to") == c.session]) >= tick_totals.get(c.name, 0)
+            for c in clients
+        ),
+        timeout=10,
+    )
+    echo_bad = [p for s in streamers for p in echo_problems(s, log)]
+    evidence.fact("echo_requests", sum(s.seq for s in streamers))
+    evidence.fact("fragmented_requests", sum(1 for s in streamers for x in s.sent.values() if x.fragments > 1))
+    evidence.fact("big_requests", sum(1 for s in streamers for x in s.sent.values() if x.size >= 90_000))
+    evidence.check(
+        "every echo arrives exactly once, in order, intact, from a worker that owned the session then",
+        not echo_bad,
+        expected="replies e1..en in order; data equal; worker within the schedule's owners",
+        observed=f"{len(echo_bad)} problems",
+        problems=echo_bad,
+    )
+    tick_bad = {}
+    push_bad = {}
+    for c in clients:
+        gap = gap_or_repeat([e["seq"] for e in c.evs("tick") if e.get("to") == c.session], tick_totals.get(c.name))
+        if gap:
+            tick_bad[c.name] = gap
+        gap = gap_or_repeat(numbered(c.evs("apush"), "n"), pushes.get(c.session, 0))
+        if gap:
+            push_bad[c.name] = gap
+    evidence.fact("admin_pushes", sum(pushes.values()))
+    evidence.check(
+        "ticks from each session's own timer arrive without gap or repeat (the timer moved with it)",
+        not tick_bad,
+        expected="1..n where n is the timer's own count",
+        observed=tick_bad or "all consecutive",
+    )
+    evidence.check(
+        "pushes addressed to moving sessions arrive exactly once, in order",
+        not push_bad,
+        expected="1..n per session",
+        observed=push_bad or "all consecutive",
+    )
+    closed = [{"client": c.name, "close_frame": c.close_frame, "tail": c.excerpt(5)} for c in clients if c.is_closed]
+    evidence.check("no session is closed by moving it", not closed, expected="all open", observed=f"{len(closed)} closed", clients=closed)
+    unanswered = {s.client.name: [s.pings, s.pongs] for s in streamers if s.pongs < s.pings}
+    evidence.check("every WebSocket ping is answered", not unanswered, expected="pongs == pings", observed=unanswered or "all answered")
+
+
+async def record_checks(evidence, admin: AdminClient, clients, log: MoveLog, stats_before) -> None:
+    stats_after = await admin.stats()
+    ok_moves = [m for m in log.moves if m.ok]
+    delta_in = counter_delta(stats_before, stats_after, "migrations_in")
+    delta_out = counter_delta(stats_before, stats_after, "migrations_out")
+    evidence.fact("moves_ok", len(ok_moves))
+    evidence.fact("moves_refused", [[m.session, m.dst, m.name] for m in log.moves if not m.ok][:20])
+    evidence.check(
+        "the stats count every move (migrations_in and migrations_out)",
+        delta_in == delta_out == len(ok_moves),
+        expected=len(ok_moves),
+        observed={"migrations_in": delta_in, "migrations_out": delta_out},
+    )
+    records = {s["session"]: s for s in await admin.sessions()}
+    wrong = []
+    for c in clients:
+        rec = records.get(c.session)
+        want_worker = log.final_owner(c.session)
+        want_moves = len(log.successful(c.session))
+        if rec is None or rec.get("worker") != want_worker or rec.get("migrating"):
+            wrong.append({"client": c.name, "record": rec, "expected_worker": want_worker})
+        elif "migrations" in rec and rec["migrations"] < want_moves:
+            wrong.append({"client": c.name, "migrations": rec["migrations"], "expected_at_least": want_moves})
+    evidence.check(
+        "each session's record names exactly its final owner and counts its moves",
+        not wrong,
+        expected="worker = last move's target, not migrating",
+        observed=f"{len(wrong)} wrong",
+        records=wrong,
+    )
+
+
+# -- migration_stream -------------------------------------------------------------------
+
+
+async def stream_scenario(target, admin: AdminClient, evidence) -> None:
+    rng = random.Random(20261121)
+    workers = int(target.profile["workers"])
+    baseline_fds = await warm_up(target, admin, lambda cs: warm_moves(target, admin, cs))
+    stats_before = await admin.stats()
+    clients = await connect_many(target.ws_url, "stream", 3 * workers)
+    try:
+        log = MoveLog({c.session: c.worker for c in clients})
+        timers = {}
+        for c in clients:
+            timers[c.name] = (await c.request("timer_start", interval_ms=TICK_MS))["timer"]
+        stop = asyncio.Event()
+        streamers = [Streamer(c, random.Random(rng.random())) for c in clients]
+        pushes: dict[int, int] = {}
+        traffic = [asyncio.create_task(s.run(stop)) for s in streamers]
+        pusher = asyncio.create_task(admin_pusher(admin, clients, stop, random.Random(rng.random()), pushes))
+
+        async def schedule() -> None:
+            where = dict(log.initial)
+            for i in range(45):
+                batch = rng.sample(clients, 2 if i % 5 == 0 else 1)
+                steps = []
+                for c in batch:
+                    dst = other_worker(rng, where[c.session], workers)
+                    where[c.session] = dst
+                    if rng.random() < 0.25:
+                        steps.append(log.via_app(c, dst))
+                    else:
+                        steps.append(log.via_admin(admin, c.session, dst))
+                await asyncio.gather(*steps)
+                await asyncio.sleep(rng.uniform(0.01, 0.05))  # the schedule's pace
+
+        await schedule()
+        stop.set()
+        await asyncio.gather(*traffic, pusher)
+        tick_totals = await stop_ticks(clients, timers)
+        await per_session_checks(evidence, clients, streamers, log, pushes, tick_totals)
+        refused = [m for m in log.moves if not m.ok]
+        evidence.check(
+            "every scheduled move succeeds",
+            not refused,
+            expected="no refusal (each move names a live session and another worker)",
+            observed=[(m.session, m.dst, m.name) for m in refused],
+        )
+        await record_checks(evidence, admin, clients, log, stats_before)
+    finally:
+        await dispose_all(clients)
+    await check_no_leaks(admin, evidence, baseline_fds)
+
+
+@pytest.mark.scenario("migration_stream", seed="workerman #1001: move a live connection's fd to another worker")
+@pytest.mark.requires("migrate")
+def test_migration_under_streaming(target, admin, evidence, run_async):
+    run_async(stream_scenario(target, admin, evidence))
+    evidence.verdict()
+
+
+# -- migration_partial_frames --------------------------------------------------------------
+
+
+async def session_of(raw: RawClient) -> dict:
+    reply = await raw.request("whoami", f"w{time.monotonic_ns()}")
+    if not reply.get("ok"):
+        raise AssertionError(f"{raw.name}: whoami failed: {reply}")
+    return reply
+
+
+async def partial_scenario(target, admin: AdminClient, evidence) -> None:
+    workers = int(target.profile["workers"])
+    raws = [await RawClient.connect(target.ws_url, f"raw{i}") for i in range(6)]
+    try:
+        cut_results = []
+        # A frame cut in two: inside the header, inside the mask, inside the payload.
+        for raw, cut in zip(raws[:4], (1, 3, 7, 9000), strict=True):
+            me = await session_of(raw)
+            data = f"cut-at-{cut}:" + "z" * 20_000
+            frame = text_frame(json.dumps({"op": "echo", "id": f"c{cut}", "seq": cut, "data": data}))
+            await raw.ping_and_wait(suffix=frame[:cut])
+            dst = (me["worker"] + 1) % workers
+            status, body = await admin.request("POST", f"/v1/sessions/{me['session']}/migrate", {"worker": dst})
+            await raw.write(frame[cut:])
+            reply = await raw.wait_reply(f"c{cut}")
+            cut_results.append(
+                {
+                    "cut": cut,
+                    "moved": status == 200,
+                    "move": body if status != 200 else None,
+                    "echo_intact": reply.get("data") == data,
+                    "worker": reply.get("worker"),
+                    "expected_worker": dst,
+                    "closed": raw.is_closed,
+                }
+            )
+        evidence.check(
+            "a frame cut in two by the migration arrives whole, from the new worker",
+            all(r["moved"] and r["echo_intact"] and r["worker"] == r["expected_worker"] and not r["closed"] for r in cut_results),
+            expected="moved, echo intact, reply from the target",
+            observed=cut_results,
+        )
+
+        # A message fragmented across two migrations, with a cut fragment frame as well.
+        raw = raws[4]
+        me = await session_of(raw)
+        data = "frag:" + "y" * 30_000
+        text = json.dumps({"op": "echo", "id": "f1", "seq": 1, "data": data})
+        parts = [text[:10_000], text[10_000:20_000], text[20_000:]]
+        frames = [
+            text_frame(parts[0], fin=False),
+            text_frame(parts[1], fin=False, continuation=True),
+            text_frame(parts[2], fin=True, continuation=True),
+        ]
+        path = [me["worker"]]
+        moved = []
+        await raw.ping_and_wait(prefix=frames[0])  # first fragment read, message unfinished
+        for frame_bytes_now, half in ((frames[1], True), (frames[2], False)):
+            dst = (path[-1] + 1) % workers
+            status, body = await admin.request("POST", f"/v1/sessions/{me['session']}/migrate", {"worker": dst})
+            moved.append(status == 200)
+            path.append(dst)
+            if half:
+                cut = len(frame_bytes_now) // 2
+                await raw.write(frame_bytes_now[:cut], ends_frame=False)
+                await raw.write(frame_bytes_now[cut:])
+                await raw.ping_and_wait()
+            else:
+                await raw.write(frame_bytes_now)
+        reply = await raw.wait_reply("f1")
+        result = {"moves_ok": moved, "echo_intact": reply.get("data") == data, "worker": reply.get("worker"), "path": path, "closed": raw.is_closed}
+        evidence.check(
+            "a message fragmented across migrations arrives whole, from the last worker",
+            all(moved) and result["echo_intact"] and result["worker"] == path[-1] and not raw.is_closed,
+            expected="both moves ok, one intact message",
+            observed=result,
+        )
+
+        # A client ping in flight across a move is answered once.
+        raw = raws[5]
+        me = await session_of(raw)
+        token = b"across-a-move"
+        ping = frame_bytes(Opcode.PING, token)  # built once: each frame has its own mask
+        await raw.write(ping[:4], ends_frame=False)
+        status, _ = await admin.request("POST", f"/v1/sessions/{me['session']}/migrate", {"worker": (me["worker"] + 1) % workers})
+        await raw.write(ping[4:])
+        await settle(lambda: token in raw.pongs, timeout=5)
+        evidence.check(
+            "a ping cut by the migration is answered once by the new worker",
+            status == 200 and raw.pongs.count(token) == 1 and not raw.is_closed,
+            expected="one pong",
+            observed={"moved": status == 200, "pongs": raw.pongs.count(token), "closed": raw.is_closed},
+        )
+    finally:
+        for raw in raws:
+            await raw.dispose()
+
+
+@pytest.mark.scenario("migration_partial_frames", seed="workerman #1001: bytes read but not parsed travel with the fd")
+@pytest.mark.requires("migrate")
+def test_migration_mid_frame(target, admin, evidence, run_async):
+    run_async(partial_scenario(target, admin, evidence))
+    evidence.verdict()
+
+
+# -- migration_pushes_in_flight ---------------------------------------------------------------
+
+
+async def place(admin: AdminClient, client: ScenarioClient, worker: int) -> None:
+    if client.worker != worker:
+        await admin.call("POST", f"/v1/sessions/{client.session}/migrate", {"worker": worker})
+        client.worker = worker
+
+
+async def in_flight_scenario(target, admin: AdminClient, evidence) -> None:
+    workers = int(target.profile["workers"])
+    clients = await connect_many(target.ws_url, "flight", 2)
+    victim, blocker = clients
+    try:
+        await place(admin, victim, 0)
+        await place(admin, blocker, 1)
+        attempts = []
+        sent = 0
+
+        async def push_next() -> bool:
+            nonlocal sent
+            status, _ = await admin.request(
+                "POST", f"/v1/sessions/{victim.session}/push", {"data": json.dumps({"ev": "apush", "n": sent + 1})}
+            )
+            sent += status == 200
+            return status == 200
+
+        async def migrating() -> bool:
+            status, rec = await admin.request("GET", f"/v1/sessions/{victim.session}")
+            return status == 200 and bool(rec.get("migrating"))
+
+        for attempt in range(3):
+            if victim.worker == blocker.worker:
+                await place(admin, victim, next(w for w in range(workers) if w != blocker.worker))
+            # The target worker blocks its loop, so the move waits for it, in flight.
+            await blocker.send({"op": "block", "id": f"b{attempt}", "ms": 600})
+            move = asyncio.create_task(
+                admin.request("POST", f"/v1/sessions/{victim.session}/migrate", {"worker": blocker.worker})
+            )
+            seen = await settle(migrating, timeout=2, interval=0.005)
+            during = 0
+            if seen:
+                for _ in range(15):
+                    during += await push_next()
+            status, body = await move
+            for _ in range(15):  # right after the move: held by the target until the source has drained
+                await push_next()
+            await until(lambda a=attempt: blocker.replies.get(f"b{a}"), timeout=5, what="the block to end")
+            attempts.append({"window_seen": seen, "pushed_during": during, "move_status": status, "move": body})
+            if status == 200:
+                victim.worker = blocker.worker
+            if seen and during:
+                break
+        evidence.fact("attempts", attempts)
+        await settle(lambda: len(numbered(victim.evs("apush"), "n")) >= sent, timeout=10)
+        got = numbered(victim.evs("apush"), "n")
+        evidence.check(
+            "the move stayed in flight while pushes were sent (the scenario's own precondition)",
+            any(a["window_seen"] and a["pushed_during"] for a in attempts),
+            expected="the record showed migrating=true and pushes went out meanwhile",
+            observed=attempts,
+        )
+        evidence.check(
+            "pushes sent while the session moves arrive exactly once, in order",
+            gap_or_repeat(got, sent) is None,
+            expected=f"1..{sent}",
+            observed=gap_or_repeat(got, sent) or "1..n",
+        )
+        reply = await victim.request("echo", seq=1, data="after")
+        evidence.check(
+            "the session works in its new worker afterwards",
+            reply.get("ok") and reply.get("worker") == victim.worker and not victim.is_closed,
+            expected={"worker": victim.worker},
+            observed=reply,
+        )
+    finally:
+        await dispose_all(clients)
+
+
+@pytest.mark.scenario("migration_pushes_in_flight", seed="pushes addressed to a session while its fd moves")
+@pytest.mark.requires("migrate")
+def test_migration_pushes_in_flight(target, admin, evidence, run_async):
+    run_async(in_flight_scenario(target, admin, evidence))
+    evidence.verdict()
