@@ -86,8 +86,9 @@ async def per_session_checks(evidence, clients, streamers, log: MoveLog, pushes:
     await asyncio.gather(*(s.drain() for s in streamers))
     await settle(
         lambda: all(
-            len(numbered(c.evs("apush"), "n")) >= pushes.get(c.session, 0)
-            and len([e for e in c.evs("tick") if e.get("to") == c.session]) >= tick_totals.get(c.name, 0)
+            c.is_closed
+            or (len(numbered(c.evs("apush"), "n")) >= pushes.get(c.session, 0)
+            and len([e for e in c.evs("tick") if e.get("to") == c.session]) >= tick_totals.get(c.name, 0))
             for c in clients
         ),
         timeout=10,
@@ -411,4 +412,222 @@ async def in_flight_scenario(target, admin: AdminClient, evidence) -> None:
 @pytest.mark.requires("migrate")
 def test_migration_pushes_in_flight(target, admin, evidence, run_async):
     run_async(in_flight_scenario(target, admin, evidence))
+    evidence.verdict()
+
+
+# -- migration_errors -----------------------------------------------------------------------
+
+
+async def errors_scenario(target, admin: AdminClient, evidence) -> None:
+    workers = int(target.profile["workers"])
+    clients = await connect_many(target.ws_url, "err", 3)
+    subject, blocker, gone = clients
+    raw: RawClient | None = None
+    idle = None
+    try:
+        await place(admin, blocker, 1)
+        await place(admin, subject, 0)
+        outcomes: dict[str, dict] = {}
+
+        async def attempt(label: str, sid: int, body) -> None:
+            status, reply = await admin.request("POST", f"/v1/sessions/{sid}/migrate", body)
+            err = reply.get("error", {}) if isinstance(reply, dict) else {}
+            outcomes[label] = {"status": status, "code": err.get("code"), "name": err.get("name")}
+
+        await attempt("unknown session", 987654321, {"worker": 1})
+        await attempt("unknown worker", subject.session, {"worker": workers + 5})
+        await attempt("negative worker", subject.session, {"worker": -1})
+        await attempt("already there", subject.session, {"worker": 0})
+        await attempt("worker is not a number", subject.session, {"worker": "two"})
+        await attempt("no body", subject.session, None)
+        status, body = await admin.request("POST", f"/v1/sessions/{subject.session}/migrate", raw=b"{not json")
+        outcomes["garbage body"] = {"status": status, "code": body.get("error", {}).get("code") if isinstance(body, dict) else None}
+        app_reply = await subject.request("migrate", worker=workers + 5)
+        outcomes["app op, unknown worker"] = {"code": app_reply.get("error", {}).get("code")}
+        app_reply = await subject.request("migrate", worker="x")
+        outcomes["app op, bad worker"] = {"code": app_reply.get("error", {}).get("code")}
+
+        # A session that is gone: closed by its client.
+        gone_sid = gone.session
+        await gone.close()
+        await settle(lambda: _absent(admin, gone_sid), timeout=5)
+        await attempt("closed session", gone_sid, {"worker": 2})
+
+        # A session whose close handshake is under way: the server closed it, the client does not answer.
+        raw = await RawClient.connect(target.ws_url, "closing")
+        me = await session_of(raw)
+        raw._mid_frame = True  # hold back the close frame the protocol owes the server
+        await raw.write(text_frame(json.dumps({"op": "close", "id": "x", "code": 4000})), ends_frame=False)
+        await until(lambda: raw.close_frame is not None, timeout=5, what="the server's close frame")
+        await attempt("closing session", me["session"], {"worker": (me["worker"] + 1) % workers})
+
+        # A TCP connection that never completed its handshake.
+        _reader, idle = await asyncio.open_connection("127.0.0.1", target.port)
+        connecting = await until(lambda: _connecting_session(admin), timeout=5, what="a connecting session")
+        await attempt("handshake not done", connecting, {"worker": 1})
+
+        # Two moves of one session at once: the first waits for a busy target.
+        await blocker.send({"op": "block", "id": "b", "ms": 500})
+        first = asyncio.create_task(admin.request("POST", f"/v1/sessions/{subject.session}/migrate", {"worker": 1}))
+        await settle(lambda: _migrating(admin, subject.session), timeout=2, interval=0.005)
+        await attempt("already moving", subject.session, {"worker": 2})
+        first_status, _ = await first
+        await until(lambda: blocker.replies.get("b"), timeout=5, what="the block to end")
+        subject.worker = 1 if first_status == 200 else 0
+
+        expected = {
+            "unknown session": (404, 1005),
+            "unknown worker": (404, 2003),
+            "negative worker": (404, 2003),
+            "already there": (409, 2010),
+            "worker is not a number": (400, 4400),
+            "no body": (400, 4400),
+            "garbage body": (400, 4400),
+            "app op, unknown worker": (None, 2003),
+            "app op, bad worker": (None, 4400),
+            "closed session": (404, 1005),
+            "closing session": (409, 1004),
+            "handshake not done": (409, 8503),
+            "already moving": (409, 2011),
+        }
+        wrong = {
+            label: {"expected": exp, "observed": outcomes.get(label)}
+            for label, exp in expected.items()
+            if (exp[0] is not None and outcomes.get(label, {}).get("status") != exp[0])
+            or outcomes.get(label, {}).get("code") != exp[1]
+        }
+        evidence.check(
+            "each refused move answers with its status and error code",
+            not wrong,
+            expected={k: v for k, v in expected.items()},
+            observed=wrong or "all as expected",
+        )
+        reply = await subject.request("echo", seq=1, data="still here")
+        evidence.check(
+            "after every refusal the session works where it was",
+            reply.get("ok") is True and reply.get("worker") == subject.worker and not subject.is_closed,
+            expected={"worker": subject.worker},
+            observed=reply,
+        )
+        stats = await admin.stats()
+        evidence.check(
+            "the server is still serving everyone (no process died)",
+            stats["master"].get("respawns", 0) == 0 or "respawns" not in stats["master"],
+            expected="no respawn",
+            observed=stats["master"],
+        )
+    finally:
+        if idle is not None:
+            idle.close()
+        if raw is not None:
+            await raw.dispose()
+        await dispose_all(clients)
+
+
+async def _absent(admin: AdminClient, sid: int) -> bool:
+    status, _ = await admin.request("GET", f"/v1/sessions/{sid}")
+    return status == 404
+
+
+async def _migrating(admin: AdminClient, sid: int) -> bool:
+    status, rec = await admin.request("GET", f"/v1/sessions/{sid}")
+    return status == 200 and bool(rec.get("migrating"))
+
+
+async def _connecting_session(admin: AdminClient) -> int | None:
+    for s in await admin.sessions():
+        if s.get("state") == "connecting":
+            return s["session"]
+    return None
+
+
+@pytest.mark.scenario("migration_errors", seed="every refused move has its code, and the session goes on")
+@pytest.mark.requires("migrate")
+def test_migration_errors(target, admin, evidence, run_async):
+    run_async(errors_scenario(target, admin, evidence))
+    evidence.verdict()
+
+
+# -- migration_affinity_rebalance ---------------------------------------------------------------
+
+
+async def affinity_scenario(target, admin: AdminClient, evidence) -> None:
+    rng = random.Random(7)
+    workers = int(target.profile["workers"])
+    stats_before = await admin.stats()
+    clients = await connect_many(target.ws_url, "room", 6 * workers)
+    try:
+        log = MoveLog({c.session: c.worker for c in clients})
+        rooms = {c.name: 100 + (i // workers) % 3 for i, c in enumerate(clients)}  # each room spans the workers
+        await asyncio.gather(*(c.request("join", group=rooms[c.name]) for c in clients))
+        timers = {}
+        for c in clients:
+            timers[c.name] = (await c.request("timer_start", interval_ms=20))["timer"]
+        stop = asyncio.Event()
+        streamers = [Streamer(c, random.Random(rng.random())) for c in clients]
+        pushes: dict[int, int] = {}
+        traffic = [asyncio.create_task(s.run(stop)) for s in streamers]
+        pusher = asyncio.create_task(admin_pusher(admin, clients, stop, random.Random(rng.random()), pushes))
+
+        reports = {}
+        for room in sorted(set(rooms.values())):
+            t0 = time.time()
+            report = await admin.call("POST", "/v1/affinity", {"group": room})
+            log.record_report(report, t0, time.time(), "affinity")
+            reports[room] = report
+        placement = {s["session"]: s["worker"] for s in await admin.sessions()}
+        scattered = {
+            room: sorted({placement.get(c.session) for c in clients if rooms[c.name] == room})
+            for room in reports
+        }
+        evidence.fact("affinity_reports", {r: {k: v for k, v in rep.items() if k != "moved"} | {"moved": len(rep["moved"])} for r, rep in reports.items()})
+        evidence.check(
+            "after affinity, every member of a group sits in the group's worker",
+            all(ws == [reports[r]["worker"]] for r, ws in scattered.items()),
+            expected={r: [rep["worker"]] for r, rep in reports.items()},
+            observed=scattered,
+        )
+        evidence.check(
+            "affinity reports what it moved and what failed",
+            all(len(rep["moved"]) + rep["already_there"] == rep["members"] and not rep["failed"] for rep in reports.values()),
+            expected="moved + already_there == members, no failure",
+            observed={r: [len(rep["moved"]), rep["already_there"], rep["members"], rep["failed"]] for r, rep in reports.items()},
+        )
+
+        # Skew: everything into worker 0, then rebalance.
+        t0 = time.time()
+        skew = await admin.call("POST", "/v1/affinity", {"sessions": [c.session for c in clients], "worker": 0})
+        log.record_report(skew, t0, time.time(), "affinity")
+        t0 = time.time()
+        rebalance = await admin.call("POST", "/v1/rebalance")
+        log.record_report(rebalance, t0, time.time(), "rebalance")
+        counts = {w: 0 for w in range(workers)}
+        for s in await admin.sessions():
+            counts[s["worker"]] = counts.get(s["worker"], 0) + 1
+        evidence.fact("rebalance", {"before": rebalance["before"], "moved": len(rebalance["moved"]), "after": counts})
+        evidence.check(
+            "after rebalancing, the workers' session counts differ by at most one",
+            max(counts.values()) - min(counts.values()) <= 1 and not rebalance["failed"],
+            expected="max - min <= 1",
+            observed={"counts": counts, "failed": rebalance["failed"]},
+        )
+        evidence.check(
+            "rebalance moves no more sessions than needed",
+            len(rebalance["moved"]) == len(clients) - len(clients) // workers,
+            expected=len(clients) - len(clients) // workers,
+            observed=len(rebalance["moved"]),
+        )
+        stop.set()
+        await asyncio.gather(*traffic, pusher)
+        tick_totals = await stop_ticks(clients, timers)
+        await per_session_checks(evidence, clients, streamers, log, pushes, tick_totals)
+        await record_checks(evidence, admin, clients, log, stats_before)
+    finally:
+        await dispose_all(clients)
+
+
+@pytest.mark.scenario("migration_affinity_rebalance", seed="workerman: gather a room in one worker; even out workers")
+@pytest.mark.requires("migrate")
+def test_migration_affinity_and_rebalance(target, admin, evidence, run_async):
+    run_async(affinity_scenario(target, admin, evidence))
     evidence.verdict()

@@ -98,10 +98,16 @@ class ScenarioClient:
 
     # -- requests -------------------------------------------------------------------
 
-    async def send(self, payload: dict[str, Any]) -> None:
+    async def send(self, payload: dict[str, Any]) -> bool:
+        """Send one request; False (recorded in the history) if the connection is gone."""
         text = json.dumps(payload)
         self.history.append(Event(time.time(), "send", text))
-        await self.ws.send(text)
+        try:
+            await self.ws.send(text)
+        except ConnectionClosed:
+            self.history.append(Event(time.time(), "send_failed", "connection closed"))
+            return False
+        return True
 
     async def request(self, op: str, *, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
         """Send ``{"op": op, "id": n, **fields}`` and return the reply (ok or not)."""

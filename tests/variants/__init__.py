@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 class Variant:
     name: str
     bug: str
-    scenario: str  # test file under scenarios/
+    scenario: str  # test file under scenarios/, or a node id (file::test) when it holds several
     caught_by: str  # start of the name of the check that must fail
 
 
@@ -57,6 +57,24 @@ VARIANTS = [
         "what the server pushes counts as activity for the heartbeat",
         "scenarios/test_heartbeat.py",
         "server pushes do not count as activity",
+    ),
+    Variant(
+        "migrate_drops_unparsed",
+        "a migrated session loses the bytes its old worker read but had not parsed",
+        "scenarios/test_migration.py::test_migration_mid_frame",
+        "a frame cut in two by the migration arrives whole",
+    ),
+    Variant(
+        "migrate_loses_pushes",
+        "pushes reaching the old worker while the session moves are dropped",
+        "scenarios/test_migration.py::test_migration_pushes_in_flight",
+        "pushes sent while the session moves arrive exactly once",
+    ),
+    Variant(
+        "migrate_source_fin",
+        "the old worker shuts down its copy of the socket (the client gets a FIN)",
+        "scenarios/test_migration.py::test_migration_under_streaming",
+        "no session is closed by moving it",
     ),
 ]
 BY_NAME = {v.name: v for v in VARIANTS}

@@ -1,0 +1,23 @@
+"""BUG: pushes that reach the old worker while the session is moving are dropped.
+
+The source treats a session it is handing over as gone, so whatever was
+addressed to it in that window is lost (counted as a dead-session push).
+Caught by scenarios/test_migration.py (migration_pushes_in_flight).
+"""
+
+from reference_server.errors import ErrorCode
+from reference_server.runtime.migration import Mover
+
+
+def apply() -> None:
+    original = Mover.intercept
+
+    def intercept(self, op, forwarded):
+        out = self.outgoing.get(op[1])
+        if out is not None and not out.forwarding:
+            if op[0] == "push":
+                self.rt.note_push_failed(op[1], ErrorCode.SESSION_NOT_EXIST)
+            return True
+        return original(self, op, forwarded)
+
+    Mover.intercept = intercept
