@@ -257,7 +257,7 @@ class Mover:
         assert out.adopted is not None
         while True:
             if out.adopted.done():
-                return out.adopted.result()
+                return out.adopted.result()  # type: ignore[no-any-return]
             now = time.monotonic()
             if now > deadline + ADOPT_GRACE:
                 info = rt.table.lookup(out.sid)
@@ -265,10 +265,7 @@ class Mover:
                     # It adopted and its answer is still on the way: wait for it.
                     return await out.adopted
                 return False, int(ErrorCode.MIGRATION_FAILED), "the target did not adopt the session in time"
-            try:
-                return await asyncio.wait_for(asyncio.shield(out.adopted), 0.1)
-            except TimeoutError:
-                pass
+            await asyncio.wait((out.adopted,), timeout=0.1)
             if not rt.process_alive(out.target_pid):
                 info = rt.table.lookup(out.sid)
                 if info is not None and info.owner_pid == out.target_pid:
@@ -321,12 +318,19 @@ class Mover:
             self._next_round.append(out)  # the round under way began before this switch
 
     def _start_round(self, moves: list[Outgoing]) -> None:
+        """Ask every process that may have sent us an operation to answer on its link.
+
+        Left out: this process; the targets of the moves in the round (their
+        ``adopted`` came on that same link, after anything they sent us
+        before); and the broker, which never addresses sessions.
+        """
         rt = self.rt
         me = os.getpid()
+        targets = {out.target_pid for out in moves}
         token = next(self._tokens)
         waiting = set()
         for entry in rt.procs.entries():
-            if entry.pid == me or entry.state is ProcState.EMPTY:
+            if entry.pid == me or entry.pid in targets or entry.state is ProcState.EMPTY or entry.kind is ProcKind.BROKER:
                 continue
             if rt.links.send(entry.pid, ("barrier", token, me)):
                 waiting.add(entry.pid)

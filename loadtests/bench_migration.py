@@ -1,0 +1,228 @@
+"""Benchmark: live session migration on the reference server (a benchmark, not a test).
+
+    python -m loadtests.bench_migration [--sessions 1000] [--workers 3] [--json PATH]
+
+Starts the reference server on loopback, connects ``--sessions`` clients, and
+moves every one of them to another worker through the admin API's batch
+route (``POST /v1/migrations``, one move after the other), twice:
+
+1. idle: the sessions are connected and silent;
+2. under traffic: a tenth of the clients stream echo requests (one every
+   ``--echo-period-ms``, 50 by default), and every session gets a tick from
+   its own timer every 500 ms (timers move with their sessions).
+
+For each phase it prints migrations per second and the p50/p99 time per
+migration, measured two ways: at the source (freeze until the target owns
+the session) and at the requester (the admin process, RPC to the owner
+included). As a peer measured in the same run it prints what the
+alternative costs: dropping the client and having it reconnect (TCP connect
+plus the WebSocket handshake, p50/p99 over the same number of clients).
+
+Afterwards it checks what a migration must not break: no session closed,
+every echo answered, the stats counting every move. It exits non-zero if
+one of those fails (the figures are reported either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from scenarios.harness.admin import AdminClient
+from scenarios.harness.client import ScenarioClient
+from scenarios.harness.target import free_port
+from scenarios.harness.waiting import until
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Server:
+    def __init__(self, workers: int, max_connections: int) -> None:
+        self.port, self.admin_port = free_port(), free_port()
+        self.token = secrets.token_hex(8)
+        self.log = open(os.devnull, "w")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "reference_server",
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--admin-port", str(self.admin_port), "--admin-token", self.token,
+                "--workers", str(workers), "--task-workers", "1",
+                "--max-connections", str(max_connections), "--log-level", "warning",
+            ],
+            cwd=REPO,
+            stderr=self.log,
+            start_new_session=True,
+        )
+        self.admin = AdminClient(f"http://127.0.0.1:{self.admin_port}", self.token)
+
+    async def ready(self) -> None:
+        async def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}")
+            try:
+                return (await self.admin.request("GET", "/ready"))[0] == 200
+            except OSError:
+                return False
+
+        await until(up, timeout=30, what="the server to be ready", interval=0.05)
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.log.close()
+
+
+async def migrate_all(admin: AdminClient, clients: list[ScenarioClient], workers: int, where: dict[int, int]) -> dict[str, Any]:
+    moves = []
+    for c in clients:
+        assert c.session is not None
+        dst = (where[c.session] + 1) % workers
+        moves.append([c.session, dst])
+    started = time.perf_counter()
+    results = []
+    for i in range(0, len(moves), 500):
+        body = await admin.call("POST", "/v1/migrations", {"moves": moves[i : i + 500]})
+        results += body["results"]
+    wall = time.perf_counter() - started
+    ok = [r for r in results if r.get("ok")]
+    for r in ok:
+        where[r["session"]] = r["to"]
+    source = [r["elapsed_ms"] for r in ok]
+    requester = [r["total_ms"] for r in ok]
+    return {
+        "moves": len(moves),
+        "ok": len(ok),
+        "failed": [r for r in results if not r.get("ok")][:5],
+        "wall_s": round(wall, 3),
+        "migrations_per_s": round(len(ok) / wall, 1),
+        "source_ms": {"p50": round(pct(source, 0.5), 3), "p99": round(pct(source, 0.99), 3), "mean": round(statistics.fmean(source), 3) if source else None},
+        "requester_ms": {"p50": round(pct(requester, 0.5), 3), "p99": round(pct(requester, 0.99), 3)},
+    }
+
+
+async def reconnect_peer(url: str, n: int) -> dict[str, Any]:
+    """The alternative to moving a session: a fresh TCP connect + WebSocket handshake."""
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        c = await ScenarioClient.connect(url, f"peer{i}")
+        times.append((time.perf_counter() - t0) * 1000.0)
+        c.abort()
+        await c.dispose()
+    return {"connects": n, "p50_ms": round(pct(times, 0.5), 3), "p99_ms": round(pct(times, 0.99), 3)}
+
+
+async def stream(client: ScenarioClient, stop: asyncio.Event, counts: dict[str, int], period: float) -> None:
+    seq = 0
+    while not stop.is_set() and not client.is_closed:
+        seq += 1
+        reply = await client.request("echo", seq=seq, data="x" * 200, timeout=30)
+        if reply.get("ok"):
+            counts["echoes"] += 1
+        else:
+            counts["echo_failures"] += 1
+        await asyncio.sleep(period)  # the client's pace
+
+
+async def run(args: argparse.Namespace) -> int:
+    server = Server(args.workers, max(2048, args.sessions * 2))
+    report: dict[str, Any] = {"sessions": args.sessions, "workers": args.workers, "cpus": os.cpu_count()}
+    clients: list[ScenarioClient] = []
+    try:
+        await server.ready()
+        url = f"ws://127.0.0.1:{server.port}/"
+        for i in range(0, args.sessions, 100):
+            batch = await asyncio.gather(*(ScenarioClient.connect(url, f"b{j}") for j in range(i, min(args.sessions, i + 100))))
+            await asyncio.gather(*(c.whoami() for c in batch))
+            clients += batch
+        where = {c.session: c.worker for c in clients}
+        stats_before = await server.admin.stats()
+
+        report["idle"] = await migrate_all(server.admin, clients, args.workers, where)
+
+        await asyncio.gather(*(c.request("timer_start", interval_ms=500) for c in clients))
+        stop = asyncio.Event()
+        counts = {"echoes": 0, "echo_failures": 0}
+        streamers = [
+            asyncio.create_task(stream(c, stop, counts, args.echo_period_ms / 1000.0))
+            for c in clients[: max(1, args.sessions // 10)]
+        ]
+        t0 = time.perf_counter()
+        report["traffic"] = await migrate_all(server.admin, clients, args.workers, where)
+        elapsed = time.perf_counter() - t0
+        stop.set()
+        await asyncio.gather(*streamers)
+        report["traffic"]["echo_per_s_during"] = round(counts["echoes"] / elapsed, 1)
+        report["traffic"]["echo_failures"] = counts["echo_failures"]
+        report["peer_reconnect"] = await reconnect_peer(url, min(args.sessions, 300))
+
+        stats_after = await server.admin.stats()
+        moved = report["idle"]["ok"] + report["traffic"]["ok"]
+        counted = int(stats_after["counters"].get("migrations_in", 0)) - int(stats_before["counters"].get("migrations_in", 0))
+        closed = sum(1 for c in clients if c.is_closed)
+        report["checks"] = {
+            "sessions_closed": closed,
+            "moves_counted": counted,
+            "moves_ok": moved,
+            "echo_failures": counts["echo_failures"],
+        }
+        ok = closed == 0 and counted == moved and counts["echo_failures"] == 0 and moved == 2 * args.sessions
+    finally:
+        await asyncio.gather(*(c.dispose() for c in clients), return_exceptions=True)
+        server.stop()
+    print_report(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0 if ok else 1
+
+
+def print_report(r: dict[str, Any]) -> None:
+    print(f"live migration, reference server: {r['sessions']} sessions, {r['workers']} workers, {r['cpus']} CPUs")
+    for phase in ("idle", "traffic"):
+        p = r[phase]
+        print(
+            f"  {phase:<8} {p['ok']}/{p['moves']} moved in {p['wall_s']} s = {p['migrations_per_s']} migrations/s;"
+            f" per migration at the source p50 {p['source_ms']['p50']} ms, p99 {p['source_ms']['p99']} ms;"
+            f" at the requester p50 {p['requester_ms']['p50']} ms, p99 {p['requester_ms']['p99']} ms"
+        )
+    print(f"  traffic during the moves: {r['traffic']['echo_per_s_during']} echo round trips/s, ticks every 500 ms on every session")
+    peer = r["peer_reconnect"]
+    ratio = r["idle"]["source_ms"]["p50"] / peer["p50_ms"] if peer["p50_ms"] else float("nan")
+    print(f"  peer: reconnect (TCP + WebSocket handshake) p50 {peer['p50_ms']} ms, p99 {peer['p99_ms']} ms;"
+          f" a migration costs {ratio:.2f}x a reconnect at p50 (and the client notices nothing)")
+    print(f"  checks: {r['checks']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--echo-period-ms", type=float, default=50.0, help="pause between one streaming client's echoes")
+    parser.add_argument("--json", default="", help="also write the figures here")
+    args = parser.parse_args()
+    sys.exit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()
