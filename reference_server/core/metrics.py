@@ -31,6 +31,10 @@ STANDARD_COUNTERS: dict[str, str] = {
     "ipc_send_failed": "Messages to another process that could not be sent",
     "log_suppressed": "Log lines suppressed by rate limiting",
     "protocol_errors": "Sessions closed for a protocol violation by the client",
+    "migrations_out": "Sessions handed over to another worker (counted by the source)",
+    "migrations_in": "Sessions adopted from another worker (counted by the target)",
+    "migrations_failed": "Moves that failed; the session went on in its source",
+    "migration_forwards": "Operations forwarded to a session's new owner while or after it moved",
 }
 
 
