@@ -123,6 +123,7 @@ class Mover:
         self.outgoing: dict[int, Outgoing] = {}
         self.incoming: dict[int, Incoming] = {}
         self.moved: dict[int, tuple[int, float]] = {}  # sid -> (new owner pid, expiry)
+        self._preparing: set[int] = set()  # sessions whose on_migrate_out is running
         self._round: _Round | None = None
         self._next_round: list[Outgoing] = []
         self._tokens = itertools.count(1)
@@ -189,6 +190,7 @@ class Mover:
 
         # 1. freeze
         started = time.perf_counter()
+        self._preparing.add(sid)  # the hook may await: a second request must see this move
         try:
             state = rt.app.on_migrate_out(rt.api, sid)
             if inspect.isawaitable(state):
@@ -196,6 +198,8 @@ class Mover:
         except Exception as exc:
             rt.log.error("app.hook_failed", hook="on_migrate_out", error=repr(exc), trace=traceback.format_exc())
             raise ServerError(ErrorCode.MIGRATION_FAILED, f"on_migrate_out failed: {exc!r}") from None
+        finally:
+            self._preparing.discard(sid)
         if not sess.movable or rt.sessions.get(sid) is not sess:  # it closed while the hook ran
             self._call_in(sid, state)
             raise ServerError(ErrorCode.SESSION_CLOSED, f"session {sid} is closing")
@@ -237,6 +241,8 @@ class Mover:
         return {"session": sid, "from": rt.index, "to": to_worker, "elapsed_ms": round(elapsed_ms, 3)}
 
     def _check_not_leaving(self, sid: int) -> None:
+        if sid in self._preparing:
+            raise ServerError(ErrorCode.MIGRATION_IN_PROGRESS, f"session {sid} is already moving")
         out = self.outgoing.get(sid)
         if out is None:
             return
@@ -257,7 +263,7 @@ class Mover:
         assert out.adopted is not None
         while True:
             if out.adopted.done():
-                return out.adopted.result()  # type: ignore[no-any-return]
+                return out.adopted.result()
             now = time.monotonic()
             if now > deadline + ADOPT_GRACE:
                 info = rt.table.lookup(out.sid)
