@@ -356,10 +356,6 @@ async def in_flight_scenario(target, admin: AdminClient, evidence) -> None:
             sent += status == 200
             return status == 200
 
-        async def migrating() -> bool:
-            status, rec = await admin.request("GET", f"/v1/sessions/{victim.session}")
-            return status == 200 and bool(rec.get("migrating"))
-
         for attempt in range(3):
             if victim.worker == blocker.worker:
                 await place(admin, victim, next(w for w in range(workers) if w != blocker.worker))
@@ -368,7 +364,7 @@ async def in_flight_scenario(target, admin: AdminClient, evidence) -> None:
             move = asyncio.create_task(
                 admin.request("POST", f"/v1/sessions/{victim.session}/migrate", {"worker": blocker.worker})
             )
-            seen = await settle(migrating, timeout=2, interval=0.005)
+            seen = await settle(lambda: _migrating(admin, victim.session), timeout=2, interval=0.005)
             during = 0
             if seen:
                 for _ in range(15):

@@ -192,8 +192,9 @@ class Server:
         """Move a live session to worker ``to_worker``; return ``{session, from, to, elapsed_ms}``.
 
         Callable from any process. It returns once the target owns the
-        session and every operation addressed to it on the way has been
-        applied, in order (``docs/architecture.md``, migration). Raises
+        session; operations addressed to it on the way are applied there
+        exactly once and in each sender's order, the last of them possibly
+        just after this returns (``docs/architecture.md``, migration). Raises
         :class:`ServerError`: ``SESSION_NOT_EXIST`` (1005), ``SESSION_CLOSED``
         (1004, closing), ``NOT_ESTABLISHED`` (8503), ``UNKNOWN_PROCESS``
         (2003, no such running worker), ``ALREADY_THERE`` (2010),

@@ -237,9 +237,6 @@ class PeerLinks:
             return self._send(pid, encode((_FDS, len(fds), message)), list(fds))
         return self._send(pid, encode(message), None)
 
-    def send_raw(self, pid: int, frame: bytes) -> bool:
-        return self._send(pid, frame, None)
-
     def _send(self, pid: int, frame: bytes, fds: list[int] | None) -> bool:
         link = self._links.get(pid)
         if link is None:

@@ -39,7 +39,7 @@ import asyncio
 import logging
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -80,7 +80,6 @@ class SessionSnapshot:
     ping_sent_at: float
     last_recv: float  # time.monotonic(), which is system-wide on Linux
     app_state: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Session:
@@ -357,10 +356,6 @@ class Session:
             and not self.detached
             and self.proto.state is State.OPEN
         )
-
-    @property
-    def out_buffered(self) -> int:
-        return self.stream.buffered if self.stream is not None else 0
 
     def send(self, data: str | bytes) -> bool:
         """Queue one message; False if the session is not open."""

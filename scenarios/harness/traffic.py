@@ -26,7 +26,7 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed
 
 from .admin import AdminClient
-from .client import ScenarioClient
+from .client import Event, ScenarioClient
 from .waiting import settle
 
 #: (size of the echoed data, weight): empty, small, a few KB, above one socket buffer.
@@ -77,7 +77,7 @@ class Streamer:
             if size >= 1000 and rng.random() < 0.5:
                 fragments = rng.randint(2, 5)
             self.sent[seq] = Sent(seq, time.time(), size, _digest(data), fragments)
-            client.history.append(_event("send", f"echo e{seq} size={size} fragments={fragments}"))
+            client.history.append(Event(time.time(), "send", f"echo e{seq} size={size} fragments={fragments}"))
             try:
                 if fragments == 1:
                     await client.ws.send(text)
@@ -99,12 +99,6 @@ class Streamer:
 
     async def drain(self, timeout: float = 15.0) -> bool:
         return await settle(lambda: self._echo_replies() >= self.seq or self.client.is_closed, timeout=timeout)
-
-
-def _event(direction: str, data: Any):
-    from .client import Event
-
-    return Event(time.time(), direction, data)
 
 
 @dataclass
