@@ -21,8 +21,13 @@ Which process runs which hook:
 ``on_migrate_in``             the worker a session arrived in, with that
                               state: re-arm them (also called in the source,
                               with the same state, if the move failed)
-``on_worker_exit``            a worker or task worker about to stop, its loop
-                              still running: clear your timers here
+``on_worker_exit``            a worker or task worker about to stop (shutdown,
+                              or retired by a reload), its loop still running:
+                              clear your timers here. On a reload, its sessions
+                              are handed to the new generation *after* this
+                              hook, through ``on_migrate_out``/``on_migrate_in``
+                              (keep per-session state for them; timers the
+                              hook leaves are cleared with one warning)
 ``on_worker_stop``            the same process, last thing before it exits
 ============================  ==================================================
 
@@ -45,11 +50,15 @@ if TYPE_CHECKING:
 class ProcessSpec:
     """A custom process: ``target(server)`` runs until it returns or the server stops.
 
-    It is respawned if it exits or crashes while the server runs.
+    It is respawned if it exits or crashes while the server runs. A reload
+    replaces it only if ``reloadable`` (as in Swoole, custom processes are
+    not reloaded by default); then the old one stops before its successor
+    starts, so two never run at once.
     """
 
     name: str
     target: Callable[[Server], Awaitable[None]]
+    reloadable: bool = False
 
 
 class Application:

@@ -37,6 +37,7 @@ _HELP = {
     "close_timeout_ms": "how long a closing session waits for the client's close frame",
     "handshake_timeout_ms": "how long a connection may take to complete its handshake",
     "shutdown_timeout_ms": "graceful shutdown bound; then remaining processes are killed",
+    "max_wait_ms": "reload: kill an old process still alive this long after it was retired",
     "backlog": "listen backlog",
 }
 

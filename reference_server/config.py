@@ -45,6 +45,8 @@ class Config:
     handshake_timeout_ms: int = 10_000
     #: Graceful shutdown bound: after this the master kills what is left.
     shutdown_timeout_ms: int = 5_000
+    #: Reload: an old process still alive this long after it was retired is killed (Swoole's max_wait_time).
+    max_wait_ms: int = 3_000
     backlog: int = 1024
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -87,6 +89,7 @@ class Config:
             "close_timeout_ms",
             "handshake_timeout_ms",
             "shutdown_timeout_ms",
+            "max_wait_ms",
         ):
             need(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
         need(

@@ -3,7 +3,8 @@
 One synchronous loop, no threads, so that forking is always safe:
 
 * Signals are queued by their handlers and handled in the loop, one at a time
-  (SIGTERM/SIGINT: graceful shutdown; SIGCHLD: reap and respawn).
+  (SIGTERM/SIGINT: graceful shutdown; SIGCHLD: reap and respawn; SIGUSR1:
+  reload workers and task workers; SIGUSR2: reload task workers only).
 * Listening sockets live only here. An accepted connection is given a session
   id in the shared table and handed to a worker over its ctl channel with
   SCM_RIGHTS; the master then closes its own copy, so the worker owns it alone.
@@ -11,6 +12,17 @@ One synchronous loop, no threads, so that forking is always safe:
   status or signal) and replaced at once; the sessions a dead worker owned are
   released from the table and counted as lost. A child that keeps crashing
   within a second of its start is respawned with a growing delay (up to 5 s).
+* Reload (``core/reloads.py`` keeps the books): each process in scope gets a
+  successor of the new generation in its slot. When the successor is ready,
+  the old process is *retired*: marked stopping in the process directory (no
+  new connections, tasks or sessions reach it), told ``retire``; it runs its
+  exit hook, hands its sessions to the new generation, finishes its work and
+  exits. One still alive ``max_wait_ms`` after its retirement is killed, with
+  a warning. A request while a reload runs is merged into it. Custom
+  processes are replaced only if declared reloadable, old first (no overlap).
+* Children may call the master over ctl (``("call", token, method, args)``,
+  answered with ``("reply", token, ok, value)``): ``reload`` and
+  ``reload_status``.
 * Shutdown: stop accepting, tell every child to stop (workers send 1001 to
   their clients and wait up to ``close_timeout``), wait up to
   ``shutdown_timeout``, kill what is left, exit.
@@ -34,7 +46,8 @@ from ..app import Application, ProcessSpec
 from ..config import Config
 from ..core.proctable import ProcKind, ProcState, ProcTable, proctable_size
 from ..core.registry import SessionTable, TableFull, table_size
-from ..errors import ExitCode
+from ..core.reloads import ReloadBook, ReloadScope
+from ..errors import ErrorCode, ExitCode
 from . import ipc
 from .logs import Log
 from .process import ChildBoot, child_main
@@ -105,9 +118,9 @@ class Child:
     pending: collections.deque = field(default_factory=collections.deque)
 
 
-@dataclass
+@dataclass(eq=False)
 class Slot:
-    """A place for one child; survives the child's respawns."""
+    """A place for one child; survives the child's respawns and reloads."""
 
     kind: ProcKind
     index: int
@@ -116,6 +129,25 @@ class Slot:
     extra_socket: socket.socket | None = None
     quick_crashes: int = 0
     respawn_at: float = 0.0
+    generation: int = 1
+
+    @property
+    def reloadable(self) -> bool:
+        if self.kind in (ProcKind.WORKER, ProcKind.TASK):
+            return True
+        return self.kind is ProcKind.CUSTOM and self.spec is not None and self.spec.reloadable
+
+
+@dataclass(eq=False)
+class Retiree:
+    """An old-generation process on its way out during reload ``reload_id``."""
+
+    child: Child
+    slot: Slot
+    reload_id: int
+    waiting: bool = True  # for its successor to be ready (it still serves meanwhile)
+    deadline: float = 0.0  # killed after this (monotonic), once retired
+    killed: bool = False
 
 
 class Master:
@@ -142,6 +174,9 @@ class Master:
         self._accepted = self._refused = self._respawns = self._lost = 0
         self._started = time.time()
         self._announced_ready = False
+        self.reloads = ReloadBook()
+        self.retiring: dict[int, Retiree] = {}
+        self._reload_waiters: dict[int, list[tuple[int, int, bool]]] = {}  # reload id -> [(pid, token, merged)]
 
     # -- start-up -----------------------------------------------------------------
 
@@ -169,7 +204,7 @@ class Master:
         return next(iter(self.listeners))
 
     def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, self._queue_signal)
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
@@ -203,6 +238,7 @@ class Master:
         if self.stopping:
             timeout = max(0.0, min(timeout, self.stop_deadline - now))
         waiting = [s.respawn_at for s in self.slots if s.respawn_at]
+        waiting += [r.deadline for r in self.retiring.values() if r.deadline and not r.killed]
         if waiting:
             timeout = max(0.0, min(timeout, min(waiting) - now))
         for key, mask in self.selector.select(timeout):
@@ -228,6 +264,7 @@ class Master:
             if slot.respawn_at and now >= slot.respawn_at and not self.stopping:
                 slot.respawn_at = 0.0
                 self._spawn(slot)
+        self._kill_overdue(now)
         if self.stopping and now >= self.stop_deadline and self.children:
             for child in self.children.values():
                 self.log.warning("process.kill", name=child.name, pid=child.pid, reason="shutdown timeout")
@@ -244,8 +281,12 @@ class Master:
     def _handle_signal(self, signum: int) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
             self.begin_shutdown(signal.Signals(signum).name)
+        elif signum == signal.SIGUSR1:
+            self.request_reload(ReloadScope.ALL, "SIGUSR1")
+        elif signum == signal.SIGUSR2:
+            self.request_reload(ReloadScope.TASK_WORKERS, "SIGUSR2")
         elif signum == signal.SIGHUP:
-            self.log.info("signal.ignored", signal="SIGHUP", hint="reload arrives with a later contract capability")
+            self.log.info("signal.ignored", signal="SIGHUP", hint="reload with SIGUSR1 (all) or SIGUSR2 (task workers)")
 
     def begin_shutdown(self, reason: str) -> None:
         if self.stopping:
@@ -276,7 +317,11 @@ class Master:
 
     def _pick_worker(self) -> Child | None:
         ready = sorted(
-            (c for c in self.children.values() if c.kind is ProcKind.WORKER and c.ready),
+            (
+                c
+                for c in self.children.values()
+                if c.kind is ProcKind.WORKER and c.ready and not self._retired(c.pid)
+            ),
             key=lambda c: c.index,
         )
         if not ready:
@@ -360,7 +405,10 @@ class Master:
             except OSError:
                 received = None
             if received is None:  # the child is gone; SIGCHLD does the rest
-                self.selector.unregister(child.ctl)
+                try:
+                    self.selector.unregister(child.ctl)
+                except (KeyError, ValueError):
+                    pass
                 return
             message, fds = received
             for fd in fds:
@@ -377,13 +425,156 @@ class Master:
             slot = self._slot_of.get(child.pid)
             if slot is not None and time.monotonic() - child.started > 1.0:
                 slot.quick_crashes = 0
+            for retiree in list(self.retiring.values()):
+                if retiree.waiting and retiree.slot is slot:
+                    self._retire(retiree)
             if not self._announced_ready and all(c.ready for c in self.children.values()):
                 self._announced_ready = True
                 self.log.info("server.ready", port=self.port, pid=os.getpid())
         elif kind == "shutdown":
             self.begin_shutdown(f"requested by {child.name}")
+        elif kind == "call" and len(message) == 4:
+            self._serve_call(child, *message[1:])
+        elif kind == "retired" and len(message) == 2 and isinstance(message[1], dict):
+            self.reloads.note_retired(child.pid, message[1])
         else:
             self.log.warning("ctl.unknown", name=child.name, kind=str(kind))
+
+    def _serve_call(self, child: Child, token: int, method: str, args: object) -> None:
+        """A child's request to the master; answered on its ctl unless ``token`` is 0."""
+
+        def reply(ok: bool, value: object) -> None:
+            if token:
+                self._send_ctl(child, ("reply", token, ok, value))
+
+        if method == "reload":
+            if not isinstance(args, dict):
+                reply(False, (int(ErrorCode.BAD_REQUEST), "reload arguments must be a dict"))
+                return
+            try:
+                scope = ReloadScope.parse(args.get("scope", "all"))
+            except ValueError as exc:
+                reply(False, (int(ErrorCode.BAD_REQUEST), str(exc)))
+                return
+            source = str(args.get("source") or child.name)[:64]
+            ticket = self.request_reload(scope, source)
+            if ticket is None:
+                reply(False, (int(ErrorCode.UNSUPPORTED), "the server is stopping: no reload"))
+                return
+            answer = {"merged": ticket.merged, **ticket.reload.as_dict()}
+            if args.get("wait") and token:
+                self._reload_waiters.setdefault(ticket.reload.id, []).append((child.pid, token, ticket.merged))
+                self._maybe_finish_reload()
+            else:
+                reply(True, answer)
+        elif method == "reload_status":
+            reply(True, {**self.reloads.status(), "retired": self.reloads.retired_totals()})
+        else:
+            reply(False, (int(ErrorCode.NOT_FOUND), f"unknown master call {method!r}"))
+
+    # -- reload ----------------------------------------------------------------------------
+
+    def request_reload(self, scope: ReloadScope, source: str):  # -> Ticket | None
+        """Start a reload of ``scope``, or merge into the one running (None while stopping)."""
+        if self.stopping:
+            self.log.warning("reload.refused", source=source, reason="the server is stopping")
+            return None
+        ticket = self.reloads.request(scope, source)
+        reload = ticket.reload
+        self.log.info(
+            "reload.request",
+            reload=reload.id,
+            source=source,
+            scope=scope.value,
+            merged=ticket.merged,
+            widened=sorted(ticket.widened) if ticket.merged else None,
+            generation=reload.generation,
+        )
+        for slot in self.slots:
+            if slot.reloadable and slot.kind.label in ticket.widened:
+                self._replace(slot, reload.id, reload.generation)
+        self._maybe_finish_reload()
+        return ticket
+
+    def _replace(self, slot: Slot, reload_id: int, generation: int) -> None:
+        """Give ``slot`` a successor of ``generation``; its current child retires once that is ready."""
+        slot.generation = generation
+        old = next((c for pid, c in self.children.items() if self._slot_of.get(pid) is slot), None)
+        if old is None:  # not running now (a respawn is pending): it restarts in the new generation
+            return
+        del self._slot_of[old.pid]
+        retiree = Retiree(old, slot, reload_id)
+        self.retiring[old.pid] = retiree
+        reload = self.reloads.current
+        if reload is not None:
+            reload.replaced.append({"name": slot.name, "old_pid": old.pid, "generation": generation})
+        if slot.kind is ProcKind.CUSTOM:
+            self._retire(retiree)  # no overlap: its successor starts when it has exited
+        else:
+            self._spawn(slot)
+
+    def _retired(self, pid: int) -> bool:
+        retiree = self.retiring.get(pid)
+        return retiree is not None and not retiree.waiting
+
+    def _retire(self, retiree: Retiree) -> None:
+        retiree.waiting = False
+        max_wait = self.config.max_wait_ms
+        retiree.deadline = time.monotonic() + max_wait / 1000.0
+        self.procs.set_state(retiree.child.pid, ProcState.STOPPING)
+        self.log.info("reload.retire", name=retiree.child.name, pid=retiree.child.pid, reload=retiree.reload_id)
+        self._send_ctl(retiree.child, ("retire", retiree.reload_id, max_wait))
+
+    def _kill_overdue(self, now: float) -> None:
+        for retiree in self.retiring.values():
+            if retiree.waiting or retiree.killed or now < retiree.deadline:
+                continue
+            retiree.killed = True
+            self.reloads.note_forced_kill()
+            self.log.warning(
+                "reload.force_kill",
+                name=retiree.child.name,
+                pid=retiree.child.pid,
+                reload=retiree.reload_id,
+                max_wait_ms=self.config.max_wait_ms,
+                hint="the old process did not finish in max_wait_ms; its remaining sessions are lost",
+            )
+            try:
+                os.kill(retiree.child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _retiree_exited(self, retiree: Retiree, cause: str, lost: int) -> None:
+        reload = self.reloads.find(retiree.reload_id)
+        if reload is not None:
+            reload.sessions_lost += lost
+        log = self.log.warning if lost or retiree.killed else self.log.info
+        log("reload.retired", name=retiree.child.name, pid=retiree.child.pid, cause=cause, sessions_lost=lost)
+        slot = retiree.slot
+        if slot.kind is ProcKind.CUSTOM and not self.stopping and slot.respawn_at == 0.0:
+            self._spawn(slot)
+        self._maybe_finish_reload()
+
+    def _maybe_finish_reload(self) -> None:
+        reload = self.reloads.current
+        if reload is None or any(r.reload_id == reload.id for r in self.retiring.values()):
+            return
+        self.reloads.finish()
+        self.log.info(
+            "reload.done",
+            reload=reload.id,
+            generation=reload.generation,
+            duration_ms=round(reload.duration_ms, 3),
+            requests=len(reload.requests),
+            merged=reload.merged,
+            forced_kills=reload.forced_kills,
+            sessions_lost=reload.sessions_lost,
+        )
+        answer = reload.as_dict()
+        for pid, token, merged in self._reload_waiters.pop(reload.id, []):
+            child = self.children.get(pid)
+            if child is not None:
+                self._send_ctl(child, ("reply", token, True, {"merged": merged, **answer}))
 
     # -- children ------------------------------------------------------------------------
 
@@ -393,7 +584,7 @@ class Master:
             kind=slot.kind,
             index=slot.index,
             name=slot.name,
-            generation=1,
+            generation=slot.generation,
             config=self.config,
             token=self.token,
             table=self.table,
@@ -423,10 +614,10 @@ class Master:
         self.children[pid] = child
         self._slot_of[pid] = slot
         self.procs.put(
-            kind=slot.kind, index=slot.index, pid=pid, generation=1, started=time.time(), name=slot.name
+            kind=slot.kind, index=slot.index, pid=pid, generation=slot.generation, started=time.time(), name=slot.name
         )
         self.selector.register(parent_end, selectors.EVENT_READ, ("ctl", pid))
-        self.log.info("process.spawn", name=slot.name, pid=pid, kind=slot.kind.label)
+        self.log.info("process.spawn", name=slot.name, pid=pid, kind=slot.kind.label, generation=slot.generation)
 
     def _close_in_child(self, keep: socket.socket | None) -> None:
         """In a fresh child: drop every master-owned descriptor it must not hold."""
@@ -456,8 +647,11 @@ class Master:
             self._child_exited(pid, status)
 
     def _child_exited(self, pid: int, status: int) -> None:
+        if pid in self.children:
+            self._read_ctl(pid)  # its last words (a retirement report) come before its exit
         child = self.children.pop(pid, None)
         slot = self._slot_of.pop(pid, None)
+        retiree = self.retiring.pop(pid, None)
         if child is None:
             return
         if os.WIFSIGNALED(status):
@@ -479,6 +673,9 @@ class Master:
         self.procs.remove(pid)
         lost = self.table.free_owned_by(pid)
         self._lost += len(lost)
+        if retiree is not None:
+            self._retiree_exited(retiree, cause, len(lost))
+            return
         if self.stopping:
             self.log.info("process.exit", name=child.name, pid=pid, cause=cause)
             return
