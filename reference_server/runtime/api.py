@@ -210,9 +210,10 @@ class Server:
                 raise ServerError(ErrorCode.NOT_ESTABLISHED, f"session {session} has not completed its handshake")
             if info.state is not SessionState.ESTABLISHED:
                 raise ServerError(ErrorCode.SESSION_CLOSED, f"session {session} is closing")
-            if rt.find_worker(to_worker) is None:
+            target = rt.find_worker(to_worker)
+            if target is None:
                 raise ServerError(ErrorCode.UNKNOWN_PROCESS, f"no running worker {to_worker}")
-            if info.worker == to_worker and not info.migrating:
+            if info.owner_pid == target.pid and not info.migrating:
                 raise ServerError(ErrorCode.ALREADY_THERE, f"session {session} is already in worker {to_worker}")
             try:
                 if info.owner_pid == os.getpid():
@@ -310,7 +311,7 @@ class Server:
 
     def _running_workers(self) -> list[int]:
         return sorted(
-            e.index for e in self._rt.procs.entries() if e.kind is ProcKind.WORKER and e.state is ProcState.READY
+            {e.index for e in self._rt.procs.entries() if e.kind is ProcKind.WORKER and e.state is ProcState.READY}
         )
 
     async def _run_moves(
@@ -365,12 +366,16 @@ class Server:
         return await self._rt.call(entry.pid, "app_request", (self.name, data), timeout)
 
     def _resolve(self, dst: str) -> ProcEntry | None:
+        """The process named ``dst``: the running one, the newest while a reload runs."""
+        found = None
         for entry in self._rt.procs.entries():
-            if entry.name == dst and entry.state is not ProcState.EMPTY:
-                self.last_error = ErrorCode.OK
-                return entry
-        self.last_error = ErrorCode.UNKNOWN_PROCESS
-        return None
+            if entry.name != dst or entry.state is ProcState.EMPTY:
+                continue
+            rank = (entry.state is ProcState.READY, entry.generation)
+            if found is None or rank > (found.state is ProcState.READY, found.generation):
+                found = entry
+        self.last_error = ErrorCode.OK if found is not None else ErrorCode.UNKNOWN_PROCESS
+        return found
 
     async def gather_stats(self, timeout: float = 2.0) -> list[dict[str, Any]]:
         """Each running process's own stats, collected over IPC."""
@@ -401,6 +406,34 @@ class Server:
     def shutdown(self) -> None:
         """Ask the master for a graceful shutdown of the whole server."""
         self._rt.ctl_send(("shutdown",))
+
+    def reload(self, *, task_workers_only: bool = False) -> bool:
+        """Ask the master for a reload (Swoole's ``reload()``); False if the master is gone.
+
+        Workers and task workers (and reloadable custom processes) are
+        replaced by a new generation, or task workers only. A request while
+        a reload runs is merged into it. Use :meth:`reload_async` to learn
+        which reload it started or joined, or to wait for its end.
+        """
+        scope = "task_workers" if task_workers_only else "all"
+        self._rt.ctl_send(("call", 0, "reload", {"scope": scope, "source": self.name}))
+        return not self._rt.stopping.is_set()
+
+    async def reload_async(
+        self, *, task_workers_only: bool = False, wait: bool = False, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Request a reload; return its record (``reload``, ``merged``, ``generation``, ``state``...).
+
+        With ``wait``, return once it is done (every old process gone). Do not
+        wait from a process the reload replaces: it is gone before the end.
+        """
+        scope = "task_workers" if task_workers_only else "all"
+        args = {"scope": scope, "source": self.name, "wait": wait}
+        return await self._rt.master_call("reload", args, timeout)
+
+    async def reload_status(self) -> dict[str, Any]:
+        """The running reload, the last ones, the counters and the newest generation."""
+        return await self._rt.master_call("reload_status", None, 5.0)
 
     def worker_pids(self) -> dict[str, int]:
         return {e.name: e.pid for e in self._rt.procs.entries() if e.kind is ProcKind.WORKER}

@@ -23,6 +23,7 @@ import collections
 import errno
 import os
 import pickle
+import select
 import socket
 import struct
 from collections.abc import Callable
@@ -81,10 +82,11 @@ MAX_FDS = 16
 class _InboxConn:
     """One incoming link: frames in, and the fds that ride with some of them."""
 
-    __slots__ = ("decoder", "fds", "sock")
+    __slots__ = ("decoder", "fds", "pid", "sock")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, pid: int) -> None:
         self.sock = sock
+        self.pid = pid
         self.decoder = Decoder()
         self.fds: collections.deque[int] = collections.deque()
 
@@ -138,7 +140,7 @@ class Inbox:
                 self._on_error("ipc.peer_refused", PermissionError(f"peer pid {pid} runs as uid {uid}"))
                 sock.close()
                 continue
-            conn = _InboxConn(sock)
+            conn = _InboxConn(sock, pid)
             self._conns[sock.fileno()] = conn
             self._loop.add_reader(sock.fileno(), self._on_readable, conn)
 
@@ -187,6 +189,20 @@ class Inbox:
             except Exception as exc:
                 self._on_error("ipc.handler_failed", exc)
 
+    def drain_from(self, pid: int) -> None:
+        """Read and handle, now, everything process ``pid`` (which has exited) sent us.
+
+        Its data is all in the kernel's buffers: after this, every message it
+        ever sent has been handled.
+        """
+        self._on_accept()
+        for conn in [c for c in self._conns.values() if c.pid == pid]:
+            while self._conns.get(conn.sock.fileno()) is conn:
+                readable, _, _ = select.select([conn.sock], [], [], 0)
+                if not readable:
+                    break
+                self._on_readable(conn)
+
     def _drop(self, conn: _InboxConn) -> None:
         if self._conns.pop(conn.sock.fileno(), None) is not None:
             self._loop.remove_reader(conn.sock.fileno())
@@ -200,7 +216,11 @@ class Inbox:
 
 
 class _Link:
-    """One outgoing connection with a write queue; never reads.
+    """One outgoing connection with a write queue.
+
+    The peer never writes on it, so it becomes readable only when the peer
+    has gone (EOF): the link is then closed at once, so that links to the
+    processes a reload retired do not accumulate.
 
     The queue holds ``[bytes, fds]`` entries: descriptors go out with the
     first byte of their frame, so the receiver sees them no later than the
@@ -225,10 +245,13 @@ class PeerLinks:
     them; the receiver gets its own copies.
     """
 
-    def __init__(self, token: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, token: str, loop: asyncio.AbstractEventLoop, on_gone: Callable[[int], None] | None = None
+    ) -> None:
         self._token = token
         self._loop = loop
         self._links: dict[int, _Link] = {}
+        self._on_gone = on_gone  # called with a pid whose process has gone (its link hung up)
 
     def send(self, pid: int, message: Any, fds: list[int] | tuple[int, ...] = ()) -> bool:
         if fds:
@@ -275,7 +298,20 @@ class PeerLinks:
             return None
         link = _Link(sock)
         self._links[pid] = link
+        self._loop.add_reader(sock.fileno(), self._on_hangup, pid, link)
         return link
+
+    def _on_hangup(self, pid: int, link: _Link) -> None:
+        try:
+            data = link.sock.recv(1)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data and self._links.get(pid) is link:
+            self._drop(pid)
+            if self._on_gone is not None:
+                self._on_gone(pid)
 
     def _want_write(self, pid: int, link: _Link) -> None:
         if not link.writing:
@@ -305,6 +341,15 @@ class PeerLinks:
         self._loop.remove_writer(link.sock.fileno())
         link.writing = False
 
+    async def drain(self, timeout: float) -> bool:
+        """Wait (bounded) until every queued message has been handed to the kernel."""
+        deadline = self._loop.time() + timeout
+        while any(link.out for link in self._links.values()):
+            if self._loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.002)
+        return True
+
     def pending_bytes(self) -> int:
         return sum(len(e[0]) for link in self._links.values() for e in link.out)
 
@@ -313,6 +358,7 @@ class PeerLinks:
         if link is not None:
             if link.writing:
                 self._loop.remove_writer(link.sock.fileno())
+            self._loop.remove_reader(link.sock.fileno())
             link.sock.close()
 
     def forget(self, pid: int) -> None:

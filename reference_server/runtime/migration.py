@@ -59,7 +59,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..core.proctable import ProcKind, ProcState
+from ..core.proctable import ProcEntry, ProcKind, ProcState
 from ..errors import ErrorCode, ServerError
 from .session import Session, SessionSnapshot
 
@@ -160,8 +160,17 @@ class Mover:
 
     # -- source side ----------------------------------------------------------------------
 
-    async def move_out(self, sid: int, to_worker: int) -> dict[str, Any]:
-        """Move session ``sid`` (owned here) to worker ``to_worker``; see the module docstring."""
+    @property
+    def idle(self) -> bool:
+        """No move of this process is under way (barrier rounds included)."""
+        return not (self.outgoing or self._preparing or self._round is not None or self._next_round)
+
+    async def move_out(self, sid: int, to_worker: int, *, target: ProcEntry | None = None) -> dict[str, Any]:
+        """Move session ``sid`` (owned here) to worker ``to_worker``; see the module docstring.
+
+        ``target`` names the receiving process outright (a retiring worker
+        hands its sessions to its successor, which has the same worker id).
+        """
         rt = self.rt
         self._check_not_leaving(sid)
         inc = self.incoming.get(sid)
@@ -182,11 +191,12 @@ class Mover:
             raise ServerError(ErrorCode.NOT_ESTABLISHED, f"session {sid} has not completed its handshake")
         if not sess.movable:
             raise ServerError(ErrorCode.SESSION_CLOSED, f"session {sid} is closing")
-        if to_worker == rt.index and rt.kind is ProcKind.WORKER:
-            raise ServerError(ErrorCode.ALREADY_THERE, f"session {sid} is already in worker {to_worker}")
-        target = rt.find_worker(to_worker)
         if target is None:
-            raise ServerError(ErrorCode.UNKNOWN_PROCESS, f"no running worker {to_worker}")
+            if to_worker == rt.index and rt.kind is ProcKind.WORKER and not rt.retiring:
+                raise ServerError(ErrorCode.ALREADY_THERE, f"session {sid} is already in worker {to_worker}")
+            target = rt.find_worker(to_worker)
+            if target is None:
+                raise ServerError(ErrorCode.UNKNOWN_PROCESS, f"no running worker {to_worker}")
 
         # 1. freeze
         started = time.perf_counter()
@@ -296,7 +306,7 @@ class Mover:
         sess.reattach(out.sock, out.snapshot.tx_pending)
         self._call_in(out.sid, out.snapshot.app_state)
         for op in out.queue:
-            rt.deliver(op)
+            rt.deliver(op, in_flight=True)
         rt.counters["migrations_failed"] += 1
         rt.log.warning("migration.failed", sid=out.sid, to_worker=out.target_worker, reason=why)
         raise ServerError(ErrorCode.MIGRATION_FAILED, why)
@@ -309,7 +319,7 @@ class Mover:
         rt.counters["migrations_failed"] += 1
         for op in out.queue:
             if op[0] == "push":
-                rt.note_push_failed(op[1], ErrorCode.SESSION_NOT_EXIST)
+                rt.note_push_failed(op[1], ErrorCode.SESSION_NOT_EXIST, in_flight=True)
         rt.log.warning("migration.lost", sid=out.sid, to_worker=out.target_worker)
 
     def _call_in(self, sid: int, state: Any) -> None:
@@ -355,6 +365,12 @@ class Mover:
         if not rnd.waiting:
             self._end_round()
 
+    def peer_gone(self, pid: int) -> None:
+        """A process exited (and what it sent was handled): it cannot send more, so it has answered."""
+        rnd = self._round
+        if rnd is not None and pid in rnd.waiting:
+            self.on_barrier_ack(rnd.token, pid)
+
     def _round_timeout(self, token: int) -> None:
         rnd = self._round
         if rnd is not None and rnd.token == token:
@@ -376,6 +392,7 @@ class Mover:
         if self._next_round:
             moves, self._next_round = self._next_round, []
             self._start_round(moves)
+        self.rt._progress.set()
 
     # -- target side -------------------------------------------------------------------------
 
@@ -392,7 +409,7 @@ class Mover:
         if len(fds) != 1:
             refuse(ErrorCode.MIGRATION_FAILED, f"expected one socket, got {len(fds)}")
             return
-        if rt.kind is not ProcKind.WORKER or rt.stopping.is_set():
+        if rt.kind is not ProcKind.WORKER or rt.stopping.is_set() or rt.retiring:
             refuse(ErrorCode.MIGRATION_FAILED, f"{rt.name} is not accepting sessions")
             return
         if time.monotonic() > deadline:
@@ -430,7 +447,7 @@ class Mover:
         if inc is None:
             return
         for op in inc.held:
-            self.rt.deliver(op)
+            self.rt.deliver(op, in_flight=True)
         inc.done.set()
 
     def housekeeping(self, now: float) -> None:

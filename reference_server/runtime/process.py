@@ -13,6 +13,28 @@ Stopping (SIGTERM, a ``stop`` order, or the master gone): ``on_worker_exit``
 runs with the loop alive; timers the application left are cleared with one
 warning naming them; sessions get a 1001 close frame and up to
 ``close_timeout`` to answer; ``on_worker_stop`` runs; the process exits.
+
+Retiring (a ``retire`` order: a reload replaced this process, and its
+successor is ready; the master no longer sends it anything new):
+
+1. ``on_worker_exit`` runs; timers it left are cleared with one warning.
+2. A sync round (every process answers on its own link) makes sure that no
+   task or message addressed to this process before it was marked stopping is
+   still on the way.
+3. A task worker hands its queued, unstarted tasks to its successor (and any
+   that still arrive); the task it is running finishes here.
+4. A worker hands every live session to the new generation by migration
+   (``runtime/migration.py``): its successor with the same id, else the least
+   busy new worker. Sessions still in their handshake are handed over once
+   established. The application's ``on_migrate_out``/``on_migrate_in`` carry
+   per-session state (the contract app's tick subscriptions).
+5. It waits for the results of tasks it dispatched (their ``on_finish`` runs
+   here) and for its migrations' barrier rounds, then stops, and its last
+   ctl message to the master is a report (sessions handed over, timers left,
+   counters, which the master keeps so that stats stay whole).
+
+What is left at 90% of ``max_wait_ms`` (sessions that could not be moved) is
+closed with 1001; the master kills a process still alive at ``max_wait_ms``.
 """
 
 from __future__ import annotations
@@ -44,6 +66,15 @@ from .logs import Log, RateLimitedLog
 from .migration import SESSION_OPS, Mover
 from .session import Session
 from .timers import Timers
+
+#: Sessions a retiring worker hands over at once.
+HANDOVER_CONCURRENCY = 32
+#: Share of ``max_wait_ms`` after which a retiring process closes what it could not hand over.
+RETIRE_BUDGET = 0.9
+#: How long a sync round waits for every process to answer.
+SYNC_TIMEOUT = 2.0
+#: How long an exiting process waits for its queued inter-process messages to leave.
+DRAIN_ON_EXIT = 2.0
 
 _current_task: contextvars.ContextVar[tuple[int, int, int] | None] = contextvars.ContextVar(
     "current_task", default=None
@@ -135,7 +166,8 @@ class Runtime:
         self.loop = loop
         self.counters = Counters()
         self.dead_log = RateLimitedLog(self.log, self.counters)
-        self.links = ipc.PeerLinks(boot.token, loop)
+        self.links = ipc.PeerLinks(boot.token, loop, on_gone=self._peer_gone)
+        self.inbox: ipc.Inbox | None = None
         self.timers = Timers(loop, self.log, self.counters)
         self.sessions: dict[int, Session] = {}
         self.mover = Mover(self)
@@ -149,6 +181,18 @@ class Runtime:
         self._task_queue: asyncio.Queue | None = None
         self._background: set[asyncio.Task] = set()
         self._session_gone = asyncio.Event()
+        # reload
+        self.retiring = False
+        self.retire_report: dict[str, Any] = {}
+        self._exit_hook_done = False
+        self._progress = asyncio.Event()  # something a retiring process waits for happened
+        self._task_running = False
+        self._awaiting_tasks: dict[int, int] = {}  # task id -> pid of the task worker that has it
+        self._master_calls: dict[int, asyncio.Future] = {}
+        self._call_ids = itertools.count(1)
+        self._syncs: dict[int, tuple[set[int], asyncio.Future]] = {}
+        self._sync_ids = itertools.count(1)
+        self._handover_rr = itertools.count()
 
     # -- life cycle -------------------------------------------------------------
 
@@ -156,7 +200,7 @@ class Runtime:
         loop = self.loop
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
         loop.add_reader(self.boot.ctl.fileno(), self._on_ctl_readable)
-        inbox = ipc.Inbox(self.boot.token, loop, self._on_peer_message, self._on_ipc_error)
+        inbox = self.inbox = ipc.Inbox(self.boot.token, loop, self._on_peer_message, self._on_ipc_error)
         exit_code = 0
         try:
             if self.kind is ProcKind.TASK:
@@ -193,6 +237,13 @@ class Runtime:
                     self.request_stop("process returned")
             await self.stopping.wait()
             await self._shutdown()
+            if self.retiring:
+                report = {**self.retire_report, "counters": self.counters.snapshot()}
+                self.ctl_send(("retired", report))
+            # What this process still has queued for others (a task result pushed on its
+            # way out, a forwarded operation) must leave before the links close.
+            if not await self.links.drain(DRAIN_ON_EXIT):
+                self.log.warning("ipc.undelivered_at_exit", pending_bytes=self.links.pending_bytes())
         finally:
             inbox.close()
             loop.remove_reader(self.boot.ctl.fileno())
@@ -208,17 +259,8 @@ class Runtime:
             self.stopping.set()
 
     async def _shutdown(self) -> None:
-        if self.kind in (ProcKind.WORKER, ProcKind.TASK):
-            await self._hook("on_worker_exit", self.api)
-        left = self.timers.describe()
-        if left:
-            self.log.warning(
-                "timers.left_after_exit",
-                count=len(left),
-                timers=left[:20],
-                hint="clear timers in on_worker_exit; the framework cleared these",
-            )
-            self.timers.clear_all(reason="process exit")
+        await self._run_exit_hook()
+        self.clear_leftover_timers()
         for sess in list(self.sessions.values()):
             sess.close(CloseCode.GOING_AWAY, "server shutting down", cause="shutdown")
         deadline = time.monotonic() + self.config.close_timeout_ms / 1000.0
@@ -235,6 +277,223 @@ class Runtime:
         # Let written data (close frames, IPC) drain before the process ends.
         for _ in range(3):
             await asyncio.sleep(0)
+
+    async def _run_exit_hook(self) -> None:
+        if self.kind in (ProcKind.WORKER, ProcKind.TASK) and not self._exit_hook_done:
+            self._exit_hook_done = True
+            await self._hook("on_worker_exit", self.api)
+
+    def clear_leftover_timers(self) -> int:
+        """Clear the timers the application left after its exit hook: one warning names them."""
+        left = self.timers.describe()
+        if left:
+            self.log.warning(
+                "timers.left_after_exit",
+                count=len(left),
+                timers=left[:20],
+                hint="clear timers in on_worker_exit; the framework cleared these",
+            )
+            self.timers.clear_all(reason="process exit")
+        return len(left)
+
+    # -- retiring (reload) ------------------------------------------------------------
+
+    async def _retire(self, reload_id: int, max_wait_ms: int) -> None:
+        """Replaced by a reload: see the module docstring, "Retiring"."""
+        if self.retiring or self.stopping.is_set():
+            return
+        self.retiring = True
+        started = time.monotonic()
+        budget = started + RETIRE_BUDGET * max_wait_ms / 1000.0
+        report = self.retire_report = {
+            "reload": reload_id,
+            "name": self.name,
+            "kind": self.kind.label,
+            "pid": os.getpid(),
+            "generation": self.generation,
+            "sessions_at_retire": len(self.sessions),
+            "handed_over": 0,
+            "handover_retries": 0,
+            "closed_unmovable": 0,
+            "tasks_handed_back": 0,
+            "timers_after_exit_hook": 0,
+            "timers_at_exit": 0,
+        }
+        self.log.info("reload.retiring", reload=reload_id, sessions=len(self.sessions), timers=len(self.timers))
+        if self.kind in (ProcKind.WORKER, ProcKind.TASK):
+            await self._run_exit_hook()
+            report["timers_after_exit_hook"] = len(self.timers)
+            self.clear_leftover_timers()
+            await self.sync_peers()
+            if self.kind is ProcKind.TASK:
+                self._hand_back_queued_tasks()
+            await self._hand_over_sessions(budget)
+            await self._wait_for(lambda: not self._task_running and not self._pending_task_results())
+        report["timers_at_exit"] = len(self.timers)
+        report["duration_ms"] = round((time.monotonic() - started) * 1000.0, 3)
+        self.log.info("reload.handover_done", reload=reload_id, **{k: v for k, v in report.items() if k != "reload"})
+        self.request_stop("reload")
+
+    async def _wait_for(self, condition, *, until: float | None = None) -> bool:
+        """Wait until ``condition()`` holds (re-checked whenever something progresses)."""
+        while not condition():
+            if until is not None and time.monotonic() >= until:
+                return False
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), 0.1)
+            except TimeoutError:
+                pass
+        return True
+
+    def _successor(self) -> ProcEntry | None:
+        """Where a retiring worker sends a session: its successor, else the least busy new worker."""
+        entry = self.find_worker(self.index)
+        if entry is not None:
+            return entry
+        me = os.getpid()
+        ready = [
+            e for e in self.procs.entries()
+            if e.kind is ProcKind.WORKER and e.state is ProcState.READY and e.pid != me
+        ]
+        if not ready:
+            return None
+        return ready[next(self._handover_rr) % len(ready)]
+
+    async def _hand_over_sessions(self, budget: float) -> None:
+        report = self.retire_report
+        moving: dict[int, asyncio.Task] = {}
+        retry_at: dict[int, float] = {}
+        gate = asyncio.Semaphore(HANDOVER_CONCURRENCY)
+
+        async def one(sid: int) -> None:
+            try:
+                async with gate:
+                    target = self._successor()
+                    if target is None:
+                        retry_at[sid] = time.monotonic() + 0.05
+                        return
+                    await self.mover.move_out(sid, target.index, target=target)
+                    report["handed_over"] += 1
+            except ServerError as exc:
+                if exc.code in (ErrorCode.MIGRATION_FAILED, ErrorCode.MIGRATION_IN_PROGRESS):
+                    report["handover_retries"] += 1
+                    retry_at[sid] = time.monotonic() + 0.05
+                # otherwise it closed or left on its own: nothing to hand over
+            finally:
+                moving.pop(sid, None)
+                self._progress.set()
+
+        def settled() -> bool:
+            now = time.monotonic()
+            for sid, sess in list(self.sessions.items()):
+                if sid in moving or retry_at.get(sid, 0.0) > now:
+                    continue
+                if sess.established and sess.movable:
+                    moving[sid] = self._spawn(one(sid))
+            return not self.sessions and not moving and self.mover.idle
+
+        if await self._wait_for(settled, until=budget):
+            return
+        for sess in list(self.sessions.values()):
+            report["closed_unmovable"] += 1
+            if sess.closing:
+                sess.abort("retire budget")
+            else:
+                sess.close(CloseCode.GOING_AWAY, "server reloading", cause="retire")
+        self.log.warning(
+            "reload.unmovable_sessions",
+            count=report["closed_unmovable"],
+            hint="sessions that could not be handed over in time were closed with 1001",
+        )
+        await self._wait_for(lambda: not self.sessions and not moving and self.mover.idle)
+
+    def _pending_task_results(self) -> bool:
+        for task_id, pid in list(self._awaiting_tasks.items()):
+            if not self.process_alive(pid):
+                del self._awaiting_tasks[task_id]
+        return bool(self._awaiting_tasks)
+
+    def _task_successor(self) -> ProcEntry | None:
+        me = os.getpid()
+        ready = sorted(
+            (e for e in self.procs.entries() if e.kind is ProcKind.TASK and e.state is ProcState.READY and e.pid != me),
+            key=lambda e: (e.index != self.index, -e.generation, e.index),
+        )
+        return ready[0] if ready else None
+
+    def _hand_back_queued_tasks(self) -> None:
+        assert self._task_queue is not None
+        while not self._task_queue.empty():
+            item = self._task_queue.get_nowait()
+            if not self._hand_back(item):
+                self._task_queue.put_nowait(item)  # nobody to take it: run it here
+                return
+
+    def _hand_back(self, item: tuple) -> bool:
+        target = self._task_successor()
+        if target is None or not self.links.send(target.pid, ("task", *item)):
+            return False
+        task_id, src_pid = item[0], item[1]
+        self.links.send(src_pid, ("task_moved", task_id, target.pid))
+        self.retire_report["tasks_handed_back"] = self.retire_report.get("tasks_handed_back", 0) + 1
+        self.counters["tasks_handed_back"] += 1
+        return True
+
+    async def sync_peers(self, timeout: float = SYNC_TIMEOUT) -> list[int]:
+        """Every other process answers on its link to us: what it sent before has arrived.
+
+        Returns the pids that did not answer in time (logged).
+        """
+        token = next(self._sync_ids)
+        me = os.getpid()
+        waiting: set[int] = set()
+        for entry in self.procs.entries():
+            if entry.pid == me or entry.state is ProcState.EMPTY or entry.kind is ProcKind.BROKER:
+                continue
+            if self.links.send(entry.pid, ("sync", token, me)):
+                waiting.add(entry.pid)
+        if not waiting:
+            return []
+        fut = self.loop.create_future()
+        self._syncs[token] = (waiting, fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            self.log.warning("sync.timeout", silent_pids=sorted(waiting))
+        finally:
+            self._syncs.pop(token, None)
+        return sorted(waiting)
+
+    def _peer_gone(self, pid: int) -> None:
+        """Process ``pid`` exited: once what it sent is handled, it counts as having answered."""
+        if self.inbox is not None:
+            self.inbox.drain_from(pid)
+        self.mover.peer_gone(pid)
+        for token in list(self._syncs):
+            self._on_sync_ack(token, pid)
+
+    def _on_sync_ack(self, token: int, pid: int) -> None:
+        entry = self._syncs.get(token)
+        if entry is None:
+            return
+        waiting, fut = entry
+        waiting.discard(pid)
+        if not waiting and not fut.done():
+            fut.set_result(None)
+
+    async def master_call(self, method: str, args: Any, timeout: float = 10.0) -> Any:
+        """Ask the master (``reload``, ``reload_status``); raises ServerError."""
+        token = next(self._call_ids)
+        fut = self.loop.create_future()
+        self._master_calls[token] = fut
+        try:
+            self.ctl_send(("call", token, method, args))
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise ServerError(ErrorCode.OWNER_UNREACHABLE, f"the master did not answer {method}") from None
+        finally:
+            self._master_calls.pop(token, None)
 
     def _spawn(self, coro) -> asyncio.Task:
         task = self.loop.create_task(coro)
@@ -306,6 +565,20 @@ class Runtime:
                 for fd in fds:
                     os.close(fd)
                 self.request_stop(message[1])
+            elif kind == "retire":
+                for fd in fds:
+                    os.close(fd)
+                self._spawn(self._retire(message[1], message[2]))
+            elif kind == "reply":
+                for fd in fds:
+                    os.close(fd)
+                _, token, ok, value = message
+                fut = self._master_calls.get(token)
+                if fut is not None and not fut.done():
+                    if ok:
+                        fut.set_result(value)
+                    else:
+                        fut.set_exception(ServerError(ErrorCode(value[0]), value[1]))
             else:
                 for fd in fds:
                     os.close(fd)
@@ -352,6 +625,7 @@ class Runtime:
             remote=f"{info.remote_addr}:{info.remote_port}" if info else "",
             path=request.path,
         )
+        self._progress.set()
         self.call_hook("on_open", self.api, sess.sid, request)
 
     def session_message(self, sess: Session, data: str | bytes) -> None:
@@ -387,6 +661,7 @@ class Runtime:
             lived_s=round(time.time() - info.connect_time, 3) if info else None,
         )
         self._session_gone.set()
+        self._progress.set()
         if sess.established:
             self.call_hook("on_close", self.api, sess.sid, sess.close_code or 1006, sess.close_reason)
 
@@ -400,12 +675,16 @@ class Runtime:
             self.note_push_failed(sid, ErrorCode.SESSION_CLOSED)
         return sess.close(code, reason, cause)
 
-    def deliver(self, op: tuple, forwarded: bool = False) -> ErrorCode:
+    def deliver(self, op: tuple, forwarded: bool = False, in_flight: bool = False) -> ErrorCode:
         """Apply an operation on a session this process owns (or route it if it is moving).
 
         ``op`` is ``("push", sid, data)``, ``("close", sid, code, reason,
         last_message)``, or ``(name, sid, value)`` for protect, bind and group.
-        A failed push is counted (and logged once per session) here.
+        A failed push is counted here. ``in_flight``: the operation was sent
+        (routed, forwarded or held during a move) while the session was
+        alive, so a failure means it closed meanwhile: that is counted as
+        ``pushes_lost_in_flight``, not as a push to a dead session (the
+        sender checked the session before sending).
         """
         if self.mover.intercept(op, forwarded):
             return ErrorCode.OK
@@ -415,7 +694,7 @@ class Runtime:
             if sess is not None and sess.send(op[2]):
                 return ErrorCode.OK
             code = ErrorCode.SESSION_CLOSED if sess is not None else ErrorCode.SESSION_NOT_EXIST
-            self.note_push_failed(sid, code)
+            self.note_push_failed(sid, code, in_flight=in_flight)
             return code
         if sess is None:
             return ErrorCode.SESSION_NOT_EXIST
@@ -434,18 +713,23 @@ class Runtime:
         return ErrorCode.OK
 
     def find_worker(self, index: int) -> ProcEntry | None:
-        """The running worker ``index``, if there is one."""
+        """The running worker ``index``, if there is one (the newest, while a reload runs)."""
+        found = None
         for entry in self.procs.entries():
             if entry.kind is ProcKind.WORKER and entry.index == index and entry.state is ProcState.READY:
-                return entry
-        return None
+                if found is None or entry.generation > found.generation:
+                    found = entry
+        return found
 
     def process_alive(self, pid: int) -> bool:
         return any(e.pid == pid and e.state is not ProcState.EMPTY for e in self.procs.entries())
 
-    def note_push_failed(self, sid: int, code: ErrorCode) -> None:
+    def note_push_failed(self, sid: int, code: ErrorCode, *, in_flight: bool = False) -> None:
         self.counters["push_failed"] += 1
-        if code in DEAD_CODES:
+        if in_flight:
+            self.counters["pushes_lost_in_flight"] += 1
+            self.log.debug("push.lost_in_flight", sid=sid, code=int(code), error=code.name)
+        elif code in DEAD_CODES:
             self.counters["dead_session_pushes"] += 1
             self.dead_log.once("warning", "push.dead_session", sid, sid=sid, code=int(code), error=code.name)
 
@@ -487,6 +771,7 @@ class Runtime:
             await asyncio.sleep(1.0)
             self.dead_log.flush()
             self.mover.housekeeping(time.monotonic())
+            self._pending_task_results()  # forget tasks whose task worker died
 
     # -- peer messages ----------------------------------------------------------------
 
@@ -500,9 +785,9 @@ class Runtime:
                 os.close(fd)
             self.log.warning("ipc.unexpected_fds", kind=str(kind), count=len(fds))
         if kind in SESSION_OPS:
-            self.deliver(message)
+            self.deliver(message, in_flight=True)
         elif kind == "fwd":
-            self.deliver(message[1], forwarded=True)
+            self.deliver(message[1], forwarded=True, in_flight=True)
         elif kind == "adopt":
             _, snap, deadline, src_pid, src_worker = message
             self.mover.adopt(snap, deadline, src_pid, src_worker, fds)
@@ -519,7 +804,20 @@ class Runtime:
             self.mover.on_barrier_ack(token, pid)
         elif kind == "task":
             assert self._task_queue is not None
-            self._task_queue.put_nowait(message[1:])
+            if not (self.retiring and self._hand_back(message[1:])):
+                self._task_queue.put_nowait(message[1:])
+        elif kind == "task_done":
+            self._awaiting_tasks.pop(message[1], None)
+            self._progress.set()
+        elif kind == "task_moved":
+            _, task_id, pid = message
+            if task_id in self._awaiting_tasks:
+                self._awaiting_tasks[task_id] = pid
+        elif kind == "sync":
+            _, token, src_pid = message
+            self.links.send(src_pid, ("sync_ack", token, os.getpid()))
+        elif kind == "sync_ack":
+            self._on_sync_ack(message[1], message[2])
         elif kind == "finish":
             _, task_id, result = message
             self.counters["tasks_finished"] += 1
@@ -598,6 +896,7 @@ class Runtime:
             "id": self.index,
             "pid": os.getpid(),
             "generation": self.generation,
+            "retiring": self.retiring,
             "sessions": len(self.sessions),
             "timers": len(self.timers),
             "fds": fds,
@@ -608,7 +907,7 @@ class Runtime:
 
     async def gather_stats(self, timeout: float) -> list[dict[str, Any]]:
         me = os.getpid()
-        entries = [e for e in self.procs.entries() if e.state is ProcState.READY]
+        entries = [e for e in self.procs.entries() if e.state in (ProcState.READY, ProcState.STOPPING)]
 
         async def one(entry):
             if entry.pid == me:
@@ -641,6 +940,7 @@ class Runtime:
             self.counters["ipc_send_failed"] += 1
             raise ServerError(ErrorCode.OWNER_UNREACHABLE, f"task worker {target.index} cannot be reached")
         self.counters["tasks_dispatched"] += 1
+        self._awaiting_tasks[task_id] = target.pid
         return task_id
 
     async def _task_loop(self) -> None:
@@ -649,6 +949,7 @@ class Runtime:
         while True:
             task_id, src_pid, src_worker, data = await self._task_queue.get()
             token = _current_task.set((task_id, src_pid, 0))
+            self._task_running = True
             try:
                 result = await self._hook("on_task", self.api, task_id, src_worker, data)
                 self.counters["tasks_done"] += 1
@@ -656,6 +957,9 @@ class Runtime:
                     self.links.send(src_pid, ("finish", task_id, result))
             finally:
                 _current_task.reset(token)
+                self._task_running = False
+                self.links.send(src_pid, ("task_done", task_id))  # after any finish: same link
+                self._progress.set()
 
     def finish_current_task(self, data: Any) -> None:
         current = _current_task.get()
