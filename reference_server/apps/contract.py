@@ -9,7 +9,11 @@ is ``docs/contract-v1.md`` section 3; this module is its reference.
 Timers started by a session belong to the worker that owns that session, and
 are cleared when that session closes. When the session migrates, they move
 with it (``on_migrate_out`` stops them and exports their state,
-``on_migrate_in`` re-arms them): their ids and sequence numbers go on. A timer pushing to *another* session
+``on_migrate_in`` re-arms them): their ids and sequence numbers go on. On a
+reload, ``on_worker_exit`` clears every timer of the old worker but keeps the
+subscriptions; each session's then travel with it to the new generation,
+which re-arms them, so a client sees one stream of ticks (each tick names the
+generation that sent it). A timer pushing to *another* session
 keeps pushing after the target is gone (that is the seed situation), counting
 each failure by error code so the client can ask.
 
@@ -98,6 +102,7 @@ class ContractApp(Application):
         self.sweeping = False
         self.sweep_no = 0
         self.reports: deque[dict[str, Any]] = deque(maxlen=200)
+        self.exiting = False  # on_worker_exit ran: keep subscriptions, arm nothing
 
     # -- sessions ------------------------------------------------------------------
 
@@ -140,21 +145,24 @@ class ContractApp(Application):
         if result is not None:
             self._reply(server, session, req_id, **result)
 
+    def _disarm(self, server: Server, mine: SessionTimers) -> None:
+        for timer in mine.timers.values():
+            if timer.tid:
+                server.clear(timer.tid)
+                self.by_tid.pop(timer.tid, None)
+                timer.tid = 0
+
     def on_close(self, server: Server, session: int, code: int, reason: str) -> None:
         mine = self.by_owner.pop(session, None)
         if mine is not None:
-            for timer in mine.timers.values():
-                server.clear(timer.tid)
-                self.by_tid.pop(timer.tid, None)
+            self._disarm(server, mine)
 
     def on_migrate_out(self, server: Server, session: int) -> Any:
         """Stop the session's timers here and hand their state to the next worker."""
         mine = self.by_owner.pop(session, None)
         if mine is None:
             return None
-        for timer in mine.timers.values():
-            server.clear(timer.tid)
-            self.by_tid.pop(timer.tid, None)
+        self._disarm(server, mine)
         return {"next_id": mine.next_id, "timers": [t.export() for t in mine.timers.values()]}
 
     def on_migrate_in(self, server: Server, session: int, state: Any) -> None:
@@ -171,15 +179,25 @@ class ContractApp(Application):
             self._arm(server, mine, timer)
 
     def _arm(self, server: Server, mine: SessionTimers, timer: AppTimer) -> None:
-        timer.tid = server.tick(timer.interval_ms, self._fire, label=f"session {timer.owner} -> {timer.to}")
         mine.timers[timer.id] = timer
+        if self.exiting:  # this worker is on its way out: the session's next owner arms it
+            timer.tid = 0
+            return
+        timer.tid = server.tick(timer.interval_ms, self._fire, label=f"session {timer.owner} -> {timer.to}")
         self.by_tid[timer.tid] = timer
 
     def on_worker_exit(self, server: Server) -> None:
-        # The fix the seed's users are given: clear this process's timers on exit.
+        """The fix the seed's users are given: clear this process's timers on exit.
+
+        The subscriptions stay (timers disarmed): on a reload each session's
+        travel with it to its new worker (``on_migrate_out``).
+        """
+        self.exiting = True
         server.clear_all()
         self.by_tid.clear()
-        self.by_owner.clear()
+        for mine in self.by_owner.values():
+            for timer in mine.timers.values():
+                timer.tid = 0
 
     def _reply(self, server: Server, to: int, req_id: Any, /, *, error=None, **fields: Any) -> None:
         if error is not None:
@@ -218,8 +236,17 @@ class ContractApp(Application):
         if timer is None:
             server.clear(tid)
             return
+        if timer.to == timer.owner and not server.exists(timer.to):
+            # Its own session is closing: on_close clears this timer. Check exists()
+            # first (the seed's fix): never push to a session whose close is known.
+            return
         timer.seq += 1
-        payload = json.dumps({"ev": "tick", "timer": timer.id, "seq": timer.seq, "to": timer.to, "from": timer.owner, "ts": time.time()})
+        payload = json.dumps(
+            {
+                "ev": "tick", "timer": timer.id, "seq": timer.seq, "to": timer.to, "from": timer.owner,
+                "ts": time.time(), "gen": server.generation, "pid": server.pid,
+            }
+        )
         if server.push(timer.to, payload):
             timer.sent += 1
         else:
@@ -276,6 +303,14 @@ class ContractApp(Application):
         to = _int(msg, "worker", low=0)
         moved = await server.move(session, to)
         return {"from": moved["from"], "to": moved["to"], "elapsed_ms": moved["elapsed_ms"]}
+
+    async def op_reload(self, server: Server, session: int, msg: dict) -> dict:
+        """Ask for a reload from this worker (contract section 8): which one it started or joined."""
+        scope = msg.get("scope", "all")
+        if scope not in ("all", "task_workers"):
+            raise BadRequest("'scope' must be 'all' or 'task_workers'")
+        answer = await server.reload_async(task_workers_only=scope == "task_workers")
+        return {"reload": answer["reload"], "merged": answer["merged"], "generation": answer["generation"]}
 
     def op_block(self, server: Server, session: int, msg: dict) -> dict:
         """Block this worker's event loop for ``ms`` (a slow synchronous hook, on purpose)."""

@@ -20,6 +20,7 @@ STANDARD_COUNTERS: dict[str, str] = {
     "pushes": "push() calls that were accepted for delivery",
     "push_failed": "push() calls that failed (any reason)",
     "dead_session_pushes": "push() calls to a session that does not exist or is closing",
+    "pushes_lost_in_flight": "Pushes accepted for a live session that closed before they reached it",
     "closes_requested": "close() calls accepted",
     "heartbeat_closes": "Sessions closed by the heartbeat for idleness",
     "sweep_closes": "Sessions closed by the task process's sweep rule",
@@ -35,6 +36,15 @@ STANDARD_COUNTERS: dict[str, str] = {
     "migrations_in": "Sessions adopted from another worker (counted by the target)",
     "migrations_failed": "Moves that failed; the session went on in its source",
     "migration_forwards": "Operations forwarded to a session's new owner while or after it moved",
+    "tasks_handed_back": "Queued tasks a retiring task worker handed to its successor",
+}
+
+#: Counters kept by the master about reloads (added to the above in /metrics).
+RELOAD_COUNTERS: dict[str, str] = {
+    "reloads_requested": "Reload requests (signals, admin API, reload() from any process)",
+    "reloads_merged": "Reload requests merged into the reload already running",
+    "reloads_completed": "Reloads whose old processes have all exited",
+    "reloads_forced_kills": "Old processes killed for outliving max_wait_ms during a reload",
 }
 
 
@@ -67,7 +77,7 @@ def render_prometheus(
     lines: list[str] = []
     for name in sorted(set(counters) | set(STANDARD_COUNTERS)):
         metric = f"{prefix}{name}_total"
-        help_text = STANDARD_COUNTERS.get(name, name.replace("_", " "))
+        help_text = STANDARD_COUNTERS.get(name) or RELOAD_COUNTERS.get(name) or name.replace("_", " ")
         lines.append(f"# HELP {metric} {help_text}")
         lines.append(f"# TYPE {metric} counter")
         lines.append(f"{metric} {int(counters.get(name, 0))}")

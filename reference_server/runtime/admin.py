@@ -46,6 +46,7 @@ _HTTP_STATUS = {
     ErrorCode.MIGRATION_IN_PROGRESS: 409,
     ErrorCode.MIGRATION_FAILED: 503,
     ErrorCode.NOT_MOVABLE: 409,
+    ErrorCode.OWNER_UNREACHABLE: 503,
 }
 _REASONS = {
     200: "OK",
@@ -106,6 +107,8 @@ class AdminApi:
             ("GET", re.compile(r"/v1/stats"), self.stats, True),
             ("GET", re.compile(r"/v1/processes"), self.processes, True),
             ("POST", re.compile(r"/v1/shutdown"), self.shutdown, True),
+            ("POST", re.compile(r"/v1/reload"), self.reload, True),
+            ("GET", re.compile(r"/v1/reloads"), self.reloads, True),
             ("GET", re.compile(r"/v1/sweep"), self.app_op("sweep.reports"), True),
             ("PUT", re.compile(r"/v1/sweep"), self.app_op("sweep.set"), True),
             ("DELETE", re.compile(r"/v1/sweep"), self.app_op("sweep.clear"), True),
@@ -286,7 +289,11 @@ class AdminApi:
         return 200, await self.collect_stats()
 
     async def collect_stats(self) -> dict[str, Any]:
-        per_process = await self.api.gather_stats()
+        per_process, reloads = await asyncio.gather(self.api.gather_stats(), self.api.reload_status())
+        retired = reloads.pop("retired")
+        # A process that retired has folded its counters into the master's totals: count it once.
+        gone = set(retired["pids"])
+        live = [p for p in per_process if p.get("pid") not in gone]
         sessions = self.api.sessions()
         by_worker: dict[str, int] = {}
         for info in sessions:
@@ -298,10 +305,12 @@ class AdminApi:
                 "established": sum(1 for s in sessions if s.established),
                 "by_worker": by_worker,
             },
-            "counters": merge(p.get("counters", {}) for p in per_process),
-            "timers": {p["name"]: p.get("timers", 0) for p in per_process if "name" in p},
+            "counters": merge([*(p.get("counters", {}) for p in live), retired["counters"]]),
+            "timers": {p["name"]: p.get("timers", 0) for p in live if "name" in p and not p.get("retiring")},
             "master": self.rt.boot.extras.get("master_stats", lambda: {})(),
-            "processes": per_process,
+            "reloads": {**reloads["counters"], "running": reloads["running"] is not None},
+            "generation": reloads["generation"],
+            "processes": live,
         }
 
     async def metrics(self, body: Any) -> tuple[int, Any]:
@@ -324,12 +333,36 @@ class AdminApi:
         for key in ("connections_accepted", "connections_refused", "respawns", "sessions_lost"):
             if key in master:
                 counters[key] = int(master[key])
+        for key in ("requested", "merged", "completed", "forced_kills"):
+            counters[f"reloads_{key}"] = int(stats["reloads"][key])
+        gauges["generation"] = stats["generation"]
         return 200, render_prometheus(counters, gauges, labelled)
 
     async def processes(self, body: Any) -> tuple[int, Any]:
         entries = [e.as_dict() for e in self.rt.procs.entries()]
         entries.append({"kind": "master", "id": 0, "pid": os.getppid(), "state": "ready", "name": "master"})
         return 200, {"processes": entries}
+
+    async def reload(self, body: Any) -> tuple[int, Any]:
+        """Start a reload or join the running one; with ``"wait": true``, answer when it is done."""
+        if body is not None and not isinstance(body, dict):
+            raise ServerError(ErrorCode.BAD_REQUEST, "body must be an object: {scope, wait}")
+        scope = optional(body, "scope", str, "all")
+        if scope not in ("all", "task_workers"):
+            raise ServerError(ErrorCode.BAD_REQUEST, f"'scope' must be 'all' or 'task_workers', got {scope!r}")
+        wait = body.get("wait", False) if body else False
+        if not isinstance(wait, bool):
+            raise ServerError(ErrorCode.BAD_REQUEST, "'wait' must be true or false")
+        timeout = optional(body, "timeout_ms", int, 60_000)
+        if not 1 <= timeout <= 600_000:
+            raise ServerError(ErrorCode.BAD_REQUEST, "'timeout_ms' must be 1..600000")
+        args = {"scope": scope, "source": "admin", "wait": wait}
+        return 200, await self.rt.master_call("reload", args, timeout / 1000.0)
+
+    async def reloads(self, body: Any) -> tuple[int, Any]:
+        status = await self.api.reload_status()
+        status.pop("retired", None)
+        return 200, status
 
     async def shutdown(self, body: Any) -> tuple[int, Any]:
         self.api.shutdown()

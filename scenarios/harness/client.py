@@ -76,7 +76,8 @@ class ScenarioClient:
                 if not isinstance(parsed, dict):
                     continue
                 parsed["_t"] = now
-                if "re" in parsed and parsed["re"] is not None:
+                # "ev" marks what the server sends on its own (a task_result names its request in "re").
+                if "ev" not in parsed and parsed.get("re") is not None:
                     self.replies[parsed["re"]] = parsed
                     self.reply_order.append(parsed["re"])
                 else:

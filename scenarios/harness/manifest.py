@@ -20,7 +20,9 @@ KNOWN_CAPABILITIES = {
     "dead_session_stats": "push to a dead session fails with 1004/1005 and is counted (section 3.4)",
     "heartbeat": "idle sessions are closed with 4408; protect() exempts (section 3.6)",
     "fd_reuse_info": "session info includes the OS fd in the owner (os_fd)",
-    "migrate": "live sessions move between workers: admin migrate/affinity/rebalance, app op migrate (section 6)",
+    "migrate": "live sessions move between workers: admin migrate/affinity/rebalance, app op migrate (section 7)",
+    "reload": "a new generation of workers takes over live sessions: admin reload/reloads, app op reload (section 8)",
+    "reload_signals": "SIGUSR1 to the started process reloads everything, SIGUSR2 the task workers (section 8)",
 }
 PLACEHOLDERS = {
     "python",
@@ -33,6 +35,7 @@ PLACEHOLDERS = {
     "task_workers",
     "heartbeat_idle_ms",
     "heartbeat_check_ms",
+    "max_wait_ms",
     "log_level",
 }
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")

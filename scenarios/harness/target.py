@@ -29,6 +29,7 @@ DEFAULT_PROFILE: dict[str, Any] = {
     "task_workers": 1,
     "heartbeat_idle_ms": 0,
     "heartbeat_check_ms": 0,
+    "max_wait_ms": 3000,
     "log_level": "info",
 }
 
@@ -142,6 +143,17 @@ class Target:
             f"target {self.manifest.name!r} not ready after {self.manifest.ready_timeout}s; log tail:\n"
             + self.log_tail()
         )
+
+    @property
+    def pid(self) -> int | None:
+        """The started process (the one a manifest's signals go to)."""
+        return self.proc.pid if self.proc is not None else None
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the started process (capability ``reload_signals``)."""
+        if self.proc is None:
+            raise RuntimeError("the target is not running")
+        self.proc.send_signal(signum)
 
     def stop(self) -> StopReport:
         if self.proc is None:
