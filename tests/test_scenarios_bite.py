@@ -9,6 +9,7 @@ scenarios in the same way.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,15 +58,16 @@ def test_reference_passes_every_scenario(tmp_path: Path) -> None:
 
 
 def test_undeclared_capabilities_are_reported_unsupported_not_failed(tmp_path: Path) -> None:
-    text = REFERENCE.read_text().replace(
-        'declared = ["task_sweep", "dead_session_stats", "heartbeat", "fd_reuse_info", "migrate"]', "declared = []"
-    )
+    text, replaced = re.subn(r"(?m)^declared = \[.*\]$", "declared = []", REFERENCE.read_text())
+    assert replaced == 1
     text = text.replace('cwd = ".."', f'cwd = "{REPO}"')
     manifest = tmp_path / "declares-nothing.toml"
     manifest.write_text(text)
     code, results, output = run_suite(["scenarios/"], manifest, tmp_path / "reports")
     assert code == 0, output
     verdicts = {r["id"]: r["verdict"] for r in results["scenarios"]}
-    assert {"task_sweep", "dead_session_push", "heartbeat", "migration_stream", "migration_errors"} <= set(verdicts)
+    assert {"task_sweep", "dead_session_push", "heartbeat", "migration_stream", "migration_errors", "reload_ticks"} <= set(
+        verdicts
+    )
     assert set(verdicts.values()) == {"unsupported"}, verdicts
     assert results["target"]["declared_capabilities"] == []

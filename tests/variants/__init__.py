@@ -77,6 +77,32 @@ VARIANTS = [
         "no session is closed by moving it",
     ),
 ]
+VARIANTS += [
+    Variant(
+        "reload_seed_timers",
+        "old workers' timers outlive the reload (not cleared on exit) and push to moved sessions",
+        "scenarios/test_reload.py::test_reload_under_ticks",
+        "no tick from an old generation arrives after one from a newer generation",
+    ),
+    Variant(
+        "reload_seed_dead_pushes",
+        "old timers check a private set of sessions instead of exists() and push to closed ones",
+        "scenarios/test_reload.py::test_reload_with_disconnects",
+        "no push is made to a session after its close is known",
+    ),
+    Variant(
+        "reload_drops_sessions",
+        "a reload closes the old workers' sessions with 1001 instead of handing them over",
+        "scenarios/test_reload.py::test_reload_under_ticks",
+        "no session is closed by a reload",
+    ),
+    Variant(
+        "reload_twice_at_once",
+        "a reload requested while one runs starts a second one instead of being merged",
+        "scenarios/test_reload.py::test_reload_under_ticks",
+        "a reload requested while one runs is merged into it",
+    ),
+]
 BY_NAME = {v.name: v for v in VARIANTS}
 
 
