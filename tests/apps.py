@@ -25,3 +25,31 @@ class GreeterApp(ContractApp):
 
 
 greeter_app = GreeterApp()
+
+
+async def pulse(server) -> None:
+    """A custom process declared reloadable: it only waits to be stopped."""
+    await asyncio.Event().wait()
+
+
+class LeakyApp(ContractApp):
+    """The contract app, but each worker starts a heartbeat timer its exit hook forgets.
+
+    Also runs two custom processes: ``greeter`` (not reloadable, the default)
+    and ``pulse`` (reloadable).
+    """
+
+    processes = [ProcessSpec("greeter", greeter), ProcessSpec("pulse", pulse, reloadable=True)]
+
+    def on_worker_start(self, server) -> None:
+        super().on_worker_start(server)
+        if server.kind == "worker":
+            server.tick(500, lambda tid: None, label="forgotten heartbeat")
+
+    def on_worker_exit(self, server) -> None:
+        self.exiting = True
+        for mine in self.by_owner.values():
+            self._disarm(server, mine)  # the sessions' timers, but not the heartbeat
+
+
+leaky_app = LeakyApp()

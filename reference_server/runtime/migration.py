@@ -127,6 +127,8 @@ class Mover:
         self._round: _Round | None = None
         self._next_round: list[Outgoing] = []
         self._tokens = itertools.count(1)
+        #: How long a barrier round waits for silent processes (a retiring process shortens it).
+        self.barrier_timeout = BARRIER_TIMEOUT
 
     # -- routing of session operations ------------------------------------------------
 
@@ -355,7 +357,7 @@ class Mover:
         if not waiting:
             self._end_round()
         else:
-            rnd.timer = rt.loop.call_later(BARRIER_TIMEOUT, self._round_timeout, token)
+            rnd.timer = rt.loop.call_later(self.barrier_timeout, self._round_timeout, token)
 
     def on_barrier_ack(self, token: int, pid: int) -> None:
         rnd = self._round

@@ -73,6 +73,8 @@ HANDOVER_CONCURRENCY = 32
 RETIRE_BUDGET = 0.9
 #: How long a sync round waits for every process to answer.
 SYNC_TIMEOUT = 2.0
+#: While retiring, the share of ``max_wait_ms`` a sync or barrier round waits for a silent peer.
+SILENT_PEER_SHARE = 0.25
 #: How long an exiting process waits for its queued inter-process messages to leave.
 DRAIN_ON_EXIT = 2.0
 
@@ -320,11 +322,15 @@ class Runtime:
             "timers_at_exit": 0,
         }
         self.log.info("reload.retiring", reload=reload_id, sessions=len(self.sessions), timers=len(self.timers))
+        # A silent peer (blocked, or dying in the same reload) may delay us only so long:
+        # the master kills whatever is left at max_wait_ms.
+        patience = min(SYNC_TIMEOUT, SILENT_PEER_SHARE * max_wait_ms / 1000.0)
+        self.mover.barrier_timeout = min(self.mover.barrier_timeout, patience)
         if self.kind in (ProcKind.WORKER, ProcKind.TASK):
             await self._run_exit_hook()
             report["timers_after_exit_hook"] = len(self.timers)
             self.clear_leftover_timers()
-            await self.sync_peers()
+            await self.sync_peers(patience)
             if self.kind is ProcKind.TASK:
                 self._hand_back_queued_tasks()
             await self._hand_over_sessions(budget)
