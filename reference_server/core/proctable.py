@@ -41,6 +41,10 @@ class ProcState(enum.IntEnum):
     STOPPING = 3
 
 
+_STATES = {int(s): s for s in ProcState}  # dict lookups: cheaper than Enum(value) on hot paths
+_KINDS = {int(k): k for k in ProcKind}
+
+
 @dataclass(frozen=True, slots=True)
 class ProcEntry:
     slot: int
@@ -97,8 +101,8 @@ class ProcTable:
             if f[1] != ProcState.EMPTY:
                 yield ProcEntry(
                     slot=slot,
-                    state=ProcState(f[1]),
-                    kind=ProcKind(f[2]),
+                    state=_STATES[f[1]],
+                    kind=_KINDS[f[2]],
                     index=f[3],
                     pid=f[4],
                     generation=f[5],

@@ -284,6 +284,8 @@ class Mover:
                     return await out.adopted
                 return False, int(ErrorCode.MIGRATION_FAILED), "the target did not adopt the session in time"
             await asyncio.wait((out.adopted,), timeout=0.1)
+            if out.adopted.done():
+                continue
             if not rt.process_alive(out.target_pid):
                 info = rt.table.lookup(out.sid)
                 if info is not None and info.owner_pid == out.target_pid:

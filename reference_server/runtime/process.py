@@ -371,11 +371,12 @@ class Runtime:
         moving: dict[int, asyncio.Task] = {}
         retry_at: dict[int, float] = {}
         gate = asyncio.Semaphore(HANDOVER_CONCURRENCY)
+        chosen: list[ProcEntry | None] = [None]  # the successor, looked up again after a failure
 
         async def one(sid: int) -> None:
             try:
                 async with gate:
-                    target = self._successor()
+                    target = chosen[0] = chosen[0] or self._successor()
                     if target is None:
                         retry_at[sid] = time.monotonic() + 0.05
                         return
@@ -385,6 +386,7 @@ class Runtime:
                 if exc.code in (ErrorCode.MIGRATION_FAILED, ErrorCode.MIGRATION_IN_PROGRESS):
                     report["handover_retries"] += 1
                     retry_at[sid] = time.monotonic() + 0.05
+                    chosen[0] = None
                 # otherwise it closed or left on its own: nothing to hand over
             finally:
                 moving.pop(sid, None)
