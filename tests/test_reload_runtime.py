@@ -149,3 +149,13 @@ def server_for_bad_input(tmp_path_factory):
     yield target
     report = target.stop()
     assert report.exit_code == 0 and not report.forced and not report.leftover_pids, report
+
+
+def test_reload_with_nothing_in_scope_is_done_at_once(tmp_path):
+    target = start_target(tmp_path, "no-tasks", workers=1, task_workers=0)
+    try:
+        status, record = admin_of(target).request_sync("POST", "/v1/reload", {"scope": "task_workers", "wait": True})
+    finally:
+        report = target.stop()
+    assert status == 200 and record["state"] == "done" and record["retired"] == [], record
+    assert report.exit_code == 0 and not report.leftover_pids, report

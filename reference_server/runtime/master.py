@@ -46,7 +46,7 @@ from ..app import Application, ProcessSpec
 from ..config import Config
 from ..core.proctable import ProcKind, ProcState, ProcTable, proctable_size
 from ..core.registry import SessionTable, TableFull, table_size
-from ..core.reloads import ReloadBook, ReloadScope
+from ..core.reloads import ReloadBook, ReloadScope, ReloadState
 from ..errors import ErrorCode, ExitCode
 from . import ipc
 from .logs import Log
@@ -462,10 +462,9 @@ class Master:
                 reply(False, (int(ErrorCode.UNSUPPORTED), "the server is stopping: no reload"))
                 return
             answer = {"merged": ticket.merged, **ticket.reload.as_dict()}
-            if args.get("wait") and token:
+            if args.get("wait") and token and ticket.reload.state is ReloadState.RUNNING:
                 self._reload_waiters.setdefault(ticket.reload.id, []).append((child.pid, token, ticket.merged))
-                self._maybe_finish_reload()
-            else:
+            else:  # not waiting, or already done (nothing in its scope was running)
                 reply(True, answer)
         elif method == "reload_status":
             reply(True, {**self.reloads.status(), "retired": self.reloads.retired_totals()})
