@@ -46,7 +46,7 @@ from ..app import Application, ProcessSpec
 from ..config import Config
 from ..core.proctable import ProcKind, ProcState, ProcTable, proctable_size
 from ..core.registry import SessionTable, TableFull, table_size
-from ..core.reloads import ReloadBook, ReloadScope, ReloadState
+from ..core.reloads import ReloadBook, ReloadScope, ReloadState, Ticket
 from ..errors import ErrorCode, ExitCode
 from . import ipc
 from .logs import Log
@@ -473,7 +473,7 @@ class Master:
 
     # -- reload ----------------------------------------------------------------------------
 
-    def request_reload(self, scope: ReloadScope, source: str):  # -> Ticket | None
+    def request_reload(self, scope: ReloadScope, source: str) -> Ticket | None:
         """Start a reload of ``scope``, or merge into the one running (None while stopping)."""
         if self.stopping:
             self.log.warning("reload.refused", source=source, reason="the server is stopping")
