@@ -163,6 +163,10 @@ class ContractApp(Application):
         if mine is None:
             return None
         self._disarm(server, mine)
+        return self._export(mine)
+
+    @staticmethod
+    def _export(mine: SessionTimers) -> dict[str, Any]:
         return {"next_id": mine.next_id, "timers": [t.export() for t in mine.timers.values()]}
 
     def on_migrate_in(self, server: Server, session: int, state: Any) -> None:
@@ -236,9 +240,7 @@ class ContractApp(Application):
         if timer is None:
             server.clear(tid)
             return
-        if timer.to == timer.owner and not server.exists(timer.to):
-            # Its own session is closing: on_close clears this timer. Check exists()
-            # first (the seed's fix): never push to a session whose close is known.
+        if not self._may_push(server, timer):
             return
         timer.seq += 1
         payload = json.dumps(
@@ -256,6 +258,15 @@ class ContractApp(Application):
             timer.remaining -= 1
             if timer.remaining <= 0:
                 self._drop_timer(server, timer)
+
+    def _may_push(self, server: Server, timer: AppTimer) -> bool:
+        """False when the timer's own session is closing (on_close clears the timer).
+
+        Checking ``exists()`` first is the seed's fix: never push to a session
+        whose close is known. A timer aimed at *another* session keeps pushing
+        (the seed situation the dead-session scenario counts).
+        """
+        return timer.to != timer.owner or server.exists(timer.to)
 
     def _drop_timer(self, server: Server, timer: AppTimer) -> None:
         server.clear(timer.tid)

@@ -444,7 +444,7 @@ class Runtime:
             return False
         task_id, src_pid = item[0], item[1]
         self.links.send(src_pid, ("task_moved", task_id, target.pid))
-        self.retire_report["tasks_handed_back"] = self.retire_report.get("tasks_handed_back", 0) + 1
+        self.retire_report["tasks_handed_back"] += 1
         self.counters["tasks_handed_back"] += 1
         return True
 

@@ -29,8 +29,7 @@ def apply() -> None:
         mine = self.by_owner.get(session)
         if mine is None:
             return None
-        # exports the subscription, but leaves its timer running here
-        return {"next_id": mine.next_id, "timers": [t.export() for t in mine.timers.values()]}
+        return self._export(mine)  # exports the subscription, but leaves its timer running here
 
     ContractApp.on_migrate_out = on_migrate_out
 
@@ -56,25 +55,7 @@ def apply() -> None:
     ContractApp.on_migrate_in = on_migrate_in
     ContractApp.on_close = on_close
 
-    def fire(self, tid: int) -> None:
-        timer = self.by_tid.get(tid)
-        server = self._server
-        if timer is None:
-            server.clear(tid)
-            return
-        if timer.to not in self.__dict__.get("mine", set()):  # instead of server.exists(timer.to)
-            return
-        import json
-        import time
+    def may_push(self, server, timer) -> bool:
+        return timer.to in self.__dict__.get("mine", set())  # instead of server.exists(timer.to)
 
-        timer.seq += 1
-        payload = json.dumps(
-            {
-                "ev": "tick", "timer": timer.id, "seq": timer.seq, "to": timer.to, "from": timer.owner,
-                "ts": time.time(), "gen": server.generation, "pid": server.pid,
-            }
-        )
-        if server.push(timer.to, payload):
-            timer.sent += 1
-
-    ContractApp._fire = fire
+    ContractApp._may_push = may_push
