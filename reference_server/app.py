@@ -32,6 +32,13 @@ Which process runs which hook:
 ============================  ==================================================
 
 Custom processes (``add_process``) are declared in :attr:`processes`.
+
+Handler sets: a listening port may serve another set of session hooks than
+the application's own (Swoole's ``$port->on('message', ...)``). Name them in
+:attr:`Application.handler_sets`; ``listen(..., handler="name")`` picks one.
+A session keeps the set of the port it came in through for its whole life,
+across migrations and reloads, even if the port is removed or re-added with
+another set. The application itself is the set named ``"default"``.
 """
 
 from __future__ import annotations
@@ -61,13 +68,33 @@ class ProcessSpec:
     reloadable: bool = False
 
 
-class Application:
-    processes: list[ProcessSpec] = []
+class HandlerSet:
+    """The session hooks a port serves; each runs in the worker that owns the session."""
 
-    def on_worker_start(self, server: Server) -> Any: ...
     def on_open(self, server: Server, session: int, request: Request) -> Any: ...
     def on_message(self, server: Server, session: int, data: str | bytes) -> Any: ...
     def on_close(self, server: Server, session: int, code: int, reason: str) -> Any: ...
+
+
+DEFAULT_HANDLER = "default"
+
+
+class Application(HandlerSet):
+    processes: list[ProcessSpec] = []
+    #: Other handler sets, by name (``"default"`` is reserved for the application itself).
+    handler_sets: dict[str, HandlerSet] = {}
+
+    def handler_table(self) -> list[tuple[str, HandlerSet]]:
+        """Every handler set with its number: 0 is the application, then by name.
+
+        The numbers are what the session table stores; they are the same in
+        every process because every process has the same application.
+        """
+        return [(DEFAULT_HANDLER, self), *sorted(
+            ((n, h) for n, h in self.handler_sets.items() if n != DEFAULT_HANDLER), key=lambda item: item[0]
+        )]
+
+    def on_worker_start(self, server: Server) -> Any: ...
     def on_task(self, server: Server, task_id: int, src_worker: int, data: Any) -> Any: ...
     def on_finish(self, server: Server, task_id: int, data: Any) -> Any: ...
     def on_pipe_message(self, server: Server, src: str, data: Any) -> Any: ...

@@ -39,6 +39,8 @@ _HELP = {
     "shutdown_timeout_ms": "graceful shutdown bound; then remaining processes are killed",
     "max_wait_ms": "reload: kill an old process still alive this long after it was retired",
     "backlog": "listen backlog",
+    "ports_file": "TOML file of [[listen]] ports, watched and applied while the server runs",
+    "ports_file_poll_ms": "how often the ports file is checked for changes",
 }
 
 
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         master.bind()
     except BindError as exc:
-        log.error("bind.failed", error=exc.strerror, errno=exc.errno, code=int(ExitCode.CANNOT_BIND))
+        log.error("bind.failed", error=exc.strerror, error_code=exc.errno, code=int(ExitCode.CANNOT_BIND))
         return ExitCode.CANNOT_BIND
     return master.run()
 

@@ -48,6 +48,9 @@ class Config:
     #: Reload: an old process still alive this long after it was retired is killed (Swoole's max_wait_time).
     max_wait_ms: int = 3_000
     backlog: int = 1024
+    #: Dynamic ports: a TOML file of [[listen]] entries the master watches and applies.
+    ports_file: str = ""
+    ports_file_poll_ms: int = 200
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -81,6 +84,8 @@ class Config:
         need(self.log_level in LOG_LEVELS, "log_level", self.log_level, f"one of {LOG_LEVELS}")
         need(self.log_format in ("json", "text"), "log_format", self.log_format, "json or text")
         need(":" in self.app, "app", self.app, "expected module:attribute")
+        need(10 <= self.ports_file_poll_ms <= 60_000, "ports_file_poll_ms", self.ports_file_poll_ms, "must be 10..60000")
+        need(1 <= self.backlog <= 65535, "backlog", self.backlog, "must be 1..65535")
         for name in (
             "heartbeat_idle_ms",
             "heartbeat_check_ms",

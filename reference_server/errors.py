@@ -44,6 +44,29 @@ class ErrorCode(enum.IntEnum):
     #: Internal: the session moved on while a request for it was on its way.
     #: The API retries with the new owner; applications never see it.
     MOVED = 2014
+    #: ``listen``: the address is in use (``EADDRINUSE``): another process, or
+    #: another socket of this host, holds the port.
+    PORT_IN_USE = 3001
+    #: ``listen``: the port needs privileges (``EACCES``: below
+    #: ``net.ipv4.ip_unprivileged_port_start`` for an unprivileged user).
+    PORT_PRIVILEGED = 3002
+    #: ``listen``: the host is not an IP address, or not one of this machine
+    #: (``EADDRNOTAVAIL``).
+    BAD_ADDRESS = 3003
+    #: ``listen``: this server already listens on that port number.
+    ALREADY_LISTENING = 3004
+    #: ``unlisten``: this server does not listen on that port.
+    NOT_LISTENING = 3005
+    #: A connection refused because its port's ``max_connections`` is reached
+    #: (sent as the HTTP 503 answer to its handshake).
+    PORT_LIMIT = 3006
+    #: ``listen``: the handler set named for the port does not exist.
+    HANDLER_UNKNOWN = 3007
+    #: A connection that was in a port's backlog when the port was removed
+    #: with policy ``close`` (HTTP 503 answer to its handshake).
+    PORT_REMOVED = 3008
+    #: ``listen`` failed for another reason (``EMFILE``...); the message names it.
+    LISTEN_FAILED = 3009
     #: A request of the application protocol or the admin API is malformed.
     BAD_REQUEST = 4400
     #: The target does not implement the requested operation.

@@ -32,7 +32,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..app import Application
+from ..app import Application, HandlerSet
+from ..core.ports import SPEC_KEYS
 from ..errors import CloseCode, ErrorCode, ServerError
 from ..runtime.api import Server
 
@@ -82,6 +83,18 @@ class BadRequest(Exception):
     pass
 
 
+class EchoHandlers(HandlerSet):
+    """Handler set ``echo`` (contract section 9): every message comes back as it was sent.
+
+    A port listened with ``handler="echo"`` serves this instead of the
+    contract protocol: ``{"op": "whoami", "id": 1}`` comes back verbatim,
+    which is how a client tells which set its port serves.
+    """
+
+    def on_message(self, server: Server, session: int, data: str | bytes) -> None:
+        server.push(session, data)
+
+
 def _int(msg: dict, key: str, default: int | None = None, *, low: int | None = None) -> int:
     value = msg.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool):
@@ -92,6 +105,8 @@ def _int(msg: dict, key: str, default: int | None = None, *, low: int | None = N
 
 
 class ContractApp(Application):
+    handler_sets = {"echo": EchoHandlers()}
+
     def __init__(self) -> None:
         self.by_owner: dict[int, SessionTimers] = {}
         self.by_tid: dict[int, AppTimer] = {}
@@ -214,7 +229,11 @@ class ContractApp(Application):
     # -- operations (contract section 3) ----------------------------------------------
 
     def op_whoami(self, server: Server, session: int, msg: dict) -> dict:
-        return {"session": session, "worker": server.worker_id, "pid": server.pid, "generation": server.generation}
+        info = server.get_client_info(session)
+        return {
+            "session": session, "worker": server.worker_id, "pid": server.pid, "generation": server.generation,
+            "port": info.local_port if info else None, "handler": server.handler_name(session),
+        }
 
     def op_echo(self, server: Server, session: int, msg: dict) -> dict:
         return {"seq": msg.get("seq"), "data": msg.get("data"), "worker": server.worker_id}
@@ -322,6 +341,24 @@ class ContractApp(Application):
             raise BadRequest("'scope' must be 'all' or 'task_workers'")
         answer = await server.reload_async(task_workers_only=scope == "task_workers")
         return {"reload": answer["reload"], "merged": answer["merged"], "generation": answer["generation"]}
+
+    async def op_listen(self, server: Server, session: int, msg: dict) -> dict:
+        """Listen on a port from this worker (contract section 9); the reply is the listener."""
+        spec = {k: v for k, v in msg.items() if k not in ("op", "id")}
+        unknown = sorted(set(spec) - set(SPEC_KEYS))
+        if unknown or "port" not in spec:
+            raise BadRequest(f"listen takes 'port' and {', '.join(k for k in SPEC_KEYS if k != 'port')}")
+        return {"listener": await server.listen(**spec)}
+
+    async def op_unlisten(self, server: Server, session: int, msg: dict) -> dict:
+        port = _int(msg, "port", low=0)
+        on_remove = msg.get("on_remove")
+        if on_remove is not None and on_remove not in ("keep", "close"):
+            raise BadRequest("'on_remove' must be 'keep' or 'close'")
+        return {"listener": await server.unlisten(port, on_remove=on_remove)}
+
+    async def op_listeners(self, server: Server, session: int, msg: dict) -> dict:
+        return await server.listeners()
 
     def op_block(self, server: Server, session: int, msg: dict) -> dict:
         """Block this worker's event loop for ``ms`` (a slow synchronous hook, on purpose)."""

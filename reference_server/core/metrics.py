@@ -71,6 +71,7 @@ def render_prometheus(
     gauges: Mapping[str, float],
     labelled_gauges: Mapping[str, list[tuple[dict[str, object], float]]],
     *,
+    labelled_counters: Mapping[str, list[tuple[dict[str, object], float]]] | None = None,
     prefix: str = "refsrv_",
 ) -> str:
     """Render counters (``_total``) and gauges in the Prometheus text format 0.0.4."""
@@ -84,9 +85,10 @@ def render_prometheus(
     for name, value in sorted(gauges.items()):
         lines.append(f"# TYPE {prefix}{name} gauge")
         lines.append(f"{prefix}{name} {value:g}")
-    for name, samples in sorted(labelled_gauges.items()):
-        lines.append(f"# TYPE {prefix}{name} gauge")
-        for labels, value in samples:
-            rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
-            lines.append(f"{prefix}{name}{{{rendered}}} {value:g}")
+    for kind, suffix, table in (("gauge", "", labelled_gauges), ("counter", "_total", labelled_counters or {})):
+        for name, samples in sorted(table.items()):
+            lines.append(f"# TYPE {prefix}{name}{suffix} {kind}")
+            for labels, value in samples:
+                rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+                lines.append(f"{prefix}{name}{suffix}{{{rendered}}} {value:g}")
     return "\n".join(lines) + "\n"

@@ -40,14 +40,15 @@ from dataclasses import dataclass
 from ..errors import ErrorCode
 
 MAGIC = 0x52454653  # "REFS"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 
 _HEADER = struct.Struct("<IIIIQ")  # magic, layout, capacity, high-water mark, serial
 HEADER_SIZE = 64
 
 # seq, state, flags, worker, owner_pid, sid, uid, connect, last_recv,
-# established, remote_port, local_port, os_fd, family, remote_addr, group, migrations
-_RECORD = struct.Struct("<IBBhiQqdddHHiB16sqI")
+# established, remote_port, local_port, os_fd, family, remote_addr, group, migrations,
+# handler (the handler set of the port it came in through: 0 is the application itself)
+_RECORD = struct.Struct("<IBBhiQqdddHHiB16sqIB")
 RECORD_SIZE = 96
 assert _RECORD.size <= RECORD_SIZE
 
@@ -98,6 +99,7 @@ class ClientInfo:
     group: int = 0
     migrating: bool = False
     migrations: int = 0
+    handler: int = 0
 
     @property
     def established(self) -> bool:
@@ -122,6 +124,7 @@ class ClientInfo:
             "group": self.group,
             "migrating": self.migrating,
             "migrations": self.migrations,
+            "handler": self.handler,
         }
 
 
@@ -288,6 +291,7 @@ class SessionTable:
             group=f[15],
             migrating=bool(f[2] & Flag.MIGRATING),
             migrations=f[16],
+            handler=f[17],
         )
 
     # -- writing ------------------------------------------------------------
@@ -326,6 +330,7 @@ class SessionTable:
         remote_port: int,
         local_port: int,
         now: float,
+        handler: int = 0,
     ) -> int:
         """Reserve the lowest free slot for a new connection; return its session id.
 
@@ -359,6 +364,7 @@ class SessionTable:
             remote_addr=packed,
             group=0,
             migrations=0,
+            handler=handler,
         )
         _HEADER.pack_into(self._buf, 0, magic, layout, cap, max(hwm, slot + 1), serial)
         return sid
@@ -471,6 +477,7 @@ _FIELD_INDEX = {
             "remote_addr",
             "group",
             "migrations",
+            "handler",
         )
     )
 }

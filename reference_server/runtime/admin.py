@@ -47,11 +47,19 @@ _HTTP_STATUS = {
     ErrorCode.MIGRATION_FAILED: 503,
     ErrorCode.NOT_MOVABLE: 409,
     ErrorCode.OWNER_UNREACHABLE: 503,
+    ErrorCode.PORT_IN_USE: 409,
+    ErrorCode.PORT_PRIVILEGED: 403,
+    ErrorCode.BAD_ADDRESS: 400,
+    ErrorCode.ALREADY_LISTENING: 409,
+    ErrorCode.NOT_LISTENING: 404,
+    ErrorCode.HANDLER_UNKNOWN: 400,
+    ErrorCode.LISTEN_FAILED: 503,
 }
 _REASONS = {
     200: "OK",
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
@@ -109,6 +117,11 @@ class AdminApi:
             ("POST", re.compile(r"/v1/shutdown"), self.shutdown, True),
             ("POST", re.compile(r"/v1/reload"), self.reload, True),
             ("GET", re.compile(r"/v1/reloads"), self.reloads, True),
+            ("GET", re.compile(r"/v1/listeners"), self.listeners, True),
+            ("POST", re.compile(r"/v1/listeners"), self.listen, True),
+            ("DELETE", re.compile(r"/v1/listeners/([^/]+)"), self.unlisten, True),
+            ("GET", re.compile(r"/v1/ports-file"), self.ports_file, True),
+            ("POST", re.compile(r"/v1/ports-file/apply"), self.ports_file_apply, True),
             ("GET", re.compile(r"/v1/sweep"), self.app_op("sweep.reports"), True),
             ("PUT", re.compile(r"/v1/sweep"), self.app_op("sweep.set"), True),
             ("DELETE", re.compile(r"/v1/sweep"), self.app_op("sweep.clear"), True),
@@ -289,7 +302,9 @@ class AdminApi:
         return 200, await self.collect_stats()
 
     async def collect_stats(self) -> dict[str, Any]:
-        per_process, reloads = await asyncio.gather(self.api.gather_stats(), self.api.reload_status())
+        per_process, reloads, ports = await asyncio.gather(
+            self.api.gather_stats(), self.api.reload_status(), self.api.listeners()
+        )
         retired = reloads.pop("retired")
         # A process that retired has folded its counters into the master's totals: count it once.
         gone = set(retired["pids"])
@@ -310,6 +325,10 @@ class AdminApi:
             "master": self.rt.boot.extras.get("master_stats", lambda: {})(),
             "reloads": {**reloads["counters"], "running": reloads["running"] is not None},
             "generation": reloads["generation"],
+            "ports": {
+                str(p["port"]): {k: p[k] for k in ("connections", "accepted", "refused", "refused_by_reason")}
+                for p in ports["listeners"]
+            },
             "processes": live,
         }
 
@@ -336,7 +355,15 @@ class AdminApi:
         for key in ("requested", "merged", "completed", "forced_kills"):
             counters[f"reloads_{key}"] = int(stats["reloads"][key])
         gauges["generation"] = stats["generation"]
-        return 200, render_prometheus(counters, gauges, labelled)
+        ports = stats["ports"]
+        labelled["port_connections"] = [({"port": p}, f["connections"]) for p, f in ports.items()]
+        labelled_counters = {
+            "port_accepted": [({"port": p}, f["accepted"]) for p, f in ports.items()],
+            "port_refused": [
+                ({"port": p, "reason": reason}, n) for p, f in ports.items() for reason, n in f["refused_by_reason"].items()
+            ],
+        }
+        return 200, render_prometheus(counters, gauges, labelled, labelled_counters=labelled_counters)
 
     async def processes(self, body: Any) -> tuple[int, Any]:
         entries = [e.as_dict() for e in self.rt.procs.entries()]
@@ -363,6 +390,27 @@ class AdminApi:
         status = await self.api.reload_status()
         status.pop("retired", None)
         return 200, status
+
+    async def listeners(self, body: Any) -> tuple[int, Any]:
+        return 200, await self.api.listeners()
+
+    async def listen(self, body: Any) -> tuple[int, Any]:
+        """Body: ``{port, host?, reuse_port?, on_remove?, max_connections?, handler?, backlog?}``."""
+        return 200, await self.rt.master_call("listen", body, 5.0)
+
+    async def unlisten(self, body: Any, port: str) -> tuple[int, Any]:
+        """``DELETE /v1/listeners/{port}``, body ``{on_remove?}`` to override the port's policy."""
+        if not port.isdigit() or len(port) > 5:
+            raise ServerError(ErrorCode.BAD_REQUEST, f"port {port[:20]!r}: must be an integer 0..65535")
+        if body is not None and not isinstance(body, dict):
+            raise ServerError(ErrorCode.BAD_REQUEST, "body must be an object: {on_remove}")
+        return 200, await self.rt.master_call("unlisten", {**(body or {}), "port": int(port)}, 5.0)
+
+    async def ports_file(self, body: Any) -> tuple[int, Any]:
+        return 200, await self.api.ports_file()
+
+    async def ports_file_apply(self, body: Any) -> tuple[int, Any]:
+        return 200, await self.api.ports_file(apply=True)
 
     async def shutdown(self, body: Any) -> tuple[int, Any]:
         self.api.shutdown()

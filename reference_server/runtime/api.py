@@ -435,5 +435,68 @@ class Server:
         """The running reload, the last ones, the counters and the newest generation."""
         return await self._rt.master_call("reload_status", None, 5.0)
 
+    # -- listening ports (the master holds every listener; see runtime/listeners.py) ------------
+
+    async def listen(
+        self,
+        port: int,
+        host: str | None = None,
+        *,
+        reuse_port: bool = False,
+        on_remove: str = "keep",
+        max_connections: int = 0,
+        handler: str = "default",
+        backlog: int = 0,
+        timeout: float = 5.0,
+    ) -> dict[str, Any]:
+        """Listen on ``port`` (0: a free one) from now on; the listener's record.
+
+        When this returns, the port accepts connections. ``on_remove``: what
+        ``unlisten`` does to the sessions that came in through this port
+        (``keep`` them, or ``close`` them with 1001). ``max_connections``: a
+        limit for this port alone (0: none); over it, a connection's
+        handshake is answered 503 ``PORT_LIMIT``. ``handler``: the handler
+        set its sessions serve (``Application.handler_sets``).
+
+        Raises ``ServerError``: ``PORT_IN_USE`` (EADDRINUSE),
+        ``PORT_PRIVILEGED`` (EACCES), ``BAD_ADDRESS``, ``ALREADY_LISTENING``,
+        ``HANDLER_UNKNOWN``, ``BAD_REQUEST``; nothing changes then.
+        """
+        args: dict[str, Any] = {
+            "port": port, "reuse_port": reuse_port, "on_remove": on_remove,
+            "max_connections": max_connections, "handler": handler, "backlog": backlog,
+        }
+        if host is not None:
+            args["host"] = host
+        return await self._rt.master_call("listen", args, timeout)
+
+    async def unlisten(self, port: int, *, on_remove: str | None = None, timeout: float = 5.0) -> dict[str, Any]:
+        """Stop listening on ``port``; when this returns the port is released.
+
+        New connections are refused, another process can bind it, what was
+        in its backlog was served (or answered 503 under ``close``).
+        ``on_remove`` overrides the listener's policy for this removal.
+        Raises ``ServerError`` ``NOT_LISTENING`` for a port it does not hold.
+        """
+        args: dict[str, Any] = {"port": port}
+        if on_remove is not None:
+            args["on_remove"] = on_remove
+        return await self._rt.master_call("unlisten", args, timeout)
+
+    async def listeners(self) -> dict[str, Any]:
+        """``{"listeners": [...], "removed": [...], "orphans": {...}}`` with per-port figures."""
+        return await self._rt.master_call("listeners", None, 5.0)
+
+    async def ports_file(self, *, apply: bool = False) -> dict[str, Any]:
+        """The ports file's status; with ``apply``, read and apply it now (its report)."""
+        return await self._rt.master_call("ports_file_apply" if apply else "ports_file", None, 5.0)
+
+    def handler_name(self, session: int) -> str | None:
+        """The handler set ``session`` serves (that of the port it came in through)."""
+        info = self._rt.table.lookup(session)
+        if info is None or info.handler >= len(self._rt.handler_names):
+            return None
+        return self._rt.handler_names[info.handler]
+
     def worker_pids(self) -> dict[str, int]:
         return {e.name: e.pid for e in self._rt.procs.entries() if e.kind is ProcKind.WORKER}

@@ -5,9 +5,13 @@ One synchronous loop, no threads, so that forking is always safe:
 * Signals are queued by their handlers and handled in the loop, one at a time
   (SIGTERM/SIGINT: graceful shutdown; SIGCHLD: reap and respawn; SIGUSR1:
   reload workers and task workers; SIGUSR2: reload task workers only).
-* Listening sockets live only here. An accepted connection is given a session
-  id in the shared table and handed to a worker over its ctl channel with
-  SCM_RIGHTS; the master then closes its own copy, so the worker owns it alone.
+* Listening sockets live only here (``listeners.py``: ports are added and
+  removed at run time, from any process, the admin API or the ports file).
+  An accepted connection is given a session id in the shared table and handed
+  to a worker over its ctl channel with SCM_RIGHTS, with the handler set of
+  its port, or with a refusal (its port's connection limit is reached) that
+  the worker answers with an HTTP 503; the master then closes its own copy,
+  so the worker owns it alone.
 * A child that exits while the server runs is logged with its cause (exit
   status or signal) and replaced at once; the sessions a dead worker owned are
   released from the table and counted as lost. A child that keeps crashing
@@ -21,8 +25,9 @@ One synchronous loop, no threads, so that forking is always safe:
   a warning. A request while a reload runs is merged into it. Custom
   processes are replaced only if declared reloadable, old first (no overlap).
 * Children may call the master over ctl (``("call", token, method, args)``,
-  answered with ``("reply", token, ok, value)``): ``reload`` and
-  ``reload_status``.
+  answered with ``("reply", token, ok, value)``): ``reload``,
+  ``reload_status``, ``listen``, ``unlisten``, ``listeners``, ``ports_file``,
+  ``ports_file_apply``.
 * Shutdown: stop accepting, tell every child to stop (workers send 1001 to
   their clients and wait up to ``close_timeout``), wait up to
   ``shutdown_timeout``, kill what is left, exit.
@@ -31,7 +36,6 @@ One synchronous loop, no threads, so that forking is always safe:
 from __future__ import annotations
 
 import collections
-import errno
 import mmap
 import os
 import secrets
@@ -44,11 +48,13 @@ from dataclasses import dataclass, field
 
 from ..app import Application, ProcessSpec
 from ..config import Config
+from ..core.ports import OnRemove, PortError, RefusalReason
 from ..core.proctable import ProcKind, ProcState, ProcTable, proctable_size
 from ..core.registry import SessionTable, TableFull, table_size
 from ..core.reloads import ReloadBook, ReloadScope, ReloadState, Ticket
 from ..errors import ErrorCode, ExitCode
 from . import ipc
+from .listeners import ListenerSet, open_listener
 from .logs import Log
 from .process import ChildBoot, child_main
 
@@ -62,19 +68,18 @@ class BindError(OSError):
 
 
 def bind_listener(host: str, port: int, backlog: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    """A listening socket at start-up (errors: :class:`BindError`, naming address and cause)."""
     try:
-        sock.bind((host, port))
-        sock.listen(backlog)
-    except OSError as exc:
-        sock.close()
-        name = errno.errorcode.get(exc.errno or 0, "error")
-        raise BindError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror} ({name})") from None
-    sock.setblocking(False)
-    sock.set_inheritable(False)
-    return sock
+        return open_listener(host, port, backlog)
+    except PortError as exc:
+        raise BindError(int(exc.code), exc.message) from None
+
+
+#: The refusal a worker sends as the HTTP 503 answer to a connection's handshake.
+_REFUSALS = {
+    RefusalReason.LIMIT: (ErrorCode.PORT_LIMIT, "port {port} is at its limit of {limit} connections"),
+    RefusalReason.REMOVED: (ErrorCode.PORT_REMOVED, "port {port} was removed"),
+}
 
 
 class SharedState:
@@ -160,7 +165,8 @@ class Master:
         self.table = self.shared.table
         self.procs = self.shared.procs
         self.selector = selectors.DefaultSelector()
-        self.listeners: dict[int, socket.socket] = {}  # local port -> socket
+        self.handlers = [name for name, _ in app.handler_table()]
+        self.ports = ListenerSet(config, self.selector, log, self.handlers, self._dispatch, self._close_port_sessions)
         self.children: dict[int, Child] = {}
         self.slots: list[Slot] = []
         self._slot_of: dict[int, Slot] = {}
@@ -183,15 +189,21 @@ class Master:
     def bind(self) -> None:
         """Open every listening socket before anything forks (errors: BindError)."""
         cfg = self.config
-        ws = bind_listener(cfg.host, cfg.port, cfg.backlog)
-        self.listeners[ws.getsockname()[1]] = ws
+        try:
+            self.ports.listen(self.ports.parse({"port": cfg.port}), "config")
+        except PortError as exc:
+            raise BindError(int(exc.code), exc.message) from None
         if cfg.admin_port:
             admin = bind_listener(cfg.admin_host, cfg.admin_port, 128)
+            self.ports.reserved[admin.getsockname()[1]] = "admin API"
             self.slots.append(Slot(ProcKind.ADMIN, 0, "admin", extra_socket=admin))
         if not cfg.redis_url and cfg.embedded_broker:
             broker = bind_listener("127.0.0.1", 0, 128)
+            self.ports.reserved[broker.getsockname()[1]] = "embedded broker"
             self.broker_url = f"redis://127.0.0.1:{broker.getsockname()[1]}/0"
             self.slots.insert(0, Slot(ProcKind.BROKER, 0, "broker", extra_socket=broker))
+        if cfg.ports_file:  # its entries are applied before anything forks; rejected ones are reported
+            self.ports.poll_file(time.monotonic())
         for i in range(cfg.workers):
             self.slots.append(Slot(ProcKind.WORKER, i, f"worker-{i}"))
         for i in range(cfg.task_workers):
@@ -201,7 +213,7 @@ class Master:
 
     @property
     def port(self) -> int:
-        return next(iter(self.listeners))
+        return self.ports.main_port
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
@@ -210,9 +222,7 @@ class Master:
             os.set_blocking(fd, False)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
-        for port, sock in self.listeners.items():
-            self.selector.register(sock, selectors.EVENT_READ, ("listen", port))
-            self.log.info("server.listening", host=self.config.host, port=port)
+        self.ports.register()
         self.log.info(
             "server.start",
             workers=self.config.workers,
@@ -239,12 +249,15 @@ class Master:
             timeout = max(0.0, min(timeout, self.stop_deadline - now))
         waiting = [s.respawn_at for s in self.slots if s.respawn_at]
         waiting += [r.deadline for r in self.retiring.values() if r.deadline and not r.killed]
+        if self.ports.file is not None and not self.stopping:
+            waiting.append(self.ports.next_poll)
         if waiting:
             timeout = max(0.0, min(timeout, min(waiting) - now))
         for key, mask in self.selector.select(timeout):
             what, data = key.data
             if what == "listen":
-                self._accept(key.fileobj, data)
+                if self.ports.sockets.get(data) is key.fileobj:  # not removed earlier in this batch
+                    self._accept(key.fileobj, data)
             elif what == "ctl":
                 if mask & selectors.EVENT_READ:
                     self._read_ctl(data)
@@ -265,6 +278,8 @@ class Master:
                 slot.respawn_at = 0.0
                 self._spawn(slot)
         self._kill_overdue(now)
+        if not self.stopping:
+            self.ports.poll_file(now)
         if self.stopping and now >= self.stop_deadline and self.children:
             for child in self.children.values():
                 self.log.warning("process.kill", name=child.name, pid=child.pid, reason="shutdown timeout")
@@ -294,10 +309,7 @@ class Master:
         self.stopping = True
         self.stop_deadline = time.monotonic() + self.config.shutdown_timeout_ms / 1000.0
         self.log.info("server.shutdown", reason=reason, timeout_ms=self.config.shutdown_timeout_ms)
-        for port, sock in list(self.listeners.items()):
-            self.selector.unregister(sock)
-            sock.close()
-            del self.listeners[port]
+        self.ports.close_all()
         # Workers first get the order; the broker is told too but may outlive them briefly.
         for child in list(self.children.values()):
             self._send_ctl(child, ("stop", reason))
@@ -313,7 +325,7 @@ class Master:
             except OSError as exc:
                 self.log.warning("accept.failed", port=port, error=repr(exc))
                 return
-            self._dispatch(conn, addr, port)
+            self._dispatch(conn, addr, port, self.ports.book.admit(port))
 
     def _pick_worker(self) -> Child | None:
         ready = sorted(
@@ -329,13 +341,17 @@ class Master:
         self._rr += 1
         return ready[self._rr % len(ready)]
 
-    def _dispatch(self, conn: socket.socket, addr, port: int) -> None:
+    def _dispatch(self, conn: socket.socket, addr, port: int, refusal: RefusalReason | None = None) -> None:
+        """Hand a connection to a worker: to be served, or (``refusal``) to be answered 503."""
+        book = self.ports.book
         worker = self._pick_worker()
         if worker is None:
             self._refused += 1
+            book.refused(port, RefusalReason.NO_WORKER)
             self.log.warning("accept.refused", port=port, reason="no worker ready")
             conn.close()
             return
+        handler = self.ports.handler_id(port)
         try:
             sid = self.table.allocate(
                 worker=worker.index,
@@ -344,14 +360,43 @@ class Master:
                 remote_port=addr[1],
                 local_port=port,
                 now=time.time(),
+                handler=handler,
             )
         except TableFull as exc:
             self._refused += 1
+            book.refused(port, RefusalReason.TABLE_FULL)
             self.log.warning("accept.refused", port=port, reason=str(exc))
             conn.close()
             return
-        self._accepted += 1
-        self._send_ctl(worker, ("accept", sid, port), conn)
+        refuse = None
+        if refusal is not None:
+            self._refused += 1
+            book.refused(port, refusal)
+            code, text = _REFUSALS[refusal]
+            listener = book.listeners.get(port)
+            limit = listener.spec.max_connections if listener is not None else 0
+            refuse = (int(code), text.format(port=port, limit=limit))
+            self.log.debug("accept.refused", port=port, reason=refusal.value, sid=sid)
+        else:
+            self._accepted += 1
+            book.opened(sid, port)
+        self._send_ctl(worker, ("accept", sid, port, handler, refuse), conn)
+
+    def _close_port_sessions(self, sids: list[int], port: int) -> None:
+        """Policy ``close`` of a removed port: each session's owner closes it with 1001."""
+        by_owner: dict[int, list[int]] = {}
+        for sid in sids:
+            info = self.table.get_client_info(sid)
+            if info is not None:
+                by_owner.setdefault(info.owner_pid, []).append(sid)
+        for pid, owned in by_owner.items():
+            child = self.children.get(pid)
+            if child is not None:  # one that is gone has lost its sessions already
+                self._send_ctl(child, ("close_sessions", owned, 1001, f"port {port} was removed"))
+
+    def _free(self, sid: int) -> None:
+        self.table.free(sid)
+        self.ports.book.closed(sid)
 
     # -- ctl channels -----------------------------------------------------------------
 
@@ -378,7 +423,7 @@ class Master:
             # The child is gone; its SIGCHLD cleans up. An undelivered connection dies here.
             self.log.debug("ctl.send_failed", name=child.name, error=repr(exc))
             if sid is not None:
-                self.table.free(sid)
+                self._free(sid)
         if conn is not None:
             conn.close()
         return True
@@ -418,7 +463,7 @@ class Master:
     def _on_child_message(self, child: Child, message: tuple) -> None:
         kind = message[0]
         if kind == "closed":
-            self.table.free(message[1])
+            self._free(message[1])
         elif kind == "ready":
             child.ready = True
             self.procs.set_state(child.pid, ProcState.READY)
@@ -468,8 +513,39 @@ class Master:
                 reply(True, answer)
         elif method == "reload_status":
             reply(True, {**self.reloads.status(), "retired": self.reloads.retired_totals()})
+        elif method in ("listen", "unlisten", "listeners", "ports_file", "ports_file_apply"):
+            try:
+                reply(True, self._serve_ports_call(method, args, child))
+            except PortError as exc:
+                reply(False, (int(exc.code), exc.message))
         else:
             reply(False, (int(ErrorCode.NOT_FOUND), f"unknown master call {method!r}"))
+
+    def _serve_ports_call(self, method: str, args: object, child: Child) -> object:
+        """``listen``/``unlisten``/``listeners``/``ports_file``/``ports_file_apply`` (errors: PortError)."""
+        if self.stopping and method in ("listen", "unlisten", "ports_file_apply"):
+            raise PortError(ErrorCode.UNSUPPORTED, None, "the server is stopping: its ports are closed")
+        if method == "listen":
+            listener = self.ports.listen(self.ports.parse(args), "api")
+            self.log.info("port.requested", by=child.name, port=listener["port"])
+            return listener
+        if method == "unlisten":
+            if not isinstance(args, dict):
+                raise PortError(ErrorCode.BAD_REQUEST, None, "unlisten needs an object with 'port'")
+            policy = args.get("on_remove")
+            try:
+                on_remove = OnRemove(policy) if policy is not None else None
+            except ValueError:
+                raise PortError(
+                    ErrorCode.BAD_REQUEST, args.get("port"), f"on_remove {policy!r}: must be 'keep' or 'close'"
+                ) from None
+            return self.ports.unlisten(args.get("port"), on_remove, reason=f"requested by {child.name}")
+        if method == "listeners":
+            return self.ports.snapshot()
+        if method == "ports_file":
+            return self.ports.file_status()
+        self.ports.file_status()  # ports_file_apply: raises if there is no ports file
+        return self.ports.apply_file()
 
     # -- reload ----------------------------------------------------------------------------
 
@@ -624,8 +700,7 @@ class Master:
         self.selector.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
-        for sock in self.listeners.values():
-            sock.close()
+        self.ports.close_in_child()
         for slot in self.slots:
             if slot.extra_socket is not None and slot.extra_socket is not keep:
                 slot.extra_socket.close()
@@ -667,10 +742,12 @@ class Master:
             if conn is not None:
                 conn.close()
             if sid is not None:
-                self.table.free(sid)
+                self._free(sid)
         child.ctl.close()
         self.procs.remove(pid)
         lost = self.table.free_owned_by(pid)
+        for sid in lost:
+            self.ports.book.closed(sid)
         self._lost += len(lost)
         if retiree is not None:
             self._retiree_exited(retiree, cause, len(lost))
@@ -706,8 +783,7 @@ class Master:
         )
 
     def _close_everything(self) -> None:
-        for sock in self.listeners.values():
-            sock.close()
+        self.ports.close_all()
         for slot in self.slots:
             if slot.extra_socket is not None:
                 slot.extra_socket.close()

@@ -172,6 +172,8 @@ class Runtime:
         self.inbox: ipc.Inbox | None = None
         self.timers = Timers(loop, self.log, self.counters)
         self.sessions: dict[int, Session] = {}
+        self.handler_names = [name for name, _ in self.app.handler_table()]
+        self.handler_sets = [handlers for _, handlers in self.app.handler_table()]
         self.mover = Mover(self)
         self.api = Server(self)
         self.stopping = asyncio.Event()
@@ -520,10 +522,10 @@ class Runtime:
             self.log.error("app.hook_failed", hook=name, error=repr(exc), trace=traceback.format_exc())
             return None
 
-    def call_hook(self, name: str, *args: Any) -> None:
-        """Run a hook from synchronous code; a coroutine hook becomes a task."""
+    def call_hook(self, name: str, *args: Any, target: Any = None) -> None:
+        """Run a hook (of the application, or ``target``) from synchronous code; a coroutine becomes a task."""
         try:
-            result = getattr(self.app, name)(*args)
+            result = getattr(self.app if target is None else target, name)(*args)
             if inspect.isawaitable(result):
                 self._spawn(self._await_hook(name, result))
         except Exception as exc:
@@ -567,8 +569,12 @@ class Runtime:
             message, fds = received
             kind = message[0]
             if kind == "accept":
-                _, sid, local_port = message
-                self._adopt(sid, fds[0], local_port)
+                _, sid, local_port, handler, refuse = message
+                self._adopt(sid, fds[0], local_port, handler, refuse)
+            elif kind == "close_sessions":  # their port was removed with policy close
+                _, sids, code, reason = message
+                for sid in sids:
+                    self.api.close(sid, code, reason)
             elif kind == "stop":
                 for fd in fds:
                     os.close(fd)
@@ -594,8 +600,12 @@ class Runtime:
 
     # -- sessions (workers) ---------------------------------------------------------
 
-    def _adopt(self, sid: int, fd: int, local_port: int) -> None:
-        """Serve a connection the master accepted (its handshake comes first)."""
+    def _adopt(self, sid: int, fd: int, local_port: int, handler: int, refuse: tuple[int, str] | None) -> None:
+        """Serve a connection the master accepted (its handshake comes first).
+
+        With ``refuse`` (code, message), the handshake is answered with an
+        HTTP 503 naming the error instead (a port at its connection limit).
+        """
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
         sess = Session(
@@ -604,6 +614,8 @@ class Runtime:
             max_message_size=self.config.max_message_size,
             close_timeout=self.config.close_timeout_ms / 1000.0,
             handshake_timeout=self.config.handshake_timeout_ms / 1000.0,
+            handler=handler,
+            refuse=(refuse[0], ErrorCode(refuse[0]).name, refuse[1]) if refuse else None,
         )
         self.sessions[sid] = sess
         try:
@@ -634,11 +646,11 @@ class Runtime:
             path=request.path,
         )
         self._progress.set()
-        self.call_hook("on_open", self.api, sess.sid, request)
+        self.call_hook("on_open", self.api, sess.sid, request, target=self.handler_sets[sess.handler])
 
     def session_message(self, sess: Session, data: str | bytes) -> None:
         self.counters["messages_received"] += 1
-        self.call_hook("on_message", self.api, sess.sid, data)
+        self.call_hook("on_message", self.api, sess.sid, data, target=self.handler_sets[sess.handler])
 
     def session_closing(self, sess: Session) -> None:
         try:
@@ -657,7 +669,9 @@ class Runtime:
         self.counters["sessions_closed"] += 1
         if sess.close_cause == "protocol_error":
             self.counters["protocol_errors"] += 1
-        if not sess.established:
+        if sess.close_cause == "refused":
+            self.counters["handshakes_refused"] += 1
+        elif not sess.established:
             self.counters["handshake_failed"] += 1
         self.log.info(
             "session.close",
@@ -671,7 +685,10 @@ class Runtime:
         self._session_gone.set()
         self._progress.set()
         if sess.established:
-            self.call_hook("on_close", self.api, sess.sid, sess.close_code or 1006, sess.close_reason)
+            self.call_hook(
+                "on_close", self.api, sess.sid, sess.close_code or 1006, sess.close_reason,
+                target=self.handler_sets[sess.handler],
+            )
 
     def close_local(
         self, sid: int, code: int, reason: str, last_message: str | bytes | None = None, cause: str = "server"

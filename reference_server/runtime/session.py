@@ -27,7 +27,12 @@ Close causes (logged with the close code on ``session.close``):
 called; the reason says who), ``reset`` (the TCP connection ended without a
 close handshake), ``protocol_error``, ``handshake_failed``,
 ``handshake_timeout``, ``close_timeout`` (the client did not answer our close
-frame in time).
+frame in time), ``refused`` (the handshake was answered with an HTTP 503 on
+the master's word: the port was at its connection limit, or removed).
+
+A session serves the handler set of the port it came in through
+(:attr:`Session.handler`, a number of ``Application.handler_table``); it is
+part of the snapshot, so it stays the same across migrations and reloads.
 
 Per-message deflate is never negotiated: its compression context could not
 move with a migrated socket (contract section 6).
@@ -80,6 +85,7 @@ class SessionSnapshot:
     ping_sent_at: float
     last_recv: float  # time.monotonic(), which is system-wide on Linux
     app_state: Any = None
+    handler: int = 0  # the handler set it serves
 
 
 class Session:
@@ -91,8 +97,12 @@ class Session:
         max_message_size: int,
         close_timeout: float,
         handshake_timeout: float,
+        handler: int = 0,
+        refuse: tuple[int, str, str] | None = None,
     ) -> None:
         self.sid = sid
+        self.handler = handler
+        self.refuse = refuse  # (code, name, message): answer the handshake 503 with it
         self.host = host
         self.max_message_size = max_message_size
         self.proto = ServerProtocol(max_size=max_message_size, logger=_QUIET)
@@ -149,6 +159,7 @@ class Session:
             max_message_size=max_message_size,
             close_timeout=close_timeout,
             handshake_timeout=handshake_timeout,
+            handler=snap.handler,
         )
         self._loop = loop
         self.proto = ServerProtocol(state=State.OPEN, max_size=max_message_size, logger=_QUIET)
@@ -194,6 +205,7 @@ class Session:
             ping_payload=self.ping_payload,
             ping_sent_at=self.ping_sent_at,
             last_recv=self.last_recv,
+            handler=self.handler,
         )
         return sock, snap
 
@@ -259,7 +271,14 @@ class Session:
             self.close_cause = "protocol_error"
 
     def _on_request(self, request: Request) -> None:
-        response = self.proto.accept(request)
+        if self.refuse is not None:
+            code, name, message = self.refuse
+            response = self.proto.reject(503, f"{name} ({code}): {message}\n")
+            response.headers["X-Error-Code"] = str(code)
+            response.headers["X-Error-Name"] = name
+            self.close_cause = "refused"
+        else:
+            response = self.proto.accept(request)
         self.proto.send_response(response)
         if response.status_code == 101:
             if self._timer is not None:
@@ -272,7 +291,7 @@ class Session:
             if self.splitter.pending and self.stream is not None and not self.stream.is_closing:
                 assert self._loop is not None
                 self._loop.call_soon(self.on_data, b"")  # frames sent right behind the request
-        else:
+        elif not self.close_cause:
             self.close_cause = "handshake_failed"
 
     def _on_frame(self, frame) -> None:  # websockets.frames.Frame
