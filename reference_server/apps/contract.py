@@ -347,7 +347,8 @@ class ContractApp(Application):
         spec = {k: v for k, v in msg.items() if k not in ("op", "id")}
         unknown = sorted(set(spec) - set(SPEC_KEYS))
         if unknown or "port" not in spec:
-            raise BadRequest(f"listen takes 'port' and {', '.join(k for k in SPEC_KEYS if k != 'port')}")
+            what = f"unknown key {unknown[0]!r}" if unknown else "'port' is required"
+            raise BadRequest(f"port {spec.get('port')!r}: {what} (known: {', '.join(SPEC_KEYS)})")
         return {"listener": await server.listen(**spec)}
 
     async def op_unlisten(self, server: Server, session: int, msg: dict) -> dict:

@@ -11,9 +11,11 @@ testable without a network:
   ``EADDRINUSE`` is ``PORT_IN_USE``, ``EACCES`` ``PORT_PRIVILEGED``,
   ``EADDRNOTAVAIL`` ``BAD_ADDRESS``, anything else ``LISTEN_FAILED``.
 * :class:`PortBook` holds the listeners and their figures. A session is
-  counted against the port it came in through from accept to release, also
-  after that port is removed (a ``keep`` session still lives); the per-port
-  connection limit compares with that count.
+  counted against the listener it came in through from accept to release,
+  also after that listener is removed (a ``keep`` session still lives). A
+  port removed and added again is a new listener: the per-port connection
+  limit and policy ``close`` concern the sessions of the current listener
+  only, never those an earlier listener of the same number kept.
 * :func:`parse_ports_file` and :func:`plan_ports`: the ports file lists the
   listeners it owns; the plan says what to add, remove, update in place or
   re-bind so that the listeners match it, and which entries are rejected.
@@ -194,16 +196,17 @@ class Listener:
     source: str
     added_at: float
     accepted: int = 0
+    live: int = 0  # sessions it brought in that are not released yet
     refused: collections.Counter = field(default_factory=collections.Counter)
     removed_at: float | None = None
     drained: int = 0  # connections found in the backlog when it was removed
 
-    def as_dict(self, connections: int) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             **self.spec.as_dict(),
             "source": self.source,
             "added_at": self.added_at,
-            "connections": connections,
+            "connections": self.live,
             "accepted": self.accepted,
             "refused": sum(self.refused.values()),
             "refused_by_reason": dict(sorted(self.refused.items())),
@@ -217,8 +220,7 @@ class PortBook:
     def __init__(self, history: int = 64) -> None:
         self.listeners: dict[int, Listener] = {}
         self.removed: collections.deque[Listener] = collections.deque(maxlen=history)
-        self._port_of: dict[int, int] = {}  # live session id -> port it came in through
-        self._live: collections.Counter[int] = collections.Counter()
+        self._listener_of: dict[int, Listener] = {}  # live session id -> the listener it came in through
 
     def add(self, spec: ListenSpec, source: str, now: float) -> Listener:
         if spec.port in self.listeners:
@@ -250,16 +252,16 @@ class PortBook:
         if listener is None:
             return None
         limit = listener.spec.max_connections
-        if limit and self._live[port] >= limit:
+        if limit and listener.live >= limit:
             return RefusalReason.LIMIT
         return None
 
     def opened(self, sid: int, port: int) -> None:
-        self._port_of[sid] = port
-        self._live[port] += 1
         listener = self.listeners.get(port)
         if listener is not None:
             listener.accepted += 1
+            listener.live += 1
+            self._listener_of[sid] = listener
 
     def refused(self, port: int, reason: RefusalReason) -> None:
         listener = self.listeners.get(port)
@@ -268,27 +270,27 @@ class PortBook:
 
     def closed(self, sid: int) -> int | None:
         """The session is released; return the port it had come in through (None if unknown)."""
-        port = self._port_of.pop(sid, None)
-        if port is not None:
-            self._live[port] -= 1
-            if not self._live[port]:
-                del self._live[port]
-        return port
+        listener = self._listener_of.pop(sid, None)
+        if listener is None:
+            return None
+        listener.live -= 1
+        return listener.spec.port
 
     def live(self, port: int) -> int:
-        return self._live.get(port, 0)
+        listener = self.listeners.get(port)
+        return listener.live if listener is not None else 0
 
-    def sessions_on(self, port: int) -> list[int]:
-        return [sid for sid, p in self._port_of.items() if p == port]
+    def sessions_of(self, listener: Listener) -> list[int]:
+        return [sid for sid, lst in self._listener_of.items() if lst is listener]
 
     def owned_by_file(self) -> dict[int, ListenSpec]:
         return {p: lst.spec for p, lst in self.listeners.items() if lst.source == "file"}
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "listeners": [lst.as_dict(self.live(p)) for p, lst in sorted(self.listeners.items())],
-            "removed": [lst.as_dict(self.live(lst.spec.port)) for lst in self.removed],
-            "orphans": {str(p): n for p, n in sorted(self._live.items()) if p not in self.listeners},
+            "listeners": [lst.as_dict() for _, lst in sorted(self.listeners.items())],
+            "removed": [lst.as_dict() for lst in self.removed],
+            "kept_sessions": len(self._listener_of) - sum(lst.live for lst in self.listeners.values()),
         }
 
 

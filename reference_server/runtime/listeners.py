@@ -180,7 +180,7 @@ class ListenerSet:
             self.selector.register(sock, selectors.EVENT_READ, ("listen", port))
         self.log.info("port.listen", port=port, host=spec.host, source=source, reuse_port=spec.reuse_port,
                       on_remove=spec.on_remove.value, max_connections=spec.max_connections, handler=spec.handler)
-        return listener.as_dict(self.book.live(port))
+        return listener.as_dict()
 
     def unlisten(self, port: Any, on_remove: OnRemove | None = None, *, reason: str = "") -> dict[str, Any]:
         """Stop listening on ``port`` now (see the module docstring for the exact steps)."""
@@ -193,12 +193,12 @@ class ListenerSet:
         self._close_socket(sock)
         listener = self.book.remove(port, time.time())
         listener.drained = drained
-        closing = self.book.sessions_on(port) if policy is OnRemove.CLOSE else []
+        closing = self.book.sessions_of(listener) if policy is OnRemove.CLOSE else []
         if closing:
             self._close_sessions(closing, port)
         self.log.info("port.unlisten", port=port, policy=policy.value, drained=drained, closing=len(closing),
-                      sessions_kept=0 if closing else self.book.live(port), reason=reason or None)
-        return {**listener.as_dict(self.book.live(port)), "policy": policy.value, "closing": len(closing)}
+                      sessions_kept=0 if closing else listener.live, reason=reason or None)
+        return {**listener.as_dict(), "policy": policy.value, "closing": len(closing)}
 
     def _drain(self, sock: socket.socket, port: int, policy: OnRemove) -> int:
         """Accept everything in the backlog: served (keep) or answered 503 (close)."""

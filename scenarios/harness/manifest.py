@@ -23,6 +23,9 @@ KNOWN_CAPABILITIES = {
     "migrate": "live sessions move between workers: admin migrate/affinity/rebalance, app op migrate (section 7)",
     "reload": "a new generation of workers takes over live sessions: admin reload/reloads, app op reload (section 8)",
     "reload_signals": "SIGUSR1 to the started process reloads everything, SIGUSR2 the task workers (section 8)",
+    "dynamic_ports": "listen/unlisten/listeners at run time from the admin API and the app ops, per-port limit and "
+    "handler set, keep/close policy (section 9)",
+    "ports_file": "the target watches the TOML ports file given as {ports_file} and applies it (section 9.4)",
 }
 PLACEHOLDERS = {
     "python",
@@ -36,6 +39,7 @@ PLACEHOLDERS = {
     "heartbeat_idle_ms",
     "heartbeat_check_ms",
     "max_wait_ms",
+    "ports_file",
     "log_level",
 }
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
@@ -60,6 +64,8 @@ class Manifest:
     stop_timeout: float
     capabilities: set[str]
     known_failures: dict[str, str] = field(default_factory=dict)
+    #: dynamic_ports: how long after its answer a listen/unlisten may still be taking effect.
+    ports_grace_ms: float = 0.0
 
     @property
     def uses_redis(self) -> bool:
@@ -110,6 +116,10 @@ def load_manifest(path: str | Path) -> Manifest:
     if unknown:
         raise ManifestError(f"{path}: capabilities.declared has unknown capabilities {unknown}")
     known = get(data, "known_failures", dict, "", {})
+    ports = get(data, "ports", dict, "", {})
+    grace = get(ports, "grace_ms", (int, float), "ports.", 0)
+    if grace < 0 or grace > 10_000:
+        raise ManifestError(f"{path}: ports.grace_ms must be 0..10000, got {grace}")
     env = get(start, "env", dict, "start.", {})
     return Manifest(
         path=path,
@@ -125,4 +135,5 @@ def load_manifest(path: str | Path) -> Manifest:
         stop_timeout=float(get(stop, "timeout_s", (int, float), "stop.", 10)),
         capabilities=set(declared),
         known_failures={str(k): str(v) for k, v in known.items()},
+        ports_grace_ms=float(grace),
     )

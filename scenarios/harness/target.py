@@ -64,6 +64,8 @@ class Target:
         self.admin_port = 0
         self.admin_token = secrets.token_hex(12)
         self.proc: subprocess.Popen | None = None
+        #: The ports file the target watches (capability ``ports_file``); starts empty.
+        self.ports_file = log_path.with_name(log_path.stem + ".ports.toml")
         self.stop_report: StopReport | None = None
 
     @property
@@ -100,7 +102,10 @@ class Target:
             "admin_port": self.admin_port,
             "admin_token": self.admin_token,
             "redis_url": self.redis_url,
+            "ports_file": str(self.ports_file),
         }
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.ports_file.write_text("# ports file of this target (written by the scenarios)\n")
         command, ready_url = self.manifest.render(values)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")

@@ -103,6 +103,20 @@ VARIANTS += [
         "a reload requested while one runs is merged into it",
     ),
 ]
+VARIANTS += [
+    Variant(
+        "unlisten_keeps_bound",
+        "unlisten stops accepting but keeps the socket bound (clients hang in its backlog)",
+        "scenarios/test_ports.py::test_port_churn",
+        "after unlisten, a fresh process can bind the port at once",
+    ),
+    Variant(
+        "listen_crashes_worker",
+        "a listen that fails with EADDRINUSE kills the worker that asked",
+        "scenarios/test_ports.py::test_port_errors",
+        "a conflicting or invalid listen changes nothing",
+    ),
+]
 BY_NAME = {v.name: v for v in VARIANTS}
 
 
