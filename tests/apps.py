@@ -53,3 +53,24 @@ class LeakyApp(ContractApp):
 
 
 leaky_app = LeakyApp()
+
+
+async def porter(server) -> None:
+    """A custom process that opens an echo port of its own, and says which in the log."""
+    listener = await server.listen(0, handler="echo")
+    server.log.info("porter.listening", port=listener["port"])
+    await asyncio.Event().wait()
+
+
+class PortsApp(ContractApp):
+    """The contract app; a custom process listens, and a task ``"listen"`` listens from the task worker."""
+
+    processes = [ProcessSpec("porter", porter)]
+
+    async def on_task(self, server, task_id, src_worker, data):
+        if data.get("data") == "listen":
+            return await server.listen(0, on_remove="close")
+        return await super().on_task(server, task_id, src_worker, data)
+
+
+ports_app = PortsApp()

@@ -30,12 +30,16 @@ REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "reference_server" / "target.toml"
 
 
-def start_target(tmp_path: Path, label: str, extra: tuple[str, ...] = (), **profile) -> Target:
+def start_target(
+    tmp_path: Path, label: str, extra: tuple[str, ...] = (), *, drop: tuple[str, ...] = (), **profile
+) -> Target:
+    """The reference from its manifest, without broker; ``drop``: options (with their value) to leave out."""
     target = Target(load_manifest(MANIFEST), profile=profile, redis_url="", log_path=tmp_path / f"{label}.log")
     # No broker for these tests: drop "--redis-url {redis_url}" and disable the embedded one.
     cmd = target.manifest.command
-    i = cmd.index("--redis-url")
-    del cmd[i : i + 2]
+    for option in ("--redis-url", *drop):
+        i = cmd.index(option)
+        del cmd[i : i + 2]
     cmd += ["--no-embedded-broker", *extra]
     target.start()
     return target
