@@ -106,6 +106,9 @@ def test_the_book_counts_per_listener_and_enforces_the_limit() -> None:
     with pytest.raises(PortError) as info:
         book.remove(9002, 3.0)
     assert info.value.code is ErrorCode.NOT_LISTENING
+    with pytest.raises(PortError) as info:
+        book.remove("9001", 3.0)
+    assert info.value.code is ErrorCode.BAD_REQUEST and "'9001'" in info.value.message
 
 
 def test_ports_file_reports_every_rejected_entry() -> None:

@@ -230,7 +230,9 @@ class PortBook:
         return listener
 
     def get(self, port: Any) -> Listener:
-        listener = self.listeners.get(port) if _is_int(port) else None
+        if not _is_int(port):
+            raise PortError(ErrorCode.BAD_REQUEST, port, f"port {port!r}: must be an integer 0..65535")
+        listener = self.listeners.get(port)
         if listener is None:
             raise PortError(ErrorCode.NOT_LISTENING, port, f"port {port!r}: the server does not listen on it")
         return listener

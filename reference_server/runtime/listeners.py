@@ -189,7 +189,7 @@ class ListenerSet:
         sock = self.sockets.pop(port)
         if self.registered:
             self.selector.unregister(sock)
-        drained = self._drain(sock, port, policy)
+        drained = self._drain(sock, port, policy, listener.spec.backlog or self.config.backlog)
         self._close_socket(sock)
         listener = self.book.remove(port, time.time())
         listener.drained = drained
@@ -200,11 +200,15 @@ class ListenerSet:
                       sessions_kept=0 if closing else listener.live, reason=reason or None)
         return {**listener.as_dict(), "policy": policy.value, "closing": len(closing)}
 
-    def _drain(self, sock: socket.socket, port: int, policy: OnRemove) -> int:
-        """Accept everything in the backlog: served (keep) or answered 503 (close)."""
+    def _drain(self, sock: socket.socket, port: int, policy: OnRemove, backlog: int) -> int:
+        """Accept what is in the backlog: served (keep) or answered 503 (close).
+
+        At most ``backlog + 1`` connections (what the queue can hold): under a
+        flood of new ones the drain still ends, and the rest are reset by the close.
+        """
         drained = 0
         refusal = RefusalReason.REMOVED if policy is OnRemove.CLOSE else None
-        while True:
+        while drained <= backlog:
             try:
                 conn, addr = sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -214,6 +218,7 @@ class ListenerSet:
                 return drained
             drained += 1
             self._dispatch(conn, addr, port, refusal if refusal is not None else self.book.admit(port))
+        return drained
 
     def _close_socket(self, sock: socket.socket) -> None:
         """Release a listening socket (one place, so that a broken variant can keep it bound)."""
