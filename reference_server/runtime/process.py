@@ -604,7 +604,8 @@ class Runtime:
         """Serve a connection the master accepted (its handshake comes first).
 
         With ``refuse`` (code, message), the handshake is answered with an
-        HTTP 503 naming the error instead (a port at its connection limit).
+        HTTP 503 naming the error instead (its port is at its connection
+        limit, or was removed with policy close).
         """
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
@@ -673,7 +674,9 @@ class Runtime:
             self.counters["handshakes_refused"] += 1
         elif not sess.established:
             self.counters["handshake_failed"] += 1
-        self.log.info(
+        # Refusals are counted, not logged one by one: a flood over a port's limit makes no log storm.
+        log = self.log.debug if sess.close_cause == "refused" else self.log.info
+        log(
             "session.close",
             sid=sess.sid,
             worker=self.index,
