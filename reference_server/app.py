@@ -47,6 +47,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .core.ports import DEFAULT_HANDLER
+
 if TYPE_CHECKING:
     from websockets.http11 import Request
 
@@ -74,9 +76,6 @@ class HandlerSet:
     def on_open(self, server: Server, session: int, request: Request) -> Any: ...
     def on_message(self, server: Server, session: int, data: str | bytes) -> Any: ...
     def on_close(self, server: Server, session: int, code: int, reason: str) -> Any: ...
-
-
-DEFAULT_HANDLER = "default"
 
 
 class Application(HandlerSet):

@@ -32,15 +32,13 @@ import errno
 import ipaddress
 import tomllib
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ErrorCode
 
 DEFAULT_HANDLER = "default"
 SPEC_KEYS = ("host", "port", "reuse_port", "on_remove", "max_connections", "handler", "backlog")
-#: Sources of a listener: the command line, the API (admin, app, any process), the ports file.
-SOURCES = ("config", "api", "file")
 
 
 class OnRemove(enum.Enum):
@@ -193,7 +191,7 @@ class Listener:
     """A port the server listens on, and its figures since it was added."""
 
     spec: ListenSpec  # with the port actually bound
-    source: str
+    source: str  # config (the command line), api (any process, the admin API), file (the ports file)
     added_at: float
     accepted: int = 0
     live: int = 0  # sessions it brought in that are not released yet
@@ -382,10 +380,6 @@ class Plan:
     keep: list[int] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
 
-    @property
-    def empty(self) -> bool:
-        return not (self.remove or self.rebind or self.update or self.add)
-
 
 def plan_ports(
     desired: Iterable[ListenSpec], listeners: dict[int, Listener], entry_of: dict[int, int] | None = None
@@ -415,6 +409,3 @@ def plan_ports(
     plan.remove = sorted(p for p, lst in listeners.items() if lst.source == "file" and p not in wanted)
     return plan
 
-
-def with_port(spec: ListenSpec, port: int) -> ListenSpec:
-    return replace(spec, port=port)

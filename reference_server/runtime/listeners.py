@@ -49,7 +49,7 @@ import selectors
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config import Config
@@ -66,7 +66,6 @@ from ..core.ports import (
     parse_ports_file,
     parse_spec,
     plan_ports,
-    with_port,
 )
 from ..errors import ErrorCode
 from .logs import Log
@@ -130,6 +129,7 @@ class ListenerSet:
         self.selector = selector
         self.log = log
         self.handlers = handlers
+        self._handler_ids = {name: i for i, name in enumerate(handlers)}
         self._dispatch = dispatch
         self._close_sessions = close_sessions
         self.book = PortBook()
@@ -143,7 +143,7 @@ class ListenerSet:
 
     def handler_id(self, port: int) -> int:
         listener = self.book.listeners.get(port)
-        return self.handlers.index(listener.spec.handler) if listener is not None else 0
+        return self._handler_ids[listener.spec.handler] if listener is not None else 0
 
     def snapshot(self) -> dict[str, Any]:
         return self.book.snapshot()
@@ -169,11 +169,8 @@ class ListenerSet:
                 f"it is this server's {self.reserved[spec.port]} port",
             )
         sock = open_listener(spec.host, spec.port, spec.backlog or self.config.backlog, reuse_port=spec.reuse_port)
-        port = sock.getsockname()[1]
-        if port in self.book.listeners:  # an ephemeral port equal to one we hold: cannot happen, but be exact
-            sock.close()
-            raise already_listening(port, self.book.listeners[port])
-        spec = with_port(spec, port)
+        port = sock.getsockname()[1]  # the kernel's choice for port 0 is never one we hold
+        spec = replace(spec, port=port)
         self.sockets[port] = sock
         listener = self.book.add(spec, source, time.time())
         if self.registered:

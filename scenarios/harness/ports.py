@@ -111,10 +111,6 @@ class PortHistory:
     def record(self, change: Change) -> None:
         self.changes.setdefault(change.port, []).append(change)
 
-    def listed_now(self, port: int) -> bool:
-        ok = [c for c in self.changes.get(port, []) if c.ok]
-        return bool(ok) and ok[-1].listed
-
     def state(self, port: int, start: float, end: float) -> bool | None:
         """True/False: listed/not listed throughout; None: a change's grace window overlaps."""
         listed = False
