@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field, fields
 
+from .core.broadcast import CHANNEL_RE, MODES
 from .errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -25,6 +26,17 @@ class Config:
     redis_url: str = ""
     #: Start the embedded broker when no ``redis_url`` is given (off: no broker at all).
     embedded_broker: bool = True
+    #: Broadcast: ``pubsub`` (Redis pub/sub, at most once), ``durable`` (Redis Streams,
+    #: at least once, with history), or ``off``.
+    broadcast_mode: str = "pubsub"
+    #: Redis name of channel C: ``prefix + C`` (the pub/sub channel, or the stream key).
+    broadcast_prefix: str = "bc:"
+    #: A session with more broadcast output than this waiting to be written is closed (4429).
+    broadcast_buffer_bytes: int = 1024 * 1024
+    #: Pub/sub mode: recent messages kept per channel for sessions that catch up after a move.
+    broadcast_ring: int = 4096
+    #: Durable mode: the most messages a history request (``since``) may return.
+    broadcast_history_max: int = 10_000
     admin_host: str = "127.0.0.1"
     admin_port: int = 0  # 0: no admin API
     admin_token: str = ""
@@ -86,6 +98,26 @@ class Config:
         need(":" in self.app, "app", self.app, "expected module:attribute")
         need(10 <= self.ports_file_poll_ms <= 60_000, "ports_file_poll_ms", self.ports_file_poll_ms, "must be 10..60000")
         need(1 <= self.backlog <= 65535, "backlog", self.backlog, "must be 1..65535")
+        need(self.broadcast_mode in MODES, "broadcast_mode", self.broadcast_mode, f"one of {MODES}")
+        need(
+            bool(CHANNEL_RE.fullmatch(self.broadcast_prefix + "x")) and len(self.broadcast_prefix) <= 64,
+            "broadcast_prefix",
+            self.broadcast_prefix,
+            f"at most 64 characters of {CHANNEL_RE.pattern}",
+        )
+        need(
+            4096 <= self.broadcast_buffer_bytes <= 1 << 30,
+            "broadcast_buffer_bytes",
+            self.broadcast_buffer_bytes,
+            "must be 4096..1073741824",
+        )
+        need(1 <= self.broadcast_ring <= 1_000_000, "broadcast_ring", self.broadcast_ring, "must be 1..1000000")
+        need(
+            1 <= self.broadcast_history_max <= 1_000_000,
+            "broadcast_history_max",
+            self.broadcast_history_max,
+            "must be 1..1000000",
+        )
         for name in (
             "heartbeat_idle_ms",
             "heartbeat_check_ms",

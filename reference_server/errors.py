@@ -67,6 +67,22 @@ class ErrorCode(enum.IntEnum):
     PORT_REMOVED = 3008
     #: ``listen`` failed for another reason (``EMFILE``...); the message names it.
     LISTEN_FAILED = 3009
+    #: Broadcast is off on this server (``--broadcast-mode off``, or no broker).
+    BROADCAST_OFF = 5001
+    #: A channel name the contract does not allow (section 10.1), or ``@all``
+    #: in ``subscribe``/``unsubscribe``.
+    BAD_CHANNEL = 5002
+    #: ``subscribe`` with ``since`` on a server in pub/sub mode: only the durable
+    #: mode keeps history.
+    HISTORY_UNAVAILABLE = 5003
+    #: ``subscribe`` with ``since``: more messages than ``broadcast_history_max``
+    #: follow that id.
+    HISTORY_TOO_LONG = 5004
+    #: Redis could not be reached (``publish``, or a durable ``subscribe`` that
+    #: needs the stream).
+    BROKER_UNAVAILABLE = 5005
+    #: The broadcaster process could not be reached or did not answer.
+    BROADCASTER_UNREACHABLE = 5006
     #: A request of the application protocol or the admin API is malformed.
     BAD_REQUEST = 4400
     #: The target does not implement the requested operation.
@@ -95,6 +111,7 @@ class CloseCode(enum.IntEnum):
     INTERNAL_ERROR = 1011
     SWEPT = 4001  # closed by the task process's sweep rule
     IDLE_TIMEOUT = 4408  # heartbeat: nothing received for heartbeat_idle_time
+    SLOW_CONSUMER = 4429  # broadcast: more than broadcast_buffer_bytes waited to be written
 
 
 class ExitCode(enum.IntEnum):

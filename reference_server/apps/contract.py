@@ -328,6 +328,25 @@ class ContractApp(Application):
         server.set_group(session, _int(msg, "group", low=0))
         return {}
 
+    async def op_subscribe(self, server: Server, session: int, msg: dict) -> dict:
+        """Join a broadcast channel (contract section 10); ``since``: a stream id (durable mode)."""
+        since = msg.get("since")
+        if since is not None and not isinstance(since, str):
+            raise BadRequest("'since' must be a stream id string such as '1700000000000-0'")
+        return {"channel": msg.get("channel"), **await server.subscribe(session, msg.get("channel"), since=since)}
+
+    async def op_unsubscribe(self, server: Server, session: int, msg: dict) -> dict:
+        return {"channel": msg.get("channel"), "was_member": server.unsubscribe(session, msg.get("channel"))}
+
+    async def op_channels(self, server: Server, session: int, msg: dict) -> dict:
+        return {"channels": server.channels(session)}
+
+    async def op_publish(self, server: Server, session: int, msg: dict) -> dict:
+        """Publish ``data`` to ``channel`` through Redis (every node's sessions in it get it)."""
+        if "data" not in msg:
+            raise BadRequest("'data' is required")
+        return {"channel": msg.get("channel"), "msg_id": await server.publish(msg.get("channel"), msg["data"])}
+
     async def op_migrate(self, server: Server, session: int, msg: dict) -> dict:
         """Move me to worker W; the reply comes from W, after the move."""
         to = _int(msg, "worker", low=0)

@@ -28,10 +28,15 @@ class ProcKind(enum.IntEnum):
     CUSTOM = 3
     ADMIN = 4
     BROKER = 5
+    BROADCASTER = 6
 
     @property
     def label(self) -> str:
-        return {1: "worker", 2: "task_worker", 3: "custom", 4: "admin", 5: "broker"}[int(self)]
+        return {1: "worker", 2: "task_worker", 3: "custom", 4: "admin", 5: "broker", 6: "broadcaster"}[int(self)]
+
+
+#: Processes that never address sessions: sync and barrier rounds do not wait for them.
+QUIET_KINDS = frozenset({ProcKind.BROKER, ProcKind.BROADCASTER})
 
 
 class ProcState(enum.IntEnum):

@@ -202,6 +202,8 @@ class Master:
             self.ports.reserved[broker.getsockname()[1]] = "embedded broker"
             self.broker_url = f"redis://127.0.0.1:{broker.getsockname()[1]}/0"
             self.slots.insert(0, Slot(ProcKind.BROKER, 0, "broker", extra_socket=broker))
+        if self.broker_url and cfg.broadcast_mode != "off":
+            self.slots.append(Slot(ProcKind.BROADCASTER, 0, "broadcaster"))
         if cfg.ports_file:  # its entries are applied before anything forks; rejected ones are reported
             self.ports.poll_file(time.monotonic())
         for i in range(cfg.workers):

@@ -59,7 +59,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..core.proctable import ProcEntry, ProcKind, ProcState
+from ..core.proctable import QUIET_KINDS, ProcEntry, ProcKind, ProcState
 from ..errors import ErrorCode, ServerError
 from .session import Session, SessionSnapshot
 
@@ -223,6 +223,7 @@ class Mover:
         sock, snap = sess.detach()
         snap.app_state = state
         del rt.sessions[sid]
+        rt.channels.drop(sess)  # frozen: broadcasts from now on reach it where it lands
         out = Outgoing(sid, sess, sock, snap, target.pid, to_worker, started)
         out.adopted = rt.loop.create_future()
         self.outgoing[sid] = out
@@ -308,6 +309,7 @@ class Mover:
         except KeyError:
             pass
         sess.reattach(out.sock, out.snapshot.tx_pending)
+        rt.channels.catch_up(sess)  # what was broadcast while it was frozen
         self._call_in(out.sid, out.snapshot.app_state)
         for op in out.queue:
             rt.deliver(op, in_flight=True)
@@ -350,7 +352,7 @@ class Mover:
         token = next(self._tokens)
         waiting = set()
         for entry in rt.procs.entries():
-            if entry.pid == me or entry.pid in targets or entry.state is ProcState.EMPTY or entry.kind is ProcKind.BROKER:
+            if entry.pid == me or entry.pid in targets or entry.state is ProcState.EMPTY or entry.kind in QUIET_KINDS:
                 continue
             if rt.links.send(entry.pid, ("barrier", token, me)):
                 waiting.add(entry.pid)
@@ -444,6 +446,7 @@ class Mover:
         rt.links.send(src_pid, ("adopted", sid, True, 0, ""))
         rt.counters["migrations_in"] += 1
         sess.resume()
+        rt.channels.catch_up(sess)  # its channels, from the last message it was given
         self._call_in(sid, snap.app_state)
 
     def on_drained(self, sid: int) -> None:

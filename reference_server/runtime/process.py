@@ -52,20 +52,24 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..app import Application, ProcessSpec
 from ..config import Config
 from ..core.metrics import Counters
-from ..core.proctable import ProcEntry, ProcKind, ProcState, ProcTable
+from ..core.proctable import QUIET_KINDS, ProcEntry, ProcKind, ProcState, ProcTable
 from ..core.registry import SessionTable
 from ..errors import CloseCode, ErrorCode, ServerError
 from . import ipc
 from .api import DEAD_CODES, Server
+from .channels import Channels
 from .logs import Log, RateLimitedLog
 from .migration import SESSION_OPS, Mover
 from .session import Session
 from .timers import Timers
+
+if TYPE_CHECKING:
+    from .broadcaster import Broadcaster
 
 #: Sessions a retiring worker hands over at once.
 HANDOVER_CONCURRENCY = 32
@@ -153,6 +157,9 @@ def child_main(boot: ChildBoot) -> None:
             os._exit(code)
 
 
+READY_WAIT = 5.0  # broadcast: the longest a broadcaster or a worker delays its readiness
+
+
 class Runtime:
     def __init__(self, boot: ChildBoot, loop: asyncio.AbstractEventLoop) -> None:
         self.boot = boot
@@ -175,6 +182,8 @@ class Runtime:
         self.handler_names = [name for name, _ in self.app.handler_table()]
         self.handler_sets = [handlers for _, handlers in self.app.handler_table()]
         self.mover = Mover(self)
+        self.channels = Channels(self)
+        self.broadcaster: Broadcaster | None = None  # in the broadcaster process
         self.api = Server(self)
         self.stopping = asyncio.Event()
         self._stop_reason = ""
@@ -197,6 +206,7 @@ class Runtime:
         self._syncs: dict[int, tuple[set[int], asyncio.Future]] = {}
         self._sync_ids = itertools.count(1)
         self._handover_rr = itertools.count()
+        self._redis: Any = None
 
     # -- life cycle -------------------------------------------------------------
 
@@ -215,6 +225,7 @@ class Runtime:
             self._spawn(self._periodic())
             if self.kind in (ProcKind.WORKER, ProcKind.TASK):
                 await self._hook("on_worker_start", self.api)
+
             main: asyncio.Task | None = None
             if self.kind is ProcKind.CUSTOM and self.boot.spec is not None:
                 main = self._spawn(self.boot.spec.target(self.api))
@@ -226,6 +237,13 @@ class Runtime:
                 from .broker import serve_broker
 
                 main = self._spawn(serve_broker(self, self.boot.extra_socket))
+            elif self.kind is ProcKind.BROADCASTER:
+                from .broadcaster import serve_broadcaster
+
+                main = self._spawn(serve_broadcaster(self))
+                await self._ready_to_broadcast()
+            if self.kind is ProcKind.WORKER:
+                await self.channels.start()
             self.ctl_send(("ready",))
             self.log.info("process.start", kind=self.kind.label, id=self.index, generation=self.generation)
             if main is not None:
@@ -256,6 +274,17 @@ class Runtime:
                 task.cancel()
         self.log.info("process.exit", reason=self._stop_reason, code=exit_code)
         return exit_code
+
+    async def _ready_to_broadcast(self) -> None:
+        """The broadcaster says ready once Redis confirmed its subscription (or after 5 s, an outage)."""
+        deadline = self.loop.time() + READY_WAIT
+        while self.broadcaster is None and self.loop.time() < deadline:
+            await asyncio.sleep(0)  # serve_broadcaster has not run its first step yet
+        if self.broadcaster is not None:
+            try:
+                await asyncio.wait_for(self.broadcaster.subscribed.wait(), max(0.0, deadline - self.loop.time()))
+            except TimeoutError:
+                self.log.warning("broadcast.not_subscribed_at_start", waited_s=READY_WAIT)
 
     def request_stop(self, reason: str) -> None:
         if not self.stopping.is_set():
@@ -459,7 +488,7 @@ class Runtime:
         me = os.getpid()
         waiting: set[int] = set()
         for entry in self.procs.entries():
-            if entry.pid == me or entry.state is ProcState.EMPTY or entry.kind is ProcKind.BROKER:
+            if entry.pid == me or entry.state is ProcState.EMPTY or entry.kind in QUIET_KINDS:
                 continue
             if self.links.send(entry.pid, ("sync", token, me)):
                 waiting.add(entry.pid)
@@ -647,6 +676,7 @@ class Runtime:
             path=request.path,
         )
         self._progress.set()
+        self.channels.opened(sess)
         self.call_hook("on_open", self.api, sess.sid, request, target=self.handler_sets[sess.handler])
 
     def session_message(self, sess: Session, data: str | bytes) -> None:
@@ -654,6 +684,7 @@ class Runtime:
         self.call_hook("on_message", self.api, sess.sid, data, target=self.handler_sets[sess.handler])
 
     def session_closing(self, sess: Session) -> None:
+        self.channels.drop(sess)  # no broadcast frame is written once its close is known
         try:
             self.table.set_closing(sess.sid)
         except KeyError:
@@ -808,6 +839,11 @@ class Runtime:
 
     def _on_peer_message(self, message: tuple, fds: list[int]) -> None:
         kind = message[0]
+        if kind == "bc":
+            self.channels.on_batch(message[1])
+            return
+        if self.channels.pending:
+            self.channels.flush()  # broadcast frames that came first are written first
         if fds and kind != "adopt":
             for fd in fds:
                 os.close(fd)
@@ -853,6 +889,15 @@ class Runtime:
         elif kind == "pipe":
             _, src, data = message
             self.call_hook("on_pipe_message", self.api, src, data)
+        elif kind == "bc_registered":
+            self.channels.on_registered(message[1], message[2])
+        elif kind == "bc_hello":
+            self.channels.on_hello(message[1])
+        elif kind == "bc_register" and self.broadcaster is not None:
+            _, token, pid, wanted = message
+            self.broadcaster.on_register(token, pid, wanted)
+        elif kind == "bc_unregister" and self.broadcaster is not None:
+            self.broadcaster.on_unregister(message[2], message[1])
         elif kind == "rpc":
             _, req_id, reply_pid, method, args = message
             self._spawn(self._serve_rpc(req_id, reply_pid, method, args))
@@ -866,6 +911,14 @@ class Runtime:
                     fut.set_exception(ServerError(ErrorCode(value[0]), value[1]))
         else:
             self.log.warning("ipc.unknown_message", kind=str(kind))
+
+    def redis(self) -> Any:
+        """This process's Redis client (made on first use) for publishing."""
+        if self._redis is None:
+            import redis.asyncio as aioredis
+
+            self._redis = aioredis.Redis.from_url(self.boot.broker_url, socket_connect_timeout=1.0, socket_timeout=5.0)
+        return self._redis
 
     # -- RPC -----------------------------------------------------------------------------
 
@@ -931,6 +984,8 @@ class Runtime:
             "rss_bytes": rss,
             "ipc_pending_bytes": self.links.pending_bytes(),
             "counters": self.counters.snapshot(),
+            **({"broadcast": self.broadcaster.status()} if self.broadcaster is not None else {}),
+            **({"channels": self.channels.status()} if self.kind is ProcKind.WORKER and self.channels.enabled else {}),
         }
 
     async def gather_stats(self, timeout: float) -> list[dict[str, Any]]:

@@ -28,7 +28,13 @@ called; the reason says who), ``reset`` (the TCP connection ended without a
 close handshake), ``protocol_error``, ``handshake_failed``,
 ``handshake_timeout``, ``close_timeout`` (the client did not answer our close
 frame in time), ``refused`` (the handshake was answered with an HTTP 503 on
-the master's word: the port was at its connection limit, or removed).
+the master's word: the port was at its connection limit, or removed),
+``slow_consumer`` (closed with 4429: more broadcast output waited than
+``broadcast_buffer_bytes``).
+
+A session's broadcast channels (:attr:`Session.channels`: channel -> the
+position of the last message it was given) are part of the snapshot too; the
+worker's :class:`~.channels.Channels` owns what they mean.
 
 A session serves the handler set of the port it came in through
 (:attr:`Session.handler`, a number of ``Application.handler_table``); it is
@@ -86,6 +92,7 @@ class SessionSnapshot:
     last_recv: float  # time.monotonic(), which is system-wide on Linux
     app_state: Any = None
     handler: int = 0  # the handler set it serves
+    channels: dict[str, int] | None = None  # broadcast channel -> last position given
 
 
 class Session:
@@ -124,6 +131,8 @@ class Session:
         self._timer: asyncio.TimerHandle | None = None
         self._handshake_timeout = handshake_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.channels: dict[str, int] = {}  # broadcast: channel -> last position given
+        self.catching: set[str] = set()  # channels waiting for a catch-up answer
 
     # -- attaching ----------------------------------------------------------------
 
@@ -171,6 +180,7 @@ class Session:
         self.ping_payload = snap.ping_payload
         self.ping_sent_at = snap.ping_sent_at
         self.last_recv = snap.last_recv
+        self.channels = dict(snap.channels or {})
         self.stream = SocketStream(loop, sock, self, pending=snap.tx_pending)
         return self
 
@@ -206,6 +216,7 @@ class Session:
             ping_sent_at=self.ping_sent_at,
             last_recv=self.last_recv,
             handler=self.handler,
+            channels=dict(self.channels),
         )
         return sock, snap
 

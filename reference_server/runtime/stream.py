@@ -8,7 +8,11 @@ is the smallest byte pipe that allows it:
 
 * reading: ``loop.add_reader``, ``recv`` into the receiver's ``on_data``;
   an empty read is ``on_eof``;
-* writing: ``send`` at once, the rest queued and written when writable;
+* writing: ``send`` at once, the rest queued and written when writable,
+  several queued chunks per system call (``sendmsg``), so frames that pile up
+  behind a slow socket leave in few writes;
+* ``discard_queued()``: drop what is queued (a slow consumer being closed),
+  keeping only the rest of a half-written chunk, so a close frame can follow;
 * ``close()``: shut down after the queue drains; ``abort()``: at once;
   either way ``on_lost`` is called exactly once;
 * ``detach()``: unregister from the loop and return the socket and the
@@ -22,10 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import socket
 from typing import Protocol
 
 READ_SIZE = 256 * 1024
+WRITEV_MAX = 64  # chunks per sendmsg (well under IOV_MAX)
 
 
 class StreamReceiver(Protocol):
@@ -39,6 +45,7 @@ class SocketStream:
         "_closing",
         "_done",
         "_fd",
+        "_head_partial",
         "_loop",
         "_out",
         "_out_size",
@@ -61,6 +68,7 @@ class SocketStream:
         self._receiver = receiver
         self._out: collections.deque[bytes] = collections.deque(pending or ())
         self._out_size = sum(len(b) for b in self._out)
+        self._head_partial = False  # the first queued chunk is the rest of a half-sent write
         self._reading = False
         self._writing = False
         self._closing = False
@@ -122,6 +130,8 @@ class SocketStream:
                 return
             if sent == len(data):
                 return
+            if sent:
+                self._head_partial = True
             data = data[sent:]
         self._out.append(data)
         self._out_size += len(data)
@@ -133,25 +143,47 @@ class SocketStream:
             self._loop.add_writer(self._fd, self._on_writable)
 
     def _on_writable(self) -> None:
+        """Write what is queued, up to :data:`WRITEV_MAX` chunks per system call (``sendmsg``)."""
         out = self._out
         while out:
-            chunk = out[0]
+            chunks = list(itertools.islice(out, WRITEV_MAX)) if len(out) > 1 else [out[0]]
             try:
-                sent = self.sock.send(chunk)
+                sent = self.sock.sendmsg(chunks) if len(chunks) > 1 else self.sock.send(chunks[0])
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 self._finish(exc)
                 return
             self._out_size -= sent
-            if sent < len(chunk):
-                out[0] = chunk[sent:]
-                return
-            out.popleft()
+            for chunk in chunks:
+                if sent >= len(chunk):
+                    sent -= len(chunk)
+                    out.popleft()
+                    self._head_partial = False
+                    continue
+                if sent:
+                    out[0] = chunk[sent:]
+                    self._head_partial = True
+                return  # the kernel took less than offered: wait for the next writable event
         self._writing = False
         self._loop.remove_writer(self._fd)
         if self._closing:
             self._finish(None)
+
+    def discard_queued(self) -> int:
+        """Drop the queued bytes, except the rest of a chunk already half written; return how many.
+
+        Queued chunks hold whole frames, so what is left ends on a frame boundary
+        and a close frame can follow it.
+        """
+        out = self._out
+        keep = out[0] if out and self._head_partial else None
+        dropped = self._out_size - (len(keep) if keep is not None else 0)
+        out.clear()
+        if keep is not None:
+            out.append(keep)
+        self._out_size -= dropped
+        return dropped
 
     # -- ending -------------------------------------------------------------------
 
