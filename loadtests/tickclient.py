@@ -62,7 +62,8 @@ class TickClient(asyncio.Protocol):
             del buf[: end + 4]
             self.handshaken = True
             self.opened.set_result(None)
-        now = time.time()
+        now_ns = time.time_ns()
+        now = now_ns / 1e9
         while len(buf) >= 2:
             opcode, n, off = buf[0] & 0x0F, buf[1] & 0x7F, 2
             if n == 126:
@@ -78,14 +79,25 @@ class TickClient(asyncio.Protocol):
             payload = bytes(buf[off : off + n])
             del buf[: off + n]
             if opcode == 1:
+                if payload.startswith(b'{"ev":"broadcast"') and self.on_broadcast(payload, now_ns):
+                    continue
                 msg = json.loads(payload)
-                if msg.get("ev") == "tick":
+                if "ev" in msg and msg["ev"] != "tick":
+                    self.on_event(msg, now_ns)
+                elif msg.get("ev") == "tick":
                     self.ticks.append((now, msg["seq"], msg.get("gen", 0)))
                 elif "re" in msg:
                     self.replies[msg["re"]] = msg
                     self.reply_arrived.set()
             elif opcode == 8:
                 self.closed = True
+
+    def on_broadcast(self, payload: bytes, now_ns: int) -> bool:
+        """A broadcast frame, raw; True if handled (then it is not parsed as JSON)."""
+        return False
+
+    def on_event(self, msg: dict, now_ns: int) -> None:
+        """An event other than a tick (``ev`` set); subclasses record what they need."""
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

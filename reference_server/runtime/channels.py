@@ -165,8 +165,11 @@ class Channels:
                 last = sess.channels.get(channel)
                 if last is None:
                     continue  # it left meanwhile
-                if run is not None:
-                    self._write(sess, channel, run, last)
+                n = self._write(sess, channel, run, last) if run is not None else 0
+                if n:
+                    rt.counters["bc_deliveries"] += n
+                    rt.counters["bc_writes"] += 1
+                    self._close_slow(sess)
                 if sess.channels.get(channel) is not None and sess.channels[channel] < pos:
                     sess.channels[channel] = pos
         if not reg.done.done():
@@ -271,40 +274,75 @@ class Channels:
             self.rt.loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Write what arrived: per channel, each member gets the frames it has not had, in one write."""
+        """Write what arrived: per channel, each member gets the frames it has not had, in one write.
+
+        The loop is the hot path of broadcast (it runs once per recipient): a
+        member that has had nothing of the run (the common case) gets the
+        run's frames joined once for all, written straight to its stream.
+        Members are open by construction (a session leaves its channels when
+        its close is known, or when it is frozen for a move), so no state is
+        looked up per recipient beyond its last position.
+        """
         self._scheduled = False
         if not self.pending:
             return
         batches, self.pending = self.pending, []
         runs = group_runs(batches[0] if len(batches) == 1 else _chain(batches))
-        counters = self.rt.counters
-        counters["bc_batches"] += 1
+        deliveries = writes = 0
+        limit = self.limit
+        slow: list[Session] = []
         for channel, run in runs.items():
             if run.last > self.seen.get(channel, -1):
                 self.seen[channel] = run.last
             members = self.members.get(channel)
             if not members:
                 continue
+            first, newest, count = run.first, run.last, len(run.frames)
+            joined = None
             for sess in list(members.values()):
-                if sess.catching and channel in sess.catching:
-                    continue
-                self._write(sess, channel, run, sess.channels[channel])
+                positions = sess.channels
+                if positions[channel] < first and not sess.catching:
+                    if joined is None:
+                        joined = run.after(-1)[0]
+                    positions[channel] = newest
+                    stream = sess.stream
+                    stream.write(joined)
+                    deliveries += count
+                    writes += 1
+                    if stream._out_size > limit:
+                        slow.append(sess)
+                elif not (sess.catching and channel in sess.catching):
+                    n = self._write(sess, channel, run, positions[channel])
+                    if n:
+                        deliveries += n
+                        writes += 1
+                        if sess.stream is not None and sess.stream.buffered > limit:
+                            slow.append(sess)
+        counters = self.rt.counters
+        counters["bc_batches"] += 1
+        counters["bc_deliveries"] += deliveries
+        counters["bc_writes"] += writes
+        for sess in slow:
+            self._close_slow(sess)
 
-    def _write(self, sess: Session, channel: str, run: Run, last: int) -> None:
+    def _write(self, sess: Session, channel: str, run: Run, last: int) -> int:
+        """Give ``sess`` the frames of ``run`` after ``last``; how many."""
         data, n = run.after(last)
         stream = sess.stream
         if not n or stream is None or not sess.is_open:
-            return  # closing sessions left their channels already: this is only a guard
+            return 0  # closing sessions left their channels already: this is only a guard
         sess.channels[channel] = run.last
         stream.write(data)
-        counters = self.rt.counters
-        counters["bc_deliveries"] += n
-        counters["bc_writes"] += 1
-        if stream.buffered > self.limit:
-            counters["bc_slow_closed"] += 1
-            queued = stream.buffered
-            stream.discard_queued()
-            sess.close(CloseCode.SLOW_CONSUMER, f"slow consumer: {queued} bytes queued", cause="slow_consumer")
+        return n
+
+    def _close_slow(self, sess: Session) -> None:
+        stream = sess.stream
+        if stream is None or sess.closing or stream.buffered <= self.limit:
+            return
+        self.rt.counters["bc_slow_closed"] += 1
+        queued = stream.buffered
+        stream.discard_queued()
+        sess.close(CloseCode.SLOW_CONSUMER, f"slow consumer: {queued} bytes queued", cause="slow_consumer")
 
     def status(self) -> dict[str, Any]:
         return {

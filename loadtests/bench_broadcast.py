@@ -1,0 +1,278 @@
+"""Benchmark: Redis broadcast, the reference server next to python-websockets' ``broadcast()``.
+
+    python -m loadtests.bench_broadcast [--clients 1000] [--rates 40 100] [--seconds 5]
+                                        [--workers 2] [--client-procs 2] [--out reports/bench_broadcast]
+
+Both servers run in the same invocation, one after the other, against the same
+Redis (a real ``redis-server`` run by the benchmark if there is one, else the
+embedded fakeredis), with the same clients (``--client-procs`` processes of
+lean receivers, :mod:`loadtests.bcastclient`) subscribed to one channel, and
+the same published messages (``--rates`` messages per second for ``--seconds``
+each, every one stamped with its publish time and a sequence number):
+
+* **reference**: ``python -m reference_server`` (``--workers`` workers, its
+  broadcaster process, pub/sub mode);
+* **python-websockets**: :mod:`loadtests.peers.pw_broadcast`, one process,
+  ``websockets.broadcast()``.
+
+For each server and rate it prints deliveries per second, loss (expected
+deliveries not received), messages out of order or repeated,
+publish-to-receive latency (p50, p99, max), and the server's CPU time per
+delivery in µs: user plus system time of all its processes (from
+``/proc``, via psutil) over the measured phase, divided by the deliveries.
+The headline is the ratio of CPU per delivery, reference over
+python-websockets. Results go to ``--out`` ``.json`` and ``.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis.asyncio as aioredis
+
+from loadtests.bench_migration import pct
+from scenarios.harness.broker import EmbeddedBroker, RedisServer
+from scenarios.harness.target import free_port
+from scenarios.harness.waiting import until
+
+REPO = Path(__file__).resolve().parents[1]
+CHANNEL = "bench"
+PREFIX = "bc:"
+
+
+class Clients:
+    """``procs`` receiver processes sharing ``n`` clients."""
+
+    def __init__(self, port: int, n: int, procs: int) -> None:
+        share = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "loadtests.bcastclient", "--port", str(port), "--clients", str(k), "--channel", CHANNEL],
+                cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )
+            for k in share if k
+        ]
+        self.n = n
+
+    def ask(self, line: str) -> list[dict[str, Any]]:
+        for p in self.procs:
+            assert p.stdin is not None
+            p.stdin.write(line + "\n")
+            p.stdin.flush()
+        return self.read()
+
+    def read(self) -> list[dict[str, Any]]:
+        out = []
+        for p in self.procs:
+            assert p.stdout is not None
+            text = p.stdout.readline()
+            if not text:
+                raise RuntimeError(f"receiver process exited with {p.wait()}")
+            out.append(json.loads(text))
+        return out
+
+    def stop(self) -> None:
+        for p in self.procs:
+            try:
+                assert p.stdin is not None
+                p.stdin.write("quit\n")
+                p.stdin.flush()
+            except OSError:
+                pass
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def start_server(kind: str, port: int, redis_url: str, workers: int) -> subprocess.Popen:
+    if kind == "reference":
+        cmd = [
+            sys.executable, "-m", "reference_server", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers), "--task-workers", "0", "--redis-url", redis_url,
+            "--broadcast-mode", "pubsub", "--broadcast-prefix", PREFIX, "--log-level", "warning",
+        ]
+    else:
+        cmd = [sys.executable, "-m", "loadtests.peers.pw_broadcast", "--port", str(port), "--redis-url", redis_url, "--prefix", PREFIX]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+async def wait_listening(port: int, proc: subprocess.Popen) -> None:
+    async def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return True
+        except OSError:
+            return False
+
+    await until(up, timeout=30, what=f"server on port {port}")
+
+
+async def publish(redis_url: str, rate: float, seconds: float, seq0: int) -> tuple[int, float, float]:
+    """Publish ``rate`` messages/s for ``seconds``; returns (count, first, last publish time)."""
+    client = aioredis.Redis.from_url(redis_url)
+    total = int(rate * seconds)
+    start = time.monotonic()
+    sent = 0
+    first = time.time()
+    while sent < total:
+        due = min(total, int((time.monotonic() - start) * rate) + 1)
+        if due > sent:
+            pipe = client.pipeline(transaction=False)
+            for s in range(seq0 + sent, seq0 + due):
+                pipe.publish(PREFIX + CHANNEL, json.dumps({"t": time.time_ns(), "s": s}, separators=(",", ":")))
+            await pipe.execute()
+            sent = due
+        await asyncio.sleep(0.002)  # pacing the publisher, not synchronisation
+    last = time.time()
+    await client.aclose()
+    return total, first, last
+
+
+async def run_server(kind: str, args: argparse.Namespace, redis_url: str) -> list[dict[str, Any]]:
+    port = free_port()
+    proc = start_server(kind, port, redis_url, args.workers)
+    results = []
+    clients = None
+    try:
+        await wait_listening(port, proc)
+        clients = Clients(port, args.clients, args.client_procs)
+        ready = await asyncio.to_thread(clients.read)
+        assert sum(r["ready"] for r in ready) == args.clients, ready
+        seq = 0
+        n, _, _ = await publish(redis_url, 50, 1.0, seq)  # warm-up
+        seq += n
+
+        async def warm() -> bool:
+            return sum(r["received"] for r in await asyncio.to_thread(clients.ask, "report")) >= n * args.clients
+
+        await until(warm, timeout=60, interval=0.2, what="warm-up deliveries")
+        for rate in args.rates:
+            await asyncio.to_thread(clients.ask, "reset")
+            cpu0 = tree_cpu(proc.pid)
+            ccpu0 = sum(tree_cpu(p.pid) for p in clients.procs)
+            n, first, last_pub = await publish(redis_url, rate, args.seconds, seq)
+            seq += n
+            expected = n * args.clients
+            progress = {"received": -1, "at": time.monotonic()}
+
+            async def all_in() -> bool:
+                got = sum(r["received"] for r in await asyncio.to_thread(clients.ask, "report"))
+                if got != progress["received"]:
+                    progress.update(received=got, at=time.monotonic())
+                return got >= expected or time.monotonic() - progress["at"] > 3.0
+
+            await until(all_in, timeout=120, interval=0.2, what="deliveries")
+            done = time.time()
+            cpu = tree_cpu(proc.pid) - cpu0
+            client_cpu = sum(tree_cpu(p.pid) for p in clients.procs) - ccpu0
+            reports = await asyncio.to_thread(clients.ask, "report")
+            received = sum(r["received"] for r in reports)
+            lat = sorted(x for r in reports for x in r["lat_us"])
+            results.append({
+                "server": kind,
+                "rate_msgs_per_s": rate,
+                "messages": n,
+                "clients": args.clients,
+                "expected": expected,
+                "received": received,
+                "loss": expected - received,
+                "bad_order": sum(r["bad_order"] for r in reports),
+                "closed": sum(r["closed"] for r in reports),
+                "deliveries_per_s": round(received / max(1e-9, done - first), 1),
+                "p50_ms": round(pct(lat, 0.50) / 1000, 3),
+                "p99_ms": round(pct(lat, 0.99) / 1000, 3),
+                "max_ms": round((lat[-1] if lat else float("nan")) / 1000, 3),
+                "cpu_s": round(cpu, 3),
+                "cpu_us_per_delivery": round(cpu * 1e6 / max(1, received), 3),
+                "client_cpu_s": round(client_cpu, 3),
+            })
+            print(format_row(results[-1]), flush=True)
+    finally:
+        if clients is not None:
+            clients.stop()
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return results
+
+
+def format_row(r: dict[str, Any]) -> str:
+    return (
+        f"{r['server']:<18} {r['rate_msgs_per_s']:>6} msg/s x {r['clients']} clients: "
+        f"{r['deliveries_per_s']:>9.0f} deliveries/s, loss {r['loss']}, order {r['bad_order']}, "
+        f"latency p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms max {r['max_ms']:.2f} ms, "
+        f"CPU {r['cpu_us_per_delivery']:.2f} µs/delivery"
+    )
+
+
+async def main(args: argparse.Namespace) -> int:
+    broker = RedisServer() if RedisServer.available() and not args.fakeredis else EmbeddedBroker()
+    redis_url = broker.start()
+    print(f"broker: {broker.kind} at {redis_url}; {args.clients} clients in {args.client_procs} processes; "
+          f"rates {args.rates} msg/s for {args.seconds} s; {os.cpu_count()} CPUs", flush=True)
+    try:
+        ref = await run_server("reference", args, redis_url)
+        pw = await run_server("python-websockets", args, redis_url)
+    finally:
+        broker.stop()
+    lines = [format_row(r) for r in ref + pw]
+    ratios = []
+    for a, b in zip(ref, pw, strict=True):
+        ratio = a["cpu_us_per_delivery"] / b["cpu_us_per_delivery"]
+        ratios.append({"rate_msgs_per_s": a["rate_msgs_per_s"], "cpu_ratio_ref_over_pw": round(ratio, 3)})
+        lines.append(
+            f"CPU per delivery, reference / python-websockets at {a['rate_msgs_per_s']} msg/s: {ratio:.3f} "
+            f"(target <= 0.75)"
+        )
+    print("\n".join(lines[-len(ratios):]))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"broker": broker.kind, "cpus": os.cpu_count(), "workers": args.workers, "client_procs": args.client_procs}
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": ref + pw, "ratios": ratios}, indent=2))
+    out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+    print(f"written: {out.with_suffix('.json')} and {out.with_suffix('.txt')}")
+    return 0 if all(r["loss"] == 0 and r["bad_order"] == 0 for r in ref) else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--rates", type=float, nargs="+", default=[40, 100])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument("--fakeredis", action="store_true", help="use the embedded fakeredis even if redis-server exists")
+    parser.add_argument("--out", default=str(REPO / "reports" / "bench_broadcast"))
+    sys.exit(asyncio.run(main(parser.parse_args())))
