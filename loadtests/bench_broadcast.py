@@ -179,12 +179,12 @@ async def run_server(kind: str, args: argparse.Namespace, redis_url: str) -> lis
             await asyncio.to_thread(clients.ask, "reset")
             cpu0 = tree_cpu(proc.pid)
             ccpu0 = sum(tree_cpu(p.pid) for p in clients.procs)
-            n, first, last_pub = await publish(redis_url, rate, args.seconds, seq)
+            n, first, _ = await publish(redis_url, rate, args.seconds, seq)
             seq += n
             expected = n * args.clients
             progress = {"received": -1, "at": time.monotonic()}
 
-            async def all_in() -> bool:
+            async def all_in(progress=progress, expected=expected) -> bool:
                 got = sum(r["received"] for r in await asyncio.to_thread(clients.ask, "report"))
                 if got != progress["received"]:
                     progress.update(received=got, at=time.monotonic())

@@ -336,7 +336,7 @@ class ContractApp(Application):
         return {"channel": msg.get("channel"), **await server.subscribe(session, msg.get("channel"), since=since)}
 
     async def op_unsubscribe(self, server: Server, session: int, msg: dict) -> dict:
-        return {"channel": msg.get("channel"), "was_member": server.unsubscribe(session, msg.get("channel"))}
+        return {"channel": msg.get("channel"), "was_member": await server.unsubscribe(session, msg.get("channel"))}
 
     async def op_channels(self, server: Server, session: int, msg: dict) -> dict:
         return {"channels": server.channels(session)}

@@ -329,6 +329,7 @@ class AdminApi:
                 str(p["port"]): {k: p[k] for k in ("connections", "accepted", "refused", "refused_by_reason")}
                 for p in ports["listeners"]
             },
+            "broadcast": next((p["broadcast"] for p in live if "broadcast" in p), {"mode": "off"}),
             "processes": live,
         }
 

@@ -550,13 +550,17 @@ class Server:
             "id": stream_id(result["pos"]) if durable else None,
         }
 
-    def unsubscribe(self, session: int, channel: str) -> bool:
-        """Take ``session`` out of ``channel``; False if it was not in it."""
+    async def unsubscribe(self, session: int, channel: str) -> bool:
+        """Take ``session`` out of ``channel``; False if it was not in it.
+
+        What was published before the call still reaches the session (a
+        barrier with the broadcaster); nothing published after the answer does.
+        """
         try:
             check_channel(channel)
         except BadChannel as exc:
             raise ServerError(ErrorCode.BAD_CHANNEL, str(exc)) from None
-        return self._rt.channels.leave(self._own_session(session), channel)
+        return await self._rt.channels.leave(self._own_session(session), channel)
 
     def channels(self, session: int) -> list[str]:
         """The named channels ``session`` is in (not ``@all``)."""

@@ -39,6 +39,7 @@ again with what they have seen, so a durable node loses nothing.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import random
 import time
@@ -64,6 +65,8 @@ from ..core.proctable import ProcKind, ProcState
 if TYPE_CHECKING:
     from .process import Runtime
 
+SYNC_PING = b"bc-sync"  # the PING payload of an unsubscribe barrier
+SYNC_TIMEOUT = 2.0
 READ_BATCH = 512  # messages read before a batch goes out
 BLOCK_MS = 100  # XREAD BLOCK: also how long a channel new to the node may wait for its first read
 RING_IDLE_S = 30.0  # a channel's recent messages are kept this long after its last interest left
@@ -100,6 +103,12 @@ class Broadcaster:
         self._changed = asyncio.Event()
         self.subscribed = asyncio.Event()  # set at the first confirmed subscription
         self._client: Any = None
+        self._pubsub: Any = None
+        self._syncs: collections.deque[tuple[int, int]] = collections.deque()  # (token, pid) per PING sent
+        self._read_event = asyncio.Event()  # set after each flush (durable syncs wait on it)
+        # Durable mode: registrations and barriers use one command connection, one at a time,
+        # besides the reader's (a burst of joins must not grow the connection pool).
+        self._cmd_lock = asyncio.Lock()
         self._rejected_logged: set[str] = set()
 
     # -- life ----------------------------------------------------------------------------
@@ -165,26 +174,33 @@ class Broadcaster:
         client = self._connect()
         pubsub = client.pubsub()
         try:
+            self._answer_syncs()  # pings sent on a lost connection will never be answered
             await pubsub.psubscribe(self.prefix + "*")
             while True:  # the confirmation: from it on, every publish reaches us
                 msg = await pubsub.get_message(timeout=1.0)
                 if msg is not None and msg["type"] == "psubscribe":
                     break
             self._back()
+            self._pubsub = pubsub
             cut = len(self.prefix)
             while True:
                 msg = await pubsub.get_message(timeout=1.0)
                 self.heard = time.time()
                 n = 0
                 while msg is not None:
-                    if msg["type"] == "pmessage":
+                    kind = msg["type"]
+                    if kind == "pmessage":
                         self._take(msg["channel"][cut:], None, msg["data"])
+                    elif kind == "pong" and msg["data"] == SYNC_PING:
+                        self.flush()  # everything Redis sent before the PONG goes first
+                        self._answer_syncs(1)
                     n += 1
                     if n >= READ_BATCH:
                         break
                     msg = await pubsub.get_message(timeout=0)
                 self.flush()
         finally:
+            self._pubsub = None
             await pubsub.aclose()
 
     # -- durable mode ------------------------------------------------------------------------
@@ -257,6 +273,7 @@ class Broadcaster:
 
     def flush(self) -> None:
         """Send every worker its batch (called with no await between reading and sending)."""
+        self._read_event.set()
         if not self._batches:
             return
         rt = self.rt
@@ -275,6 +292,57 @@ class Broadcaster:
             self._answer(token, pid, wanted, {})
         else:
             self.rt._spawn(self._register_durable(token, pid, wanted))
+
+    def on_sync(self, token: int, pid: int, channel: str) -> None:
+        """A worker's unsubscribe barrier: answer once everything published before it was sent on.
+
+        Pub/sub: a PING on the subscription; Redis answers it after every
+        message it queued for us before, so at the PONG those have been sent on.
+        Durable: once the reader has read the channel's stream up to the tip
+        it had when the barrier arrived. Not connected: at once (nothing more
+        can come before the answer anyway).
+        """
+        if not self.connected:
+            self._send_synced(pid, token)
+        elif self.mode == "pubsub":
+            self.rt._spawn(self._ping(token, pid))
+        else:
+            self.rt._spawn(self._sync_stream(token, pid, channel))
+
+    async def _ping(self, token: int, pid: int) -> None:
+        pubsub = self._pubsub
+        if pubsub is None:
+            self._send_synced(pid, token)
+            return
+        self._syncs.append((token, pid))
+        try:
+            await pubsub.ping(SYNC_PING)
+        except _redis_errors():
+            pass  # the connection is lost: the reader answers the syncs when it comes back
+
+    async def _sync_stream(self, token: int, pid: int, channel: str) -> None:
+        try:
+            async with self._cmd_lock:
+                tip = await self._connect().xrevrange(self.prefix + channel, "+", "-", count=1)
+            target = stream_pos(tip[0][0]) if tip else 0
+            deadline = time.monotonic() + SYNC_TIMEOUT
+            while self.pos.get(channel, target) < target and time.monotonic() < deadline:
+                self._read_event.clear()
+                await asyncio.wait_for(self._read_event.wait(), max(0.001, deadline - time.monotonic()))
+        except (*_redis_errors(), TimeoutError):
+            pass
+        self.flush()
+        self._send_synced(pid, token)
+
+    def _answer_syncs(self, count: int | None = None) -> None:
+        while self._syncs and (count is None or count > 0):
+            token, pid = self._syncs.popleft()
+            self._send_synced(pid, token)
+            if count is not None:
+                count -= 1
+
+    def _send_synced(self, pid: int, token: int) -> None:
+        self.rt.links.send(pid, ("bc_synced", token))
 
     def on_unregister(self, pid: int, channel: str) -> None:
         pids = self.interest.get(channel)
@@ -297,28 +365,34 @@ class Broadcaster:
         history: dict[str, Any] = {}
         covered: dict[str, int] = {}  # channel -> position the history reaches
         try:
-            for channel, since in wanted.items():
-                if since is None and channel not in self.pos:
-                    tip = await client.xrevrange(self.prefix + channel, "+", "-", count=1)
-                    if channel not in self.pos:  # nobody registered it meanwhile
-                        self.pos[channel] = stream_pos(tip[0][0]) if tip else 0
-                elif since is not None:
-                    history[channel] = []
-                    covered[channel] = since
-            for _ in range(1000):
-                behind = [c for c in covered if not isinstance(history[c], str) and covered[c] < self.pos.get(c, -1)]
-                fresh = [c for c in covered if c not in self.pos]
-                if not behind and not fresh:
-                    break
-                for channel in behind + fresh:
-                    await self._read_history(client, channel, history, covered)
-                    if channel not in self.pos:  # nobody reads it yet: reading starts where the history ends
-                        self.pos[channel] = covered[channel]
+            async with self._cmd_lock:
+                await self._read_histories(client, wanted, history, covered)
         except _redis_errors() as exc:
             self.rt.log.warning("broadcast.register_failed", error=repr(exc), channels=sorted(wanted)[:20])
             for channel in covered:
                 history[channel] = "unavailable"
         self._answer(token, pid, wanted, history)
+
+    async def _read_histories(
+        self, client: Any, wanted: dict[str, int | None], history: dict[str, Any], covered: dict[str, int]
+    ) -> None:
+        for channel, since in wanted.items():
+            if since is None and channel not in self.pos:
+                tip = await client.xrevrange(self.prefix + channel, "+", "-", count=1)
+                if channel not in self.pos:  # nobody registered it meanwhile
+                    self.pos[channel] = stream_pos(tip[0][0]) if tip else 0
+            elif since is not None:
+                history[channel] = []
+                covered[channel] = since
+        for _ in range(1000):
+            behind = [c for c in covered if not isinstance(history[c], str) and covered[c] < self.pos.get(c, -1)]
+            fresh = [c for c in covered if c not in self.pos]
+            if not behind and not fresh:
+                break
+            for channel in behind + fresh:
+                await self._read_history(client, channel, history, covered)
+                if channel not in self.pos:  # nobody reads it yet: reading starts where the history ends
+                    self.pos[channel] = covered[channel]
 
     async def _read_history(self, client: Any, channel: str, history: dict[str, Any], covered: dict[str, int]) -> None:
         got = history[channel]

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 REGISTER_TIMEOUT = 5.0
 START_WAIT = 5.0
 START_POLL = 0.01
+SYNC_TIMEOUT = 3.0
 
 
 class Registration:
@@ -71,6 +72,7 @@ class Channels:
         self._tokens = itertools.count(1)
         self._waiting: dict[int, Registration] = {}
         self._registering: dict[str, asyncio.Future] = {}
+        self._syncs: dict[int, asyncio.Future] = {}
 
     # -- finding the broadcaster --------------------------------------------------------
 
@@ -224,11 +226,36 @@ class Channels:
         self.members.setdefault(channel, {})[sess.sid] = sess
         return {"history": 0, "complete": True, "pos": sess.channels[channel]}
 
-    def leave(self, sess: Session, channel: str) -> bool:
+    async def leave(self, sess: Session, channel: str) -> bool:
+        """Take a session out of a channel, after a barrier with the broadcaster.
+
+        Everything published before the request reached this worker is still
+        given to the session (it may be on its way through Redis and the
+        broadcaster); nothing published after the answer is. False if the
+        session was not in the channel.
+        """
         if channel not in sess.channels:
             return False
-        self._leave_one(sess, channel)
+        pid = self.broadcaster or self._broadcaster_pid()
+        if pid:
+            token = next(self._tokens)
+            fut = self.rt.loop.create_future()
+            self._syncs[token] = fut
+            if self.rt.links.send(pid, ("bc_sync", token, os.getpid(), channel)):
+                try:
+                    await asyncio.wait_for(fut, SYNC_TIMEOUT)
+                except TimeoutError:
+                    self.rt.counters["bc_sync_timeouts"] += 1
+            self._syncs.pop(token, None)
+        if channel in sess.channels:
+            self._leave_one(sess, channel)
         return True
+
+    def on_synced(self, token: int) -> None:
+        """The broadcaster's barrier answer; frames before it were flushed first (called inline)."""
+        fut = self._syncs.pop(token, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
     def _leave_one(self, sess: Session, channel: str) -> None:
         sess.channels.pop(channel, None)

@@ -896,6 +896,11 @@ class Runtime:
         elif kind == "bc_register" and self.broadcaster is not None:
             _, token, pid, wanted = message
             self.broadcaster.on_register(token, pid, wanted)
+        elif kind == "bc_synced":
+            self.channels.on_synced(message[1])
+        elif kind == "bc_sync" and self.broadcaster is not None:
+            _, token, pid, channel = message
+            self.broadcaster.on_sync(token, pid, channel)
         elif kind == "bc_unregister" and self.broadcaster is not None:
             self.broadcaster.on_unregister(message[2], message[1])
         elif kind == "rpc":

@@ -26,6 +26,8 @@ KNOWN_CAPABILITIES = {
     "dynamic_ports": "listen/unlisten/listeners at run time from the admin API and the app ops, per-port limit and "
     "handler set, keep/close policy (section 9)",
     "ports_file": "the target watches the TOML ports file given as {ports_file} and applies it (section 9.4)",
+    "redis_broadcast": "messages published to Redis reach every established session of their channel, on every "
+    "node sharing that Redis, exactly once and in order; subscribe/unsubscribe/publish ops (section 10)",
 }
 PLACEHOLDERS = {
     "python",
@@ -40,6 +42,7 @@ PLACEHOLDERS = {
     "heartbeat_check_ms",
     "max_wait_ms",
     "ports_file",
+    "broadcast_mode",
     "log_level",
 }
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
@@ -66,6 +69,12 @@ class Manifest:
     known_failures: dict[str, str] = field(default_factory=dict)
     #: dynamic_ports: how long after its answer a listen/unlisten may still be taking effect.
     ports_grace_ms: float = 0.0
+    #: redis_broadcast (section 10): Redis name of channel C is prefix + C.
+    broadcast_prefix: str = "bc:"
+    #: redis_broadcast: the modes the target can run in ({broadcast_mode}).
+    broadcast_modes: tuple[str, ...] = ("pubsub",)
+    #: redis_broadcast: the per-session output bound past which a slow client is closed with 4429.
+    broadcast_buffer_bytes: int = 1 << 20
 
     @property
     def uses_redis(self) -> bool:
@@ -121,6 +130,14 @@ def load_manifest(path: str | Path) -> Manifest:
     if grace < 0 or grace > 10_000:
         raise ManifestError(f"{path}: ports.grace_ms must be 0..10000, got {grace}")
     env = get(start, "env", dict, "start.", {})
+    bcast = get(data, "broadcast", dict, "", {})
+    prefix = get(bcast, "prefix", str, "broadcast.", "bc:")
+    modes = get(bcast, "modes", list, "broadcast.", ["pubsub"])
+    if not modes or any(m not in ("pubsub", "durable") for m in modes):
+        raise ManifestError(f"{path}: broadcast.modes must list 'pubsub' and/or 'durable', got {modes}")
+    buffer_bytes = get(bcast, "buffer_bytes", int, "broadcast.", 1 << 20)
+    if not 4096 <= buffer_bytes <= 64 << 20:
+        raise ManifestError(f"{path}: broadcast.buffer_bytes must be 4096..67108864, got {buffer_bytes}")
     return Manifest(
         path=path,
         name=get(data, "name", str, ""),
@@ -136,4 +153,7 @@ def load_manifest(path: str | Path) -> Manifest:
         capabilities=set(declared),
         known_failures={str(k): str(v) for k, v in known.items()},
         ports_grace_ms=float(grace),
+        broadcast_prefix=prefix,
+        broadcast_modes=tuple(modes),
+        broadcast_buffer_bytes=buffer_bytes,
     )

@@ -27,7 +27,7 @@ import pytest
 
 from . import CONTRACT_VERSION
 from .admin import AdminClient
-from .broker import EmbeddedBroker
+from .broker import EmbeddedBroker, ExternalRedis, RedisServer
 from .evidence import Evidence
 from .manifest import Manifest, ManifestError, load_manifest
 from .target import Target
@@ -42,7 +42,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--redis-url",
         default=os.environ.get("SCENARIO_REDIS_URL", ""),
-        help="real Redis for the target (default: embedded fakeredis started by the harness)",
+        help="a real Redis the user runs, used as it is (it is never restarted)",
+    )
+    group.addoption(
+        "--broker",
+        choices=("embedded", "redis-server"),
+        default=os.environ.get("SCENARIO_BROKER", "embedded"),
+        help="without --redis-url: embedded fakeredis (default), or a real redis-server the harness runs",
     )
     group.addoption("--report-dir", default=str(REPO / "reports"), help="where results are written")
 
@@ -68,15 +74,25 @@ class ScenarioRun:
         self.results: list[dict[str, Any]] = []
         self.target_stops: list[dict[str, Any]] = []
         self.started = time.time()
-        self._redis_url = config.getoption("--redis-url")
-        self._broker: EmbeddedBroker | None = None
-        self.broker_kind = "redis" if self._redis_url else "embedded-fakeredis"
+        url = config.getoption("--redis-url")
+        kind = config.getoption("--broker")
+        self.broker: EmbeddedBroker | RedisServer | ExternalRedis
+        if url:
+            self.broker = ExternalRedis(url)
+        elif kind == "redis-server":
+            if not RedisServer.available():
+                raise pytest.UsageError("--broker redis-server: no redis-server on PATH")
+            self.broker = RedisServer()
+        else:
+            self.broker = EmbeddedBroker()
+        self.broker_kind = self.broker.kind
+        self._redis_url = ""
 
     @property
     def redis_url(self) -> str:
+        """The broker's URL (started on first use; it serves every target of the run)."""
         if not self._redis_url:
-            self._broker = EmbeddedBroker()
-            self._redis_url = self._broker.start()
+            self._redis_url = self.broker.start()
         return self._redis_url
 
     def new_target(self, profile: dict[str, Any], label: str) -> Target:
@@ -104,8 +120,8 @@ class ScenarioRun:
         )
 
     def close(self) -> None:
-        if self._broker is not None:
-            self._broker.stop()
+        if self._redis_url:
+            self.broker.stop()
 
     def write_results(self) -> Path:
         counts: dict[str, int] = {}

@@ -30,6 +30,7 @@ DEFAULT_PROFILE: dict[str, Any] = {
     "heartbeat_idle_ms": 0,
     "heartbeat_check_ms": 0,
     "max_wait_ms": 3000,
+    "broadcast_mode": "pubsub",
     "log_level": "info",
 }
 

@@ -1,0 +1,386 @@
+"""Broadcast histories (contract section 10): lean receivers, publishers, and the model they are checked against.
+
+Jepsen's way: every client records what it did and saw, with times; every
+publisher records what it published and when; afterwards
+:func:`check_histories` checks the lot against the model of section 10:
+
+* a session's membership of a channel runs from its ``subscribe`` to its
+  ``unsubscribe`` (or its end); for ``@all``, from its handshake to its end.
+  Each membership has a *sure* part (from the subscribe's answer to the
+  sending of the unsubscribe) and an *unsure* edge on each side;
+* a message is **required** at a session if its whole publish (from the call
+  to Redis's answer) lies inside a sure part, the session lived to the end of
+  the run, and no reported outage window excuses it (pub/sub mode);
+* a message is **forbidden** at a session if no membership of that channel
+  (edges included) overlaps the time from the start of its publish to its
+  arrival;
+* a session never gets a message twice, and gets the messages of one
+  publisher in one channel in the order they were published.
+
+Publishers stamp each message ``{"p": publisher, "s": seq}``; clients read
+those back from the broadcast event (``{"ev":"broadcast","channel":C,"id":ID,"data":...}``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .rawclient import text_frame
+
+ALL = "@all"
+
+
+@dataclass
+class Membership:
+    channel: str
+    join_sent: float
+    join_ack: float = 0.0  # 0: no answer (yet)
+    leave_sent: float = float("inf")
+    leave_ack: float = float("inf")
+
+
+@dataclass
+class Published:
+    publisher: str
+    seq: int
+    channel: str
+    start: float
+    end: float = 0.0
+    ok: bool = False
+    msg_id: str | None = None
+
+
+class BroadcastClient(asyncio.Protocol):
+    """A WebSocket client that records broadcasts cheaply (hundreds run in the harness process)."""
+
+    def __init__(self, name: str, host: str, port: int) -> None:
+        self.name, self.host, self.port = name, host, port
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.opened: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.opened_at = 0.0
+        self.closed_at = 0.0
+        self.aborted_at = 0.0  # the harness cut the connection (no close handshake)
+        self.close_code: int | None = None
+        self.received: list[tuple[float, str, str, int, str | None]] = []  # (t, channel, publisher, seq, id)
+        self.memberships: list[Membership] = []
+        self.replies: dict[int, dict] = {}
+        self.errors: list[str] = []
+        self._reply_event = asyncio.Event()
+        self._ids = 0
+        self.node = ""
+
+    @classmethod
+    async def connect(cls, name: str, host: str, port: int, timeout: float = 10.0) -> BroadcastClient:
+        loop = asyncio.get_running_loop()
+        _, client = await loop.create_connection(lambda: cls(name, host, port), host, port)
+        await asyncio.wait_for(client.opened, timeout)
+        return client
+
+    # -- protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write(
+            (
+                f"GET / HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        now = time.time()
+        if not self.opened_at:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                self.opened.set_exception(ConnectionError(bytes(buf[:80]).decode(errors="replace")))
+                return
+            del buf[: end + 4]
+            self.opened_at = now
+            self.opened.set_result(None)
+        pos = 0
+        size = len(buf)
+        while size - pos >= 2:
+            opcode, n, off = buf[pos] & 0x0F, buf[pos + 1] & 0x7F, pos + 2
+            if n == 126:
+                if size - pos < 4:
+                    break
+                n, off = int.from_bytes(buf[pos + 2 : pos + 4], "big"), pos + 4
+            elif n == 127:
+                if size - pos < 10:
+                    break
+                n, off = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
+            if size < off + n:
+                break
+            payload = bytes(buf[off : off + n])
+            pos = off + n
+            if opcode == 1:
+                self._on_text(payload, now)
+            elif opcode == 8:
+                self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+        if pos:
+            del buf[:pos]
+
+    def _on_text(self, payload: bytes, now: float) -> None:
+        try:
+            msg = json.loads(payload)
+        except ValueError:
+            self.errors.append(f"not JSON: {payload[:80]!r}")
+            return
+        if msg.get("ev") == "broadcast":
+            data = msg.get("data")
+            if isinstance(data, dict) and "p" in data:
+                self.received.append((now, msg.get("channel"), data["p"], data.get("s", -1), msg.get("id")))
+            else:
+                self.errors.append(f"broadcast without a stamp: {payload[:80]!r}")
+        elif "re" in msg:
+            self.replies[msg["re"]] = msg
+            self._reply_event.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed_at = self.closed_at or time.time()
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError("closed before the handshake"))
+        self._reply_event.set()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    @property
+    def is_closed(self) -> bool:
+        return bool(self.closed_at)
+
+    async def request(self, op: str, timeout: float = 10.0, **fields: Any) -> dict:
+        self._ids += 1
+        req_id = self._ids
+        assert self.transport is not None
+        self.transport.write(text_frame(json.dumps({"op": op, "id": req_id, **fields})))
+        deadline = time.monotonic() + timeout
+        while req_id not in self.replies:
+            if self.is_closed:
+                raise ConnectionError(f"{self.name} closed while waiting for {op}")
+            self._reply_event.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.name}: no answer to {op} in {timeout} s")
+            await asyncio.wait_for(self._reply_event.wait(), left)
+        return self.replies.pop(req_id)
+
+    async def subscribe(self, channel: str, **fields: Any) -> dict:
+        m = Membership(channel, time.time())
+        self.memberships.append(m)
+        reply = await self.request("subscribe", channel=channel, **fields)
+        if reply.get("ok"):
+            m.join_ack = time.time()
+        else:
+            m.leave_sent = m.leave_ack = m.join_sent  # never a member
+        return reply
+
+    async def unsubscribe(self, channel: str) -> dict:
+        m = next(m for m in reversed(self.memberships) if m.channel == channel and m.leave_sent == float("inf"))
+        m.leave_sent = time.time()
+        reply = await self.request("unsubscribe", channel=channel)
+        m.leave_ack = time.time()
+        return reply
+
+    def member_of(self, channel: str) -> bool:
+        return any(m.channel == channel and m.leave_sent == float("inf") and m.join_ack for m in self.memberships)
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.is_closed:
+            self.aborted_at = time.time()
+            self.transport.abort()
+
+
+class StuckClient(asyncio.Protocol):
+    """A TCP client that sends half a handshake and never the rest: it must receive nothing."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.bytes_received = 0
+        self.first_bytes = b""
+        self.closed = False
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> StuckClient:
+        loop = asyncio.get_running_loop()
+        _, client = await loop.create_connection(cls, host, port)
+        return client
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        transport.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n")
+
+    def data_received(self, data: bytes) -> None:
+        if not self.first_bytes:
+            self.first_bytes = data[:80]
+        self.bytes_received += len(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Publisher:
+    """Publishes stamped messages straight to Redis (PUBLISH, or XADD field ``data`` in durable mode)."""
+
+    def __init__(self, name: str, redis_url: str, prefix: str, mode: str) -> None:
+        import redis.asyncio as aioredis
+
+        self.name = name
+        self.prefix = prefix
+        self.mode = mode
+        self.client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=1.0, socket_timeout=2.0)
+        self.seq = 0
+        self.log: list[Published] = []
+
+    async def publish(self, channel: str, extra: dict[str, Any] | None = None) -> Published:
+        self.seq += 1
+        rec = Published(self.name, self.seq, channel, time.time())
+        self.log.append(rec)
+        payload = json.dumps({"p": self.name, "s": self.seq, **(extra or {})}, separators=(",", ":"))
+        try:
+            if self.mode == "durable":
+                entry = await self.client.xadd(self.prefix + channel, {"data": payload})
+                rec.msg_id = entry.decode() if isinstance(entry, bytes) else str(entry)
+            else:
+                await self.client.publish(self.prefix + channel, payload)
+            rec.ok = True
+        except Exception:  # Redis down: not published (a publisher retries or gives up; we record it)
+            rec.ok = False
+        rec.end = time.time()
+        return rec
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class OpPublisher:
+    """Publishes stamped messages through a target's ``publish`` op (from one of its sessions)."""
+
+    def __init__(self, name: str, client: BroadcastClient) -> None:
+        self.name = name
+        self.client = client
+        self.seq = 0
+        self.log: list[Published] = []
+
+    async def publish(self, channel: str) -> Published:
+        self.seq += 1
+        rec = Published(self.name, self.seq, channel, time.time())
+        self.log.append(rec)
+        try:
+            reply = await self.client.request("publish", channel=channel, data={"p": self.name, "s": self.seq})
+            rec.ok = bool(reply.get("ok"))
+            rec.msg_id = reply.get("msg_id")
+        except (ConnectionError, TimeoutError):
+            rec.ok = False
+        rec.end = time.time()
+        return rec
+
+
+# -- the model ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Violations:
+    duplicates: list[dict] = field(default_factory=list)
+    out_of_order: list[dict] = field(default_factory=list)
+    missing: list[dict] = field(default_factory=list)
+    forbidden: list[dict] = field(default_factory=list)
+    excused: int = 0  # required but for an outage window
+    required: int = 0
+    received: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "required": self.required,
+            "received": self.received,
+            "excused_by_outage": self.excused,
+            "duplicates": len(self.duplicates),
+            "out_of_order": len(self.out_of_order),
+            "missing": len(self.missing),
+            "forbidden": len(self.forbidden),
+        }
+
+
+def _intervals(client: BroadcastClient, channel: str, end: float) -> list[Membership]:
+    if channel == ALL:
+        return [Membership(ALL, client.opened_at, client.opened_at)] if client.opened_at else []
+    return [m for m in client.memberships if m.channel == channel and m.join_ack]
+
+
+def check_histories(
+    clients: list[BroadcastClient],
+    published: list[Published],
+    *,
+    end: float,
+    outages: list[tuple[float, float]] = (),
+) -> Violations:
+    """Check every client's receipts against the model (module docstring). ``end``: when receipts stopped counting."""
+    v = Violations()
+    by_key = {(p.publisher, p.seq): p for p in published}
+    by_channel: dict[str, list[Published]] = {}
+    for p in published:
+        if p.ok:
+            by_channel.setdefault(p.channel, []).append(p)
+    for c in clients:
+        lived_to_end = not c.aborted_at and (not c.closed_at or c.closed_at >= end)
+        seen: set[tuple[str, int]] = set()
+        last: dict[tuple[str, str], int] = {}
+        for t, channel, pub, seq, _id in c.received:
+            v.received += 1
+            key = (pub, seq)
+            if key in seen:
+                v.duplicates.append({"client": c.name, "node": c.node, "channel": channel, "publisher": pub, "seq": seq})
+                continue
+            seen.add(key)
+            prev = last.get((channel, pub), 0)
+            if seq <= prev:
+                v.out_of_order.append({"client": c.name, "channel": channel, "publisher": pub, "seq": seq, "after": prev})
+            last[(channel, pub)] = max(prev, seq)
+            p = by_key.get(key)
+            ok = p is not None and p.channel == channel and any(
+                m.join_sent <= t and p.start <= m.leave_ack for m in _intervals(c, channel, end)
+            )
+            if not ok:
+                v.forbidden.append({"client": c.name, "node": c.node, "channel": channel, "publisher": pub, "seq": seq})
+        if not lived_to_end or not c.opened_at:
+            continue
+        channels = {m.channel for m in c.memberships} | {ALL}
+        for channel in channels:
+            for m in _intervals(c, channel, end):
+                sure_from, sure_to = m.join_ack, min(m.leave_sent, end)
+                for p in by_channel.get(channel, ()):
+                    if not (sure_from <= p.start and p.end <= sure_to):
+                        continue
+                    if any(a <= p.end and p.start <= b for a, b in outages):
+                        if (p.publisher, p.seq) not in seen:
+                            v.excused += 1
+                        continue
+                    v.required += 1
+                    if (p.publisher, p.seq) not in seen:
+                        v.missing.append(
+                            {
+                                "client": c.name, "node": c.node, "channel": channel, "publisher": p.publisher,
+                                "seq": p.seq, "published": [round(p.start, 4), round(p.end, 4)],
+                                "member": [round(m.join_sent, 4), round(m.join_ack, 4), round(m.leave_sent, 4)],
+                                "received_around": [
+                                    (round(r[0], 4), r[2], r[3]) for r in c.received if r[1] == channel
+                                    and abs(r[0] - p.end) < 0.2
+                                ][:6],
+                            }
+                        )
+    return v

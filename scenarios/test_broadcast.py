@@ -1,0 +1,553 @@
+"""Scenarios: Redis broadcast to every established session, across workers and nodes (seed: Swoole + Redis).
+
+The seed: a custom process subscribes to a Redis channel and pushes each
+message to every connection, checking that each is an established WebSocket
+first, without blocking the workers. Contract section 10.
+
+* ``broadcast_fanout`` (both modes): two nodes of the target (3 workers each)
+  on one Redis; 200 clients, each in two of four channels, plus ``@all``;
+  three publishers (two straight to Redis, one through a session's
+  ``publish`` op); 1,500 messages; meanwhile clients leave and join channels,
+  some are cut off (TCP abort), new ones arrive; ten connections per node sit
+  in the middle of their handshake. Checked against the model of
+  :mod:`scenarios.harness.broadcast`.
+* ``broadcast_outage`` (both modes): Redis restarts in the middle of a
+  stream of messages. Pub/sub mode must report the outage window, and
+  everything published outside it arrives; durable mode delivers everything.
+* ``broadcast_history`` (durable): a client asks for a channel's messages
+  since an id while more are being published, and gets each exactly once, in
+  order, with no gap between history and live.
+* ``broadcast_slow_consumer``: a client that stops reading is closed with 4429
+  once its output passes the declared bound; the others get everything; the
+  stats count it.
+* ``broadcast_errors``: bad channel names, history in pub/sub mode, ``@all`` in
+  ``subscribe``: each answered with its code; the session goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+
+from scenarios.harness.admin import AdminClient
+from scenarios.harness.broadcast import (
+    ALL,
+    BroadcastClient,
+    OpPublisher,
+    Publisher,
+    StuckClient,
+    check_histories,
+)
+from scenarios.harness.common import check_no_leaks, counter_delta, warm_up
+from scenarios.harness.waiting import settle
+
+CHANNELS = ["news", "sport", "tech", "chat"]
+CLIENTS_PER_NODE = 100
+STUCK_PER_NODE = 10
+MESSAGES_PER_PUBLISHER = 500
+PUBLISH_RATE = 150.0  # messages per second, per publisher
+ALL_SHARE = 0.05  # share of messages sent to @all
+SLOW_CODE = 4429
+
+
+def _host_port(target) -> tuple[str, int]:
+    return "127.0.0.1", target.port
+
+
+async def _connect(name: str, target, node: str) -> BroadcastClient:
+    client = await BroadcastClient.connect(name, *_host_port(target))
+    client.node = node
+    return client
+
+
+async def _connect_many(prefix: str, target, node: str, n: int) -> list[BroadcastClient]:
+    out: list[BroadcastClient] = []
+    for start in range(0, n, 50):
+        out += await asyncio.gather(*(_connect(f"{prefix}{i}", target, node) for i in range(start, min(n, start + 50))))
+    return out
+
+
+def _mode_or_skip(manifest, mode: str) -> None:
+    if mode not in manifest.broadcast_modes:
+        pytest.skip(f"unsupported: target {manifest.name!r} does not offer broadcast mode {mode!r}")
+
+
+def _dispose(clients: list) -> None:
+    for c in clients:
+        c.abort()
+
+
+async def _publish_paced(publisher, rng: random.Random, count: int, rate: float, channels: list[str]) -> None:
+    start = time.monotonic()
+    for i in range(count):
+        channel = ALL if rng.random() < ALL_SHARE else rng.choice(channels)
+        await publisher.publish(channel)
+        ahead = start + (i + 1) / rate - time.monotonic()
+        if ahead > 0:
+            await asyncio.sleep(ahead)  # the publisher's own pace, not a synchronisation
+
+
+def _stats_sum(stats: list[dict], name: str) -> int:
+    return sum(int(s["counters"].get(name, 0)) for s in stats)
+
+
+# -- fan-out -------------------------------------------------------------------------------
+
+
+async def fanout(nodes, scenario_run, mode: str, evidence) -> None:
+    manifest = scenario_run.manifest
+    rng = random.Random(20261121)
+    admins = [AdminClient(t.admin_url, t.admin_token) for t in nodes]
+    names = ["A", "B"]
+
+    async def exercise(warm: list) -> None:  # links to the broadcaster, each worker's Redis connection
+        for w in warm:
+            await w.request("subscribe", channel="news")
+            await w.request("publish", channel="warm", data={"warm": True})
+
+    fds_before = [await warm_up(t, a, exercise) for t, a in zip(nodes, admins, strict=True)]
+    before = [await a.stats() for a in admins]
+    clients: list[BroadcastClient] = []
+    stuck: list[StuckClient] = []
+    others: list[BroadcastClient] = []  # publish through the op; not checked as receivers
+    publishers: list = []
+    failures: list[str] = []
+    try:
+        for node, t in zip(names, nodes, strict=True):
+            clients += await _connect_many(f"{node}-c", t, node, CLIENTS_PER_NODE)
+            stuck += await asyncio.gather(*(StuckClient.connect(*_host_port(t)) for _ in range(STUCK_PER_NODE)))
+        joins = []
+        for c in clients:
+            for channel in rng.sample(CHANNELS, 2):
+                joins.append(c.subscribe(channel))
+        replies = await asyncio.gather(*joins, return_exceptions=True)
+        failures += [repr(r) for r in replies if isinstance(r, BaseException) or not r.get("ok")]
+        op_client = await _connect("B-publisher", nodes[1], "B")
+        others.append(op_client)
+        publishers = [
+            Publisher("redis-1", scenario_run.redis_url, manifest.broadcast_prefix, mode),
+            Publisher("redis-2", scenario_run.redis_url, manifest.broadcast_prefix, mode),
+            OpPublisher("op-B", op_client),
+        ]
+        stop_churn = asyncio.Event()
+        churn_log = {"left": 0, "joined": 0, "aborted": 0, "arrived": 0}
+
+        async def churn() -> None:
+            n = 0
+            while not stop_churn.is_set():
+                n += 1
+                action = rng.random()
+                live = [c for c in clients if not c.is_closed]
+                try:
+                    if action < 0.45:
+                        c = rng.choice(live)
+                        mine = [m.channel for m in c.memberships if c.member_of(m.channel)]
+                        if mine:
+                            channel = rng.choice(mine)
+                            r = await c.unsubscribe(channel)
+                            churn_log["left"] += 1
+                            if not r.get("ok"):
+                                failures.append(f"unsubscribe {c.name} {channel}: {r}")
+                            other = rng.choice([x for x in CHANNELS if not c.member_of(x)])
+                            r = await c.subscribe(other)
+                            churn_log["joined"] += 1
+                            if not r.get("ok"):
+                                failures.append(f"subscribe {c.name} {other}: {r}")
+                    elif action < 0.6 and churn_log["aborted"] < 20:
+                        rng.choice(live).abort()
+                        churn_log["aborted"] += 1
+                    elif action < 0.75 and churn_log["arrived"] < 20:
+                        node = rng.randrange(2)
+                        c = await _connect(f"{names[node]}-new{n}", nodes[node], names[node])
+                        clients.append(c)
+                        churn_log["arrived"] += 1
+                        for channel in rng.sample(CHANNELS, 2):
+                            r = await c.subscribe(channel)
+                            if not r.get("ok"):
+                                failures.append(f"subscribe {c.name} {channel}: {r}")
+                except (ConnectionError, TimeoutError) as exc:
+                    failures.append(f"churn: {exc!r}")
+                await asyncio.sleep(0.02)  # churn pace
+
+        churner = asyncio.ensure_future(churn())
+        await asyncio.gather(
+            *(
+                _publish_paced(p, random.Random(i), MESSAGES_PER_PUBLISHER, PUBLISH_RATE, CHANNELS)
+                for i, p in enumerate(publishers)
+            )
+        )
+        stop_churn.set()
+        await churner
+        end = time.time()
+        published = [rec for p in publishers for rec in p.log]
+
+        async def all_in() -> bool:
+            v = check_histories(clients, published, end=end)
+            return not v.missing
+
+        await settle(all_in, timeout=20, interval=0.2)
+        verdict = check_histories(clients, published, end=end)
+        after = [await a.stats() for a in admins]
+        stuck_bytes = [(s.bytes_received, s.first_bytes) for s in stuck if s.bytes_received]
+    finally:
+        _dispose(clients + stuck + others)
+        for p in publishers:
+            if isinstance(p, Publisher):
+                await p.close()
+
+    delivered = sum(counter_delta(b, a, "bc_deliveries") for b, a in zip(before, after, strict=True))
+    upper = verdict.received
+    for c in clients:
+        if c.aborted_at:
+            chans = {m.channel for m in c.memberships} | {ALL}
+            first = min((m.join_sent for m in c.memberships), default=c.opened_at)
+            upper += sum(1 for p in published if p.ok and p.channel in chans and p.end >= first)
+    ok_published = sum(1 for p in published if p.ok)
+    evidence.fact("mode", mode)
+    evidence.fact("histories", verdict.summary())
+    evidence.fact("churn", churn_log)
+    evidence.fact("published", {"ok": ok_published, "failed": len(published) - ok_published})
+    evidence.check(
+        "every publish succeeds (Redis and the publish op)",
+        ok_published == len(published),
+        expected=len(published),
+        observed=ok_published,
+    )
+    evidence.check(
+        "every subscribe and unsubscribe is answered ok",
+        not failures,
+        expected="no failure",
+        observed=failures[:10] or "none",
+    )
+    evidence.check(
+        "each session receives each message of its channels exactly once (no duplicate)",
+        not verdict.duplicates,
+        expected=0,
+        observed=verdict.duplicates[:10] or 0,
+    )
+    evidence.check(
+        "each session receives every message published while it was surely in the channel",
+        not verdict.missing and verdict.required > 0,
+        expected=f"{verdict.required} required deliveries",
+        observed=verdict.missing[:10] or f"all {verdict.required}",
+    )
+    evidence.check(
+        "messages of one publisher arrive in the order published",
+        not verdict.out_of_order,
+        expected=0,
+        observed=verdict.out_of_order[:10] or 0,
+    )
+    evidence.check(
+        "a message reaches only sessions in its channel (never before the join, never after the leave)",
+        not verdict.forbidden,
+        expected=0,
+        observed=verdict.forbidden[:10] or 0,
+    )
+    evidence.check(
+        "sessions mid-handshake receive nothing",
+        not stuck_bytes,
+        expected="0 bytes on every half-open handshake",
+        observed=stuck_bytes[:5] or "0 bytes",
+    )
+    dead = {
+        names[i]: {k: counter_delta(before[i], after[i], k) for k in ("dead_session_pushes", "push_failed")}
+        for i in range(2)
+    }
+    evidence.check(
+        "no push to a closing, closed or handshaking session is attempted (no push error counted)",
+        all(v == 0 for d in dead.values() for v in d.values()),
+        expected=0,
+        observed=dead,
+    )
+    evidence.check(
+        "stats agree with the histories (clients received <= deliveries counted <= what could have been sent)",
+        verdict.received <= delivered <= upper,
+        expected=f"{verdict.received}..{upper}",
+        observed=delivered,
+    )
+    for i, a in enumerate(admins):
+        await check_no_leaks(a, evidence, fds_before[i])
+
+
+@pytest.mark.scenario("broadcast_fanout", seed="swoole + redis: a custom process pushes every message to every established session")
+@pytest.mark.requires("redis_broadcast")
+@pytest.mark.parametrize("mode", ["pubsub", "durable"])
+def test_broadcast_fanout(target_factory, scenario_run, evidence, run_async, mode):
+    _mode_or_skip(scenario_run.manifest, mode)
+    profile = {"workers": 3, "broadcast_mode": mode}
+    nodes = [target_factory(profile, f"fanout-{mode}-A"), target_factory(profile, f"fanout-{mode}-B")]
+    run_async(fanout(nodes, scenario_run, mode, evidence), timeout=150)
+    evidence.verdict()
+
+
+# -- outage --------------------------------------------------------------------------------------
+
+
+async def outage(target, scenario_run, mode: str, evidence) -> None:
+    manifest = scenario_run.manifest
+    admin = AdminClient(target.admin_url, target.admin_token)
+    clients = await _connect_many("o", target, "A", 30)
+    publisher = Publisher("redis", scenario_run.redis_url, manifest.broadcast_prefix, mode)
+    try:
+        await asyncio.gather(*(c.subscribe("live") for c in clients))
+        stats0 = await admin.stats()
+        stop = asyncio.Event()
+
+        async def publish() -> None:
+            while not stop.is_set():
+                await publisher.publish("live")
+                await asyncio.sleep(0.01)  # the publisher's pace
+
+        task = asyncio.ensure_future(publish())
+        await settle(lambda: len([p for p in publisher.log if p.ok]) >= 60, timeout=10)
+        down_at, up_at = await asyncio.to_thread(scenario_run.broker.restart, 0.6)
+        ok_after = len([p for p in publisher.log if p.ok])
+        await settle(lambda: len([p for p in publisher.log if p.ok]) >= ok_after + 60, timeout=15)
+        stop.set()
+        await task
+        end = time.time()
+
+        async def reported() -> bool:
+            outages = (await admin.stats())["broadcast"].get("outages", [])
+            return len(outages) > len(stats0["broadcast"].get("outages", [])) and all(w.get("end") for w in outages)
+
+        await settle(reported, timeout=15, interval=0.1)
+        stats = await admin.stats()
+        windows = [(w["start"], w["end"]) for w in stats["broadcast"].get("outages", []) if w.get("end")]
+        excuse = windows if mode == "pubsub" else []
+
+        async def all_in() -> bool:
+            return not check_histories(clients, publisher.log, end=end, outages=excuse).missing
+
+        await settle(all_in, timeout=15, interval=0.2)
+        verdict = check_histories(clients, publisher.log, end=end, outages=excuse)
+    finally:
+        _dispose(clients)
+        await publisher.close()
+    evidence.fact("mode", mode)
+    evidence.fact("restart", {"down_at": down_at, "up_at": up_at, "windows": windows})
+    evidence.fact("histories", verdict.summary())
+    evidence.fact("published", {"ok": sum(p.ok for p in publisher.log), "failed": sum(not p.ok for p in publisher.log)})
+    covering = [w for w in windows if w[0] <= up_at and down_at <= w[1]]
+    evidence.check(
+        "the target reports the outage window in /v1/stats broadcast.outages",
+        bool(covering),
+        expected=f"a window overlapping the restart {down_at:.3f}..{up_at:.3f}",
+        observed=windows or "none",
+    )
+    evidence.check(
+        "the subscriber came back: messages published after the restart arrive",
+        any(p.ok and p.start > up_at for p in publisher.log) and not verdict.missing,
+        expected="deliveries after the restart",
+        observed=verdict.summary(),
+    )
+    what = "published outside the reported window" if mode == "pubsub" else "published before, during and after the outage"
+    evidence.check(
+        f"every message {what} arrives exactly once, in order",
+        not verdict.missing and not verdict.duplicates and not verdict.out_of_order and not verdict.forbidden,
+        expected=0,
+        observed={
+            "missing": verdict.missing[:5],
+            "duplicates": verdict.duplicates[:5],
+            "out_of_order": verdict.out_of_order[:5],
+            "forbidden": verdict.forbidden[:5],
+        },
+    )
+    if mode == "durable":
+        evidence.check(
+            "durable mode loses nothing to the outage (no message excused)",
+            verdict.excused == 0 and verdict.required >= sum(1 for p in publisher.log if p.ok) * len(clients) * 0.9,
+            expected="every message published is required and delivered",
+            observed=verdict.summary(),
+        )
+
+
+@pytest.mark.scenario("broadcast_outage", seed="redis pub/sub is at-most-once: messages published while the subscriber is away are lost")
+@pytest.mark.requires("redis_broadcast")
+@pytest.mark.parametrize("mode", ["pubsub", "durable"])
+def test_broadcast_outage(target_factory, scenario_run, evidence, run_async, mode):
+    _mode_or_skip(scenario_run.manifest, mode)
+    if not scenario_run.broker.restartable:
+        pytest.skip(f"the broker ({scenario_run.broker.kind}) cannot be restarted by the harness")
+    target = target_factory({"workers": 2, "broadcast_mode": mode}, f"outage-{mode}")
+    run_async(outage(target, scenario_run, mode, evidence), timeout=90)
+    evidence.verdict()
+
+
+# -- history ----------------------------------------------------------------------------------------
+
+
+async def history(target, scenario_run, evidence) -> None:
+    manifest = scenario_run.manifest
+    publisher = Publisher("hist", scenario_run.redis_url, manifest.broadcast_prefix, "durable")
+    clients: list[BroadcastClient] = []
+    try:
+        for _ in range(40):
+            await publisher.publish("hist")
+        since = publisher.log[9]
+        stop = asyncio.Event()
+
+        async def publish() -> None:
+            while not stop.is_set() and publisher.seq < 400:
+                await publisher.publish("hist")
+                await asyncio.sleep(0.003)  # the publisher's pace
+
+        task = asyncio.ensure_future(publish())
+        late = await _connect("late", target, "A")
+        live = await _connect("live", target, "A")
+        clients = [late, live]
+        reply = await late.subscribe("hist", since=since.msg_id)
+        await live.subscribe("hist")
+        await task
+        last = publisher.log[-1].seq
+
+        async def complete() -> bool:
+            return bool(late.received) and late.received[-1][3] >= last and bool(live.received) and live.received[-1][3] >= last
+
+        await settle(complete, timeout=15, interval=0.05)
+        verdict = check_histories([live], publisher.log, end=time.time())
+    finally:
+        _dispose(clients)
+        await publisher.close()
+    seqs = [r[3] for r in late.received]
+    ids = [r[4] for r in late.received]
+    expected = list(range(since.seq + 1, last + 1))
+    evidence.fact("history_reply", reply)
+    evidence.fact("late", {"first": seqs[:3], "last": seqs[-3:], "count": len(seqs)})
+    evidence.check(
+        "subscribe since an id is answered with the history it served",
+        reply.get("ok") is True and reply.get("history", 0) >= 30 and reply.get("complete") is True,
+        expected=">= 30 messages of history, complete",
+        observed=reply,
+    )
+    evidence.check(
+        "history then live: every message after the id exactly once, in order, no gap",
+        seqs == expected,
+        expected=f"seq {since.seq + 1}..{last}",
+        observed={"count": len(seqs), "missing": sorted(set(expected) - set(seqs))[:10],
+                  "repeated": len(seqs) - len(set(seqs))},
+    )
+    evidence.check(
+        "every broadcast in durable mode carries its stream id, increasing",
+        all(ids) and ids == [p.msg_id for p in publisher.log if p.seq > since.seq],
+        expected="the publisher's stream ids",
+        observed=ids[:3],
+    )
+    evidence.check(
+        "a plain subscribe (no since) gets nothing from before it and everything after it",
+        not verdict.missing and not verdict.forbidden and not verdict.duplicates,
+        expected=0,
+        observed=verdict.summary(),
+    )
+
+
+@pytest.mark.scenario("broadcast_history", seed="durable broadcast: history since an id, then live, without gap or duplicate")
+@pytest.mark.requires("redis_broadcast")
+def test_broadcast_history(target_factory, scenario_run, evidence, run_async):
+    _mode_or_skip(scenario_run.manifest, "durable")
+    target = target_factory({"workers": 2, "broadcast_mode": "durable"}, "history")
+    run_async(history(target, scenario_run, evidence), timeout=60)
+    evidence.verdict()
+
+
+# -- slow consumer -----------------------------------------------------------------------------------
+
+
+async def slow_consumer(target, scenario_run, evidence) -> None:
+    manifest = scenario_run.manifest
+    admin = AdminClient(target.admin_url, target.admin_token)
+    bound = manifest.broadcast_buffer_bytes
+    size = 16 * 1024
+    # Enough to fill the kernel's buffers on both sides (a few MB on loopback) and then the bound, twice over.
+    count = (2 * bound + 16 * 1024 * 1024) // size
+    publisher = Publisher("big", scenario_run.redis_url, manifest.broadcast_prefix, "pubsub")
+    readers = await _connect_many("r", target, "A", 4)
+    slow = await _connect("slow", target, "A")
+    try:
+        await asyncio.gather(*(c.subscribe("firehose") for c in [*readers, slow]))
+        before = await admin.stats()
+        assert slow.transport is not None
+        slow.transport.pause_reading()
+        pad = "x" * size
+
+        async def slow_closed() -> bool:
+            return counter_delta(before, await admin.stats(), "bc_slow_closed") >= 1
+
+        sent = 0
+        while sent < count and not (sent % 64 == 0 and await slow_closed()):
+            await publisher.publish("firehose", {"pad": pad})
+            sent += 1
+        await settle(slow_closed, timeout=20, interval=0.1)
+        slow.transport.resume_reading()
+        await settle(lambda: slow.is_closed, timeout=20, interval=0.05)
+        await settle(lambda: all(len(r.received) >= sent for r in readers), timeout=30, interval=0.1)
+        after = await admin.stats()
+    finally:
+        _dispose([*readers, slow])
+        await publisher.close()
+    evidence.fact("published", {"messages": sent, "bytes": sent * size, "bound": bound})
+    evidence.check(
+        f"a client that stops reading is closed with {SLOW_CODE} (slow consumer)",
+        slow.close_code == SLOW_CODE,
+        expected=SLOW_CODE,
+        observed={"close_code": slow.close_code, "closed": slow.is_closed, "received": len(slow.received)},
+    )
+    seqs_ok = all([x[3] for x in r.received] == list(range(1, sent + 1)) for r in readers)
+    evidence.check(
+        "the clients that keep reading get every message, in order",
+        seqs_ok,
+        expected=sent,
+        observed=[len(r.received) for r in readers],
+    )
+    counted = counter_delta(before, after, "bc_slow_closed")
+    evidence.check("the stats count the slow consumer closed (bc_slow_closed)", counted == 1, expected=1, observed=counted)
+
+
+@pytest.mark.scenario("broadcast_slow_consumer", seed="a client that cannot keep up must not grow the server's memory")
+@pytest.mark.requires("redis_broadcast")
+def test_broadcast_slow_consumer(target_factory, scenario_run, evidence, run_async):
+    target = target_factory({"workers": 2, "broadcast_mode": "pubsub"}, "slow-consumer")
+    run_async(slow_consumer(target, scenario_run, evidence), timeout=120)
+    evidence.verdict()
+
+
+# -- errors ---------------------------------------------------------------------------------------------
+
+
+async def errors(target, scenario_run, evidence) -> None:
+    c = await _connect("e", target, "A")
+    try:
+        cases = {
+            "subscribe to a bad channel name": (("subscribe",), {"channel": "no spaces allowed"}, 5002),
+            "subscribe to @all": (("subscribe",), {"channel": ALL}, 5002),
+            "subscribe with a non-string channel": (("subscribe",), {"channel": 7}, 5002),
+            "history in pub/sub mode": (("subscribe",), {"channel": "news", "since": "0-0"}, 5003),
+            "publish to a bad channel name": (("publish",), {"channel": "x" * 300, "data": 1}, 5002),
+            "unsubscribe from @all": (("unsubscribe",), {"channel": ALL}, 5002),
+        }
+        seen = {}
+        for what, ((op,), fields, _code) in cases.items():
+            reply = await c.request(op, **fields)
+            seen[what] = (reply.get("ok"), (reply.get("error") or {}).get("code"), (reply.get("error") or {}).get("name"))
+        still = await c.request("subscribe", channel="news")
+    finally:
+        _dispose([c])
+    wrong = {w: s for w, s in seen.items() if s[0] is not False or s[1] != cases[w][2] or not s[2]}
+    evidence.check(
+        "each bad broadcast request is refused with its code and name",
+        not wrong,
+        expected={w: cases[w][2] for w in cases},
+        observed=wrong or "all as expected",
+    )
+    evidence.check("the session goes on after bad requests", still.get("ok") is True, expected=True, observed=still)
+
+
+@pytest.mark.scenario("broadcast_errors", seed="bad input gets a clear error; the session keeps working")
+@pytest.mark.requires("redis_broadcast")
+def test_broadcast_errors(target_factory, scenario_run, evidence, run_async):
+    target = target_factory({"workers": 1, "broadcast_mode": "pubsub"}, "broadcast-errors")
+    run_async(errors(target, scenario_run, evidence), timeout=30)
+    evidence.verdict()
