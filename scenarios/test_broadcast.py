@@ -42,7 +42,7 @@ from scenarios.harness.broadcast import (
     check_histories,
 )
 from scenarios.harness.common import check_no_leaks, counter_delta, warm_up
-from scenarios.harness.waiting import settle
+from scenarios.harness.waiting import WaitTimeout, settle
 
 CHANNELS = ["news", "sport", "tech", "chat"]
 CLIENTS_PER_NODE = 100
@@ -51,6 +51,7 @@ MESSAGES_PER_PUBLISHER = 500
 PUBLISH_RATE = 150.0  # messages per second, per publisher
 ALL_SHARE = 0.05  # share of messages sent to @all
 SLOW_CODE = 4429
+REQUEST_TIMEOUT = 5.0  # a target that does not answer fails the scenario in bounded time
 
 
 def _host_port(target) -> tuple[str, int]:
@@ -83,6 +84,8 @@ def _dispose(clients: list) -> None:
 async def _publish_paced(publisher, rng: random.Random, count: int, rate: float, channels: list[str]) -> None:
     start = time.monotonic()
     for i in range(count):
+        if getattr(publisher, "gave_up", False):
+            break
         channel = ALL if rng.random() < ALL_SHARE else rng.choice(channels)
         await publisher.publish(channel)
         ahead = start + (i + 1) / rate - time.monotonic()
@@ -103,18 +106,25 @@ async def fanout(nodes, scenario_run, mode: str, evidence) -> None:
     admins = [AdminClient(t.admin_url, t.admin_token) for t in nodes]
     names = ["A", "B"]
 
+    failures: list[str] = []
+
     async def exercise(warm: list) -> None:  # links to the broadcaster, each worker's Redis connection
-        for w in warm:
-            await w.request("subscribe", channel="news")
-            await w.request("publish", channel="warm", data={"warm": True})
+        try:
+            for w in warm:
+                await w.request("subscribe", channel="news", timeout=REQUEST_TIMEOUT)
+                await w.request("publish", channel="warm", data={"warm": True}, timeout=REQUEST_TIMEOUT)
+        except (ConnectionError, TimeoutError, WaitTimeout) as exc:
+            failures.append(f"warm-up: {exc}")
 
     fds_before = [await warm_up(t, a, exercise) for t, a in zip(nodes, admins, strict=True)]
+    if failures:  # the target does not serve subscribe at all: nothing else can be observed
+        evidence.check("every subscribe and unsubscribe is answered ok", False, expected="answers", observed=failures)
+        return
     before = [await a.stats() for a in admins]
     clients: list[BroadcastClient] = []
     stuck: list[StuckClient] = []
     others: list[BroadcastClient] = []  # publish through the op; not checked as receivers
     publishers: list = []
-    failures: list[str] = []
     try:
         for node, t in zip(names, nodes, strict=True):
             clients += await _connect_many(f"{node}-c", t, node, CLIENTS_PER_NODE)
@@ -122,7 +132,7 @@ async def fanout(nodes, scenario_run, mode: str, evidence) -> None:
         joins = []
         for c in clients:
             for channel in rng.sample(CHANNELS, 2):
-                joins.append(c.subscribe(channel))
+                joins.append(c.subscribe(channel, timeout=REQUEST_TIMEOUT))
         replies = await asyncio.gather(*joins, return_exceptions=True)
         failures += [repr(r) for r in replies if isinstance(r, BaseException) or not r.get("ok")]
         op_client = await _connect("B-publisher", nodes[1], "B")
@@ -137,7 +147,7 @@ async def fanout(nodes, scenario_run, mode: str, evidence) -> None:
 
         async def churn() -> None:
             n = 0
-            while not stop_churn.is_set():
+            while not stop_churn.is_set() and len(failures) < 10:
                 n += 1
                 action = rng.random()
                 live = [c for c in clients if not c.is_closed]
@@ -147,12 +157,12 @@ async def fanout(nodes, scenario_run, mode: str, evidence) -> None:
                         mine = [m.channel for m in c.memberships if c.member_of(m.channel)]
                         if mine:
                             channel = rng.choice(mine)
-                            r = await c.unsubscribe(channel)
+                            r = await c.unsubscribe(channel, timeout=REQUEST_TIMEOUT)
                             churn_log["left"] += 1
                             if not r.get("ok"):
                                 failures.append(f"unsubscribe {c.name} {channel}: {r}")
                             other = rng.choice([x for x in CHANNELS if not c.member_of(x)])
-                            r = await c.subscribe(other)
+                            r = await c.subscribe(other, timeout=REQUEST_TIMEOUT)
                             churn_log["joined"] += 1
                             if not r.get("ok"):
                                 failures.append(f"subscribe {c.name} {other}: {r}")
@@ -165,7 +175,7 @@ async def fanout(nodes, scenario_run, mode: str, evidence) -> None:
                         clients.append(c)
                         churn_log["arrived"] += 1
                         for channel in rng.sample(CHANNELS, 2):
-                            r = await c.subscribe(channel)
+                            r = await c.subscribe(channel, timeout=REQUEST_TIMEOUT)
                             if not r.get("ok"):
                                 failures.append(f"subscribe {c.name} {channel}: {r}")
                 except (ConnectionError, TimeoutError) as exc:
@@ -188,7 +198,7 @@ async def fanout(nodes, scenario_run, mode: str, evidence) -> None:
             v = check_histories(clients, published, end=end)
             return not v.missing
 
-        await settle(all_in, timeout=20, interval=0.2)
+        await settle(all_in, timeout=15 if not failures else 3, interval=0.2)
         verdict = check_histories(clients, published, end=end)
         after = [await a.stats() for a in admins]
         stuck_bytes = [(s.bytes_received, s.first_bytes) for s in stuck if s.bytes_received]

@@ -104,8 +104,13 @@ class Channels:
         wanted: dict[str, int | None] = {c: self.seen.get(c) for c in self.members if self.members[c] or c == ALL}
         self.registered.clear()
         reg = self._register(wanted)
+        if reg.done.done():
+            return  # it is gone again: its successor will say hello
         for channel in wanted:
-            reg.sessions[channel] = list(self.members.get(channel, {}).values())  # all of them catch up
+            members = list(self.members.get(channel, {}).values())
+            for sess in members:
+                sess.catching.add(channel)  # live frames wait for the answer, which holds what they missed
+            reg.sessions[channel] = members
 
     # -- registering ------------------------------------------------------------------------
 

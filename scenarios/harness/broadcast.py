@@ -176,20 +176,24 @@ class BroadcastClient(asyncio.Protocol):
             await asyncio.wait_for(self._reply_event.wait(), left)
         return self.replies.pop(req_id)
 
-    async def subscribe(self, channel: str, **fields: Any) -> dict:
+    async def subscribe(self, channel: str, timeout: float = 10.0, **fields: Any) -> dict:
         m = Membership(channel, time.time())
         self.memberships.append(m)
-        reply = await self.request("subscribe", channel=channel, **fields)
+        try:
+            reply = await self.request("subscribe", timeout=timeout, channel=channel, **fields)
+        except (ConnectionError, TimeoutError):
+            m.leave_sent = m.leave_ack = m.join_sent  # unknown: not counted as a member
+            raise
         if reply.get("ok"):
             m.join_ack = time.time()
         else:
             m.leave_sent = m.leave_ack = m.join_sent  # never a member
         return reply
 
-    async def unsubscribe(self, channel: str) -> dict:
+    async def unsubscribe(self, channel: str, timeout: float = 10.0) -> dict:
         m = next(m for m in reversed(self.memberships) if m.channel == channel and m.leave_sent == float("inf"))
         m.leave_sent = time.time()
-        reply = await self.request("unsubscribe", channel=channel)
+        reply = await self.request("unsubscribe", timeout=timeout, channel=channel)
         m.leave_ack = time.time()
         return reply
 
@@ -271,22 +275,33 @@ class Publisher:
 class OpPublisher:
     """Publishes stamped messages through a target's ``publish`` op (from one of its sessions)."""
 
-    def __init__(self, name: str, client: BroadcastClient) -> None:
+    GIVE_UP_AFTER = 2  # consecutive failures: the target is not answering, stop waiting on it
+
+    def __init__(self, name: str, client: BroadcastClient, timeout: float = 5.0) -> None:
         self.name = name
         self.client = client
+        self.timeout = timeout
         self.seq = 0
         self.log: list[Published] = []
+        self.failures = 0
+
+    @property
+    def gave_up(self) -> bool:
+        return self.failures >= self.GIVE_UP_AFTER
 
     async def publish(self, channel: str) -> Published:
         self.seq += 1
         rec = Published(self.name, self.seq, channel, time.time())
         self.log.append(rec)
         try:
-            reply = await self.client.request("publish", channel=channel, data={"p": self.name, "s": self.seq})
+            reply = await self.client.request(
+                "publish", timeout=self.timeout, channel=channel, data={"p": self.name, "s": self.seq}
+            )
             rec.ok = bool(reply.get("ok"))
             rec.msg_id = reply.get("msg_id")
         except (ConnectionError, TimeoutError):
             rec.ok = False
+        self.failures = 0 if rec.ok else self.failures + 1
         rec.end = time.time()
         return rec
 

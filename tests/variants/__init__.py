@@ -117,6 +117,26 @@ VARIANTS += [
         "a conflicting or invalid listen changes nothing",
     ),
 ]
+VARIANTS += [
+    Variant(
+        "bcast_no_handshake_check",
+        "a broadcast to @all is pushed to every listed connection, handshake complete or not",
+        "scenarios/test_broadcast.py::test_broadcast_fanout[pubsub]",
+        "sessions mid-handshake receive nothing",
+    ),
+    Variant(
+        "bcast_blocking_subscribe",
+        "a worker subscribes to Redis itself with a blocking client (its event loop freezes)",
+        "scenarios/test_broadcast.py::test_broadcast_fanout[pubsub]",
+        "every subscribe and unsubscribe is answered ok",
+    ),
+    Variant(
+        "bcast_double_delivery",
+        "publish delivers to the local members at once and again when Redis sends it back",
+        "scenarios/test_broadcast.py::test_broadcast_fanout[pubsub]",
+        "each session receives each message of its channels exactly once",
+    ),
+]
 BY_NAME = {v.name: v for v in VARIANTS}
 
 
@@ -150,6 +170,11 @@ timeout_s = 10
 
 [capabilities]
 declared = [{caps}]
+
+[broadcast]
+prefix = "{ref["broadcast"]["prefix"]}"
+modes = [{", ".join(f'"{m}"' for m in ref["broadcast"]["modes"])}]
+buffer_bytes = {ref["broadcast"]["buffer_bytes"]}
 """
     path = directory / f"variant-{name}.toml"
     path.write_text(text)
