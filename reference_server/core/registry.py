@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import enum
 import heapq
+import os
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -57,7 +59,8 @@ _LAST_RECV_OFFSET = struct.calcsize("<IBBhiQqd")  # seq .. connect_time
 _LAST_RECV = struct.Struct("<d")
 
 #: How often a reader retries a record that is being written before giving up.
-READ_RETRIES = 10_000
+READ_RETRIES = 2_000  # spins before the reader starts yielding the CPU
+READ_PATIENCE = 0.5  # seconds a record may stay mid-write before the writer is taken for dead
 
 
 class SessionState(enum.IntEnum):
@@ -200,17 +203,33 @@ class SessionTable:
     # -- reading (any process) ---------------------------------------------
 
     def _read_raw(self, slot: int) -> tuple:
+        """A consistent copy of a record (seqlock read).
+
+        A writer takes microseconds, so the reader spins first. A writer can
+        also be preempted mid-write on a busy machine (one timeslice is
+        milliseconds): past the spin, the reader yields the CPU between tries
+        for up to :data:`READ_PATIENCE` seconds. Only a writer that died
+        mid-write keeps the record odd longer; then :class:`TornRecord`.
+        """
         off = self._offset(slot)
         buf = self._buf
-        for _ in range(READ_RETRIES):
+        tries = 0
+        deadline = 0.0
+        while True:
             (seq1,) = _SEQ.unpack_from(buf, off)
-            if seq1 & 1:
-                continue
-            fields = _RECORD.unpack_from(buf, off)
-            (seq2,) = _SEQ.unpack_from(buf, off)
-            if seq1 == seq2 == fields[0]:
-                return fields
-        raise TornRecord(f"slot {slot} stayed mid-write")
+            if not seq1 & 1:
+                fields = _RECORD.unpack_from(buf, off)
+                (seq2,) = _SEQ.unpack_from(buf, off)
+                if seq1 == seq2 == fields[0]:
+                    return fields
+            tries += 1
+            if tries >= READ_RETRIES:
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + READ_PATIENCE
+                elif now > deadline:
+                    raise TornRecord(f"slot {slot} stayed mid-write for {READ_PATIENCE} s")
+                os.sched_yield()  # let a preempted writer finish
 
     def lookup(self, sid: int) -> ClientInfo | None:
         """The record of ``sid`` in any state but FREE, or None if the id is stale."""

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from .process import Runtime
 
 DEAD_CODES = (ErrorCode.SESSION_CLOSED, ErrorCode.SESSION_NOT_EXIST)
+#: Durable mode: ``publish`` trims a channel's stream to about this many entries (history is what is left).
+STREAM_MAXLEN = 100_000
 
 
 class Server:
@@ -587,7 +589,7 @@ class Server:
         try:
             client = rt.redis()
             if cfg.broadcast_mode == "durable":
-                entry_id = await client.xadd(key, {"data": payload})
+                entry_id = await client.xadd(key, {"data": payload}, maxlen=STREAM_MAXLEN, approximate=True)
                 return entry_id.decode("ascii") if isinstance(entry_id, bytes) else str(entry_id)
             await client.publish(key, payload)
             return None

@@ -50,7 +50,7 @@ from ..app import Application, ProcessSpec
 from ..config import Config
 from ..core.ports import OnRemove, PortError, RefusalReason
 from ..core.proctable import ProcKind, ProcState, ProcTable, proctable_size
-from ..core.registry import SessionTable, TableFull, table_size
+from ..core.registry import SessionTable, TableFull, TornRecord, table_size
 from ..core.reloads import ReloadBook, ReloadScope, ReloadState, Ticket
 from ..errors import ErrorCode, ExitCode
 from . import ipc
@@ -388,7 +388,11 @@ class Master:
         """Policy ``close`` of a removed port: each session's owner closes it with 1001."""
         by_owner: dict[int, list[int]] = {}
         for sid in sids:
-            info = self.table.get_client_info(sid)
+            try:
+                info = self.table.get_client_info(sid)
+            except TornRecord:  # its writer died mid-write: the owner's death frees it
+                self.log.warning("registry.torn_record", sid=sid)
+                continue
             if info is not None:
                 by_owner.setdefault(info.owner_pid, []).append(sid)
         for pid, owned in by_owner.items():
