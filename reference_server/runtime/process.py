@@ -307,6 +307,11 @@ class Runtime:
             sess.abort("shutdown")
         if self.kind in (ProcKind.WORKER, ProcKind.TASK):
             await self._hook("on_worker_stop", self.api)
+        if self._redis is not None:  # the publishing connection
+            try:
+                await self._redis.aclose()
+            except Exception as exc:  # a broken connection: nothing is lost by dropping it
+                self.log.debug("redis.close_failed", error=repr(exc))
         # Let written data (close frames, IPC) drain before the process ends.
         for _ in range(3):
             await asyncio.sleep(0)
