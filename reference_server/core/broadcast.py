@@ -264,7 +264,7 @@ class Outage:
         }
 
 
-def backoff_delays(base: float = 0.05, cap: float = 2.0) -> Iterator[float]:
+def backoff_delays(base: float = 0.05, cap: float = 0.5) -> Iterator[float]:
     """Reconnect delays: doubling from ``base`` up to ``cap`` (the caller adds jitter)."""
     delay = base
     while True:

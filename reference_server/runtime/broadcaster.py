@@ -27,7 +27,7 @@ What it does:
   worker gets every later message of those channels live. The answer and the
   live messages travel on the same link, so nothing falls between them;
 * survives **outages**: on a lost connection it reconnects with doubling
-  delays (50 ms to 2 s, with jitter) and subscribes again. Each outage is kept
+  delays (50 ms to 500 ms, with jitter) and subscribes again. Each outage is kept
   (its window, from the last time Redis was heard from until the subscription
   was confirmed again) and counted: in pub/sub mode what was published then
   may be lost, in durable mode reading resumes where it stopped.
