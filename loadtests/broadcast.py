@@ -52,6 +52,8 @@ import websocket
 from locust import User, constant, events, task
 from locust.runners import WorkerRunner
 
+from scenarios.harness.rawclient import cut_server_frames
+
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 _original_bucket = locust.stats.bucket_response_time
 
@@ -271,21 +273,9 @@ class BroadcastUser(User):
                 return
             now_ns = time.time_ns()
             buf += data
-            pos, size = 0, len(buf)
-            while size - pos >= 2:
-                opcode, n, off = buf[pos] & 0x0F, buf[pos + 1] & 0x7F, pos + 2
-                if n == 126:
-                    if size - pos < 4:
-                        break
-                    n, off = int.from_bytes(buf[pos + 2 : pos + 4], "big"), pos + 4
-                elif n == 127:
-                    if size - pos < 10:
-                        break
-                    n, off = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
-                if size < off + n:
-                    break
-                payload = buf[off : off + n]
-                pos = off + n
+            frames, used = cut_server_frames(buf)
+            buf = buf[used:]
+            for opcode, payload in frames:
                 if opcode == 1:
                     self._on_message(payload.decode("utf-8", "replace"), now_ns)
                 elif opcode == 9:
@@ -296,7 +286,6 @@ class BroadcastUser(User):
                         self._fire("WS", "closed", 0.0, UnexpectedClose(f"close frame {code}"))
                         self.ws = None
                     return
-            buf = buf[pos:]
 
     def _on_message(self, text: str, now_ns: int) -> None:
         """One broadcast: the publisher's stamp, read by slicing when the frame is laid out as the

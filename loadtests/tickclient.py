@@ -10,13 +10,11 @@ Requests are sent as masked text frames (``scenarios.harness.rawclient``).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import time
 from typing import Any
 
-from scenarios.harness.rawclient import text_frame
+from scenarios.harness.rawclient import cut_server_frames, text_frame, upgrade_request
 
 
 class TickClient(asyncio.Protocol):
@@ -41,13 +39,7 @@ class TickClient(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
-        key = base64.b64encode(os.urandom(16)).decode()
-        transport.write(
-            (
-                f"GET / HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
+        transport.write(upgrade_request(self.host, self.port))
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -64,20 +56,9 @@ class TickClient(asyncio.Protocol):
             self.opened.set_result(None)
         now_ns = time.time_ns()
         now = now_ns / 1e9
-        while len(buf) >= 2:
-            opcode, n, off = buf[0] & 0x0F, buf[1] & 0x7F, 2
-            if n == 126:
-                if len(buf) < 4:
-                    return
-                n, off = int.from_bytes(buf[2:4], "big"), 4
-            elif n == 127:
-                if len(buf) < 10:
-                    return
-                n, off = int.from_bytes(buf[2:10], "big"), 10
-            if len(buf) < off + n:
-                return
-            payload = bytes(buf[off : off + n])
-            del buf[: off + n]
+        frames, used = cut_server_frames(buf)
+        del buf[:used]
+        for opcode, payload in frames:
             if opcode == 1:
                 if payload.startswith(b'{"ev":"broadcast"') and self.on_broadcast(payload, now_ns):
                     continue

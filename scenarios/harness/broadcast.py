@@ -24,14 +24,12 @@ those back from the broadcast event (``{"ev":"broadcast","channel":C,"id":ID,"da
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .rawclient import text_frame
+from .rawclient import cut_server_frames, text_frame, upgrade_request
 
 ALL = "@all"
 
@@ -87,13 +85,7 @@ class BroadcastClient(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
-        key = base64.b64encode(os.urandom(16)).decode()
-        transport.write(
-            (
-                f"GET / HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
+        transport.write(upgrade_request(self.host, self.port))
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -109,28 +101,13 @@ class BroadcastClient(asyncio.Protocol):
             del buf[: end + 4]
             self.opened_at = now
             self.opened.set_result(None)
-        pos = 0
-        size = len(buf)
-        while size - pos >= 2:
-            opcode, n, off = buf[pos] & 0x0F, buf[pos + 1] & 0x7F, pos + 2
-            if n == 126:
-                if size - pos < 4:
-                    break
-                n, off = int.from_bytes(buf[pos + 2 : pos + 4], "big"), pos + 4
-            elif n == 127:
-                if size - pos < 10:
-                    break
-                n, off = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
-            if size < off + n:
-                break
-            payload = bytes(buf[off : off + n])
-            pos = off + n
+        frames, used = cut_server_frames(buf)
+        del buf[:used]
+        for opcode, payload in frames:
             if opcode == 1:
                 self._on_text(payload, now)
             elif opcode == 8:
                 self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-        if pos:
-            del buf[:pos]
 
     def _on_text(self, payload: bytes, now: float) -> None:
         try:

@@ -46,6 +46,16 @@ def _wait_port(port: int, up: bool, timeout: float) -> bool:
     return False
 
 
+def _stop_child(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it is still there after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class EmbeddedBroker:
     kind = "embedded-fakeredis"
     restartable = True
@@ -88,12 +98,7 @@ class EmbeddedBroker:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            _stop_child(self.proc)
             for pipe in (self.proc.stdout, self.proc.stdin):
                 if pipe is not None:
                     try:
@@ -151,12 +156,7 @@ class RedisServer:
 
     def _terminate(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            _stop_child(self.proc)
             self.proc = None
 
     def stop(self) -> None:

@@ -14,6 +14,7 @@ ours, never inside one.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import time
@@ -39,6 +40,41 @@ def text_frame(payload: str | bytes, fin: bool = True, *, continuation: bool = F
 
 def ping_frame(payload: bytes) -> bytes:
     return frame_bytes(Opcode.PING, payload)
+
+
+def upgrade_request(host: str, port: int) -> bytes:
+    """The HTTP request that opens a WebSocket on ``/`` (a fresh random key)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def cut_server_frames(buf: bytes | bytearray) -> tuple[list[tuple[int, bytes]], int]:
+    """The whole server frames at the start of ``buf`` as ``(opcode, payload)``, and the bytes they take.
+
+    Server frames are unmasked, so cutting them is a few slices; the lean
+    clients of the harness and the load tests use this instead of a parser.
+    A frame not yet complete is left for the next call.
+    """
+    frames: list[tuple[int, bytes]] = []
+    pos, size = 0, len(buf)
+    while size - pos >= 2:
+        opcode, n, off = buf[pos] & 0x0F, buf[pos + 1] & 0x7F, pos + 2
+        if n == 126:
+            if size - pos < 4:
+                break
+            n, off = int.from_bytes(buf[pos + 2 : pos + 4], "big"), pos + 4
+        elif n == 127:
+            if size - pos < 10:
+                break
+            n, off = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
+        if size < off + n:
+            break
+        frames.append((opcode, bytes(buf[off : off + n])))
+        pos = off + n
+    return frames, pos
 
 
 class RawClient:
