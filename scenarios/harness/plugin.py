@@ -8,6 +8,9 @@
   test), ``admin``, ``evidence``, and ``run_async`` to drive a scenario coroutine.
 * A test marked ``@pytest.mark.requires("cap", ...)`` whose capability the
   target does not declare is skipped and reported as ``unsupported``.
+* A case the manifest lists in ``[known_failures]`` is expected to fail: if it
+  fails it is reported as ``known_deviation`` (and the run stays green); if it
+  passes, the list is stale and the case is reported ``failed``.
 * Each run writes ``<report-dir>/runs/<run-id>/results.json`` (and a copy at
   ``<report-dir>/latest/results.json``): one record per scenario with its
   verdict, duration and the path of its evidence file.
@@ -133,7 +136,9 @@ class ScenarioRun:
             "target": {
                 "name": self.manifest.name,
                 "manifest": str(self.manifest.path),
+                "description": self.manifest.description,
                 "declared_capabilities": sorted(self.manifest.capabilities),
+                "known_failures": self.manifest.known_failures,
             },
             "broker": self.broker_kind,
             "started": self.started,
@@ -169,6 +174,30 @@ def _scenario_id(item: pytest.Item) -> tuple[str, str]:
     if marker is None:
         return item.name, ""
     return marker.args[0], marker.kwargs.get("seed", "")
+
+
+def case_key(scenario_id: str, nodeid: str) -> str:
+    """A case's name in reports and in ``known_failures``: the scenario id, plus ``[param]`` if any."""
+    name = nodeid.rsplit("::", 1)[-1]
+    return scenario_id + name[name.index("[") :] if "[" in name else scenario_id
+
+
+def known_failure_reason(manifest: Manifest, scenario_id: str, nodeid: str) -> str | None:
+    """The manifest's reason if it lists this case (by case key, or by scenario id for every case)."""
+    known = manifest.known_failures
+    return known.get(case_key(scenario_id, nodeid), known.get(scenario_id))
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not any(_is_scenario(item) for item in items):
+        return
+    run = _run(config)
+    for item in items:
+        if not _is_scenario(item):
+            continue
+        reason = known_failure_reason(run.manifest, *(_scenario_id(item)[0], item.nodeid))
+        if reason is not None:
+            item.add_marker(pytest.mark.xfail(reason=f"known deviation: {reason}", strict=True))
 
 
 @pytest.fixture(scope="session")
@@ -253,7 +282,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if not finished:
         return report
     sid, seed = _scenario_id(item)
-    if report.skipped:
+    known = known_failure_reason(_run(item.config).manifest, sid, item.nodeid)
+    if hasattr(report, "wasxfail") and report.skipped:
+        verdict, message = "known_deviation", f"{known}\n\n" + str(call.excinfo.value if call.excinfo else "")[-4000:]
+    elif known is not None and report.failed and report.when == "call" and call.excinfo is None:
+        verdict = "failed"
+        message = f"stale known failure: the manifest lists this case ({known!r}) but it passed"
+    elif report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         verdict = "unsupported" if "unsupported:" in reason else "skipped"
         message = reason.removeprefix("Skipped: ")
@@ -267,6 +302,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     run.results.append(
         {
             "id": sid,
+            "case": case_key(sid, item.nodeid),
             "seed": seed,
             "test": item.nodeid,
             "verdict": verdict,
@@ -304,7 +340,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
     terminalreporter.write_sep("=", f"scenarios against {run.manifest.name}: {summary}")
     for r in run.results:
-        terminalreporter.write_line(f"  {r['verdict']:<12} {r['id']:<28} {r['duration_s']:>7.2f}s")
+        terminalreporter.write_line(f"  {r['verdict']:<15} {r['case']:<36} {r['duration_s']:>7.2f}s")
     terminalreporter.write_line(f"results: {path}")
     leftovers = [s for s in run.target_stops if s["leftover_pids"] or s["forced"]]
     for s in leftovers:
