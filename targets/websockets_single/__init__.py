@@ -1,0 +1,1 @@
+"""A single-process contract server on python-websockets (asyncio). See :mod:`.server`."""
