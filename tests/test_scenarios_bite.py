@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.variants import REPO, VARIANTS, Variant, write_manifest
+from scenarios.harness.probe import PROBES
+from tests.variants import EXPECTED_CASE, REPO, VARIANTS, Variant, write_manifest
 
 REFERENCE = REPO / "reference_server" / "target.toml"
 
@@ -41,6 +42,7 @@ def test_scenario_catches_broken_variant(variant: Variant, tmp_path: Path) -> No
     assert code == 1, f"the scenario did not fail on {variant.name}:\n{output}"
     (record,) = results["scenarios"]
     assert record["verdict"] == "failed", record
+    assert record["case"] == EXPECTED_CASE[variant.name], record
     assert any(name.startswith(variant.caught_by) for name in record["failed_checks"]), (
         f"{variant.name} failed, but not by '{variant.caught_by}...': {record['failed_checks']}"
     )
@@ -57,17 +59,29 @@ def test_reference_passes_every_scenario(tmp_path: Path) -> None:
     assert all(s["exit_code"] == 0 and not s["forced"] for s in results["target_stops"]), results["target_stops"]
 
 
-def test_undeclared_capabilities_are_reported_unsupported_not_failed(tmp_path: Path) -> None:
+def test_declaring_nothing_is_unsupported_but_caught_by_the_honesty_probe(tmp_path: Path) -> None:
+    """A target cannot pass by declaring nothing: its scenarios are unsupported, and the probe fails.
+
+    The reference with an empty declaration still answers the ops and routes
+    of every capability, so the probe reports each capability that has ops or
+    routes of its own as failed; the core still passes.
+    """
     text, replaced = re.subn(r"(?m)^declared = \[.*\]$", "declared = []", REFERENCE.read_text())
     assert replaced == 1
     text = text.replace('cwd = ".."', f'cwd = "{REPO}"')
     manifest = tmp_path / "declares-nothing.toml"
     manifest.write_text(text)
     code, results, output = run_suite(["scenarios/"], manifest, tmp_path / "reports")
-    assert code == 0, output
-    verdicts = {r["id"]: r["verdict"] for r in results["scenarios"]}
+    assert code == 1, output
+    verdicts = {r["case"]: r["verdict"] for r in results["scenarios"]}
+    scenarios = {k: v for k, v in verdicts.items() if not k.startswith("contract_probe")}
     assert {"task_sweep", "dead_session_push", "heartbeat", "migration_stream", "migration_errors", "reload_ticks"} <= set(
-        verdicts
+        scenarios
     )
-    assert set(verdicts.values()) == {"unsupported"}, verdicts
+    assert set(scenarios.values()) == {"unsupported"}, scenarios
+    probes = {k.removeprefix("contract_probe[").rstrip("]"): v for k, v in verdicts.items() if k.startswith("contract_probe")}
+    assert probes.pop("core") == "passed", probes
+    hidden = {cap for cap, p in PROBES.items() if p.checks_undeclared}
+    assert {cap for cap, v in probes.items() if v == "failed"} == hidden, probes
+    assert {cap for cap, v in probes.items() if v != "failed"} == set(PROBES) - hidden
     assert results["target"]["declared_capabilities"] == []

@@ -261,11 +261,38 @@ def run_async():
     return runner
 
 
+_LOG_MARKS = pytest.StashKey[dict[str, int]]()
+LOG_EXCERPT_LINES = 40
+
+
+def _log_sizes(run: ScenarioRun) -> dict[str, int]:
+    logs = run.run_dir / "logs"
+    return {p.name: p.stat().st_size for p in logs.glob("*.log")} if logs.is_dir() else {}
+
+
+def log_excerpts(run: ScenarioRun, marks: dict[str, int]) -> dict[str, list[str]]:
+    """What each target log gained since ``marks`` (its last lines): the case's share of the logs."""
+    out: dict[str, list[str]] = {}
+    for name, size in sorted(_log_sizes(run).items()):
+        start = marks.get(name, 0)
+        if size <= start:
+            continue
+        with open(run.run_dir / "logs" / name, "rb") as f:
+            f.seek(start)
+            lines = f.read().decode(errors="replace").splitlines()
+        out[name] = lines[-LOG_EXCERPT_LINES:]
+    return out
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     marker = item.get_closest_marker("requires")
-    if marker is None:
+    if not _is_scenario(item) and marker is None:
         return
     run = _run(item.config)
+    if _is_scenario(item):
+        item.stash[_LOG_MARKS] = _log_sizes(run)
+    if marker is None:
+        return
     missing = [cap for cap in marker.args if cap not in run.manifest.capabilities]
     if missing:
         pytest.skip(f"unsupported: target {run.manifest.name!r} does not declare {', '.join(missing)}")
@@ -311,6 +338,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             "checks": len(ev.checks) if ev is not None else 0,
             "failed_checks": [c.name for c in ev.failed] if ev is not None else [],
             "message": message,
+            "log_excerpt": log_excerpts(run, item.stash.get(_LOG_MARKS, {})) if verdict != "unsupported" else {},
         }
     )
     return report

@@ -139,13 +139,39 @@ VARIANTS += [
 ]
 BY_NAME = {v.name: v for v in VARIANTS}
 
+#: The case (scenario id, with its parameter if any) each variant must fail, as reports name it.
+EXPECTED_CASE = {
+    "sid_reuse": "dead_session_push",
+    "push_warn_storm": "dead_session_push",
+    "sweep_local_only": "task_sweep",
+    "close_drops_queue": "task_sweep",
+    "heartbeat_counts_pushes": "heartbeat",
+    "migrate_drops_unparsed": "migration_partial_frames",
+    "migrate_loses_pushes": "migration_pushes_in_flight",
+    "migrate_source_fin": "migration_stream",
+    "reload_seed_timers": "reload_ticks",
+    "reload_seed_dead_pushes": "reload_disconnects",
+    "reload_drops_sessions": "reload_ticks",
+    "reload_twice_at_once": "reload_ticks",
+    "unlisten_keeps_bound": "port_churn",
+    "listen_crashes_worker": "port_errors",
+    "bcast_no_handshake_check": "broadcast_fanout[pubsub]",
+    "bcast_blocking_subscribe": "broadcast_fanout[pubsub]",
+    "bcast_double_delivery": "broadcast_fanout[pubsub]",
+}
+
 
 def apply(name: str) -> None:
     importlib.import_module(f"tests.variants.{name}").apply()
 
 
-def write_manifest(name: str, directory: Path) -> Path:
-    """A manifest for variant ``name``: the reference's, started through the variant."""
+def write_manifest(name: str, directory: Path, *, known_failure: bool = False) -> Path:
+    """A manifest for variant ``name``: the reference's, started through the variant.
+
+    With ``known_failure``, the manifest lists the case the variant breaks
+    under ``[known_failures]``: the comparison then shows it as a known
+    deviation, and fails if the case passes (the scenario no longer bites).
+    """
     ref = tomllib.loads((REPO / "reference_server" / "target.toml").read_text())
     command = ref["start"]["command"]
     assert command[:3] == ["{python}", "-m", "reference_server"], command[:3]
@@ -176,6 +202,9 @@ prefix = "{ref["broadcast"]["prefix"]}"
 modes = [{", ".join(f'"{m}"' for m in ref["broadcast"]["modes"])}]
 buffer_bytes = {ref["broadcast"]["buffer_bytes"]}
 """
+    if known_failure:
+        reason = f"broken on purpose: {BY_NAME[name].bug}".replace('"', "'")
+        text += f'\n[known_failures]\n"{EXPECTED_CASE[name]}" = "{reason}"\n'
     path = directory / f"variant-{name}.toml"
     path.write_text(text)
     return path

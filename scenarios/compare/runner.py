@@ -1,0 +1,119 @@
+"""Run the scenario suite over several targets and write the comparison (the I/O around :mod:`.matrix`).
+
+Each target runs in its own ``pytest`` process, exactly as a user would run
+it (``pytest scenarios/ --target M``), with its own report directory under
+``<out>/compare/<name>/``. Its ``results.json`` is then read, each case gets
+an evidence page under ``<out>/cases/<name>/``, and the matrix is written as
+``<out>/index.json`` and ``<out>/index.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..harness.manifest import ManifestError, load_manifest
+from . import html, matrix
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Entry:
+    """One column: a manifest, and which scenarios to run (empty: the whole suite)."""
+
+    manifest: Path
+    select: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+def safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "x"
+
+
+def run_entry(
+    entry: Entry,
+    out: Path,
+    *,
+    pytest_args: list[str] = (),  # type: ignore[assignment]
+    timeout: float = 1800,
+) -> matrix.RunResult:
+    """Run one target's scenarios in a child pytest; its results, and its evidence pages written."""
+    try:
+        manifest = load_manifest(entry.manifest)
+    except ManifestError as exc:
+        return matrix.RunResult(str(entry.manifest), str(entry.manifest), None, exit_code=None, output_tail=str(exc), note=entry.note)
+    name = manifest.name
+    report_dir = out / "compare" / safe(name)
+    shutil.rmtree(report_dir / "latest", ignore_errors=True)
+    command = [
+        sys.executable, "-m", "pytest", *(entry.select or ["scenarios/"]),
+        "--target", str(manifest.path), "--report-dir", str(report_dir), "-q", "-p", "no:cacheprovider", *pytest_args,
+    ]
+    try:
+        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        code, output = proc.returncode, proc.stdout[-4000:] + proc.stderr[-2000:]
+    except subprocess.TimeoutExpired as exc:
+        code, output = None, f"timed out after {timeout}s: {str(exc.stdout or '')[-3000:]}"
+    path = report_dir / "latest" / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else None
+    run = matrix.RunResult(name, str(manifest.path), results, exit_code=code, selection=entry.select, output_tail=output, note=entry.note)
+    if results is not None:
+        run.links = write_case_pages(name, results, out)
+    return run
+
+
+def write_case_pages(name: str, results: dict, out: Path) -> dict[str, str]:
+    """One evidence page per case that ran; their paths relative to ``out``, by case key."""
+    links: dict[str, str] = {}
+    folder = out / "cases" / safe(name)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    for record in results.get("scenarios", []):
+        if record.get("verdict") == "unsupported":
+            continue
+        key = record.get("case") or record["id"]
+        evidence = None
+        if record.get("evidence"):
+            try:
+                evidence = json.loads(Path(record["evidence"]).read_text())
+            except (OSError, ValueError):
+                evidence = None
+        page = folder / f"{safe(key)}.html"
+        page.write_text(html.render_case(name, record, evidence, index_href="../../index.html"))
+        links[key] = page.relative_to(out).as_posix()
+    return links
+
+
+def compare(
+    entries: list[Entry],
+    out: Path,
+    *,
+    pytest_args: list[str] = (),  # type: ignore[assignment]
+    progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> dict:
+    """Run every entry, then write ``index.json`` and ``index.html`` under ``out``; the matrix."""
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for i, entry in enumerate(entries, 1):
+        started = time.monotonic()
+        progress(f"[{i}/{len(entries)}] {entry.manifest} {' '.join(entry.select) or '(whole suite)'}")
+        run = run_entry(entry, out, pytest_args=pytest_args)
+        counts = (run.results or {}).get("summary", {})
+        progress(f"      {run.name}: {counts or 'no results'} in {time.monotonic() - started:.0f}s")
+        runs.append(run)
+    doc = matrix.build(runs, generated=time.time())
+    write(doc, out)
+    return doc
+
+
+def write(doc: dict, out: Path) -> None:
+    (out / "index.json").write_text(json.dumps(doc, indent=1))
+    (out / "index.html").write_text(html.render_index(doc))
