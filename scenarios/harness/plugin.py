@@ -352,6 +352,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if run.results:
         path = run.write_results()
         session.config.stash[_RESULTS_PATH] = path
+        write_single_report(run, path, exitstatus)
+
+
+def write_single_report(run: ScenarioRun, results_path: Path, exitstatus: int) -> None:
+    """This run alone as a one-column matrix: ``<report-dir>/latest/index.html`` (and evidence pages)."""
+    from ..compare import matrix, runner
+
+    results = json.loads(results_path.read_text())
+    out = run.report_root / "latest"
+    one = matrix.RunResult(run.manifest.name, str(run.manifest.path), results, exit_code=int(exitstatus))
+    one.links = runner.write_case_pages(run.manifest.name, results, out)
+    runner.write(matrix.build([one], generated=time.time()), out)
 
 
 _RESULTS_PATH = pytest.StashKey[Path]()
@@ -370,6 +382,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     for r in run.results:
         terminalreporter.write_line(f"  {r['verdict']:<15} {r['case']:<36} {r['duration_s']:>7.2f}s")
     terminalreporter.write_line(f"results: {path}")
+    terminalreporter.write_line(f"report:  {run.report_root / 'latest' / 'index.html'}")
     leftovers = [s for s in run.target_stops if s["leftover_pids"] or s["forced"]]
     for s in leftovers:
         terminalreporter.write_line(f"WARNING: target {s['label']} had to be killed: {s}")
