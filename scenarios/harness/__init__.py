@@ -9,7 +9,11 @@ Modules, one concern each:
 * :mod:`.admin`    -- the admin API client.
 * :mod:`.evidence` -- named checks with expected/observed values; the failure message.
 * :mod:`.waiting`  -- wait on an observable condition with a bound.
-* :mod:`.plugin`   -- the pytest plugin: options, fixtures, capability gating, results.
+* :mod:`.probe`    -- the honesty probe's requests and how their answers are judged.
+* :mod:`.plugin`   -- the pytest plugin: options, fixtures, capability gating, known
+  failures, results.
+
+The comparison over several targets (matrix, pages) is :mod:`scenarios.compare`.
 """
 
 CONTRACT_VERSION = 1
