@@ -167,3 +167,25 @@ def test_matrix_page_in_a_real_browser(small_run, tmp_path: Path) -> None:
     for name, rgb in {"passed": (0xE3, 0xF4, 0xE8), "failed": (0xFD, 0xE2, 0xE1), "known deviation": (0xFF, 0xF1, 0xCC)}.items():
         assert rgb in colours, f"no {name} cell drawn in the screenshot"
     shutil.copyfile(shot, out / "matrix.png")
+
+
+def test_probe_judgements() -> None:
+    """The honesty probe's rules: a declared op answers in kind, an undeclared one is refused with 4501."""
+    from scenarios.harness.probe import PROBES, OpProbe, RouteProbe, judge_op, judge_route
+
+    unsupported = {"ok": False, "error": {"code": 4501}}
+    migrate = PROBES["migrate"].ops[0]
+    assert judge_op(migrate, {"ok": False, "error": {"code": 2003}}, declared=True)[0]
+    assert not judge_op(migrate, unsupported, declared=True)[0]  # declared, but says unsupported
+    assert judge_op(migrate, unsupported, declared=False)[0]
+    assert not judge_op(migrate, {"ok": True, "from": 0, "to": 1}, declared=False)[0]  # hides what it does
+    assert not judge_op(OpProbe("channels", carries="channels"), {"ok": True}, declared=True)[0]
+    assert not judge_op(OpProbe("timer_status", expect="error"), unsupported, declared=True)[0]
+    route = RouteProbe("GET", "/v1/reloads", carries="history")
+    assert judge_route(route, 200, {"history": []}, declared=True)[0]
+    assert not judge_route(route, 200, {}, declared=True)[0]
+    assert judge_route(route, 404, {}, declared=False)[0] and judge_route(route, 501, {}, declared=False)[0]
+    assert not judge_route(route, 200, {"history": []}, declared=False)[0]
+    coded = RouteProbe("POST", "/x", status=404, code=2003)
+    assert judge_route(coded, 404, {"error": {"code": 2003}}, declared=True)[0]
+    assert not judge_route(coded, 404, {"error": {"code": 4404}}, declared=True)[0]

@@ -195,7 +195,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     for item in items:
         if not _is_scenario(item):
             continue
-        reason = known_failure_reason(run.manifest, *(_scenario_id(item)[0], item.nodeid))
+        reason = known_failure_reason(run.manifest, _scenario_id(item)[0], item.nodeid)
         if reason is not None:
             item.add_marker(pytest.mark.xfail(reason=f"known deviation: {reason}", strict=True))
 
@@ -323,7 +323,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         verdict, message = "passed", ""
     else:
         verdict = "failed" if report.when == "call" else "error"
-        message = str(report.longrepr)[-4000:]
+        failure = call.excinfo.value if call.excinfo is not None else None
+        message = (str(failure) if isinstance(failure, AssertionError) and str(failure) else str(report.longrepr))[-4000:]
     ev = item.stash.get(_EVIDENCE_KEY, None)
     run = _run(item.config)
     run.results.append(

@@ -6,7 +6,8 @@ broadcast frame, and written to the channel's members (``@all``: every
 session) with ``websockets.broadcast``. A member whose write buffer passes the
 bound is closed with 4429.
 
-* ``subscribe`` takes effect locally at once: the node already hears every
+* ``subscribe`` waits until the node's ``PSUBSCRIBE`` is confirmed (at most
+  2 s, else 5005), then takes effect locally at once: the node hears every
   channel, so whatever Redis sends after the reply reaches the session.
 * ``unsubscribe`` first sends a PING on the subscription and waits for its
   PONG: Redis answers it after every message it queued before, so a message
@@ -48,6 +49,7 @@ class PubSub:
         self.prefix = prefix
         self.members: dict[str, set[Session]] = {}
         self.connected = False
+        self.subscribed = asyncio.Event()  # set while PSUBSCRIBE is confirmed
         self.outages: list[dict[str, Any]] = []
         self.last_heard = time.time()
         self.pubsub: Any = None
@@ -84,6 +86,7 @@ class PubSub:
                     kind = msg["type"]
                     if kind == "psubscribe":
                         self.connected = True
+                        self.subscribed.set()
                         if self.outages and self.outages[-1]["end"] is None:
                             end = self.outages[-1]
                             end["end"] = time.time()
@@ -105,6 +108,7 @@ class PubSub:
                     del self.outages[:-50]
                     log.warning("redis subscription lost: %r", exc)
                 self.connected = False
+                self.subscribed.clear()
                 attempts += 1
                 for waiter in self.barriers.values():
                     if not waiter.done():
@@ -152,6 +156,11 @@ class PubSub:
         channel = kit.channel_name(msg.get("channel"))
         if msg.get("since") is not None:
             raise ContractError("HISTORY_UNAVAILABLE", "pub/sub mode keeps no history ('since' needs durable mode)")
+        if not self.subscribed.is_set():  # e.g. just started: what Redis sends before PSUBSCRIBE is lost
+            try:
+                await asyncio.wait_for(self.subscribed.wait(), 2.0)
+            except TimeoutError:
+                raise ContractError("BROKER_UNAVAILABLE", "not subscribed to Redis (it cannot be reached)") from None
         self.members.setdefault(channel, set()).add(s)
         s.channels.add(channel)
         return {"channel": channel, "history": 0, "complete": True, "id": None}

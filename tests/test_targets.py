@@ -1,0 +1,52 @@
+"""The alternative targets pass what they declare, through the real harness, as a user runs them.
+
+Each target's whole suite runs in a subprocess; every case is passed,
+unsupported (an undeclared capability or broadcast mode) or a known deviation
+its manifest lists. The honesty probe is among those cases, so a target that
+hides a capability fails here too.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scenarios.harness.manifest import load_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+#: One scenario of each capability: it runs (and passes) exactly when the capability is declared.
+SCENARIO_OF = {
+    "task_sweep": "task_sweep",
+    "dead_session_stats": "dead_session_push",
+    "heartbeat": "heartbeat",
+    "migrate": "migration_errors",
+    "reload": "reload_repeated",
+    "dynamic_ports": "port_errors",
+    "redis_broadcast": "broadcast_errors",
+}
+TARGETS = sorted((REPO / "targets").glob("*/target.toml"))
+
+
+@pytest.mark.parametrize("manifest", TARGETS, ids=[p.parent.name for p in TARGETS])
+def test_alternative_target_passes_what_it_declares(manifest: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "scenarios/", "--target", str(manifest), "--report-dir", str(tmp_path), "-q"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    results = json.loads((tmp_path / "latest" / "results.json").read_text())
+    verdicts = {r["case"]: r["verdict"] for r in results["scenarios"]}
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert set(verdicts.values()) <= {"passed", "unsupported", "known_deviation"}, verdicts
+    declared = load_manifest(manifest).capabilities
+    probes = {k for k, v in verdicts.items() if k.startswith("contract_probe") and v == "passed"}
+    assert "contract_probe[core]" in probes
+    for cap, case in SCENARIO_OF.items():
+        expected = {"passed", "known_deviation"} if cap in declared else {"unsupported"}
+        assert verdicts[case] in expected, (cap, case, verdicts[case])
+        probe = verdicts.get(f"contract_probe[{cap}]", "passed")  # heartbeat has no probe of its own
+        assert probe in ({"passed"} | ({"unsupported"} if cap not in declared else set())), (cap, probe)
+    assert not any(s["forced"] or s["leftover_pids"] for s in results["target_stops"]), results["target_stops"]
