@@ -92,8 +92,13 @@ def render_index(matrix: dict[str, Any]) -> str:
         + "· known deviation: a failure the target's manifest lists, with its reason</p>"
     )
     head = ['<th class="case">case</th>']
+    seen: dict[tuple[str, ...], str] = {}  # a declaration already shown, by the first target that made it
     for t in targets:
-        caps = "".join(f"<span>{escape(c)}</span>" for c in t["declared"]) or "<span>(declares nothing)</span>"
+        same = seen.setdefault(tuple(t["declared"]), t["name"])
+        if same != t["name"]:
+            caps = f"<span>same as {escape(same)}</span>"
+        else:
+            caps = "".join(f"<span>{escape(c)}</span>" for c in t["declared"]) or "<span>(declares nothing)</span>"
         counts = ", ".join(f"{n} {escape(LABELS.get(v, v))}" for v, n in t["counts"].items())
         shown = t["note"] and t["note"].lower() not in t["description"].lower()
         note = f'<div class="why">{escape(t["note"])}</div>' if shown else ""
