@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +42,7 @@ def run_entry(
     entry: Entry,
     out: Path,
     *,
-    pytest_args: list[str] = (),  # type: ignore[assignment]
+    pytest_args: Sequence[str] = (),
     timeout: float = 1800,
 ) -> matrix.RunResult:
     """Run one target's scenarios in a child pytest; its results, and its evidence pages written."""
@@ -96,7 +96,7 @@ def compare(
     entries: list[Entry],
     out: Path,
     *,
-    pytest_args: list[str] = (),  # type: ignore[assignment]
+    pytest_args: Sequence[str] = (),
     progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> dict:
     """Run every entry, then write ``index.json`` and ``index.html`` under ``out``; the matrix."""

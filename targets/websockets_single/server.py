@@ -186,6 +186,10 @@ class SingleServer:
         session.closing = True
         if self.sessions.pop(session.id, None) is not None:
             self.counters["sessions_closed"] += 1
+        self.release(session)
+
+    def release(self, session: Session) -> None:
+        """Its close is known: stop the session's timers and take it out of every channel."""
         for timer in list(session.timers.values()):
             self.drop_timer(session, timer)
         if self.pubsub is not None:
@@ -225,10 +229,7 @@ class SingleServer:
             self.write(session, last_message)
         session.closing = True
         self.counters["closes_requested"] += 1
-        for timer in list(session.timers.values()):
-            self.drop_timer(session, timer)
-        if self.pubsub is not None:
-            self.pubsub.leave_all(session)
+        self.release(session)
         self.spawn(session.conn.close(code, reason))
         return True
 
