@@ -27,6 +27,7 @@ from socket import socket
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -101,6 +102,8 @@ class Admin:
                 return error_response(exc.status, exc.name, exc.message)
             except ContractError as exc:
                 return JSONResponse({"error": exc.as_dict()}, status_code=STATUS_OF.get(exc.code, 400))
+            except (RedisError, OSError) as exc:  # the cluster lives in Redis: without it, no answer
+                return error_response(503, "BROKER_UNAVAILABLE", f"Redis cannot be reached: {exc!r}")
 
         return endpoint
 
@@ -143,7 +146,10 @@ class Admin:
         return [r for r in await asyncio.gather(*(one(n) for n in names)) if r is not None]
 
     async def ready(self, request: Request) -> Response:
-        table = (await self.process_table()).values()
+        try:
+            table = (await self.process_table()).values()
+        except (RedisError, OSError):
+            return JSONResponse({"ready": False, "why": "Redis cannot be reached"}, status_code=503)
         kinds = Counter(p["kind"] for p in table)
         ready = (
             kinds["master"] == 1

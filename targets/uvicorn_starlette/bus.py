@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..kit import ContractError
+from .outage import OutageLog
 
 log = logging.getLogger("uvs.bus")
 
@@ -98,13 +99,15 @@ class Bus:
         return bool(await self.redis.publish(self.channel_of(dest), json.dumps(body)))
 
     async def _read(self) -> None:
+        outage = OutageLog(log, f"bus {self.name}")
         while True:
             try:
                 msg = await self.pubsub.get_message(timeout=1.0)
-            except (RedisError, OSError) as exc:  # Redis went away: the server cannot work without it
-                log.error("bus %s lost Redis: %r", self.name, exc)
+            except (RedisError, OSError) as exc:  # Redis went away: the subscription comes back with it
+                outage.failed(exc)
                 await asyncio.sleep(0.2)
                 continue
+            outage.ok()
             if msg is None or msg.get("type") != "message":
                 continue
             try:

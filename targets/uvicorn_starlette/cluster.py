@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from .. import kit
 from .bus import Bus, Unreachable
+from .outage import RETRY_ON, async_retry
 from .settings import Settings
 
 log = logging.getLogger("uvs.cluster")
@@ -34,7 +35,8 @@ POOL_SIZE = 8
 
 def redis_client(url: str, size: int = POOL_SIZE) -> aioredis.Redis:
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=size, timeout=10.0, socket_connect_timeout=2.0, decode_responses=True
+        url, max_connections=size, timeout=10.0, socket_connect_timeout=2.0, decode_responses=True,
+        retry=async_retry(), retry_on_error=RETRY_ON,
     )
     return aioredis.Redis(connection_pool=pool)
 

@@ -46,6 +46,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 
 from . import taskworker
 from .admin import AdminThread
+from .outage import RETRY_ON, OutageLog, sync_retry
 from .reloads import ReloadBook
 from .settings import Settings
 
@@ -59,7 +60,16 @@ class Supervisor(Multiprocess):
         self.admin = AdminThread(settings, admin_socket)
         self.settings = settings
         self.keys = settings.keys
-        self.redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2.0, socket_timeout=10.0, decode_responses=True)
+        # Two threads use it (uvicorn's loop and the reload inbox): a bounded pool, opened in full
+        # at start, so the master's fds do not drift.
+        pool = redis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=4, timeout=10.0, socket_connect_timeout=2.0, socket_timeout=10.0,
+            decode_responses=True, retry=sync_retry(), retry_on_error=RETRY_ON,
+        )
+        conns = [pool.get_connection() for _ in range(pool.max_connections)]
+        for conn in conns:
+            pool.release(conn)
+        self.redis = redis.Redis(connection_pool=pool)
         self.task_procs: list[SpawnProcess] = []
         self.book = ReloadBook()
         self.lock = threading.Lock()
@@ -172,13 +182,15 @@ class Supervisor(Multiprocess):
             return {**record.as_dict(), "merged": merged}
 
     def serve_inbox(self) -> None:
+        outage = OutageLog(log, "reload inbox")
         while not self.closing.is_set():
             try:
                 item = self.redis.blpop([self.keys.reload_inbox], timeout=0.5)
             except RedisError as exc:
-                log.warning("reload inbox: %r", exc)
+                outage.failed(exc)
                 self.closing.wait(0.2)
                 continue
+            outage.ok()
             if item is None:
                 continue
             try:

@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 from .. import kit
 from .bus import Bus, Unreachable
 from .cluster import open_pool, redis_client
+from .outage import OutageLog
 from .settings import Settings
 
 log = logging.getLogger("uvs.task")
@@ -100,13 +101,15 @@ class TaskWorker:
         log.info("%s stopped", self.name)
 
     async def consume(self) -> None:
+        outage = OutageLog(log, f"{self.name} task queue")
         while True:
             try:
                 popped = await self.redis.brpop([self.keys.tasks], timeout=1)
             except (RedisError, OSError) as exc:
-                log.warning("%s: task queue unreachable: %r", self.name, exc)
+                outage.failed(exc)
                 await asyncio.sleep(0.2)
                 continue
+            outage.ok()
             if popped is None:
                 continue
             self.current = asyncio.create_task(self.run_task(json.loads(popped[1])))
