@@ -8,14 +8,18 @@ hides a capability fails here too.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect
 
+from scenarios.harness.broker import EmbeddedBroker
 from scenarios.harness.manifest import load_manifest
+from scenarios.harness.target import StopReport, Target
 
 REPO = Path(__file__).resolve().parents[1]
 #: One scenario of each capability: it runs (and passes) exactly when the capability is declared.
@@ -50,3 +54,38 @@ def test_alternative_target_passes_what_it_declares(manifest: Path, tmp_path: Pa
         probe = verdicts.get(f"contract_probe[{cap}]", "passed")  # heartbeat has no probe of its own
         assert probe in ({"passed"} | ({"unsupported"} if cap not in declared else set())), (cap, probe)
     assert not any(s["forced"] or s["leftover_pids"] for s in results["target_stops"]), results["target_stops"]
+
+
+@pytest.mark.parametrize("manifest", TARGETS, ids=[p.parent.name for p in TARGETS])
+def test_a_client_that_does_not_read_cannot_keep_a_target_from_stopping(manifest: Path, tmp_path: Path) -> None:
+    """SIGTERM while a client that reads nothing holds a full socket: the target still stops in its stop time."""
+    broker = EmbeddedBroker()
+    broker.start()
+    target = Target(load_manifest(manifest), profile={"workers": 1}, redis_url=broker.url, log_path=tmp_path / "t.log")
+
+    async def scenario() -> StopReport:
+        deaf = await connect(target.ws_url, compression=None, max_size=None)
+        talker = await connect(target.ws_url, compression=None)
+        try:
+            await deaf.send(json.dumps({"op": "whoami", "id": 1}))
+            sid = json.loads(await deaf.recv())["session"]
+            deaf.transport.pause_reading()  # from now on its socket fills up
+            big = "x" * 60_000
+            for i in range(150):  # 9 MB: far more than the kernel buffers hold
+                await talker.send(json.dumps({"op": "push", "id": i, "to": sid, "data": big}))
+                reply = json.loads(await talker.recv())
+                if not reply["ok"]:  # a target may close it as a slow consumer: its close frame waits too
+                    assert reply["error"]["code"] == 1004, reply
+                    break
+            return await asyncio.to_thread(target.stop)  # the deaf client stays connected, reading nothing
+        finally:
+            deaf.transport.abort()
+            talker.transport.abort()
+
+    try:
+        target.start()
+        report = asyncio.run(scenario())
+    finally:
+        target.stop()
+        broker.stop()
+    assert report.exit_code == 0 and not report.forced and not report.leftover_pids, (report, target.log_tail())

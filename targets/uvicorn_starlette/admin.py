@@ -301,7 +301,7 @@ class AdminThread(threading.Thread):
         asyncio.run(self.main())
 
     async def main(self) -> None:
-        cluster = Cluster(self.settings)
+        cluster = Cluster(self.settings, pool_size=3)  # the bus, and two for the requests
         await cluster.join_bus(f"master-{os.getpid()}", {})
         app = Starlette(routes=Admin(cluster).routes(), exception_handlers={HTTPException: http_exception})
         self.server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level=self.settings.log_level, access_log=False))

@@ -27,10 +27,11 @@ from .settings import Settings
 
 log = logging.getLogger("uvs.cluster")
 
-#: Redis connections per process. The pool is bounded and opened in full at start, so that a
-#: burst (many sessions connecting at once) waits for a connection instead of opening more, and
-#: the process's fds do not drift with its load.
-POOL_SIZE = 8
+#: Redis connections per process: one is the bus subscription, the others carry commands. The
+#: pool is bounded and opened in full at start, so that a burst (many sessions connecting at
+#: once) waits for a connection instead of opening more, and the process's fds do not drift with
+#: its load. Small on purpose: every connection costs the Redis server too.
+POOL_SIZE = 4
 
 
 def redis_client(url: str, size: int = POOL_SIZE) -> aioredis.Redis:
@@ -55,10 +56,10 @@ ELSEWHERE = -1
 
 
 class Cluster:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, pool_size: int = POOL_SIZE) -> None:
         self.settings = settings
         self.keys = settings.keys
-        self.redis = redis_client(settings.redis_url)
+        self.redis = redis_client(settings.redis_url, pool_size)
         self.name = ""
         self.bus: Bus | None = None
         self.counters: Counter = Counter({name: 0 for name in kit.STANDARD_COUNTERS})

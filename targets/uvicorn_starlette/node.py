@@ -61,6 +61,7 @@ class Node(Cluster):
         self.sessions: dict[int, Session] = {}
         self.lost_to_shutdown = 0
         self.stopping_all = False
+        self.slow_logged = 0.0
         self.broadcast: Broadcast | None = None
         self.background: set[asyncio.Task] = set()
 
@@ -256,6 +257,7 @@ class Node(Cluster):
 
     async def dispatch(self, session: Session, text: str | bytes) -> None:
         req_id: Any = None
+        started = time.monotonic()
         try:
             req_id, op, msg = kit.parse_request(text)
             handler = getattr(self, f"op_{op}", None)
@@ -272,6 +274,12 @@ class Node(Cluster):
         except Exception as exc:  # a bug: answered and logged, the session goes on
             log.exception("op failed")
             self.write(session, kit.fail(req_id, kit.CODES["INTERNAL"], f"internal error: {exc!r}"))
+        took = time.monotonic() - started
+        if took > 1.0 and time.monotonic() - self.slow_logged > 10.0:  # at most one line per 10 s
+            self.slow_logged = time.monotonic()
+            op = text[:60] if isinstance(text, str) else "(binary)"
+            log.warning("session %d: request %s took %.0f ms (outbox: %d frames, %d bytes); logged at most every 10 s",
+                        session.id, op, took * 1000, len(session.outbox), session.out_bytes)
 
     def op_whoami(self, s: Session, msg: dict) -> dict:
         return {"session": s.id, "worker": self.worker, "pid": self.pid}

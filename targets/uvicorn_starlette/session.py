@@ -117,6 +117,10 @@ class Session:
                     text = self.outbox.popleft()
                     self.out_bytes -= len(text)
                     await self.ws.send_text(text)
+                    # uvicorn's send does not suspend while the socket takes data: yield, so that
+                    # other sessions run and a connection lost under a long outbox is seen at once
+                    # (asyncio warns at every write to a lost transport).
+                    await asyncio.sleep(0)
                 if self.close_with is not None:
                     code, reason = self.close_with
                     await self.ws.close(code, reason)

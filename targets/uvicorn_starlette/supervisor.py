@@ -60,10 +60,10 @@ class Supervisor(Multiprocess):
         self.admin = AdminThread(settings, admin_socket)
         self.settings = settings
         self.keys = settings.keys
-        # Two threads use it (uvicorn's loop and the reload inbox): a bounded pool, opened in full
-        # at start, so the master's fds do not drift.
+        # Two threads use it, one command at a time each (uvicorn's loop and the reload inbox): a
+        # pool of two, opened at start, so the master's fds do not drift.
         pool = redis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=4, timeout=10.0, socket_connect_timeout=2.0, socket_timeout=10.0,
+            settings.redis_url, max_connections=2, timeout=10.0, socket_connect_timeout=2.0, socket_timeout=10.0,
             decode_responses=True, retry=sync_retry(), retry_on_error=RETRY_ON,
         )
         conns = [pool.get_connection() for _ in range(pool.max_connections)]

@@ -131,6 +131,7 @@ class SingleServer:
         self.started = time.time()
         self.pubsub = PubSub(self, opts.redis_url, opts.broadcast_prefix) if opts.redis_url else None
         self._background: set[asyncio.Task] = set()
+        self.all_gone = asyncio.Event()  # set when the last session is forgotten
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -155,11 +156,29 @@ class SingleServer:
             self.ready = False
             for session in list(self.sessions.values()):
                 self.close(session, 1001, "server shutting down")
+            await self.cut_after(2.0)
             if self.pubsub is not None:
                 await self.pubsub.stop()
             for task in list(self._background):
                 task.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def cut_after(self, grace: float) -> None:
+        """Give the closing sessions ``grace`` seconds, then abort the connections still there.
+
+        A client that does not read cannot take a close frame: websockets waits
+        for its write buffer to drain before it sends one, and would wait for
+        ever. A server that is asked to stop must stop.
+        """
+        if self.sessions:
+            self.all_gone.clear()
+            try:
+                await asyncio.wait_for(self.all_gone.wait(), grace)
+            except TimeoutError:
+                stuck = list(self.sessions.values())
+                log.warning("%d session(s) did not take their close frame in %.1f s: connections aborted", len(stuck), grace)
+                for session in stuck:
+                    session.conn.transport.abort()
 
     def spawn(self, coro: Any) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
@@ -186,6 +205,8 @@ class SingleServer:
         session.closing = True
         if self.sessions.pop(session.id, None) is not None:
             self.counters["sessions_closed"] += 1
+            if not self.sessions:
+                self.all_gone.set()
         self.release(session)
 
     def release(self, session: Session) -> None:
