@@ -88,7 +88,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, Path,
     stale = out / "stale.toml"
     text = (REPO / "reference_server" / "target.toml").read_text().replace('cwd = ".."', f'cwd = "{REPO}"')
     stale.write_text(text.replace('name = "reference"', 'name = "stale-list"')
-                     + '\n[known_failures]\n"contract_probe[core]" = "was broken once"\n')
+                     + '\n[known_failures]\n"contract_probe[core]" = "was broken once"\n"no_such_case" = "a typo"\n')
     code, output = run_compare(
         [
             "reference_server/target.toml@scenarios/test_probe.py,scenarios/test_dead_session_push.py",
@@ -124,6 +124,8 @@ def test_small_comparison_verdicts(small_run) -> None:
     variant = doc["targets"][3]
     assert variant["note"].startswith("broken on purpose") and variant["selection"] == ["scenarios/test_dead_session_push.py"]
     assert "broken on purpose" in variant["known_failures"]["dead_session_push"]
+    unmatched = {t["name"]: t["known_failures_unmatched"] for t in doc["targets"]}
+    assert unmatched["stale-list"] == ["no_such_case"] and unmatched["reference"] == []  # shown, not a failure
 
 
 def test_small_comparison_evidence_pages(small_run) -> None:

@@ -35,6 +35,7 @@ SCENARIO_OF = {
 TARGETS = sorted((REPO / "targets").glob("*/target.toml"))
 
 
+@pytest.mark.timeout(900)  # a whole suite: about 4 minutes for uvicorn-starlette (its reloads are slow)
 @pytest.mark.parametrize("manifest", TARGETS, ids=[p.parent.name for p in TARGETS])
 def test_alternative_target_passes_what_it_declares(manifest: Path, tmp_path: Path) -> None:
     proc = subprocess.run(

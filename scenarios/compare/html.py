@@ -51,7 +51,7 @@ tr.seed th { background: #f6f7f9; font-weight: 600; color: #39414b; padding-top:
 .v-unsupported, .v-skipped { background: var(--unsup-bg); color: var(--unsup); font-weight: 400; }
 .v-not_run { color: #b0b6be; font-weight: 400; }
 .why { font-size: 12px; color: #5b1a1a; font-weight: 400; margin-top: 2px; }
-.legend span { margin-right: 10px; } .said { font-size: 11px; color: #5b6270; margin-top: 2px; }
+.legend span { margin-right: 10px; } .said { font-size: 11px; color: #5b6270; margin-top: 2px; } .warn { color: var(--fail); }
 table.checks { border-collapse: collapse; width: 100%; } table.checks td, table.checks th { border: 1px solid var(--line);
   padding: 5px 7px; vertical-align: top; text-align: left; }
 pre { background: #f6f7f9; padding: 8px; overflow-x: auto; font-size: 12px; white-space: pre-wrap; word-break: break-word; }
@@ -128,6 +128,11 @@ def render_index(matrix: dict[str, Any]) -> str:
             f"<li><b>{escape(t['name'])}</b> (<code>{escape(t['manifest'])}</code>): "
             f"{escape(', '.join(t['declared']) or 'nothing')}"
             + (f"; known failures: {escape(json.dumps(t['known_failures']))}" if t["known_failures"] else "")
+            + (
+                f'; <span class="warn">known failures naming no case of this run: '
+                f"{escape(', '.join(t['known_failures_unmatched']))}</span>"
+                if t.get("known_failures_unmatched") else ""
+            )
             + (f"; ran only {escape(', '.join(t['selection']))}" if t["selection"] else "")
             + "</li>"
             for t in targets

@@ -86,6 +86,7 @@ def build(runs: list[RunResult], *, contract: int = 1, generated: float = 0.0) -
                 "note": run.note,
                 "declared": info.get("declared_capabilities", []),
                 "known_failures": info.get("known_failures", {}),
+                "known_failures_unmatched": info.get("known_failures_unmatched", []),
                 "broker": (run.results or {}).get("broker"),
                 "duration_s": (run.results or {}).get("duration_s"),
                 "exit_code": run.exit_code,

@@ -76,6 +76,7 @@ class ScenarioRun:
         self.run_dir = self.report_root / "runs" / self.run_id
         self.results: list[dict[str, Any]] = []
         self.target_stops: list[dict[str, Any]] = []
+        self.unmatched_known_failures: list[str] = []
         self.started = time.time()
         url = config.getoption("--redis-url")
         kind = config.getoption("--broker")
@@ -139,6 +140,7 @@ class ScenarioRun:
                 "description": self.manifest.description,
                 "declared_capabilities": sorted(self.manifest.capabilities),
                 "known_failures": self.manifest.known_failures,
+                "known_failures_unmatched": self.unmatched_known_failures,
             },
             "broker": self.broker_kind,
             "started": self.started,
@@ -192,12 +194,17 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if not any(_is_scenario(item) for item in items):
         return
     run = _run(config)
+    matched: set[str] = set()
     for item in items:
         if not _is_scenario(item):
             continue
-        reason = known_failure_reason(run.manifest, _scenario_id(item)[0], item.nodeid)
+        sid = _scenario_id(item)[0]
+        matched |= {case_key(sid, item.nodeid), sid}
+        reason = known_failure_reason(run.manifest, sid, item.nodeid)
         if reason is not None:
             item.add_marker(pytest.mark.xfail(reason=f"known deviation: {reason}", strict=True))
+    # A key that names no collected case is a typo, or a case of scenarios this run did not load.
+    run.unmatched_known_failures = sorted(set(run.manifest.known_failures) - matched)
 
 
 @pytest.fixture(scope="session")
@@ -384,6 +391,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(f"  {r['verdict']:<15} {r['case']:<36} {r['duration_s']:>7.2f}s")
     terminalreporter.write_line(f"results: {path}")
     terminalreporter.write_line(f"report:  {run.report_root / 'latest' / 'index.html'}")
+    if run.unmatched_known_failures:
+        terminalreporter.write_line(
+            f"WARNING: [known_failures] names cases this run did not collect: {', '.join(run.unmatched_known_failures)}"
+        )
     leftovers = [s for s in run.target_stops if s["leftover_pids"] or s["forced"]]
     for s in leftovers:
         terminalreporter.write_line(f"WARNING: target {s['label']} had to be killed: {s}")
