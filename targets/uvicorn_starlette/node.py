@@ -16,10 +16,10 @@ What crosses processes goes through Redis (names in ``settings.Keys``):
 * tasks go to the list ``tasks``, which the task workers pop; results come
   back as a bus cast to the worker that sent the task;
 * reload requests go to the supervisor (``supervisor.py``) through the list
-  ``reload-inbox``.
+  ``reload_inbox``.
 
 Counters are kept per process and summed by ``/v1/stats``; a process that
-exits adds its own to ``counters-retired`` first.
+exits adds its own to ``counters_retired`` first.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ What this subclass adds, for the contract:
   here (new one first, then SIGTERM to the old, killed after ``max_wait_ms``);
 * SIGUSR1 reloads like SIGHUP, SIGUSR2 reloads the task workers only;
 * a thread that serves reload requests from the workers and the admin API
-  (the Redis list ``reload-inbox``): it starts a reload, or merges the
+  (the Redis list ``reload_inbox``): it starts a reload, or merges the
   request into the one that runs (``reloads.py``), and answers at once or,
   with ``wait``, when that reload is done. The main thread, uvicorn's loop,
   does the work between its health checks.
