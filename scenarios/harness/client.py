@@ -139,10 +139,16 @@ class ScenarioClient:
         """End the TCP connection with a RST, no close frame (an abrupt client)."""
         self.aborted = True
         self.history.append(Event(time.time(), "abort", None))
-        sock = self.ws.transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.ws.transport.abort()
+        transport = self.ws.transport
+        sock = transport.get_extra_info("socket")
+        # The server may have closed the connection a moment ago (a sweep, a heartbeat): then the
+        # socket is gone (fd -1) and there is nothing left to reset.
+        if sock is not None and sock.fileno() != -1 and not transport.is_closing():
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:  # closed between the check and the call
+                pass
+        transport.abort()
 
     async def wait_closed(self, timeout: float = 10.0) -> None:
         await asyncio.wait_for(asyncio.shield(self._reader), timeout)
