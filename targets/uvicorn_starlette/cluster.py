@@ -31,7 +31,7 @@ log = logging.getLogger("uvs.cluster")
 #: pool is bounded and opened in full at start, so that a burst (many sessions connecting at
 #: once) waits for a connection instead of opening more, and the process's fds do not drift with
 #: its load. Small on purpose: every connection costs the Redis server too.
-POOL_SIZE = 4
+POOL_SIZE = 6
 
 
 def redis_client(url: str, size: int = POOL_SIZE) -> aioredis.Redis:

@@ -5,11 +5,10 @@ What crosses processes goes through Redis (names in ``settings.Keys``):
 
 * session ids come from ``INCR`` (never reused while the server runs), and
   ``owner`` maps each live session to the worker that holds it;
-* ``registry`` holds the record of each established session that is not
-  closing, written by its worker when it changes (``bind``, ``protect``) and
-  removed as soon as its close is known: what a task process reads (the
-  record's ``last_recv_time`` there is the time of the handshake; the owner
-  has the live one);
+* ``registry`` holds the record of each established session, written by its
+  worker when it changes (``bind``, ``protect``) and removed when the session
+  is gone: what a task process reads (the record's ``last_recv_time`` there
+  is the time of the handshake; the owner has the live one);
 * a push, close or record request for a session of another worker is a bus
   call to its owner (``bus.py``), which answers with the contract's code:
   the owner is the only one that knows whether the session is closing;
@@ -60,7 +59,6 @@ class Node(Cluster):
         self.generation = 1
         self.sessions: dict[int, Session] = {}
         self.lost_to_shutdown = 0
-        self.stopping_all = False
         self.slow_logged = 0.0
         self.broadcast: Broadcast | None = None
         self.background: set[asyncio.Task] = set()
@@ -85,7 +83,6 @@ class Node(Cluster):
     async def stop(self) -> None:
         """The exit hook (uvicorn's lifespan shutdown, after it closed every connection)."""
         timers_at_exit = sum(len(s.timers) for s in self.sessions.values())
-        self.stopping_all = True
         for session in list(self.sessions.values()):
             self.release(session)
         for task in list(self.background):
@@ -155,7 +152,7 @@ class Node(Cluster):
                 session.sender.cancel()
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hdel(self.keys.owner, str(sid))
-                pipe.hdel(self.keys.registry, str(sid))  # again: a bind in flight at the close may have re-listed it
+                pipe.hdel(self.keys.registry, str(sid))
                 await pipe.execute()
 
     async def list_record(self, session: Session) -> None:
@@ -163,9 +160,11 @@ class Node(Cluster):
             await self.redis.hset(self.keys.registry, str(session.id), json.dumps(session.record(self.pid)))
 
     def release(self, session: Session) -> None:
-        """Its close is known: unlist it, stop its own timers, take it out of every channel."""
-        if not self.stopping_all:
-            self.spawn(self.redis.hdel(self.keys.registry, str(session.id)))
+        """Its close is known: stop its own timers, take it out of every channel.
+
+        It stays in the registry until it is gone (``serve`` unlists it): a
+        sweep that reads it meanwhile asks its owner, who answers 1004.
+        """
         for timer in list(session.timers.values()):
             self.drop_timer(session, timer)
         if self.broadcast is not None:

@@ -4,10 +4,11 @@
   may block: that is what task workers are for), and casts the result to the
   worker that sent it, which writes it to the session if the session lives.
 * Task worker 0 also runs the sweep rule (contract section 4.3): it lists
-  every session of every worker from the registry in Redis, reads each
-  record there when its turn comes (one worker's sessions after the other,
-  the workers side by side), and asks the owner, over the bus, to close the
-  matching ones. An ``idle_ms`` rule reads the live record from the owner.
+  every session of every worker from the registry in Redis, reads the
+  records there just before their turn (``READ_AHEAD`` per round trip; one
+  worker's sessions after the other, the workers side by side), and asks the
+  owner, over the bus, to close the matching ones; an owner that finds the
+  session closing answers 1004 (``close_failed``). An ``idle_ms`` rule reads the live record from the owner.
   The rule is kept in Redis, so a new task worker 0 (after a reload) picks
   it up again.
 * SIGTERM (a stop or a reload): it takes no new task, finishes the one it
@@ -36,6 +37,8 @@ from .settings import Settings
 
 log = logging.getLogger("uvs.task")
 REPORTS_KEPT = 200
+#: Session records read in one round trip by the sweep: at most this many paces old when used.
+READ_AHEAD = 8
 
 
 class TaskWorker:
@@ -197,12 +200,16 @@ class TaskWorker:
     async def sweep_worker(self, sids: list[int], rule: dict[str, Any], number: int, report: dict[str, Any]) -> None:
         uids, idle, pace = set(rule["uids"]), rule.get("idle_ms"), rule["pace_ms"] / 1000.0
         closing: list[asyncio.Task] = []  # the owners answer while the sweep goes on
-        for sid in sids:
+        ahead: dict[int, str | None] = {}
+        for i, sid in enumerate(sids):
             if self.rule is not rule:
                 report["errors"].append("the rule changed: sweep stopped")
                 break
             report["seen"].append(sid)
-            raw = await self.redis.hget(self.keys.registry, str(sid))
+            if sid not in ahead:  # records are read a few at a time, just before their turn
+                batch = sids[i : i + READ_AHEAD]
+                ahead = dict(zip(batch, await self.redis.hmget(self.keys.registry, [str(x) for x in batch]), strict=True))
+            raw = ahead[sid]
             record = json.loads(raw) if raw else None
             owner = f"worker-{record['worker']}" if record else ""
             if record is not None and idle is not None:  # the live last_recv_time is the owner's
