@@ -69,7 +69,7 @@ async def http_exception(request: Request, exc: Exception) -> Response:
 
 class Admin:
     def __init__(self, cluster: Cluster) -> None:
-        self.node = cluster
+        self.cluster = cluster
         self.settings = cluster.settings
         self.keys = cluster.keys
 
@@ -129,17 +129,17 @@ class Admin:
     # -- cluster views ----------------------------------------------------------------------
 
     async def process_table(self) -> dict[str, dict[str, Any]]:
-        procs = await self.node.redis.hgetall(self.keys.procs)
+        procs = await self.cluster.redis.hgetall(self.keys.procs)
         return {name: json.loads(raw) for name, raw in procs.items()}
 
     async def ask_all(self, op: str, kinds: tuple[str, ...] = ("worker",)) -> list[Any]:
-        """Call ``op`` on every running process of these kinds (this worker directly); the gone are skipped."""
+        """Call ``op`` on every running process of these kinds, over the bus; the ones gone meanwhile are skipped."""
         table = await self.process_table()
         names = sorted(n for n, p in table.items() if p["kind"] in kinds)
 
         async def one(name: str) -> Any:
             try:
-                return await self.node.bus.call(name, op)
+                return await self.cluster.bus.call(name, op)
             except (Unreachable, TimeoutError):  # it exited meanwhile
                 return None
 
@@ -164,7 +164,7 @@ class Admin:
 
     async def session(self, request: Request) -> dict[str, Any]:
         sid = request.path_params["sid"]
-        record = await self.node.record(sid)
+        record = await self.cluster.record(sid)
         if record is None:
             raise ContractError("SESSION_NOT_EXIST", f"no session {sid}")
         return record
@@ -175,7 +175,7 @@ class Admin:
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, str):
             raise HttpError(400, "BAD_REQUEST", 'body must be {"data": "text"}')
-        code = await self.node.push(sid, data)
+        code = await self.cluster.push(sid, data)
         if code is not None:
             raise ContractError(kit.NAMES[code], f"push to session {sid} failed")
         return {"ok": True}
@@ -188,7 +188,7 @@ class Admin:
         code, reason = body.get("code", 4000), body.get("reason", "")
         if not isinstance(code, int) or not (code == 1000 or 3000 <= code <= 4999) or not isinstance(reason, str):
             raise HttpError(400, "BAD_REQUEST", "close code must be 1000 or 3000..4999, reason a string")
-        failed = await self.node.close(sid, code, reason)
+        failed = await self.cluster.close(sid, code, reason)
         if failed is not None:
             raise ContractError(kit.NAMES[failed], f"close of session {sid} failed")
         return {"ok": True}
@@ -196,9 +196,9 @@ class Admin:
     async def stats(self, request: Request) -> dict[str, Any]:
         parts = await self.ask_all("stats", ("worker", "task_worker"))
         counters: Counter = Counter({name: 0 for name in kit.STANDARD_COUNTERS})
-        retired = await self.node.redis.hgetall(self.keys.counters_retired)
+        retired = await self.cluster.redis.hgetall(self.keys.counters_retired)
         counters.update({name: int(value) for name, value in retired.items()})
-        counters.update(self.node.counters)  # what the admin API itself did (its pushes)
+        counters.update(self.cluster.counters)  # what the admin API itself did (its pushes)
         for part in parts:
             counters.update(part["counters"])
         workers = [p["process"] for p in parts if p["process"]["kind"] == "worker"]
@@ -234,7 +234,7 @@ class Admin:
     # -- sweep ------------------------------------------------------------------------------
 
     async def sweep(self, request: Request) -> dict[str, Any]:
-        redis = self.node.redis
+        redis = self.cluster.redis
         if request.method == "PUT":
             rule = kit.sweep_rule(await self.body(request))
             await redis.set(self.keys.sweep_rule, json.dumps(rule))
@@ -248,7 +248,7 @@ class Admin:
         running = False
         for name in await self.sweepers():
             try:
-                running = running or bool(await self.node.bus.call(name, "sweep_running"))
+                running = running or bool(await self.cluster.bus.call(name, "sweep_running"))
             except (Unreachable, TimeoutError):
                 pass
         reports = [json.loads(r) for r in await redis.lrange(self.keys.sweep_reports, 0, -1)]
@@ -262,7 +262,7 @@ class Admin:
     async def tell_sweeper(self, rule: dict[str, Any] | None) -> None:
         for name in await self.sweepers():
             try:
-                await self.node.bus.call(name, "sweep_rule", rule=rule)
+                await self.cluster.bus.call(name, "sweep_rule", rule=rule)
             except (Unreachable, TimeoutError):  # it exited meanwhile
                 pass
 
@@ -275,10 +275,10 @@ class Admin:
         scope, wait = body.get("scope", "all"), body.get("wait", False)
         if scope not in ("all", "task_workers") or not isinstance(wait, bool):
             raise HttpError(400, "BAD_REQUEST", "'scope' must be 'all' or 'task_workers', 'wait' a boolean")
-        return await ask_reload(self.node.redis, self.keys, scope, "admin", wait=wait)
+        return await ask_reload(self.cluster.redis, self.keys, scope, "admin", wait=wait)
 
     async def reload_doc(self) -> dict[str, Any]:
-        raw = await self.node.redis.get(self.keys.reloads)
+        raw = await self.cluster.redis.get(self.keys.reloads)
         if raw:
             return json.loads(raw)
         empty = {"requested": 0, "merged": 0, "completed": 0, "forced_kills": 0}
