@@ -32,6 +32,7 @@ import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 from starlette.websockets import WebSocket
 
 from .. import kit
@@ -97,6 +98,14 @@ class Node(Cluster):
             "timers_after_exit_hook": sum(len(s.timers) for s in self.sessions.values()),
             "sessions_lost": self.lost_to_shutdown, "exited": time.time(),
         }
+        try:
+            await asyncio.wait_for(self.retire(retired), 3.0)
+        except (RedisError, OSError, TimeoutError) as exc:  # Redis is gone: exit all the same
+            log.warning("%s: could not record its exit in Redis: %r", self.name, exc)
+        await self.leave()
+        log.info("%s stopped: %d sessions lost to the shutdown", self.name, self.lost_to_shutdown)
+
+    async def retire(self, retired: dict[str, Any]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(self.keys.procs, self.name)
             pipe.hset(self.keys.retired, str(self.pid), json.dumps(retired))
@@ -104,8 +113,6 @@ class Node(Cluster):
                 if value:
                     pipe.hincrby(self.keys.counters_retired, name, value)
             await pipe.execute()
-        await self.leave()
-        log.info("%s stopped: %d sessions lost to the shutdown", self.name, self.lost_to_shutdown)
 
     def spawn(self, coro: Any) -> asyncio.Task:
         task = asyncio.ensure_future(coro)

@@ -90,6 +90,14 @@ class TaskWorker:
             self.sweeper.cancel()
             await asyncio.gather(self.sweeper, return_exceptions=True)
         await self.bus.stop()
+        try:
+            await asyncio.wait_for(self.retire(), 3.0)
+        except (RedisError, OSError, TimeoutError) as exc:  # Redis is gone: exit all the same
+            log.warning("%s: could not record its exit in Redis: %r", self.name, exc)
+        await self.redis.aclose()
+        log.info("%s stopped", self.name)
+
+    async def retire(self) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(self.keys.procs, self.bus_name)
             pipe.hset(self.keys.retired, str(self.pid), json.dumps({
@@ -100,8 +108,6 @@ class TaskWorker:
                 if value:
                     pipe.hincrby(self.keys.counters_retired, name, value)
             await pipe.execute()
-        await self.redis.aclose()
-        log.info("%s stopped", self.name)
 
     async def consume(self) -> None:
         outage = OutageLog(log, f"{self.name} task queue")
