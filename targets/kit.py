@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 #: Error codes of the contract (section 3.2 and 10.2), by name.
@@ -153,3 +155,26 @@ STANDARD_COUNTERS = (
     "tasks_done", "tasks_finished", "timers_created", "timers_cleared",
     "bc_deliveries", "bc_slow_closed", "bc_received", "bc_rejected",
 )
+
+
+@dataclass
+class Timer:
+    """A ``timer_start`` timer's record (section 3.1); ``handle`` is whatever the engine cancels it with."""
+
+    id: int
+    owner: int
+    to: int
+    interval_ms: int
+    remaining: int | None
+    seq: int = 0
+    sent: int = 0
+    failed: Counter = field(default_factory=Counter)
+    last_error: str = ""
+    handle: Any = None
+
+    def status(self) -> dict[str, Any]:
+        """The reply of ``timer_stop`` and ``timer_status``."""
+        return {
+            "timer": self.id, "to": self.to, "seq": self.seq, "sent": self.sent,
+            "failed": {str(c): n for c, n in sorted(self.failed.items())}, "last_error": self.last_error,
+        }

@@ -36,10 +36,10 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocket
 
 from .. import kit
-from ..kit import ContractError
+from ..kit import ContractError, Timer
 from .broadcast import Broadcast
 from .cluster import CODE_NAMES, ELSEWHERE, Cluster
-from .session import Session, Timer
+from .session import Session
 from .settings import Settings
 
 log = logging.getLogger("uvs.node")
@@ -333,7 +333,7 @@ class Node(Cluster):
         s.next_timer += 1
         s.timers[timer.id] = timer
         self.counters["timers_created"] += 1
-        timer.task = asyncio.create_task(self.tick_forever(s, timer))
+        timer.handle = asyncio.create_task(self.tick_forever(s, timer))
         return {"timer": timer.id}
 
     async def tick_forever(self, s: Session, timer: Timer) -> None:
@@ -363,8 +363,8 @@ class Node(Cluster):
     def drop_timer(self, s: Session, timer: Timer, *, cancel: bool = True) -> None:
         if s.timers.pop(timer.id, None) is not None:
             self.counters["timers_cleared"] += 1
-        if cancel and timer.task is not None and timer.task is not asyncio.current_task():
-            timer.task.cancel()
+        if cancel and timer.handle is not None and timer.handle is not asyncio.current_task():
+            timer.handle.cancel()
 
     def _own_timer(self, s: Session, msg: dict) -> Timer:
         tid = kit.int_field(msg, "timer")

@@ -23,33 +23,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.websockets import WebSocket
 
+from ..kit import Timer
+
 log = logging.getLogger("uvs.session")
-
-
-@dataclass
-class Timer:
-    id: int
-    owner: int
-    to: int
-    interval_ms: int
-    remaining: int | None
-    seq: int = 0
-    sent: int = 0
-    failed: Counter = field(default_factory=Counter)
-    last_error: str = ""
-    task: asyncio.Task | None = None
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "timer": self.id, "to": self.to, "seq": self.seq, "sent": self.sent,
-            "failed": {str(c): n for c, n in sorted(self.failed.items())}, "last_error": self.last_error,
-        }
 
 
 @dataclass(eq=False)  # hashed by identity: sessions are members of channel sets

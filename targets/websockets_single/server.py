@@ -37,7 +37,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from .. import kit
-from ..kit import ContractError
+from ..kit import ContractError, Timer
 from .pubsub import PubSub
 
 log = logging.getLogger("wssingle")
@@ -51,26 +51,6 @@ class StampedConnection(ServerConnection):
     def data_received(self, data: bytes) -> None:
         self.last_recv = time.time()
         super().data_received(data)
-
-
-@dataclass
-class Timer:
-    id: int
-    owner: int
-    to: int
-    interval_ms: int
-    remaining: int | None
-    seq: int = 0
-    sent: int = 0
-    failed: Counter = field(default_factory=Counter)
-    last_error: str = ""
-    handle: asyncio.TimerHandle | None = None
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "timer": self.id, "to": self.to, "seq": self.seq, "sent": self.sent,
-            "failed": {str(c): n for c, n in sorted(self.failed.items())}, "last_error": self.last_error,
-        }
 
 
 @dataclass(eq=False)  # hashed by identity: sessions are members of channel sets
