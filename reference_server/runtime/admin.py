@@ -30,6 +30,15 @@ if TYPE_CHECKING:
     from .process import Runtime
 
 CONTRACT_VERSION = 1
+#: Counters /v1/stats always lists, at 0 until something counts (contract 4.2).
+STANDARD_COUNTERS = dict.fromkeys(
+    (
+        "connections_accepted", "sessions_opened", "sessions_closed", "messages_received", "pushes", "push_failed",
+        "dead_session_pushes", "closes_requested", "heartbeat_closes", "sweep_closes", "tasks_dispatched",
+        "tasks_done", "tasks_finished", "timers_created", "timers_cleared",
+    ),
+    0,
+)
 MAX_HEADER = 16 * 1024
 MAX_BODY = 1024 * 1024
 
@@ -239,13 +248,18 @@ class AdminApi:
         }
 
     async def sessions(self, body: Any) -> tuple[int, Any]:
-        return 200, {"sessions": [info.as_dict() for info in self.api.sessions()]}
+        return 200, {"sessions": [self._record(info) for info in self.api.sessions()]}
 
     async def session(self, body: Any, sid: str) -> tuple[int, Any]:
         info = self.api.get_client_info(int(sid))
         if info is None:
             raise ServerError(ErrorCode.SESSION_NOT_EXIST, f"session {sid} does not exist")
-        return 200, info.as_dict()
+        return 200, self._record(info)
+
+    def _record(self, info: Any) -> dict[str, Any]:
+        """A session record (contract 4.1): the table's record, its handler set by name."""
+        names = self.rt.handler_names
+        return {**info.as_dict(), "handler": names[info.handler] if info.handler < len(names) else "default"}
 
     async def push(self, body: Any, sid: str) -> tuple[int, Any]:
         data = require(body, "data", str)
@@ -320,7 +334,7 @@ class AdminApi:
                 "established": sum(1 for s in sessions if s.established),
                 "by_worker": by_worker,
             },
-            "counters": merge([*(p.get("counters", {}) for p in live), retired["counters"]]),
+            "counters": merge([STANDARD_COUNTERS, *(p.get("counters", {}) for p in live), retired["counters"]]),
             "timers": {p["name"]: p.get("timers", 0) for p in live if "name" in p and not p.get("retiring")},
             "master": self.rt.boot.extras.get("master_stats", lambda: {})(),
             "reloads": {**reloads["counters"], "running": reloads["running"] is not None},

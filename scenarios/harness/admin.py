@@ -1,4 +1,11 @@
-"""Client for the contract's admin API (section 4)."""
+"""Client for the contract's admin API (section 4).
+
+Every answer is handed to :mod:`.conformance`, which records in the current
+case's log whether it has the shape ``docs/contract/admin.openapi.json`` gives
+its route and status. A request without a JSON body still carries
+``Content-Length: 0`` when its method may have a body (contract 1.1: a POST,
+PUT or DELETE without Content-Length is answered 411).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,8 @@ import json
 import urllib.error
 import urllib.request
 from typing import Any
+
+from . import conformance
 
 
 class AdminError(RuntimeError):
@@ -25,15 +34,19 @@ class AdminClient:
         self, method: str, path: str, body: Any = None, *, token: str | None = None, raw: bytes | None = None
     ) -> tuple[int, Any]:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        if data is None and method in ("POST", "PUT", "DELETE"):
+            data = b""
         req = urllib.request.Request(self.base_url + path, data=data, method=method)
         req.add_header("Authorization", f"Bearer {self.token if token is None else token}")
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, _decode(resp.read(), resp.headers.get("Content-Type", ""))
+                status, (answer, is_json) = resp.status, _decode(resp.read(), resp.headers.get("Content-Type", ""))
         except urllib.error.HTTPError as exc:
-            return exc.code, _decode(exc.read(), exc.headers.get("Content-Type", ""))
+            status, (answer, is_json) = exc.code, _decode(exc.read(), exc.headers.get("Content-Type", ""))
+        conformance.observe_admin(method, path, status, answer, is_json=is_json)
+        return status, answer
 
     async def request(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
         return await asyncio.to_thread(self.request_sync, method, path, body, **kw)
@@ -60,10 +73,11 @@ class AdminClient:
         return (await self.get("/v1/processes"))["processes"]
 
 
-def _decode(raw: bytes, ctype: str) -> Any:
+def _decode(raw: bytes, ctype: str) -> tuple[Any, bool]:
+    """The answer (parsed JSON, or text) and whether it was JSON."""
     if "json" in ctype:
         try:
-            return json.loads(raw)
+            return json.loads(raw), True
         except ValueError:
-            return raw.decode(errors="replace")
-    return raw.decode(errors="replace")
+            pass
+    return raw.decode(errors="replace"), False

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import conformance
 from .rawclient import cut_server_frames, text_frame, upgrade_request
 
 ALL = "@all"
@@ -72,6 +73,7 @@ class BroadcastClient(asyncio.Protocol):
         self.errors: list[str] = []
         self._reply_event = asyncio.Event()
         self._ids = 0
+        self._ops: dict[int, str] = {}  # request id -> op, to judge each reply by its op's schema
         self.node = ""
 
     @classmethod
@@ -115,13 +117,18 @@ class BroadcastClient(asyncio.Protocol):
         except ValueError:
             self.errors.append(f"not JSON: {payload[:80]!r}")
             return
+        if not isinstance(msg, dict):
+            self.errors.append(f"not a JSON object: {payload[:80]!r}")
+            return
         if msg.get("ev") == "broadcast":
+            conformance.observe_event(msg)
             data = msg.get("data")
             if isinstance(data, dict) and "p" in data:
                 self.received.append((now, msg.get("channel"), data["p"], data.get("s", -1), msg.get("id")))
             else:
                 self.errors.append(f"broadcast without a stamp: {payload[:80]!r}")
         elif "re" in msg:
+            conformance.observe_reply(self._ops.pop(msg["re"], None) if isinstance(msg["re"], int) else None, msg)
             self.replies[msg["re"]] = msg
             self._reply_event.set()
 
@@ -140,6 +147,7 @@ class BroadcastClient(asyncio.Protocol):
     async def request(self, op: str, timeout: float = 10.0, **fields: Any) -> dict:
         self._ids += 1
         req_id = self._ids
+        self._ops[req_id] = op
         assert self.transport is not None
         self.transport.write(text_frame(json.dumps({"op": op, "id": req_id, **fields})))
         deadline = time.monotonic() + timeout

@@ -23,6 +23,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from . import conformance
 from .waiting import until
 
 
@@ -50,6 +51,7 @@ class ScenarioClient:
         self.closed_at: float | None = None
         self.aborted = False
         self.non_json: list[str] = []
+        self._ops: dict[Any, str] = {}  # request id -> op, to judge each reply by its op's schema
         self._ids = itertools.count(1)
         self._reader = asyncio.create_task(self._read())
 
@@ -78,9 +80,14 @@ class ScenarioClient:
                 parsed["_t"] = now
                 # "ev" marks what the server sends on its own (a task_result names its request in "re").
                 if "ev" not in parsed and parsed.get("re") is not None:
+                    conformance.observe_reply(self._ops.get(_key(parsed["re"])), parsed)
                     self.replies[parsed["re"]] = parsed
                     self.reply_order.append(parsed["re"])
                 else:
+                    if "ev" in parsed:
+                        conformance.observe_event(parsed)
+                    elif "re" in parsed and "ok" in parsed:  # a reply whose id could not be read
+                        conformance.observe_reply(None, parsed)
                     self.events.append(parsed)
         except ConnectionClosed:
             pass
@@ -102,6 +109,8 @@ class ScenarioClient:
     async def send(self, payload: dict[str, Any]) -> bool:
         """Send one request; False (recorded in the history) if the connection is gone."""
         text = json.dumps(payload)
+        if isinstance(payload.get("op"), str) and "id" in payload:
+            self._ops[_key(payload["id"])] = payload["op"]
         self.history.append(Event(time.time(), "send", text))
         try:
             await self.ws.send(text)
@@ -168,6 +177,11 @@ class ScenarioClient:
 
     def excerpt(self, last: int = 12) -> list[dict[str, Any]]:
         return [e.as_dict() for e in self.history[-last:]]
+
+
+def _key(req_id: Any) -> Any:
+    """A request id as a dict key (ids may be any JSON value, lists and objects included)."""
+    return req_id if isinstance(req_id, (str, int, float, bool, type(None))) else json.dumps(req_id, sort_keys=True)
 
 
 async def connect_many(url: str, prefix: str, n: int, *, whoami: bool = True) -> list[ScenarioClient]:

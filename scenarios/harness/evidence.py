@@ -1,7 +1,9 @@
 """Named checks with what was expected and what was seen (Jepsen-style: check the record).
 
 A scenario records facts (client histories, stats, reports) and then states
-checks. Every check is kept, passing or not; :meth:`Evidence.verdict` raises
+checks. Every check is kept, passing or not. Every scenario's evidence also
+holds the check that the target's answers had the contract's shape
+(:mod:`.conformance`), added when the verdict is asked for. :meth:`Evidence.verdict` raises
 :class:`ScenarioFailed` listing each failed check with its evidence, and the
 whole record is written as JSON next to the run's results.
 """
@@ -13,6 +15,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from . import conformance
 
 MAX_EXCERPT = 40
 
@@ -46,6 +50,8 @@ class Evidence:
         self.checks: list[Check] = []
         self.facts: dict[str, Any] = {}
         self.started = time.time()
+        #: The log of the answers this case validated (the plugin sets it for scenarios).
+        self.conformance: conformance.ConformanceLog | None = None
 
     def check(self, name: str, passed: bool, *, expected: Any = None, observed: Any = None, **details: Any) -> bool:
         """Record one check; details should be small excerpts (lists are cut)."""
@@ -61,6 +67,8 @@ class Evidence:
         return [c for c in self.checks if not c.passed]
 
     def verdict(self) -> None:
+        if self.conformance is not None:
+            conformance.check(self, self.conformance)
         if not self.checks:
             raise ScenarioFailed(f"{self.scenario}: no check was made")
         if self.failed:

@@ -28,10 +28,10 @@ from typing import Any
 
 import pytest
 
-from . import CONTRACT_VERSION
+from . import CONTRACT_VERSION, conformance
 from .admin import AdminClient
 from .broker import EmbeddedBroker, ExternalRedis, RedisServer
-from .evidence import Evidence
+from .evidence import Evidence, ScenarioFailed
 from .manifest import Manifest, ManifestError, load_manifest
 from .target import Target
 
@@ -247,12 +247,14 @@ def admin(target: Target) -> AdminClient:
 def evidence(request: pytest.FixtureRequest, scenario_run: ScenarioRun):
     sid, seed = _scenario_id(request.node)
     ev = Evidence(sid, scenario_run.run_dir / "evidence" / f"{request.node.name}.json")
+    ev.conformance = request.node.stash.get(_CONFORMANCE_KEY, None)
     request.node.stash[_EVIDENCE_KEY] = ev
     yield ev
     ev.write({"seed": seed, "target": scenario_run.manifest.name, "test": request.node.nodeid})
 
 
 _EVIDENCE_KEY = pytest.StashKey[Evidence]()
+_CONFORMANCE_KEY = pytest.StashKey[conformance.ConformanceLog]()
 
 
 @pytest.fixture
@@ -298,6 +300,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     run = _run(item.config)
     if _is_scenario(item):
         item.stash[_LOG_MARKS] = _log_sizes(run)
+        item.stash[_CONFORMANCE_KEY] = conformance.begin_case()
     if marker is None:
         return
     missing = [cap for cap in marker.args if cap not in run.manifest.capabilities]
@@ -316,6 +319,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if not finished:
         return report
     sid, seed = _scenario_id(item)
+    ev = item.stash.get(_EVIDENCE_KEY, None)
+    if report.when == "call" and report.failed and ev is not None:
+        _blame_malformed_answers(item, report, call, ev)
     known = known_failure_reason(_run(item.config).manifest, sid, item.nodeid)
     if hasattr(report, "wasxfail") and report.skipped:
         verdict, message = "known_deviation", f"{known}\n\n" + str(call.excinfo.value if call.excinfo else "")[-4000:]
@@ -332,7 +338,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         verdict = "failed" if report.when == "call" else "error"
         failure = call.excinfo.value if call.excinfo is not None else None
         message = (str(failure) if isinstance(failure, AssertionError) and str(failure) else str(report.longrepr))[-4000:]
-    ev = item.stash.get(_EVIDENCE_KEY, None)
+        message = item.stash.get(_STOPPED_KEY, message)
     run = _run(item.config)
     run.results.append(
         {
@@ -350,6 +356,32 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         }
     )
     return report
+
+
+def _blame_malformed_answers(item: pytest.Item, report: pytest.TestReport, call: pytest.CallInfo, ev: Evidence) -> None:
+    """A scenario that stopped on an exception after malformed answers fails by the contract check.
+
+    Whatever broke afterwards (a missing key, a wrong type, a wait that never
+    ended) follows from answers the contract does not allow: the case is a
+    failed check naming them, never a harness traceback.
+    """
+    log = item.stash.get(_CONFORMANCE_KEY, None)
+    failure = call.excinfo.value if call.excinfo is not None else None
+    if log is None or failure is None or isinstance(failure, ScenarioFailed):
+        return
+    if log.summary()["violations"] == 0:
+        return
+    conformance.check(ev, log)
+    lines = [f"{ev.scenario}: the target's answers do not match the contract, and the scenario stopped"]
+    lines += [c.describe() for c in ev.failed]
+    lines.append(f"then: {type(failure).__name__}: {str(failure)[:300]}")
+    lines.append(f"evidence: {ev.path}")
+    text = "\n".join(lines)
+    report.longrepr = text
+    item.stash[_STOPPED_KEY] = text
+
+
+_STOPPED_KEY = pytest.StashKey[str]()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

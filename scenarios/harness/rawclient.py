@@ -25,6 +25,7 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from . import conformance
 from .waiting import until
 
 
@@ -124,9 +125,15 @@ class RawClient:
                     if event.opcode is Opcode.TEXT:
                         text = event.data.decode()
                         try:
-                            self.messages.append((now, json.loads(text)))
+                            message = json.loads(text)
                         except ValueError:
                             self.messages.append((now, text))
+                            continue
+                        self.messages.append((now, message))
+                        if isinstance(message, dict) and "ev" in message:
+                            conformance.observe_event(message)
+                        elif isinstance(message, dict) and "re" in message and "ok" in message:
+                            conformance.observe_reply(None, message)
                     elif event.opcode is Opcode.PONG:
                         self.pongs.append(bytes(event.data))
                     elif event.opcode is Opcode.CLOSE:
