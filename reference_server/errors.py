@@ -91,6 +91,12 @@ class ErrorCode(enum.IntEnum):
     UNAUTHORIZED = 4401
     #: Unknown admin route.
     NOT_FOUND = 4404
+    #: The admin route exists, but not with this method (HTTP 405).
+    METHOD_NOT_ALLOWED = 4405
+    #: A POST, PUT or DELETE without Content-Length, or a chunked body (HTTP 411).
+    LENGTH_REQUIRED = 4411
+    #: An admin request body over 1 MiB (HTTP 413).
+    TOO_LARGE = 4413
     #: Unexpected failure inside the server (a bug: it is logged with a trace).
     INTERNAL = 4500
 

@@ -16,7 +16,16 @@ import pytest
 
 from scenarios.harness.admin import AdminClient
 from scenarios.harness.client import ScenarioClient
-from scenarios.harness.probe import CORE_OPS, CORE_ROUTES, PROBED, PROBES, UNSUPPORTED, judge_op, judge_route
+from scenarios.harness.probe import (
+    CORE_OPS,
+    CORE_ROUTES,
+    HTTP_PROBES,
+    PROBED,
+    PROBES,
+    UNSUPPORTED,
+    judge_op,
+    judge_route,
+)
 from scenarios.harness.waiting import until
 
 SEED = "quic-interop-runner / connectrpc: features are declared, and unsupported is said honestly"
@@ -69,8 +78,63 @@ async def probe_core(target: Any, admin: AdminClient, evidence: Any) -> None:
             evidence.check(f"core: {route.method} {path} answers as section 4 says", good, expected=expected, observed=[status, _short(body)])
         status, body = await admin.request("GET", "/v1/stats", token="wrong-token")
         evidence.check("core: a wrong admin token is refused with 401", status == 401, expected=401, observed=[status, _short(body)])
+        for http in HTTP_PROBES:
+            try:
+                status, body = await admin.raw(http.request(admin.token, session))
+            except (OSError, TimeoutError, ValueError) as exc:
+                status, body = 0, f"no answer: {exc!r}"
+            code = body.get("error", {}).get("code") if isinstance(body, dict) and isinstance(body.get("error"), dict) else None
+            evidence.check(
+                f"core: admin API, {http.what}: {http.status} with code {http.code}",
+                status == http.status and code == http.code,
+                expected=[http.status, http.code],
+                observed=[status, _short(body)],
+            )
+        await probe_core_pushes(client, admin, evidence, session)
     finally:
         await client.dispose()
+
+
+async def probe_core_pushes(client: ScenarioClient, admin: AdminClient, evidence: Any, session: Any) -> None:
+    """Timers, pushes and close, each with what the client sees (contract 3.1, 4)."""
+    started = await client.request("timer_start", interval_ms=10, count=2)
+    tick = None
+    if started.get("ok"):
+        tick = await until(
+            lambda: next((e for e in client.evs("tick") if e.get("timer") == started.get("timer")), None),
+            timeout=5,
+            what="a tick of the probe's timer",
+        )
+    evidence.check(
+        "core: timer_start answers a timer id, and its ticks come",
+        tick is not None,
+        expected={"reply": "ok with 'timer'", "then": {"ev": "tick", "timer": "T", "seq": 1}},
+        observed={"reply": _short(started), "tick": _short(tick)},
+    )
+    text = "probe: verbatim text"
+    status, body = await admin.request("POST", f"/v1/sessions/{session}/push", {"data": text})
+    got = None
+    if status == 200:
+        got = await until(
+            lambda: next((e.data for e in client.history if e.direction == "recv" and e.data == text), None),
+            timeout=5,
+            what="the admin push",
+        )
+    evidence.check(
+        "core: POST /v1/sessions/{id}/push delivers its data verbatim, as one text message",
+        got == text,
+        expected=[200, text],
+        observed=[status, _short(body), got],
+    )
+    reply = await client.request("close", code=4000, reason="probe")
+    if reply.get("ok"):
+        await client.wait_closed(timeout=5)
+    evidence.check(
+        "core: op close answers ok, then the session is closed with that code",
+        reply.get("ok") is True and client.close_frame is not None and client.close_frame[0] == 4000,
+        expected={"reply": "ok", "close frame": 4000},
+        observed={"reply": _short(reply), "close frame": list(client.close_frame) if client.close_frame else None},
+    )
 
 
 async def probe_capability(capability: str, target: Any, admin: AdminClient, evidence: Any) -> None:

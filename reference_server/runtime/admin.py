@@ -41,11 +41,17 @@ STANDARD_COUNTERS = dict.fromkeys(
 )
 MAX_HEADER = 16 * 1024
 MAX_BODY = 1024 * 1024
+#: Methods whose requests must say how long their body is (contract 4: 411 otherwise).
+BODY_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 
 _HTTP_STATUS = {
     ErrorCode.BAD_REQUEST: 400,
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.LENGTH_REQUIRED: 411,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.NO_TASK_WORKER: 503,
     ErrorCode.SESSION_NOT_EXIST: 404,
     ErrorCode.SESSION_CLOSED: 409,
     ErrorCode.NOT_ESTABLISHED: 409,
@@ -166,7 +172,7 @@ class AdminApi:
             return False
         keep_alive = headers.get("connection", "").lower() != "close"
         try:
-            body = await self._read_body(reader, headers)
+            body = await self._read_body(reader, method, headers)
             status, payload = await self.dispatch(method, path, headers, body)
         except HttpError as exc:
             status, payload = exc.status, error_body(exc.code, exc.message)
@@ -180,15 +186,17 @@ class AdminApi:
         await self._send(writer, status, payload, keep_alive)
         return keep_alive
 
-    async def _read_body(self, reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+    async def _read_body(self, reader: asyncio.StreamReader, method: str, headers: dict[str, str]) -> bytes:
         if "transfer-encoding" in headers:
-            raise HttpError(411, ErrorCode.BAD_REQUEST, "chunked bodies are not supported: send Content-Length")
+            raise HttpError(411, ErrorCode.LENGTH_REQUIRED, "chunked bodies are not supported: send Content-Length")
+        if "content-length" not in headers and method in BODY_METHODS:
+            raise HttpError(411, ErrorCode.LENGTH_REQUIRED, f"{method} needs a Content-Length header (0 for no body)")
         raw = headers.get("content-length", "0")
         if not raw.isdigit():
             raise HttpError(400, ErrorCode.BAD_REQUEST, f"bad Content-Length {raw!r}")
         length = int(raw)
         if length > MAX_BODY:
-            raise HttpError(413, ErrorCode.BAD_REQUEST, f"body of {length} bytes exceeds {MAX_BODY}")
+            raise HttpError(413, ErrorCode.TOO_LARGE, f"body of {length} bytes exceeds {MAX_BODY}")
         return await reader.readexactly(length) if length else b""
 
     async def _send(self, writer: asyncio.StreamWriter, status: int, payload: Any, keep_alive: bool) -> None:
@@ -218,7 +226,7 @@ class AdminApi:
                 self._check_token(headers)
             return await handler(parse_json(body), *match.groups())
         if allowed:
-            raise HttpError(405, ErrorCode.BAD_REQUEST, f"{method} not allowed on {path}; use {', '.join(allowed)}")
+            raise HttpError(405, ErrorCode.METHOD_NOT_ALLOWED, f"{method} not allowed on {path}; use {', '.join(allowed)}")
         raise HttpError(404, ErrorCode.NOT_FOUND, f"no route {method} {path}")
 
     def _check_token(self, headers: dict[str, str]) -> None:
@@ -425,7 +433,9 @@ class AdminApi:
         return 200, await self.api.ports_file()
 
     async def ports_file_apply(self, body: Any) -> tuple[int, Any]:
-        return 200, await self.api.ports_file(apply=True)
+        """Apply the file now; the answer is the status ``GET /v1/ports-file`` then gives."""
+        await self.api.ports_file(apply=True)
+        return 200, await self.api.ports_file()
 
     async def shutdown(self, body: Any) -> tuple[int, Any]:
         self.api.shutdown()

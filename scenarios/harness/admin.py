@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -51,6 +52,31 @@ class AdminClient:
     async def request(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
         return await asyncio.to_thread(self.request_sync, method, path, body, **kw)
 
+    async def raw(self, request: bytes, *, timeout: float = 5.0) -> tuple[int, Any]:
+        """Send ``request`` as it is (it asks for ``Connection: close``); the status and the decoded body.
+
+        For what a client library would not send (no Content-Length, a body
+        announced but never sent). The answer is validated like any other.
+        """
+        url = urllib.parse.urlsplit(self.base_url)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(url.hostname, url.port), timeout)
+        try:
+            writer.write(request)
+            await writer.drain()
+            raw = await asyncio.wait_for(_read_answer(reader), timeout)
+        finally:
+            writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1]) if lines[0].startswith("HTTP/1.") and " " in lines[0] else 0
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        if "content-length" in headers and headers["content-length"].isdigit():
+            body = body[: int(headers["content-length"])]
+        answer, is_json = _decode(body, headers.get("content-type", ""))
+        method, path = request.split(b" ", 2)[:2]
+        conformance.observe_admin(method.decode(), path.decode(), status, answer, is_json=is_json)
+        return status, answer
+
     async def get(self, path: str) -> Any:
         status, body = await self.request("GET", path)
         if status != 200:
@@ -71,6 +97,18 @@ class AdminClient:
 
     async def processes(self) -> list[dict[str, Any]]:
         return (await self.get("/v1/processes"))["processes"]
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> bytes:
+    """One HTTP answer: the head, then Content-Length bytes (or up to EOF without one)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        (int(v) for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+         if k.strip().lower() == b"content-length" and v.strip().isdigit()),
+        None,
+    )
+    body = await (reader.readexactly(length) if length is not None else reader.read())
+    return head + body
 
 
 def _decode(raw: bytes, ctype: str) -> tuple[Any, bool]:

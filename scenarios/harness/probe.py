@@ -80,38 +80,60 @@ PROBES: dict[str, CapabilityProbe] = {
     for p in (
         CapabilityProbe(
             "task_sweep",
-            routes=(RouteProbe("GET", "/v1/sweep", carries="reports"),),
+            routes=(
+                RouteProbe("GET", "/v1/sweep", carries="reports"),
+                RouteProbe("PUT", "/v1/sweep", {"uids": "not a list"}, 400, BAD_REQUEST),
+                RouteProbe("DELETE", "/v1/sweep"),
+            ),
         ),
         CapabilityProbe(
             "migrate",
             ops=(
                 OpProbe("migrate", {"worker": NO_SUCH_ID}, expect=2003),
                 OpProbe("join", {"group": 0}),
+                OpProbe("block", {"ms": 0}, carries="blocked_ms"),
             ),
-            routes=(RouteProbe("POST", "/v1/sessions/{session}/migrate", {"worker": NO_SUCH_ID}, 404, 2003),),
+            routes=(
+                RouteProbe("POST", "/v1/sessions/{session}/migrate", {"worker": NO_SUCH_ID}, 404, 2003),
+                RouteProbe("POST", "/v1/migrations", {"moves": "not a list"}, 400, BAD_REQUEST),
+                RouteProbe("POST", "/v1/affinity", {"group": "not a group"}, 400, BAD_REQUEST),
+                RouteProbe("POST", "/v1/rebalance", carries="planned"),
+            ),
         ),
         CapabilityProbe(
             "reload",
             ops=(OpProbe("reload", {"scope": "no-such-scope"}, expect=BAD_REQUEST),),
-            routes=(RouteProbe("GET", "/v1/reloads", carries="history"),),
+            routes=(
+                RouteProbe("GET", "/v1/reloads", carries="history"),
+                RouteProbe("POST", "/v1/reload", {"scope": "no-such-scope"}, 400, BAD_REQUEST),
+            ),
         ),
         CapabilityProbe(
             "dynamic_ports",
             ops=(
                 OpProbe("listeners", carries="listeners"),
                 OpProbe("listen", {"port": "no-such-port"}, expect=BAD_REQUEST),
+                OpProbe("unlisten", {"port": "no-such-port"}, expect=BAD_REQUEST),
             ),
-            routes=(RouteProbe("GET", "/v1/listeners", carries="listeners"),),
+            routes=(
+                RouteProbe("GET", "/v1/listeners", carries="listeners"),
+                RouteProbe("POST", "/v1/listeners", {"port": "no-such-port"}, 400, BAD_REQUEST),
+                RouteProbe("DELETE", "/v1/listeners/no-such-port", None, 400, BAD_REQUEST),
+            ),
         ),
         CapabilityProbe(
             "ports_file",
-            routes=(RouteProbe("GET", "/v1/ports-file", carries="path"),),
+            routes=(
+                RouteProbe("GET", "/v1/ports-file", carries="path"),
+                RouteProbe("POST", "/v1/ports-file/apply", carries="path"),
+            ),
         ),
         CapabilityProbe(
             "redis_broadcast",
             ops=(
                 OpProbe("channels", carries="channels"),
                 OpProbe("subscribe", {"channel": ""}, expect=5002),
+                OpProbe("unsubscribe", {"channel": "@all"}, expect=5002),
                 OpProbe("publish", {"channel": "no such channel!", "data": 1}, expect=5002),
             ),
         ),
@@ -135,9 +157,45 @@ CORE_ROUTES = (
     RouteProbe("GET", "/v1/sessions", carries="sessions"),
     RouteProbe("GET", "/v1/sessions/{session}", carries="session"),
     RouteProbe("GET", f"/v1/sessions/{NO_SUCH_ID}", status=404, code=1005),
+    RouteProbe("POST", f"/v1/sessions/{NO_SUCH_ID}/push", {"data": "probe"}, 404, 1005),
+    RouteProbe("POST", f"/v1/sessions/{NO_SUCH_ID}/close", {"code": 4000}, 404, 1005),
+    RouteProbe("POST", "/v1/sessions/{session}/push", {"no_data": 1}, 400, BAD_REQUEST),
     RouteProbe("GET", "/v1/stats", carries="counters"),
     RouteProbe("GET", "/v1/processes", carries="processes"),
+    RouteProbe("GET", "/v1/no-such-route-for-the-probe", status=404, code=4404),
+    RouteProbe("DELETE", "/v1/stats", status=405, code=4405),
 )
+
+
+@dataclass(frozen=True)
+class HttpProbe:
+    """A raw HTTP request to the admin port (what a client library would not send), and its answer."""
+
+    what: str
+    line: str  # the request line; {session} is the probing client's session id
+    headers: tuple[str, ...] = ()
+    body: str = ""
+    token: bool = True  # send the admin token
+    status: int = 400
+    code: int = BAD_REQUEST
+
+    def request(self, token: str, session: Any) -> bytes:
+        lines = [self.line.format(session=session), "Host: 127.0.0.1", "Connection: close", *self.headers]
+        if self.token:
+            lines.append(f"Authorization: Bearer {token}")
+        return ("\r\n".join(lines) + "\r\n\r\n" + self.body).encode()
+
+
+#: The admin API's own errors (contract 4 and 3.2): each is answered with its status and code.
+HTTP_PROBES = (
+    HttpProbe("a body that is not JSON", "POST /v1/sessions/{session}/push HTTP/1.1", ("Content-Length: 9",), "not json!"),
+    HttpProbe("no token", "GET /v1/stats HTTP/1.1", token=False, status=401, code=4401),
+    HttpProbe("a POST without Content-Length", "POST /v1/sessions/{session}/push HTTP/1.1", status=411, code=4411),
+    HttpProbe(
+        "a body over 1 MiB", "POST /v1/sessions/{session}/push HTTP/1.1", ("Content-Length: 1048577",), status=413, code=4413
+    ),
+)
+
 
 #: What the probe checks, in report order: the core, then each capability.
 PROBED = ["core", *PROBES]

@@ -31,6 +31,19 @@ class HttpError(Exception):
         self.status, self.name, self.code, self.message = status, name, code, message
 
 
+def _length_problem(request: h11.Request) -> HttpError | None:
+    """411 for a POST, PUT or DELETE that does not say how long its body is; 413 for a body over 1 MiB."""
+    headers = {k.lower(): v for k, v in request.headers}
+    length = headers.get(b"content-length")
+    if length is None:
+        if request.method in (b"POST", b"PUT", b"DELETE"):
+            return HttpError(411, "LENGTH_REQUIRED", 4411, f"{request.method.decode()} needs a Content-Length header")
+        return None
+    if int(length) > MAX_BODY:  # h11 has already refused a Content-Length that is not a number
+        return HttpError(413, "TOO_LARGE", 4413, f"a body of {int(length)} bytes is over {MAX_BODY}")
+    return None
+
+
 class Admin:
     def __init__(self, server: SingleServer, token: str) -> None:
         self.server = server
@@ -45,6 +58,13 @@ class Admin:
             while True:
                 request, body = await self._read_request(conn, reader)
                 if request is None:
+                    return
+                if isinstance(body, HttpError):
+                    doc = {"error": {"code": body.code, "name": body.name, "message": body.message}}
+                    payload = json.dumps(doc).encode()
+                    writer.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+                                 % (body.status, body.name.encode(), len(payload), payload))
+                    await writer.drain()
                     return
                 status, doc = self.route(request, body)
                 payload = json.dumps(doc).encode() if not isinstance(doc, str) else doc.encode()
@@ -79,6 +99,9 @@ class Admin:
                 continue
             if isinstance(event, h11.Request):
                 request = event
+                refused = _length_problem(event)
+                if refused is not None:  # answered without reading the body; the connection then closes
+                    return request, refused
             elif isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > MAX_BODY:
