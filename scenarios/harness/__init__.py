@@ -10,10 +10,14 @@ Modules, one concern each:
 * :mod:`.evidence` -- named checks with expected/observed values; the failure message.
 * :mod:`.waiting`  -- wait on an observable condition with a bound.
 * :mod:`.probe`    -- the honesty probe's requests and how their answers are judged.
+* :mod:`.codes`    -- the contract's error and close codes, in one table.
+* :mod:`.conformance` -- every answer checked against ``docs/contract/*.json``.
 * :mod:`.plugin`   -- the pytest plugin: options, fixtures, capability gating, known
   failures, results.
 
 The comparison over several targets (matrix, pages) is :mod:`scenarios.compare`.
 """
 
-CONTRACT_VERSION = 1
+#: The version results are reported under, and the manifest versions this harness runs.
+CONTRACT_VERSION = "1.1"
+CONTRACT_VERSIONS = ("1", "1.1")

@@ -35,6 +35,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from .codes import HTTP_ERRORS
+
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "docs" / "contract"
 APP_SCHEMA = SCHEMA_DIR / "app.schema.json"
 ADMIN_OPENAPI = SCHEMA_DIR / "admin.openapi.json"
@@ -44,8 +46,6 @@ FULL_SAMPLE = 300
 STRIDE = 100
 MAX_KEPT = 40  # distinct violations kept per case (all are counted)
 
-#: The error code an HTTP-level error status carries (contract section 3.2).
-HTTP_STATUS_CODES = {401: 4401, 405: 4405, 411: 4411, 413: 4413}
 
 
 @dataclass(frozen=True)
@@ -176,11 +176,11 @@ class Contract:
         if not is_json:
             return [Violation(where, "", f"the body is not JSON: {_short(body)}")]
         problems = self._problems(ref, body, where)
-        if not problems and status in HTTP_STATUS_CODES:
+        if not problems and status in HTTP_ERRORS:
             code = body["error"]["code"]
-            if code != HTTP_STATUS_CODES[status]:
+            if code != HTTP_ERRORS[status]:
                 problems.append(
-                    Violation(where, "/error/code", f"status {status} carries code {HTTP_STATUS_CODES[status]}, not {code}")
+                    Violation(where, "/error/code", f"status {status} carries code {HTTP_ERRORS[status]}, not {code}")
                 )
         try:
             problems += _semantic(where, body)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import CONTRACT_VERSION
+from . import CONTRACT_VERSIONS
 
 #: Capabilities defined by contract version 1 (later versions add more).
 KNOWN_CAPABILITIES = {
@@ -56,7 +56,7 @@ class ManifestError(ValueError):
 class Manifest:
     path: Path
     name: str
-    contract: int
+    contract: str  # "1" or "1.1": 1.1 only writes down what 1 left open, so both are judged alike
     description: str
     command: list[str]
     cwd: Path
@@ -106,9 +106,13 @@ def load_manifest(path: str | Path) -> Manifest:
             raise ManifestError(f"{path}: {where}{key} must be {kind.__name__}, got {type(value).__name__}")
         return value
 
-    contract = get(data, "contract", int, "")
-    if contract != CONTRACT_VERSION:
-        raise ManifestError(f"{path}: contract {contract} is not supported (this harness speaks {CONTRACT_VERSION})")
+    if "contract" not in data:
+        raise ManifestError(f"{path}: missing contract (the version the target implements: 1 or \"1.1\")")
+    contract = str(data["contract"])
+    if contract not in CONTRACT_VERSIONS:
+        raise ManifestError(
+            f"{path}: contract {data['contract']!r} is not supported (this harness speaks {', '.join(CONTRACT_VERSIONS)})"
+        )
     start = get(data, "start", dict, "")
     command = get(start, "command", list, "start.")
     if not command or not all(isinstance(p, str) for p in command):

@@ -26,8 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-UNSUPPORTED = 4501
-BAD_REQUEST = 4400
+from .codes import BAD_REQUEST, SESSION_NOT_EXIST, UNSUPPORTED
+
 #: No session, process or timer ever has this id (ids are positive and far below it).
 NO_SUCH_ID = 2**52 + 7
 
@@ -149,16 +149,16 @@ CORE_OPS = (
     OpProbe("ping"),
     OpProbe("bind", {"uid": 0}),
     OpProbe("protect", {"on": False}),
-    OpProbe("timer_status", {"timer": NO_SUCH_ID}, expect="error"),
-    OpProbe("push", {"to": NO_SUCH_ID, "data": "probe"}, expect=1005),
+    OpProbe("timer_status", {"timer": NO_SUCH_ID}, expect=BAD_REQUEST),
+    OpProbe("push", {"to": NO_SUCH_ID, "data": "probe"}, expect=SESSION_NOT_EXIST),
     OpProbe("no_such_op_for_the_probe", expect=UNSUPPORTED),
 )
 CORE_ROUTES = (
     RouteProbe("GET", "/v1/sessions", carries="sessions"),
     RouteProbe("GET", "/v1/sessions/{session}", carries="session"),
-    RouteProbe("GET", f"/v1/sessions/{NO_SUCH_ID}", status=404, code=1005),
-    RouteProbe("POST", f"/v1/sessions/{NO_SUCH_ID}/push", {"data": "probe"}, 404, 1005),
-    RouteProbe("POST", f"/v1/sessions/{NO_SUCH_ID}/close", {"code": 4000}, 404, 1005),
+    RouteProbe("GET", f"/v1/sessions/{NO_SUCH_ID}", status=404, code=SESSION_NOT_EXIST),
+    RouteProbe("POST", f"/v1/sessions/{NO_SUCH_ID}/push", {"data": "probe"}, 404, SESSION_NOT_EXIST),
+    RouteProbe("POST", f"/v1/sessions/{NO_SUCH_ID}/close", {"code": 4000}, 404, SESSION_NOT_EXIST),
     RouteProbe("POST", "/v1/sessions/{session}/push", {"no_data": 1}, 400, BAD_REQUEST),
     RouteProbe("GET", "/v1/stats", carries="counters"),
     RouteProbe("GET", "/v1/processes", carries="processes"),
