@@ -29,7 +29,7 @@ from ..errors import CloseCode, ErrorCode, ServerError
 if TYPE_CHECKING:
     from .process import Runtime
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = "1.1"
 #: Counters /v1/stats always lists, at 0 until something counts (contract 4.2).
 STANDARD_COUNTERS = dict.fromkeys(
     (
