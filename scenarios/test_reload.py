@@ -57,6 +57,8 @@ from scenarios.harness.waiting import settle, until
 
 TICK_MS = 10
 MAX_WAIT_MS = 3000
+TASK_MS = MAX_WAIT_MS // 2  # the task the first reload must wait for: long, and well inside max_wait_ms
+CLOCK_SLACK_MS = 2  # timer granularity of a target that sleeps exactly sleep_ms
 PROFILE = {"workers": 3, "task_workers": 2, "max_wait_ms": MAX_WAIT_MS}
 
 
@@ -197,8 +199,10 @@ async def reload_ticks(target, evidence) -> None:
         procs0 = worker_procs(await admin.processes())
         old_pids.update({int(p["pid"]): n for n, p in procs0.items()})
 
-        # 1. A full reload while a task runs, and two requests merged into it.
-        task = await tasker.request("task", data="in flight", sleep_ms=400)
+        # 1. A full reload while a task runs, and two requests merged into it. The task holds the
+        # old task worker for TASK_MS (contract 3.1: a task runs its full sleep_ms, reload or not),
+        # so the reload is still running when the two other requests come: by construction, not luck.
+        task = await tasker.request("task", data="in flight", sleep_ms=TASK_MS)
         window = ReloadWindow("full + merged requests", time.time())
         first = await admin.call("POST", "/v1/reload", {"scope": "all"})
         second = await admin.call("POST", "/v1/reload", {"scope": "all"})
@@ -224,9 +228,16 @@ async def reload_ticks(target, evidence) -> None:
         results = [e for e in tasker.evs("task_result") if e.get("task") == task.get("task")]
         evidence.check(
             "a task in flight during the reload completes and its result arrives once",
-            task.get("ok") and len(results) == 1 and results[0]["result"]["data"] == "in flight",
+            task.get("ok") and len(results) == 1 and (results[0].get("result") or {}).get("data") == "in flight",
             expected="one task_result with the task's data",
             observed=[r.get("result") for r in results],
+        )
+        held_ms = round((results[0]["_t"] - task["_t"]) * 1000, 1) if task.get("ok") and results else None
+        evidence.check(
+            "the task in flight ran its full sleep_ms (the reload did not cut it short)",
+            held_ms is not None and held_ms >= TASK_MS - CLOCK_SLACK_MS,
+            expected=f"task_result >= {TASK_MS} ms after the task's reply",
+            observed=held_ms,
         )
 
         # 2. Task workers only.

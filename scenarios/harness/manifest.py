@@ -75,6 +75,8 @@ class Manifest:
     broadcast_modes: tuple[str, ...] = ("pubsub",)
     #: redis_broadcast: the per-session output bound past which a slow client is closed with 4429.
     broadcast_buffer_bytes: int = 1 << 20
+    #: heartbeat (1.1): the step of the target's heartbeat settings (1000: whole seconds, as Swoole's).
+    heartbeat_granularity_ms: int = 1
 
     @property
     def uses_redis(self) -> bool:
@@ -142,6 +144,10 @@ def load_manifest(path: str | Path) -> Manifest:
     buffer_bytes = get(bcast, "buffer_bytes", int, "broadcast.", 1 << 20)
     if not 4096 <= buffer_bytes <= 64 << 20:
         raise ManifestError(f"{path}: broadcast.buffer_bytes must be 4096..67108864, got {buffer_bytes}")
+    beat = get(data, "heartbeat", dict, "", {})
+    granularity = get(beat, "granularity_ms", int, "heartbeat.", 1)
+    if not 1 <= granularity <= 10_000:
+        raise ManifestError(f"{path}: heartbeat.granularity_ms must be 1..10000, got {granularity}")
     return Manifest(
         path=path,
         name=get(data, "name", str, ""),
@@ -160,4 +166,5 @@ def load_manifest(path: str | Path) -> Manifest:
         broadcast_prefix=prefix,
         broadcast_modes=tuple(modes),
         broadcast_buffer_bytes=buffer_bytes,
+        heartbeat_granularity_ms=granularity,
     )

@@ -200,6 +200,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             continue
         sid = _scenario_id(item)[0]
         matched |= {case_key(sid, item.nodeid), sid}
+        item.add_marker(pytest.mark.timeout(SCENARIO_BACKSTOP_S))
         reason = known_failure_reason(run.manifest, sid, item.nodeid)
         if reason is not None:
             item.add_marker(pytest.mark.xfail(reason=f"known deviation: {reason}", strict=True))
@@ -257,13 +258,30 @@ _EVIDENCE_KEY = pytest.StashKey[Evidence]()
 _CONFORMANCE_KEY = pytest.StashKey[conformance.ConformanceLog]()
 
 
+#: pytest-timeout's bound for a scenario: a backstop far above every scenario's own bound
+#: (``run_async``'s ``timeout``), so that the scenario's bound fires first and its evidence is written.
+SCENARIO_BACKSTOP_S = 600
+
+
+class ScenarioTimeout(AssertionError):
+    """A scenario did not finish within its own bound; the checks recorded so far are its evidence."""
+
+
 @pytest.fixture
-def run_async():
-    """Run a scenario coroutine to completion on a fresh event loop."""
+def run_async(request: pytest.FixtureRequest):
+    """Run a scenario coroutine to completion on a fresh event loop, within its own bound."""
 
     def runner(coro, timeout: float = 90.0):
+        assert timeout < SCENARIO_BACKSTOP_S - 60, "a scenario's bound must stay below the backstop"
+
         async def bounded():
-            return await asyncio.wait_for(coro, timeout)
+            try:
+                return await asyncio.wait_for(coro, timeout)
+            except TimeoutError:
+                ev = request.node.stash.get(_EVIDENCE_KEY, None)
+                if ev is not None:
+                    ev.check("the scenario finishes within its own bound", False, expected=f"<= {timeout} s", observed="still running")
+                raise ScenarioTimeout(f"the scenario did not finish within its own bound of {timeout} s") from None
 
         return asyncio.run(bounded())
 
