@@ -17,6 +17,8 @@ import asyncio
 import base64
 import json
 import os
+import socket
+import struct
 import time
 from typing import Any
 
@@ -88,6 +90,10 @@ class RawClient:
         self.pongs: list[bytes] = []
         self.close_frame: Close | None = None
         self.eof_at: float | None = None
+        self.close_frame_at: float | None = None
+        #: Write nothing the protocol owes the server (its close reply above all): a client that
+        #: keeps the server's close handshake waiting, as a slow or hostile one does.
+        self.withhold = False
         self._mid_frame = False
         self._task = asyncio.create_task(self._read())
 
@@ -138,12 +144,15 @@ class RawClient:
                         self.pongs.append(bytes(event.data))
                     elif event.opcode is Opcode.CLOSE:
                         self.close_frame = self.proto.close_rcvd
+                        self.close_frame_at = now
                 if not self._mid_frame:
                     self._flush_owed()
         except (ConnectionError, OSError):
             self.eof_at = self.eof_at or time.time()
 
     def _flush_owed(self) -> None:
+        if self.withhold:
+            return
         for chunk in self.proto.data_to_send():
             if chunk and not self._writer.is_closing():
                 self._writer.write(chunk)
@@ -185,6 +194,16 @@ class RawClient:
     @property
     def is_closed(self) -> bool:
         return self.eof_at is not None or self.close_frame is not None
+
+    def abort(self) -> None:
+        """End the connection with a RST (no close frame, no FIN)."""
+        sock = self._writer.get_extra_info("socket")
+        if sock is not None and sock.fileno() != -1:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:  # already closed
+                pass
+        self._writer.transport.abort()
 
     async def dispose(self) -> None:
         self._writer.close()

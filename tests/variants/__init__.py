@@ -137,6 +137,20 @@ VARIANTS += [
         "each session receives each message of its channels exactly once",
     ),
 ]
+VARIANTS += [
+    Variant(
+        "closing_is_gone",
+        "a push to a session that is closing fails with 1005 (as if gone), not 1004",
+        "scenarios/test_closing.py",
+        "a push to a session that is closing fails with 1004",
+    ),
+    Variant(
+        "own_timer_pushes_closing",
+        "a session's own timer pushes without exists() while the session is closing",
+        "scenarios/test_closing.py",
+        "a session's own timer never pushes once its close is known",
+    ),
+]
 BY_NAME = {v.name: v for v in VARIANTS}
 
 #: The case (scenario id, with its parameter if any) each variant must fail, as reports name it.
@@ -158,6 +172,8 @@ EXPECTED_CASE = {
     "bcast_no_handshake_check": "broadcast_fanout[pubsub]",
     "bcast_blocking_subscribe": "broadcast_fanout[pubsub]",
     "bcast_double_delivery": "broadcast_fanout[pubsub]",
+    "closing_is_gone": "closing_session",
+    "own_timer_pushes_closing": "closing_session",
 }
 
 
