@@ -24,6 +24,7 @@ import time
 
 import pytest
 
+from scenarios.harness.broadcast import StuckClient
 from scenarios.harness.client import ScenarioClient, connect_many, dispose_all
 from scenarios.harness.common import check_no_leaks, counter_delta, warm_up
 from scenarios.harness.waiting import settle, until
@@ -31,6 +32,7 @@ from scenarios.harness.waiting import settle, until
 DOOMED_UID = 7
 KEEP_UID = 1
 PER_GROUP = 20
+HALF_OPEN = 4  # TCP connections whose handshake never completes: sessions all the same (contract 1, 4.3)
 SWEEP = {"uids": [DOOMED_UID], "interval_ms": 150, "pace_ms": 2, "notice": "swept"}
 SWEPT_CODE = 4001
 
@@ -196,4 +198,60 @@ async def scenario(target, admin, evidence) -> None:
 @pytest.mark.requires("task_sweep")
 def test_task_process_sweep(target, admin, evidence, run_async):
     run_async(scenario(target, admin, evidence))
+    evidence.verdict()
+
+
+# -- task_sweep_handshaking ----------------------------------------------------------------------
+
+
+async def handshaking(target, admin, evidence) -> None:
+    """A session exists from its TCP accept: a sweep sees it before its handshake completes (1, 4.3)."""
+    baseline_fds = await warm_up(target, admin)
+    stuck = [await StuckClient.connect("127.0.0.1", target.port) for _ in range(HALF_OPEN)]
+    listed: set[int] = set()
+    reports: list[dict] = []
+    try:
+
+        async def all_listed() -> bool:
+            nonlocal listed
+            listed = {s["session"] for s in await admin.sessions() if s.get("state") == "connecting"}
+            return len(listed) >= HALF_OPEN
+
+        await settle(all_listed, timeout=5, interval=0.05)
+        rule_set_at = time.time()
+        await admin.call("PUT", "/v1/sweep", {"uids": [DOOMED_UID], "interval_ms": 100, "notice": "swept"})
+
+        async def two_sweeps() -> bool:
+            nonlocal reports
+            reports = [r for r in (await admin.call("GET", "/v1/sweep"))["reports"] if r["started"] >= rule_set_at]
+            return len(reports) >= 2
+
+        await settle(two_sweeps, timeout=5, interval=0.05)
+        await admin.call("DELETE", "/v1/sweep")
+        still = {s["session"] for s in await admin.sessions() if s.get("state") == "connecting"}
+    finally:
+        for client in stuck:
+            client.abort()
+    evidence.check(
+        "sessions whose handshake is not complete exist (listed as connecting)",
+        len(listed) >= HALF_OPEN,
+        expected=f">= {HALF_OPEN} sessions in state connecting",
+        observed=sorted(listed),
+    )
+    evidence.check("sweeps ran", len(reports) >= 2, expected=">= 2 sweep reports", observed=len(reports))
+    watched = listed & still  # mid-handshake from before the rule to after the sweeps
+    unseen = [{"sweep": r["sweep"], "sessions": sorted(watched - set(r["seen"]))} for r in reports if watched - set(r["seen"])]
+    evidence.check(
+        "each sweep saw the sessions whose handshake is not complete",
+        bool(watched) and bool(reports) and not unseen,
+        expected=f"the {HALF_OPEN} connecting sessions in every report's 'seen'",
+        observed=unseen or (f"all {len(watched)} seen by {len(reports)} sweeps" if watched else "none listed"),
+    )
+    await check_no_leaks(admin, evidence, baseline_fds)
+
+
+@pytest.mark.scenario("task_sweep_handshaking", seed="swoole: connections lists a connection from onConnect, before the handshake")
+@pytest.mark.requires("task_sweep")
+def test_sweep_sees_handshaking(target, admin, evidence, run_async):
+    run_async(handshaking(target, admin, evidence), timeout=60)
     evidence.verdict()

@@ -43,13 +43,13 @@ VARIANTS = [
     Variant(
         "sweep_local_only",
         "connections lists only the calling process's own sessions (BASE mode)",
-        "scenarios/test_task_sweep.py",
+        "scenarios/test_task_sweep.py::test_task_process_sweep",
         "each sweep saw every session",
     ),
     Variant(
         "close_drops_queue",
         "close() drops the connection without flushing queued data or a close frame",
-        "scenarios/test_task_sweep.py",
+        "scenarios/test_task_sweep.py::test_task_process_sweep",
         "every swept client got a close frame",
     ),
     Variant(
@@ -139,6 +139,12 @@ VARIANTS += [
 ]
 VARIANTS += [
     Variant(
+        "sweep_skips_handshaking",
+        "connections lists established sessions only: a sweep never sees a session mid-handshake",
+        "scenarios/test_task_sweep.py::test_sweep_sees_handshaking",
+        "each sweep saw the sessions whose handshake is not complete",
+    ),
+    Variant(
         "closing_is_gone",
         "a push to a session that is closing fails with 1005 (as if gone), not 1004",
         "scenarios/test_closing.py",
@@ -172,6 +178,7 @@ EXPECTED_CASE = {
     "bcast_no_handshake_check": "broadcast_fanout[pubsub]",
     "bcast_blocking_subscribe": "broadcast_fanout[pubsub]",
     "bcast_double_delivery": "broadcast_fanout[pubsub]",
+    "sweep_skips_handshaking": "task_sweep_handshaking",
     "closing_is_gone": "closing_session",
     "own_timer_pushes_closing": "closing_session",
 }

@@ -1,0 +1,11 @@
+"""BUG: ``connections`` lists only established sessions (the handshaking ones are skipped).
+
+A session exists from its TCP accept (contract 1): a sweep must see it before
+its handshake completes. Caught by scenarios/test_task_sweep.py.
+"""
+
+from reference_server.runtime.api import Server
+
+
+def apply() -> None:
+    Server.connections = property(lambda self: (i.session for i in self._rt.table.sessions(established_only=True)))
