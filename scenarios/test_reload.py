@@ -37,7 +37,7 @@ import pytest
 
 from scenarios.harness.admin import AdminClient
 from scenarios.harness.client import ScenarioClient, connect_many, dispose_all
-from scenarios.harness.common import check_no_leaks, counter_delta, warm_up
+from scenarios.harness.common import check_no_leaks, counter_delta, counters_decreased, warm_up
 from scenarios.harness.reloads import (
     SIGNALS,
     ReloadWindow,
@@ -193,15 +193,24 @@ async def reload_ticks(target, evidence) -> None:
     clients = await connect_many(target.ws_url, "tick", 200)
     tasker, asker = clients[0], clients[1]
     windows: list[ReloadWindow] = []
+    snapshots = [stats_before]  # /v1/stats before and after each reload: no counter may go down
     old_pids: dict[int, str] = {}
     try:
         timers = await start_ticks(clients)
         procs0 = worker_procs(await admin.processes())
         old_pids.update({int(p["pid"]): n for n, p in procs0.items()})
+        first_gens = {n: p.get("generation") for n, p in procs0.items()}
+        evidence.check(
+            "the first processes are generation 1",
+            bool(status_before["history"]) or set(first_gens.values()) == {1},
+            expected="generation 1 for every worker and task worker before any reload",
+            observed=first_gens,
+        )
 
         # 1. A full reload while a task runs, and two requests merged into it. The task holds the
         # old task worker for TASK_MS (contract 3.1: a task runs its full sleep_ms, reload or not),
         # so the reload is still running when the two other requests come: by construction, not luck.
+        task_sent = time.time()  # the task cannot start before its request leaves
         task = await tasker.request("task", data="in flight", sleep_ms=TASK_MS)
         window = ReloadWindow("full + merged requests", time.time())
         first = await admin.call("POST", "/v1/reload", {"scope": "all"})
@@ -210,6 +219,7 @@ async def reload_ticks(target, evidence) -> None:
         window.record = await wait_done(admin, first["reload"])
         window.done = time.time()
         windows.append(window)
+        snapshots.append(await admin.stats())
         joined = [second, third]
         evidence.fact("merge_requests", {"first": first, "second": second, "third": third})
         evidence.check(
@@ -232,11 +242,11 @@ async def reload_ticks(target, evidence) -> None:
             expected="one task_result with the task's data",
             observed=[r.get("result") for r in results],
         )
-        held_ms = round((results[0]["_t"] - task["_t"]) * 1000, 1) if task.get("ok") and results else None
+        held_ms = round((results[0]["_t"] - task_sent) * 1000, 1) if task.get("ok") and results else None
         evidence.check(
             "the task in flight ran its full sleep_ms (the reload did not cut it short)",
             held_ms is not None and held_ms >= TASK_MS - CLOCK_SLACK_MS,
-            expected=f"task_result >= {TASK_MS} ms after the task's reply",
+            expected=f"task_result >= {TASK_MS} ms after the task's request",
             observed=held_ms,
         )
 
@@ -244,6 +254,7 @@ async def reload_ticks(target, evidence) -> None:
         procs1 = worker_procs(await admin.processes())
         old_pids.update({int(p["pid"]): n for n, p in procs1.items()})
         windows.append(await do_reload(target, admin, "task workers only", "task_workers", "signal"))
+        snapshots.append(await admin.stats())
         procs2 = worker_procs(await admin.processes())
         kept = [n for n, p in procs1.items() if p["kind"] == "worker" and procs2.get(n, {}).get("pid") != p["pid"]]
         renewed = [n for n, p in procs1.items() if p["kind"] == "task_worker" and procs2.get(n, {}).get("pid") == p["pid"]]
@@ -262,10 +273,12 @@ async def reload_ticks(target, evidence) -> None:
             window.record = await wait_done(admin, reply["reload"])
             window.done = time.time()
             windows.append(window)
+            snapshots.append(await admin.stats())
         evidence.check("a worker can ask for a reload (app op reload)", reply.get("ok") is True, expected="ok", observed=reply)
         procs3 = worker_procs(await admin.processes())
         old_pids.update({int(p["pid"]): n for n, p in procs3.items()})
         windows.append(await do_reload(target, admin, "full (signal)", "all", "signal"))
+        snapshots.append(await admin.stats())
 
         finals = await stop_ticks(clients, timers)
         evidence.fact("reloads", [w.as_dict() for w in windows])
@@ -275,6 +288,24 @@ async def reload_ticks(target, evidence) -> None:
         stats_after = await admin.stats()
         dead = counter_delta(stats_before, stats_after, "dead_session_pushes")
         evidence.check("no push reaches a dead session", dead == 0, expected=0, observed=dead)
+        decreases = counters_decreased([*snapshots, stats_after])
+        evidence.check(
+            "no standard counter ever decreases across a reload",
+            not decreases and len(snapshots) == 1 + len(windows),
+            expected="each standard counter of /v1/stats >= its value before each reload",
+            observed=decreases or f"{len(snapshots)} snapshots, none lower than the one before",
+        )
+        wrong_gen = [
+            {"reload": r.get("reload"), "generation": r.get("generation")}
+            for r in (w.record for w in windows)
+            if r.get("generation") != (r.get("reload") or 0) + 1
+        ]
+        evidence.check(
+            "reload n starts generation n + 1",
+            not wrong_gen and bool(windows),
+            expected="each record's generation = its reload id + 1",
+            observed=wrong_gen or [[w.record.get("reload"), w.record.get("generation")] for w in windows],
+        )
 
         status = await reload_status(admin)
         counters = {k: status["counters"][k] - status_before["counters"][k] for k in status["counters"]}

@@ -6,10 +6,27 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from . import conformance
 from .admin import AdminClient
 from .client import connect_many, dispose_all
 from .target import count_fds
 from .waiting import settle
+
+
+def standard_counters() -> list[str]:
+    """The counters every target lists in ``/v1/stats`` (contract 4.2), from the OpenAPI document."""
+    return list(conformance.contract().openapi["components"]["schemas"]["Stats"]["properties"]["counters"]["required"])
+
+
+def counters_decreased(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each standard counter that went down from one ``/v1/stats`` snapshot to the next."""
+    out = []
+    for i in range(1, len(snapshots)):
+        before, after = snapshots[i - 1].get("counters", {}), snapshots[i].get("counters", {})
+        for name in standard_counters():
+            if isinstance(before.get(name), int) and isinstance(after.get(name), int) and after[name] < before[name]:
+                out.append({"snapshot": i, "counter": name, "from": before[name], "to": after[name]})
+    return out
 
 
 def counter_delta(before: dict[str, Any], after: dict[str, Any], name: str) -> int:

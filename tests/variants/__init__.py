@@ -157,6 +157,20 @@ VARIANTS += [
         "a session's own timer never pushes once its close is known",
     ),
 ]
+VARIANTS += [
+    Variant(
+        "reload_forgets_counters",
+        "/v1/stats forgets the counters of processes a reload retired: counters go down",
+        "scenarios/test_reload.py::test_reload_under_ticks",
+        "no standard counter ever decreases across a reload",
+    ),
+    Variant(
+        "reload_generation_is_id",
+        "reload n starts generation n instead of n + 1",
+        "scenarios/test_reload.py::test_reload_under_ticks",
+        "reload n starts generation n + 1",
+    ),
+]
 BY_NAME = {v.name: v for v in VARIANTS}
 
 #: The case (scenario id, with its parameter if any) each variant must fail, as reports name it.
@@ -179,6 +193,8 @@ EXPECTED_CASE = {
     "bcast_blocking_subscribe": "broadcast_fanout[pubsub]",
     "bcast_double_delivery": "broadcast_fanout[pubsub]",
     "sweep_skips_handshaking": "task_sweep_handshaking",
+    "reload_forgets_counters": "reload_ticks",
+    "reload_generation_is_id": "reload_ticks",
     "closing_is_gone": "closing_session",
     "own_timer_pushes_closing": "closing_session",
 }
