@@ -42,7 +42,7 @@ from websockets.frames import Opcode
 
 from scenarios.harness.admin import AdminClient
 from scenarios.harness.client import ScenarioClient, connect_many, dispose_all
-from scenarios.harness.common import check_no_leaks, counter_delta, warm_up
+from scenarios.harness.common import check_no_leaks, counter_delta, mark_sessions, state_changes, warm_up
 from scenarios.harness.rawclient import RawClient, frame_bytes, text_frame
 from scenarios.harness.traffic import MoveLog, Streamer, echo_problems, gap_or_repeat, numbered
 from scenarios.harness.waiting import settle, until
@@ -175,6 +175,8 @@ async def stream_scenario(target, admin: AdminClient, evidence) -> None:
     clients = await connect_many(target.ws_url, "stream", 3 * workers)
     try:
         log = MoveLog({c.session: c.worker for c in clients})
+        await mark_sessions(clients, 5000, groups=True)
+        marked = await admin.sessions()
         timers = {}
         for c in clients:
             timers[c.name] = (await c.request("timer_start", interval_ms=TICK_MS))["timer"]
@@ -212,6 +214,13 @@ async def stream_scenario(target, admin: AdminClient, evidence) -> None:
             observed=[(m.session, m.dst, m.name) for m in refused],
         )
         await record_checks(evidence, admin, clients, log, stats_before)
+        changed = state_changes(marked, await admin.sessions(), [c.session for c in clients])
+        evidence.check(
+            "uid, protection, group and handler set survive every move",
+            not changed and bool(marked),
+            expected="each session's uid, protected, group and handler as before its moves",
+            observed=changed or "all kept",
+        )
     finally:
         await dispose_all(clients)
     await check_no_leaks(admin, evidence, baseline_fds)

@@ -37,7 +37,14 @@ import pytest
 
 from scenarios.harness.admin import AdminClient
 from scenarios.harness.client import ScenarioClient, connect_many, dispose_all
-from scenarios.harness.common import check_no_leaks, counter_delta, counters_decreased, warm_up
+from scenarios.harness.common import (
+    check_no_leaks,
+    counter_delta,
+    counters_decreased,
+    mark_sessions,
+    state_changes,
+    warm_up,
+)
 from scenarios.harness.reloads import (
     SIGNALS,
     ReloadWindow,
@@ -196,6 +203,8 @@ async def reload_ticks(target, evidence) -> None:
     snapshots = [stats_before]  # /v1/stats before and after each reload: no counter may go down
     old_pids: dict[int, str] = {}
     try:
+        await mark_sessions(clients, 7000, groups="migrate" in target.capabilities)
+        marked = await admin.sessions()
         timers = await start_ticks(clients)
         procs0 = worker_procs(await admin.processes())
         old_pids.update({int(p["pid"]): n for n, p in procs0.items()})
@@ -288,6 +297,13 @@ async def reload_ticks(target, evidence) -> None:
         stats_after = await admin.stats()
         dead = counter_delta(stats_before, stats_after, "dead_session_pushes")
         evidence.check("no push reaches a dead session", dead == 0, expected=0, observed=dead)
+        changed = state_changes(marked, await admin.sessions(), [c.session for c in clients])
+        evidence.check(
+            "uid, protection, group and handler set survive every reload",
+            not changed and bool(marked),
+            expected="each session's uid, protected, group and handler as before the reloads",
+            observed=changed or "all kept",
+        )
         decreases = counters_decreased([*snapshots, stats_after])
         evidence.check(
             "no standard counter ever decreases across a reload",

@@ -29,6 +29,38 @@ def counters_decreased(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+#: What a session carries that a move or a reload must keep (contract 7, 8, 9.3).
+KEPT_FIELDS = ("uid", "protected", "group", "handler")
+
+
+async def mark_sessions(clients: list[Any], first_uid: int, *, groups: bool) -> None:
+    """Give each client's session a uid of its own, protect every other one and (``groups``) join a group."""
+
+    async def mark(i: int, client: Any) -> None:
+        await client.request("bind", uid=first_uid + i)
+        await client.request("protect", on=i % 2 == 0)
+        if groups:
+            await client.request("join", group=i % 3)
+
+    await asyncio.gather(*(mark(i, c) for i, c in enumerate(clients)))
+
+
+def state_changes(before: list[dict[str, Any]], after: list[dict[str, Any]], sessions: list[int]) -> list[dict[str, Any]]:
+    """Sessions whose uid, protection, group or handler set differ between two ``/v1/sessions`` reads."""
+    old = {s.get("session"): s for s in before}
+    new = {s.get("session"): s for s in after}
+    out = []
+    for sid in sessions:
+        a, b = old.get(sid), new.get(sid)
+        if a is None or b is None:
+            out.append({"session": sid, "listed": [a is not None, b is not None]})
+            continue
+        changed = {k: [a.get(k), b.get(k)] for k in KEPT_FIELDS if k in a and a.get(k) != b.get(k)}
+        if changed:
+            out.append({"session": sid, **changed})
+    return out
+
+
 def counter_delta(before: dict[str, Any], after: dict[str, Any], name: str) -> int:
     """How much a standard counter of ``/v1/stats`` grew between two snapshots."""
     return int(after["counters"].get(name, 0)) - int(before["counters"].get(name, 0))

@@ -171,6 +171,14 @@ VARIANTS += [
         "reload n starts generation n + 1",
     ),
 ]
+VARIANTS += [
+    Variant(
+        "migrate_forgets_bind",
+        "the worker that adopts a session resets its uid and protection",
+        "scenarios/test_migration.py::test_migration_under_streaming",
+        "uid, protection, group and handler set survive every move",
+    ),
+]
 BY_NAME = {v.name: v for v in VARIANTS}
 
 #: The case (scenario id, with its parameter if any) each variant must fail, as reports name it.
@@ -195,6 +203,7 @@ EXPECTED_CASE = {
     "sweep_skips_handshaking": "task_sweep_handshaking",
     "reload_forgets_counters": "reload_ticks",
     "reload_generation_is_id": "reload_ticks",
+    "migrate_forgets_bind": "migration_stream",
     "closing_is_gone": "closing_session",
     "own_timer_pushes_closing": "closing_session",
 }
