@@ -437,6 +437,7 @@ async def history(target, scenario_run, evidence) -> None:
 
         await settle(complete, timeout=15, interval=0.05)
         verdict = check_histories([live], publisher.log, end=time.time())
+        fresh_missing = await fresh_channels(target, scenario_run, clients)
     finally:
         _dispose(clients)
         await publisher.close()
@@ -465,11 +466,42 @@ async def history(target, scenario_run, evidence) -> None:
         observed=ids[:3],
     )
     evidence.check(
+        "a message added right after the subscribe reply to a channel new to the worker arrives",
+        not fresh_missing,
+        expected=f"{FRESH} channels never used before: the message added after each reply arrives",
+        observed=fresh_missing or "all arrived",
+    )
+    evidence.check(
         "a plain subscribe (no since) gets nothing from before it and everything after it",
         not verdict.missing and not verdict.forbidden and not verdict.duplicates,
         expected=0,
         observed=verdict.summary(),
     )
+
+
+FRESH = 8  # channels new to every worker, each published to right after its subscribe reply
+
+
+async def fresh_channels(target, scenario_run, clients: list[BroadcastClient]) -> list[dict]:
+    """Subscribe to channels no worker has seen, XADD right after each reply; what did not arrive (10.2)."""
+    tag = f"{int(time.time() * 1000) % 10**8}"
+    publisher = Publisher("fresh", scenario_run.redis_url, scenario_run.manifest.broadcast_prefix, "durable")
+    subs = [await _connect(f"fresh{i}", target, "A") for i in range(FRESH)]
+    clients += subs
+    sent = []
+    try:
+        for i, client in enumerate(subs):
+            channel = f"fresh-{tag}-{i}"
+            reply = await client.subscribe(channel)
+            sent.append((client, channel, await publisher.publish(channel), reply))
+        await settle(lambda: all(any(r[1] == ch for r in c.received) for c, ch, _, _ in sent), timeout=5, interval=0.02)
+    finally:
+        await publisher.close()
+    return [
+        {"client": c.name, "channel": ch, "published": p.ok, "subscribe": r.get("ok")}
+        for c, ch, p, r in sent
+        if not any(x[1] == ch for x in c.received)
+    ]
 
 
 @pytest.mark.scenario("broadcast_history", seed="durable broadcast: history since an id, then live, without gap or duplicate")

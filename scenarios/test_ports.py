@@ -595,6 +595,23 @@ def test_ports_file(target_factory, evidence, run_async) -> None:
             expected=1001,
             observed=resident.close_frame,
         )
+        # Only p1's handler changes (echo -> default): updated in place, its sessions untouched (9.4).
+        echo_resident = await ScenarioClient.connect(f"ws://127.0.0.1:{p[1]}/", "echo-resident")
+        added_at = now[p[1]]["added_at"]
+        third = second.replace(f"port = {p[1]}\nhandler = \"echo\"\n", f"port = {p[1]}\n")
+        report3 = (await write(third))["last"]
+        now = await listeners(admin)
+        served = await attempt(p[1])
+        evidence.check(
+            "an entry whose only change is its handler is updated in place",
+            report3["updated"] == [p[1]] and not report3["rebound"] and not report3["removed"]
+            and now[p[1]]["added_at"] == added_at and now[p[1]]["handler"] == "default"
+            and not echo_resident.is_closed and served.outcome == Outcome.OK,
+            expected={"updated": [p[1]], "rebound": [], "added_at": added_at, "its session": "open"},
+            observed={k: report3[k] for k in ("updated", "rebound", "removed")}
+            | {"added_at": now[p[1]]["added_at"], "handler": now[p[1]]["handler"], "session closed": echo_resident.is_closed},
+        )
+        await dispose_all([echo_resident])
         before_invalid = {q: settings(e) for q, e in (await listeners(admin)).items()}
         bad = (await write("[[listen]\nport = = 1\n"))["last"]
         after_invalid = {q: settings(e) for q, e in (await listeners(admin)).items()}

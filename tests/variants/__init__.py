@@ -179,6 +179,22 @@ VARIANTS += [
         "uid, protection, group and handler set survive every move",
     ),
 ]
+VARIANTS += [
+    Variant(
+        "ports_file_rebinds_handler",
+        "a ports-file entry whose handler set changed is re-bound instead of updated in place",
+        "scenarios/test_ports.py::test_ports_file",
+        "an entry whose only change is its handler is updated in place",
+    ),
+]
+VARIANTS += [
+    Variant(
+        "durable_fresh_from_dollar",
+        "durable mode reads a channel new to the node from $, losing what was added after the subscribe reply",
+        "scenarios/test_broadcast.py::test_broadcast_history",
+        "a message added right after the subscribe reply to a channel new to the worker arrives",
+    ),
+]
 BY_NAME = {v.name: v for v in VARIANTS}
 
 #: The case (scenario id, with its parameter if any) each variant must fail, as reports name it.
@@ -204,6 +220,8 @@ EXPECTED_CASE = {
     "reload_forgets_counters": "reload_ticks",
     "reload_generation_is_id": "reload_ticks",
     "migrate_forgets_bind": "migration_stream",
+    "ports_file_rebinds_handler": "ports_file",
+    "durable_fresh_from_dollar": "broadcast_history",
     "closing_is_gone": "closing_session",
     "own_timer_pushes_closing": "closing_session",
 }
