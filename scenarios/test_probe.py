@@ -97,19 +97,20 @@ async def probe_core(target: Any, admin: AdminClient, evidence: Any) -> None:
 
 async def probe_core_pushes(client: ScenarioClient, admin: AdminClient, evidence: Any, session: Any) -> None:
     """Timers, pushes and close, each with what the client sees (contract 3.1, 4)."""
-    started = await client.request("timer_start", interval_ms=10, count=2)
-    tick = None
+    started = await client.request("timer_start", interval_ms=10)
+    tick, stopped = None, {}
     if started.get("ok"):
         tick = await until(
             lambda: next((e for e in client.evs("tick") if e.get("timer") == started.get("timer")), None),
             timeout=5,
             what="a tick of the probe's timer",
         )
+        stopped = await client.request("timer_stop", timer=started.get("timer"))
     evidence.check(
-        "core: timer_start answers a timer id, and its ticks come",
-        tick is not None,
-        expected={"reply": "ok with 'timer'", "then": {"ev": "tick", "timer": "T", "seq": 1}},
-        observed={"reply": _short(started), "tick": _short(tick)},
+        "core: timer_start answers a timer id, its ticks come, timer_stop answers its status with seq",
+        tick is not None and stopped.get("ok") is True and isinstance(stopped.get("seq"), int) and stopped["seq"] >= 1,
+        expected={"reply": "ok with 'timer'", "then": {"ev": "tick", "timer": "T", "seq": 1}, "stop": "ok, seq >= 1"},
+        observed={"reply": _short(started), "tick": _short(tick), "stop": _short(stopped)},
     )
     text = "probe: verbatim text"
     status, body = await admin.request("POST", f"/v1/sessions/{session}/push", {"data": text})

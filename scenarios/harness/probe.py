@@ -58,6 +58,7 @@ class RouteProbe:
     status: int = 200
     code: int | None = None  # the error code of a non-200 answer
     carries: str = ""  # a key a 200 answer must carry
+    text: bool = False  # a 200 answer is text (the Prometheus format), not JSON
 
     def describe(self) -> str:
         return f"{self.method} {self.path}"
@@ -154,6 +155,8 @@ CORE_OPS = (
     OpProbe("no_such_op_for_the_probe", expect=UNSUPPORTED),
 )
 CORE_ROUTES = (
+    RouteProbe("GET", "/ready", carries="ready"),
+    RouteProbe("GET", "/metrics", text=True),
     RouteProbe("GET", "/v1/sessions", carries="sessions"),
     RouteProbe("GET", "/v1/sessions/{session}", carries="session"),
     RouteProbe("GET", f"/v1/sessions/{NO_SUCH_ID}", status=404, code=SESSION_NOT_EXIST),
@@ -221,6 +224,8 @@ def judge_route(probe: RouteProbe, status: int, body: Any, *, declared: bool) ->
         return status in (404, 501), "404 (no such route) or 501 (UNSUPPORTED)"
     if status != probe.status:
         return False, f"status {probe.status}"
+    if probe.status == 200 and probe.text:
+        return isinstance(body, str) and bool(body.strip()), "200 with a text body"
     if probe.status == 200:
         good = isinstance(body, dict) and (not probe.carries or probe.carries in body)
         return good, "200" + (f" with {probe.carries!r}" if probe.carries else "")
