@@ -38,14 +38,11 @@ from referencing.jsonschema import DRAFT202012
 from .codes import HTTP_ERRORS
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "docs" / "contract"
-APP_SCHEMA = SCHEMA_DIR / "app.schema.json"
-ADMIN_OPENAPI = SCHEMA_DIR / "admin.openapi.json"
 
 CHECK_NAME = "the target's answers match the contract (docs/contract/*.json)"
 FULL_SAMPLE = 300
 STRIDE = 100
 MAX_KEPT = 40  # distinct violations kept per case (all are counted)
-
 
 
 @dataclass(frozen=True)
