@@ -105,7 +105,7 @@ def test_admin_api_rejects_garbage_clearly_and_keeps_serving(server):
     cases = [
         (("GET", "/v1/stats"), {"token": "wrong"}, 401, "UNAUTHORIZED"),
         (("GET", "/v1/nope"), {}, 404, "NOT_FOUND"),
-        (("DELETE", "/v1/stats"), {}, 405, "BAD_REQUEST"),
+        (("DELETE", "/v1/stats"), {}, 405, "METHOD_NOT_ALLOWED"),
         (("POST", "/v1/sessions/1/push"), {"raw": b"{not json"}, 400, "BAD_REQUEST"),
         (("POST", "/v1/sessions/1/push"), {"raw": b'{"data": 5}'}, 400, "BAD_REQUEST"),
         (("POST", "/v1/sessions/99999/push"), {"raw": b'{"data": "x"}'}, 404, "SESSION_NOT_EXIST"),
