@@ -56,7 +56,7 @@ async def scenario(target, admin, evidence) -> None:
         victim_slots = {
             (info_before[v.session]["worker"], info_before[v.session].get("os_fd"))
             for v in victims
-            if v.session in info_before
+            if v.session in info_before and info_before[v.session].get("os_fd") is not None
         }
 
         log_mark = len(target.log_lines())

@@ -15,6 +15,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invaria
 
 from reference_server.core.registry import SessionState, SessionTable, TableFull, table_size
 from reference_server.errors import ErrorCode
+from scenarios.harness.conformance import contract
 
 CAPACITY = 4
 EXPECTED_PUSH = {
@@ -126,9 +127,15 @@ class RegistryMachine(RuleBasedStateMachine):
 
     @rule()
     def sweep(self) -> None:
-        seen = {info.session: info.state for info in self.table.sessions()}
+        listed = list(self.table.sessions())
+        seen = {info.session: info.state for info in listed}
         live = {s: st_ for s, st_ in self.model.items() if st_ in (SessionState.CONNECTING, SessionState.ESTABLISHED)}
         assert seen == live
+        # In every state (just accepted, moved, bound), what /v1/sessions lists has the contract's
+        # SessionRecord shape: e.g. os_fd is null, never -1, before a descriptor is recorded.
+        for info in listed:
+            record = info.as_dict()
+            assert not contract().component_problems("SessionRecord", record), record
 
     @invariant()
     def stale_ids_never_resolve(self) -> None:

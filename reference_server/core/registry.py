@@ -36,7 +36,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from ..errors import ErrorCode
@@ -108,7 +108,8 @@ class ClientInfo:
     def established(self) -> bool:
         return self.state is SessionState.ESTABLISHED
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self, handler_names: Sequence[str] = ("default",)) -> dict[str, object]:
+        """The session record of contract 4.1 (``handler_names``: the handler sets by index)."""
         return {
             "session": self.session,
             "state": self.state.name.lower(),
@@ -123,11 +124,11 @@ class ClientInfo:
             "established_time": self.established_time or None,
             "uid": self.uid,
             "protected": self.protected,
-            "os_fd": self.os_fd,
+            "os_fd": self.os_fd if self.os_fd >= 0 else None,
             "group": self.group,
             "migrating": self.migrating,
             "migrations": self.migrations,
-            "handler": self.handler,
+            "handler": handler_names[self.handler] if self.handler < len(handler_names) else "default",
         }
 
 

@@ -266,8 +266,7 @@ class AdminApi:
 
     def _record(self, info: Any) -> dict[str, Any]:
         """A session record (contract 4.1): the table's record, its handler set by name."""
-        names = self.rt.handler_names
-        return {**info.as_dict(), "handler": names[info.handler] if info.handler < len(names) else "default"}
+        return info.as_dict(self.rt.handler_names)
 
     async def push(self, body: Any, sid: str) -> tuple[int, Any]:
         data = require(body, "data", str)

@@ -127,6 +127,10 @@ class Contract:
             return self._problems(f"{app}#/$defs/event/$defs/{name}", event, f"event {name}")
         return self._problems(f"{app}#/$defs/event", event, f"event {name}")
 
+    def component_problems(self, name: str, value: Any) -> list[Violation]:
+        """Problems of ``value`` as the admin document's schema ``name`` (e.g. ``SessionRecord``)."""
+        return self._problems(f"{self.admin_uri}#/components/schemas/{name}", value, name)
+
     # -- the admin API -----------------------------------------------------------------------
 
     def match_route(self, path: str) -> str | None:

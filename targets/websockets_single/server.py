@@ -74,7 +74,7 @@ class Session:
             "session": self.id, "state": "established", "established": True, "worker": 0, "pid": os.getpid(),
             "remote_addr": peer[0], "remote_port": peer[1], "local_port": local[1],
             "connect_time": self.connect_time, "last_recv_time": self.conn.last_recv, "uid": self.uid,
-            "protected": self.protected, "os_fd": sock.fileno() if sock is not None else -1,
+            "protected": self.protected, "os_fd": sock.fileno() if sock is not None else None,
         }
 
 
