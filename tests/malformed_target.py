@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import json
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.manifests import derived_manifest
 
 #: (where the violation is reported, starting with; JSON pointer) for each shape above.
 EXPECTED = [
@@ -122,36 +121,12 @@ def apply() -> None:
 
 def write_manifest(directory: Path) -> Path:
     """The reference's manifest, started through this module."""
-    ref = tomllib.loads((REPO / "reference_server" / "target.toml").read_text())
-    command = ["{python}", "-m", "tests.malformed_target", *ref["start"]["command"][3:]]
-    caps = ", ".join(f'"{c}"' for c in ref["capabilities"]["declared"])
-    text = f"""contract = 1
-name = "malformed-answers"
-description = "BROKEN on purpose: answers of the shapes outside implementers guessed wrong"
-
-[start]
-command = [{", ".join(json.dumps(part) for part in command)}]
-cwd = "{REPO}"
-
-[ready]
-http = "{ref["ready"]["http"]}"
-timeout_s = 20
-
-[stop]
-signal = "SIGTERM"
-timeout_s = 10
-
-[capabilities]
-declared = [{caps}]
-
-[broadcast]
-prefix = "bc:"
-modes = ["pubsub", "durable"]
-buffer_bytes = 1048576
-"""
-    path = directory / "malformed-answers.toml"
-    path.write_text(text)
-    return path
+    return derived_manifest(
+        directory / "malformed-answers.toml",
+        module=["tests.malformed_target"],
+        name="malformed-answers",
+        description="BROKEN on purpose: answers of the shapes outside implementers guessed wrong",
+    )
 
 
 if __name__ == "__main__":

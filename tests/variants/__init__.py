@@ -12,9 +12,10 @@ scenario must catch it, and by which check.
 from __future__ import annotations
 
 import importlib
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.manifests import derived_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -238,39 +239,14 @@ def write_manifest(name: str, directory: Path, *, known_failure: bool = False) -
     under ``[known_failures]``: the comparison then shows it as a known
     deviation, and fails if the case passes (the scenario no longer bites).
     """
-    ref = tomllib.loads((REPO / "reference_server" / "target.toml").read_text())
-    command = ref["start"]["command"]
-    assert command[:3] == ["{python}", "-m", "reference_server"], command[:3]
-    command = ["{python}", "-m", "tests.variants", name, *command[3:]]
-    caps = ", ".join(f'"{c}"' for c in ref["capabilities"]["declared"])
-    args = ", ".join(f'"{part}"' for part in command)
-    text = f"""contract = 1
-name = "variant-{name}"
-description = "BROKEN on purpose: {BY_NAME[name].bug}"
-
-[start]
-command = [{args}]
-cwd = "{REPO}"
-
-[ready]
-http = "{ref["ready"]["http"]}"
-timeout_s = 20
-
-[stop]
-signal = "SIGTERM"
-timeout_s = 10
-
-[capabilities]
-declared = [{caps}]
-
-[broadcast]
-prefix = "{ref["broadcast"]["prefix"]}"
-modes = [{", ".join(f'"{m}"' for m in ref["broadcast"]["modes"])}]
-buffer_bytes = {ref["broadcast"]["buffer_bytes"]}
-"""
+    extra = ""
     if known_failure:
         reason = f"broken on purpose: {BY_NAME[name].bug}".replace('"', "'")
-        text += f'\n[known_failures]\n"{EXPECTED_CASE[name]}" = "{reason}"\n'
-    path = directory / f"variant-{name}.toml"
-    path.write_text(text)
-    return path
+        extra = f'\n[known_failures]\n"{EXPECTED_CASE[name]}" = "{reason}"\n'
+    return derived_manifest(
+        directory / f"variant-{name}.toml",
+        module=["tests.variants", name],
+        name=f"variant-{name}",
+        description=f"BROKEN on purpose: {BY_NAME[name].bug}",
+        extra=extra,
+    )
