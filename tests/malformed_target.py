@@ -119,13 +119,19 @@ def apply() -> None:
     app.op_timer_stop, app.op_timer_status, app.on_finish = timer_stop, timer_status, on_finish
 
 
-def write_manifest(directory: Path) -> Path:
-    """The reference's manifest, started through this module."""
+def write_manifest(directory: Path, *, known_failure: str | None = None) -> Path:
+    """The reference's manifest, started through this module.
+
+    ``known_failure``: a case to list under ``[known_failures]``; a known failure
+    must not excuse malformed answers, so the case must still fail.
+    """
+    extra = f'\n[known_failures]\n"{known_failure}" = "listed to show it does not excuse malformed answers"\n'
     return derived_manifest(
         directory / "malformed-answers.toml",
         module=["tests.malformed_target"],
         name="malformed-answers",
         description="BROKEN on purpose: answers of the shapes outside implementers guessed wrong",
+        extra=extra if known_failure else "",
     )
 
 

@@ -23,6 +23,8 @@ SCENARIOS = [
     "scenarios/test_dead_session_push.py",
     "scenarios/test_reload.py::test_reload_under_ticks",
 ]
+#: Listed as a known failure in the manifest: its malformed answers must fail it all the same.
+EXCUSED = "task_sweep"
 
 
 def _matches(pattern: str, pointer: str) -> bool:
@@ -31,7 +33,7 @@ def _matches(pattern: str, pointer: str) -> bool:
 
 
 def test_malformed_answers_are_named_failed_checks(tmp_path: Path) -> None:
-    manifest = write_manifest(tmp_path)
+    manifest = write_manifest(tmp_path, known_failure=EXCUSED)
     code, results, output = run_suite(SCENARIOS, manifest, tmp_path / "reports")
     assert code == 1, output
     records = results["scenarios"]
@@ -45,6 +47,8 @@ def test_malformed_answers_are_named_failed_checks(tmp_path: Path) -> None:
         (check,) = [c for c in evidence["checks"] if c["name"] == CHECK_NAME]
         assert check["details"]["violations"] > 0
         seen += check["observed"]
+        if record["case"] == EXCUSED:
+            assert record["message"].startswith("known failure"), record["message"]
     for where, pointer in EXPECTED:
         assert any(v["where"].startswith(where) and _matches(pointer, v["pointer"]) for v in seen), (
             f"no violation at {where} {pointer}; seen: {sorted({(v['where'], v['pointer']) for v in seen})}"
