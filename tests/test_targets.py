@@ -18,6 +18,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from scenarios.harness.broker import EmbeddedBroker
+from scenarios.harness.conformance import CHECK_NAME
 from scenarios.harness.manifest import load_manifest
 from scenarios.harness.target import StopReport, Target
 
@@ -46,6 +47,9 @@ def test_alternative_target_passes_what_it_declares(manifest: Path, tmp_path: Pa
     verdicts = {r["case"]: r["verdict"] for r in results["scenarios"]}
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert set(verdicts.values()) <= {"passed", "unsupported", "known_deviation"}, verdicts
+    # A known deviation must not hide a malformed answer: every answer of the run has the contract's shape.
+    malformed = [r["case"] for r in results["scenarios"] if CHECK_NAME in r.get("failed_checks", [])]
+    assert not malformed, malformed
     declared = load_manifest(manifest).capabilities
     probes = {k for k, v in verdicts.items() if k.startswith("contract_probe") and v == "passed"}
     assert "contract_probe[core]" in probes

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KINDS = {"all": ("task_workers", "workers"), "task_workers": ("task_workers",)}
+#: The record's ``scope`` names process kinds as /v1/processes does (contract 8).
+PROCESS_KIND = {"workers": "worker", "task_workers": "task_worker"}
 HISTORY = 50
 
 
@@ -33,7 +35,7 @@ class Reload:
     def as_dict(self) -> dict[str, Any]:
         done = self.finished is not None
         return {
-            "reload": self.id, "generation": self.generation, "scope": sorted(self.kinds),
+            "reload": self.id, "generation": self.generation, "scope": sorted(PROCESS_KIND[k] for k in self.kinds),
             "state": "done" if done else "running", "started": self.started, "finished": self.finished,
             "duration_ms": round((self.finished - self.started) * 1000, 3) if done else None,
             "requests": list(self.requests), "merged_requests": sum(1 for r in self.requests if r["merged"]),
