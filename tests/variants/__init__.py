@@ -166,8 +166,8 @@ VARIANTS += [
         "no standard counter ever decreases across a reload",
     ),
     Variant(
-        "reload_generation_is_id",
-        "reload n starts generation n instead of n + 1",
+        "reload_generation_skips",
+        "reload n starts generation n + 2 instead of n + 1",
         "scenarios/test_reload.py::test_reload_under_ticks",
         "reload n starts generation n + 1",
     ),
@@ -178,6 +178,12 @@ VARIANTS += [
         "the worker that adopts a session resets its uid and protection",
         "scenarios/test_migration.py::test_migration_under_streaming",
         "uid, protection, group and handler set survive every move",
+    ),
+    Variant(
+        "reload_forgets_bind",
+        "the worker that adopts a session on a reload resets its uid and protection",
+        "scenarios/test_reload.py::test_reload_under_ticks",
+        "uid, protection, group and handler set survive every reload",
     ),
 ]
 VARIANTS += [
@@ -219,8 +225,9 @@ EXPECTED_CASE = {
     "bcast_double_delivery": "broadcast_fanout[pubsub]",
     "sweep_skips_handshaking": "task_sweep_handshaking",
     "reload_forgets_counters": "reload_ticks",
-    "reload_generation_is_id": "reload_ticks",
+    "reload_generation_skips": "reload_ticks",
     "migrate_forgets_bind": "migration_stream",
+    "reload_forgets_bind": "reload_ticks",
     "ports_file_rebinds_handler": "ports_file",
     "durable_fresh_from_dollar": "broadcast_history",
     "closing_is_gone": "closing_session",
