@@ -1,6 +1,6 @@
 """``python -m scenarios.compare``: run the suite over several targets, write the matrix.
 
-    python -m scenarios.compare                         # reference, targets/*, every broken variant
+    python -m scenarios.compare                         # reference, targets/*/*.toml installed here, every broken variant
     python -m scenarios.compare my/target.toml reference_server/target.toml
     python -m scenarios.compare my.toml@scenarios/test_heartbeat.py   # only some scenarios
     python -m scenarios.compare --variants sid_reuse,heartbeat_counts_pushes
@@ -17,11 +17,24 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..harness.manifest import load_manifest
 from .runner import REPO, Entry, compare
 
 
 def default_manifests() -> list[Path]:
-    return [REPO / "reference_server" / "target.toml", *sorted((REPO / "targets").glob("*/target.toml"))]
+    """The reference, then every manifest under targets/, a target's manifests side by side.
+
+    A target that cannot start here (its manifest's ``[install]`` check fails, e.g. PHP or
+    the Swoole extension is missing) is left out, with a line saying how to install it.
+    """
+    found = [REPO / "reference_server" / "target.toml"]
+    for path in sorted((REPO / "targets").glob("*/*.toml"), key=lambda p: (p.parent.name, p.stem != "target", p.stem)):
+        problem = load_manifest(path).install_problem()
+        if problem:
+            print(f"left out: {problem}")
+            continue
+        found.append(path)
+    return found
 
 
 def variant_entries(names: str, folder: Path) -> list[Entry]:

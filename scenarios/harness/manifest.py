@@ -7,6 +7,7 @@ start command and the ready URL are filled by :meth:`Manifest.render`.
 from __future__ import annotations
 
 import re
+import subprocess
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,28 @@ class Manifest:
     broadcast_buffer_bytes: int = 1 << 20
     #: heartbeat (1.1): the step of the target's heartbeat settings (1000: whole seconds, as Swoole's).
     heartbeat_granularity_ms: int = 1
+    #: [install] (1.1): a command that exits 0 when the target can start here, and how to install it.
+    install_check: list[str] = field(default_factory=list)
+    install_hint: str = ""
+
+    def install_problem(self) -> str | None:
+        """None when the target can start here; else why not and how to install it (``[install]``).
+
+        Runs ``install.check`` in the start folder (at most 60 s); a target without one is
+        taken as installed.
+        """
+        if not self.install_check:
+            return None
+        try:
+            proc = subprocess.run(self.install_check, cwd=self.cwd, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            said = str(exc)
+        else:
+            if proc.returncode == 0:
+                return None
+            said = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+            said = said[0]
+        return f"{self.name} is not installed here ({said}); install it with: {self.install_hint or 'see its manifest'}"
 
     @property
     def uses_redis(self) -> bool:
@@ -148,6 +171,10 @@ def load_manifest(path: str | Path) -> Manifest:
     granularity = get(beat, "granularity_ms", int, "heartbeat.", 1)
     if not 1 <= granularity <= 10_000:
         raise ManifestError(f"{path}: heartbeat.granularity_ms must be 1..10000, got {granularity}")
+    install = get(data, "install", dict, "", {})
+    check = get(install, "check", list, "install.", [])
+    if not all(isinstance(p, str) for p in check):
+        raise ManifestError(f"{path}: install.check must be a list of strings")
     return Manifest(
         path=path,
         name=get(data, "name", str, ""),
@@ -167,4 +194,6 @@ def load_manifest(path: str | Path) -> Manifest:
         broadcast_modes=tuple(modes),
         broadcast_buffer_bytes=buffer_bytes,
         heartbeat_granularity_ms=granularity,
+        install_check=check,
+        install_hint=get(install, "hint", str, "install.", ""),
     )

@@ -91,6 +91,14 @@ class ScenarioRun:
             self.broker = EmbeddedBroker()
         self.broker_kind = self.broker.kind
         self._redis_url = ""
+        self._install_problem: str | bool | None = False
+
+    @property
+    def install_problem(self) -> str | None:
+        """Why the target cannot start here (manifest ``[install]``), checked once per run."""
+        if self._install_problem is False:
+            self._install_problem = self.manifest.install_problem()
+        return self._install_problem  # type: ignore[return-value]
 
     @property
     def redis_url(self) -> str:
@@ -316,6 +324,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if not _is_scenario(item) and marker is None:
         return
     run = _run(item.config)
+    if _is_scenario(item) and run.install_problem:
+        pytest.skip(f"not installed: {run.install_problem}")
     if _is_scenario(item):
         item.stash[_LOG_MARKS] = _log_sizes(run)
         item.stash[_CONFORMANCE_KEY] = conformance.begin_case()
