@@ -1,0 +1,75 @@
+<?php
+/** The command line of the Swoole target (its manifests fill it from the contract's placeholders). */
+
+declare(strict_types=1);
+
+namespace SwooleTarget;
+
+final class Options
+{
+    public int $port = 9501;
+    public int $adminPort = 9502;
+    public string $token = '';
+    public int $workers = 3;
+    public int $taskWorkers = 1;
+    /** SWOOLE_PROCESS or SWOOLE_BASE */
+    public int $mode = SWOOLE_PROCESS;
+    public int $heartbeatIdleMs = 0;
+    public int $heartbeatCheckMs = 0;
+    public int $maxSessions = 16384;
+    /** The application pattern: "fixed" (the seeds' recommended fixes) or one naive pattern (see README). */
+    public string $app = 'fixed';
+
+    public const APPS = ['fixed'];
+
+    /** @param list<string> $argv */
+    public static function parse(array $argv): self
+    {
+        $o = new self();
+        $opts = getopt('', [
+            'port:', 'admin-port:', 'admin-token:', 'workers:', 'task-workers:', 'mode:',
+            'heartbeat-idle-ms:', 'heartbeat-check-ms:', 'max-sessions:', 'app:',
+        ]);
+        $int = static function (string $key, int $low, int $high) use ($opts): ?int {
+            if (!isset($opts[$key])) {
+                return null;
+            }
+            $v = $opts[$key];
+            if (!is_string($v) || !preg_match('/^\d+$/', $v) || (int) $v < $low || (int) $v > $high) {
+                fwrite(STDERR, "swoole-target: --$key must be an integer in $low..$high, got " . json_encode($v) . "\n");
+                exit(2);
+            }
+            return (int) $v;
+        };
+        $o->port = $int('port', 1, 65535) ?? $o->port;
+        $o->adminPort = $int('admin-port', 1, 65535) ?? $o->adminPort;
+        $o->workers = $int('workers', 1, 64) ?? $o->workers;
+        $o->taskWorkers = $int('task-workers', 0, 64) ?? $o->taskWorkers;
+        $o->heartbeatIdleMs = $int('heartbeat-idle-ms', 0, 86_400_000) ?? 0;
+        $o->heartbeatCheckMs = $int('heartbeat-check-ms', 0, 86_400_000) ?? 0;
+        $o->maxSessions = $int('max-sessions', 16, 1_000_000) ?? $o->maxSessions;
+        $o->token = (string) ($opts['admin-token'] ?? '');
+        if ($o->token === '') {
+            fwrite(STDERR, "swoole-target: --admin-token is required\n");
+            exit(2);
+        }
+        $mode = $opts['mode'] ?? 'process';
+        $o->mode = match ($mode) {
+            'process' => SWOOLE_PROCESS,
+            'base' => SWOOLE_BASE,
+            default => (fwrite(STDERR, "swoole-target: --mode must be process or base, got " . json_encode($mode) . "\n") && exit(2)),
+        };
+        $app = $opts['app'] ?? 'fixed';
+        if (!in_array($app, self::APPS, true)) {
+            fwrite(STDERR, 'swoole-target: --app must be one of ' . implode(', ', self::APPS) . ', got ' . json_encode($app) . "\n");
+            exit(2);
+        }
+        $o->app = $app;
+        return $o;
+    }
+
+    public function modeName(): string
+    {
+        return $this->mode === SWOOLE_BASE ? 'base' : 'process';
+    }
+}

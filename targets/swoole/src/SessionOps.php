@@ -1,0 +1,63 @@
+<?php
+/**
+ * Push to and close a session from the process that can reach it, the way the
+ * seeds recommend: check exists() and isEstablished() first, so that a dead
+ * session costs a counted failure and no warning line (docs/contract-v1.md, 3.4).
+ */
+
+declare(strict_types=1);
+
+namespace SwooleTarget;
+
+use ContractKit\Protocol;
+use Swoole\WebSocket\Server;
+
+final class SessionOps
+{
+    public function __construct(private readonly Server $server, private readonly Shared $shared)
+    {
+    }
+
+    /** Push ``$text`` to ``$to``: null on success, else the contract's code (counted). */
+    public function push(int $to, string $text): ?int
+    {
+        $server = $this->server;
+        if (!$server->exists($to)) {
+            $code = $this->shared->state($to) === null ? 1005 : 1004;
+        } elseif (!$server->isEstablished($to)) {
+            $code = 8503;
+        } elseif ($server->push($to, $text)) {
+            $this->shared->count('pushes');
+            return null;
+        } else {
+            $code = Protocol::sessionCode($server->getLastError());
+        }
+        $this->countFailure($code);
+        return $code;
+    }
+
+    public function countFailure(int $code): void
+    {
+        $this->shared->count('push_failed');
+        if ($code === 1004 || $code === 1005) {
+            $this->shared->count('dead_session_pushes');
+        }
+    }
+
+    /** Close ``$sid`` with a close frame: null once started, else the contract's code. */
+    public function close(int $sid, int $code, string $reason): ?int
+    {
+        $server = $this->server;
+        if (!$server->exists($sid)) {
+            return $this->shared->state($sid) === null ? 1005 : 1004;
+        }
+        if (!$server->isEstablished($sid)) {
+            return 8503;
+        }
+        if (!$server->disconnect($sid, $code, $reason)) {
+            return $server->exists($sid) ? 1004 : 1005;
+        }
+        $this->shared->count('closes_requested');
+        return null;
+    }
+}

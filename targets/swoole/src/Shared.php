@@ -1,0 +1,168 @@
+<?php
+/**
+ * What the processes of the Swoole target share: Swoole\Table and Swoole\Atomic,
+ * created before the server starts so that every forked process maps them.
+ *
+ * - sessions: the application's registry of sessions (what GET /v1/sessions lists),
+ *   written by the worker that handles each session's events;
+ * - counters: the contract's counters (section 4.2), never reset, so that a
+ *   process that exits still counts;
+ * - procs: every process of the server, by its unique name (section 4);
+ * - rule: the sweep rule (section 4.3), as JSON, with a version number.
+ */
+
+declare(strict_types=1);
+
+namespace SwooleTarget;
+
+use Swoole\Atomic;
+use Swoole\Table;
+
+final class Shared
+{
+    public const CONNECTING = 0;
+    public const ESTABLISHED = 1;
+    public const CLOSING = 2;
+    private const STATES = ['connecting', 'established', 'closing'];
+
+    public const COUNTERS = [
+        'connections_accepted', 'sessions_opened', 'sessions_closed', 'messages_received', 'pushes', 'push_failed',
+        'dead_session_pushes', 'closes_requested', 'heartbeat_closes', 'sweep_closes', 'tasks_dispatched',
+        'tasks_done', 'tasks_finished', 'timers_created', 'timers_cleared',
+    ];
+
+    public readonly Table $sessions;
+    public readonly Table $counters;
+    public readonly Table $procs;
+    public readonly Table $rule;
+    /** Timer and task ids, unique across processes. */
+    public readonly Atomic $ids;
+    /** 1 while a sweep runs. */
+    public readonly Atomic $sweeping;
+    public readonly float $started;
+
+    public function __construct(int $maxSessions)
+    {
+        $this->started = microtime(true);
+        $this->sessions = new Table($maxSessions);
+        foreach (['worker', 'pid', 'state', 'uid', 'protected', 'remote_port', 'local_port', 'os_fd'] as $col) {
+            $this->sessions->column($col, Table::TYPE_INT);
+        }
+        $this->sessions->column('connect_time', Table::TYPE_FLOAT);
+        $this->sessions->column('last_recv', Table::TYPE_FLOAT);
+        $this->sessions->column('remote_addr', Table::TYPE_STRING, 46);
+        $this->sessions->create();
+
+        $this->counters = new Table(64);
+        $this->counters->column('n', Table::TYPE_INT);
+        $this->counters->create();
+        foreach (self::COUNTERS as $name) {
+            $this->counters->set($name, ['n' => 0]);
+        }
+
+        $this->procs = new Table(256);
+        $this->procs->column('kind', Table::TYPE_STRING, 16);
+        $this->procs->column('id', Table::TYPE_INT);
+        $this->procs->column('pid', Table::TYPE_INT);
+        $this->procs->column('started', Table::TYPE_FLOAT);
+        $this->procs->create();
+
+        $this->rule = new Table(2);
+        $this->rule->column('version', Table::TYPE_INT);
+        $this->rule->column('json', Table::TYPE_STRING, 65536);
+        $this->rule->create();
+        $this->rule->set('rule', ['version' => 0, 'json' => '']);
+
+        $this->ids = new Atomic(0);
+        $this->sweeping = new Atomic(0);
+    }
+
+    public function count(string $name, int $by = 1): void
+    {
+        $this->counters->incr($name, 'n', $by);
+    }
+
+    /** @return array<string,int> */
+    public function counters(): array
+    {
+        $out = [];
+        foreach ($this->counters as $name => $row) {
+            $out[$name] = $row['n'];
+        }
+        ksort($out);
+        return $out;
+    }
+
+    public function register(string $name, string $kind, int $id, int $pid): void
+    {
+        $this->procs->set($name, ['kind' => $kind, 'id' => $id, 'pid' => $pid, 'started' => microtime(true)]);
+    }
+
+    /** The session record of section 4.1, or null when the id is unknown. */
+    public function record(int $sid): ?array
+    {
+        $row = $this->sessions->get((string) $sid);
+        return $row === false ? null : self::asRecord($sid, $row);
+    }
+
+    /** @return list<array<string,mixed>> */
+    public function records(): array
+    {
+        $out = [];
+        foreach ($this->sessions as $key => $row) {
+            $out[] = self::asRecord((int) $key, $row);
+        }
+        usort($out, fn ($a, $b) => $a['session'] <=> $b['session']);
+        return $out;
+    }
+
+    private static function asRecord(int $sid, array $row): array
+    {
+        return [
+            'session' => $sid,
+            'state' => self::STATES[$row['state']],
+            'established' => $row['state'] === self::ESTABLISHED,
+            'worker' => $row['worker'],
+            'pid' => $row['pid'],
+            'remote_addr' => $row['remote_addr'],
+            'remote_port' => $row['remote_port'],
+            'local_port' => $row['local_port'],
+            'connect_time' => $row['connect_time'],
+            'last_recv_time' => $row['last_recv'],
+            'uid' => $row['uid'],
+            'protected' => $row['protected'] === 1,
+            'os_fd' => $row['os_fd'] >= 0 ? $row['os_fd'] : null,
+            'handler' => 'default',
+        ];
+    }
+
+    public function state(int $sid): ?int
+    {
+        $state = $this->sessions->get((string) $sid, 'state');
+        return $state === false ? null : $state;
+    }
+
+    public function setField(int $sid, string $field, int|float $value): void
+    {
+        if ($this->sessions->exists((string) $sid)) {
+            $this->sessions->set((string) $sid, [$field => $value]);
+        }
+    }
+
+    /** @return array<string,mixed>|null */
+    public function sweepRule(): ?array
+    {
+        $json = $this->rule->get('rule', 'json');
+        return $json === '' || $json === false ? null : json_decode($json, true);
+    }
+
+    public function ruleVersion(): int
+    {
+        return (int) $this->rule->get('rule', 'version');
+    }
+
+    public function setSweepRule(?array $rule): void
+    {
+        $this->rule->set('rule', ['version' => $this->ruleVersion() + 1, 'json' => $rule === null ? '' : json_encode($rule)]);
+    }
+}
