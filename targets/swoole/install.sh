@@ -3,7 +3,8 @@
 #   1. already loaded by PHP (pecl install swoole, or a distribution package): nothing to do;
 #   2. already built here (targets/swoole/build/swoole.so): nothing to do;
 #   3. otherwise build the source archive: $SWOOLE_ARCHIVE, or swoole-src-*.tar.gz in
-#      $VENDOR_DIR (default: ../shared/vendor next to the repository), into targets/swoole/build/.
+#      $VENDOR_DIR, ../shared/vendor next to the repository or /work/shared/vendor,
+#      into targets/swoole/build/.
 # PECL (`pecl install swoole`) is what a user with network access runs instead of step 3.
 # Needs php-cli and php-dev (phpize) and a C++ compiler: apt-get install php-cli php-dev g++ make
 set -euo pipefail
@@ -23,8 +24,11 @@ fi
 if ! command -v phpize >/dev/null; then
   echo "swoole target: phpize is missing (apt-get install php-dev)" >&2; exit 3
 fi
-vendor=${VENDOR_DIR:-$repo/../shared/vendor}
-archive=${SWOOLE_ARCHIVE:-$(ls "$vendor"/swoole-src-*.tar.gz 2>/dev/null | sort | tail -1 || true)}
+archive=${SWOOLE_ARCHIVE:-}
+for vendor in ${VENDOR_DIR:-} "$repo/../shared/vendor" /work/shared/vendor; do
+  [ -n "$archive" ] && break
+  archive=$(ls "$vendor"/swoole-src-*.tar.gz 2>/dev/null | sort | tail -1 || true)
+done
 if [ -z "$archive" ] || [ ! -f "$archive" ]; then
   echo "swoole target: no Swoole source archive (set SWOOLE_ARCHIVE, or run pecl install swoole)" >&2; exit 3
 fi
