@@ -68,13 +68,18 @@ class Session:
 
     def record(self) -> dict[str, Any]:
         sock = self.conn.transport.get_extra_info("socket")
+        fd = sock.fileno() if sock is not None else -1
         peer = self.conn.remote_address or ("", 0)
         local = self.conn.local_address or ("", 0)
+        # A session whose closing handshake has begun is listed as closing; once its
+        # socket is closed, fileno() is -1, which the contract refuses: null then.
+        open_ = not self.closing and self.conn.state is State.OPEN
         return {
-            "session": self.id, "state": "established", "established": True, "worker": 0, "pid": os.getpid(),
+            "session": self.id, "state": "established" if open_ else "closing", "established": open_,
+            "worker": 0, "pid": os.getpid(),
             "remote_addr": peer[0], "remote_port": peer[1], "local_port": local[1],
             "connect_time": self.connect_time, "last_recv_time": self.conn.last_recv, "uid": self.uid,
-            "protected": self.protected, "os_fd": sock.fileno() if sock is not None else None,
+            "protected": self.protected, "os_fd": fd if fd >= 0 else None,
         }
 
 
