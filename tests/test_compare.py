@@ -76,6 +76,22 @@ def test_index_page_escapes_and_marks_every_cell() -> None:
     assert "comparison failed" in page
 
 
+def test_a_targets_variants_share_a_column_group() -> None:
+    """Consecutive manifests of one folder (a target and its seed variants) get one group header."""
+    runs = [
+        RunResult("ref", "reference_server/target.toml", results("ref", [record("x", "passed")]), 0),
+        RunResult("sw-p", "targets/swoole/process.toml", results("sw-p", [record("x", "passed")]), 0),
+        RunResult("sw-n", "targets/swoole/naive-push.toml", results("sw-n", [record("x", "known_deviation", failed_checks=["storm"])]), 0),
+        RunResult("v", "/tmp/v/variant-a.toml", results("v", [record("x", "known_deviation")]), 0, note="broken on purpose: a"),
+    ]
+    doc = matrix.build(runs)
+    assert [t["group"] for t in doc["targets"]] == ["reference_server", "swoole", "swoole", "broken on purpose (tests/variants)"]
+    page = html.render_index(doc)
+    assert '<th class="group" colspan="2" data-group="swoole">swoole</th>' in page
+    assert page.count('class="group" colspan="1"') == 2
+    assert '<div class="why">storm</div>' in page  # a known deviation shows the check it failed by
+
+
 def run_compare(args: list[str], out: Path) -> tuple[int, str]:
     proc = subprocess.run([sys.executable, "-m", "scenarios.compare", *args, "--out", str(out)], cwd=REPO,
                           capture_output=True, text=True, timeout=600)

@@ -22,13 +22,14 @@ from .runner import REPO, Entry, compare
 
 
 def default_manifests() -> list[Path]:
-    """The reference, then every manifest under targets/, a target's manifests side by side.
+    """The reference, then every manifest under targets/, a target's manifests side by side
+    (its own first, then its seed variants, ``naive-*.toml``).
 
     A target that cannot start here (its manifest's ``[install]`` check fails, e.g. PHP or
     the Swoole extension is missing) is left out, with a line saying how to install it.
     """
     found = [REPO / "reference_server" / "target.toml"]
-    for path in sorted((REPO / "targets").glob("*/*.toml"), key=lambda p: (p.parent.name, p.stem != "target", p.stem)):
+    for path in sorted((REPO / "targets").glob("*/*.toml"), key=lambda p: (p.parent.name, p.stem != "target", p.stem.startswith("naive"), p.stem)):
         problem = load_manifest(path).install_problem()
         if problem:
             print(f"left out: {problem}")

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from html import escape
@@ -37,7 +38,9 @@ h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 24px 0 8p
 ul.problems { color: var(--fail); margin: 6px 0 16px; }
 table.matrix { border-collapse: separate; border-spacing: 0; width: 100%; }
 table.matrix th, table.matrix td { border-bottom: 1px solid var(--line); padding: 6px 8px; text-align: left; vertical-align: top; }
-table.matrix thead th { position: sticky; top: 0; background: #fff; border-bottom: 2px solid #9aa3ad; min-width: 150px; }
+table.matrix thead th { background: #fff; border-bottom: 2px solid #9aa3ad; min-width: 150px; }
+table.matrix thead tr.groups th { font-size: 12px; color: #39414b; border-bottom: 1px solid #9aa3ad; border-left: 2px solid #fff;
+  background: #f6f7f9; }
 table.matrix th.case { min-width: 240px; font-weight: 500; font-family: ui-monospace, monospace; font-size: 13px; }
 tr.seed th { background: #f6f7f9; font-weight: 600; color: #39414b; padding-top: 12px; }
 .tname { font-size: 15px; } .tdesc { font-weight: 400; color: #5b6270; font-size: 12px; margin: 2px 0 4px; }
@@ -121,13 +124,24 @@ def render_index(matrix: dict[str, Any]) -> str:
                     cell = cell.replace("</td>", f'<div class="said">{said}</div></td>')
                 tds.append(cell)
             rows.append(f'<tr data-case="{escape(row["case"])}">' + "".join(tds) + "</tr>")
-    parts.append('<table class="matrix"><thead><tr>' + "".join(head) + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+    groups = ['<th class="group"></th>']  # consecutive targets of one folder share a header: a target and its variants
+    for name, members in itertools.groupby(targets, key=lambda t: t.get("group", "")):
+        span = len(list(members))
+        groups.append(f'<th class="group" colspan="{span}" data-group="{escape(name)}">{escape(name)}</th>')
+    parts.append(
+        '<table class="matrix"><thead><tr class="groups">' + "".join(groups) + "</tr><tr>" + "".join(head)
+        + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    )
     parts.append(
         "<h2>What each target declared</h2><ul>"
         + "".join(
             f"<li><b>{escape(t['name'])}</b> (<code>{escape(t['manifest'])}</code>): "
             f"{escape(', '.join(t['declared']) or 'nothing')}"
             + (f"; known failures: {escape(json.dumps(t['known_failures']))}" if t["known_failures"] else "")
+            + (
+                f"; which must fail by: {escape(json.dumps(t['known_failure_checks']))}"
+                if t.get("known_failure_checks") else ""
+            )
             + (
                 f'; <span class="warn">known failures naming no case of this run: '
                 f"{escape(', '.join(t['known_failures_unmatched']))}</span>"

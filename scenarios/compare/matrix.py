@@ -23,6 +23,7 @@ scenario it is about).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 VERDICTS = ("passed", "failed", "known_deviation", "unsupported", "error", "skipped", "not_run")
@@ -85,7 +86,9 @@ def build(runs: list[RunResult], *, contract: int = 1, generated: float = 0.0) -
                 "description": info.get("description", ""),
                 "note": run.note,
                 "declared": info.get("declared_capabilities", []),
+                "group": _group(run.manifest, run.note),
                 "known_failures": info.get("known_failures", {}),
+                "known_failure_checks": info.get("known_failure_checks", {}),
                 "known_failures_unmatched": info.get("known_failures_unmatched", []),
                 "broker": (run.results or {}).get("broker"),
                 "duration_s": (run.results or {}).get("duration_s"),
@@ -146,3 +149,10 @@ def _first_line(text: str, limit: int = 300) -> str:
 def exit_status(matrix: dict[str, Any]) -> int:
     """0 when the comparison passed, 1 otherwise (a failed case, a crashed run, a stale known failure)."""
     return 0 if matrix["ok"] else 1
+
+
+def _group(manifest: str, note: str) -> str:
+    """The column group of a target: its folder (a target's variants sit together), or the broken variants."""
+    if note.startswith("broken on purpose"):
+        return "broken on purpose (tests/variants)"
+    return Path(manifest).parent.name or manifest

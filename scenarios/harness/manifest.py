@@ -68,6 +68,8 @@ class Manifest:
     stop_timeout: float
     capabilities: set[str]
     known_failures: dict[str, str] = field(default_factory=dict)
+    #: (1.1) the checks a known failure must fail by, per case key (absent: any failure will do).
+    known_failure_checks: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: dynamic_ports: how long after its answer a listen/unlisten may still be taking effect.
     ports_grace_ms: float = 0.0
     #: redis_broadcast (section 10): Redis name of channel C is prefix + C.
@@ -154,6 +156,7 @@ def load_manifest(path: str | Path) -> Manifest:
     if unknown:
         raise ManifestError(f"{path}: capabilities.declared has unknown capabilities {unknown}")
     known = get(data, "known_failures", dict, "", {})
+    reasons, by_checks = _known_failures(path, known)
     ports = get(data, "ports", dict, "", {})
     grace = get(ports, "grace_ms", (int, float), "ports.", 0)
     if grace < 0 or grace > 10_000:
@@ -188,7 +191,8 @@ def load_manifest(path: str | Path) -> Manifest:
         stop_signal=get(stop, "signal", str, "stop.", "SIGTERM"),
         stop_timeout=float(get(stop, "timeout_s", (int, float), "stop.", 10)),
         capabilities=set(declared),
-        known_failures={str(k): str(v) for k, v in known.items()},
+        known_failures=reasons,
+        known_failure_checks=by_checks,
         ports_grace_ms=float(grace),
         broadcast_prefix=prefix,
         broadcast_modes=tuple(modes),
@@ -197,3 +201,30 @@ def load_manifest(path: str | Path) -> Manifest:
         install_check=check,
         install_hint=get(install, "hint", str, "install.", ""),
     )
+
+
+def _known_failures(path: Path, known: dict[str, Any]) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """``[known_failures]``: case -> reason, or (1.1) case -> {reason, checks}.
+
+    ``checks`` names the checks the case must fail by (section 11.2): a known failure
+    that fails otherwise is a new bug, not the one the reason states.
+    """
+    reasons: dict[str, str] = {}
+    by_checks: dict[str, tuple[str, ...]] = {}
+    for key, value in known.items():
+        if isinstance(value, str):
+            reasons[str(key)] = value
+            continue
+        if not isinstance(value, dict):
+            raise ManifestError(f"{path}: known_failures.{key!r} must be a reason (string) or a table {{reason, checks}}")
+        reason, checks = value.get("reason"), value.get("checks")
+        extra = sorted(set(value) - {"reason", "checks"})
+        if not isinstance(reason, str) or not reason:
+            raise ManifestError(f"{path}: known_failures.{key!r}.reason must be a non-empty string")
+        if not isinstance(checks, list) or not checks or not all(isinstance(c, str) and c for c in checks):
+            raise ManifestError(f"{path}: known_failures.{key!r}.checks must be a non-empty list of check names")
+        if extra:
+            raise ManifestError(f"{path}: known_failures.{key!r} has unknown keys {extra} (allowed: reason, checks)")
+        reasons[str(key)] = reason
+        by_checks[str(key)] = tuple(checks)
+    return reasons, by_checks

@@ -10,7 +10,9 @@
   target does not declare is skipped and reported as ``unsupported``.
 * A case the manifest lists in ``[known_failures]`` is expected to fail: if it
   fails it is reported as ``known_deviation`` (and the run stays green); if it
-  passes, the list is stale and the case is reported ``failed``.
+  passes, the list is stale and the case is reported ``failed``. An entry that
+  names its checks (``{reason, checks}``) must fail by each of them, else it is
+  ``failed`` too: a known bug does not excuse another one.
 * Each run writes ``<report-dir>/runs/<run-id>/results.json`` (and a copy at
   ``<report-dir>/latest/results.json``): one record per scenario with its
   verdict, duration and the path of its evidence file.
@@ -148,6 +150,7 @@ class ScenarioRun:
                 "description": self.manifest.description,
                 "declared_capabilities": sorted(self.manifest.capabilities),
                 "known_failures": self.manifest.known_failures,
+                "known_failure_checks": {k: list(v) for k, v in self.manifest.known_failure_checks.items()},
                 "known_failures_unmatched": self.unmatched_known_failures,
             },
             "broker": self.broker_kind,
@@ -196,6 +199,14 @@ def known_failure_reason(manifest: Manifest, scenario_id: str, nodeid: str) -> s
     """The manifest's reason if it lists this case (by case key, or by scenario id for every case)."""
     known = manifest.known_failures
     return known.get(case_key(scenario_id, nodeid), known.get(scenario_id))
+
+
+def known_failure_checks(manifest: Manifest, scenario_id: str, nodeid: str) -> tuple[str, ...]:
+    """(1.1) The checks a listed case must fail by; empty when any failure will do."""
+    key = case_key(scenario_id, nodeid)
+    if key in manifest.known_failures:
+        return manifest.known_failure_checks.get(key, ())
+    return manifest.known_failure_checks.get(scenario_id, ())
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -359,6 +370,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         )
         report.outcome, report.longrepr = "failed", message
         del report.wasxfail
+    elif hasattr(report, "wasxfail") and report.skipped and _missing_checks(item, ev, sid):
+        # The manifest names the checks of the known bug: failing otherwise is another bug.
+        missing = _missing_checks(item, ev, sid)
+        failed = [c.name for c in ev.failed] if ev is not None else []
+        verdict = "failed"
+        message = (
+            f"known failure ({known}) expected to fail by {missing}, but it failed by {failed or 'no named check'}:\n"
+            + str(call.excinfo.value if call.excinfo else "")[-4000:]
+        )
+        report.outcome, report.longrepr = "failed", message
+        del report.wasxfail
     elif hasattr(report, "wasxfail") and report.skipped:
         verdict, message = "known_deviation", f"{known}\n\n" + str(call.excinfo.value if call.excinfo else "")[-4000:]
     elif known is not None and report.failed and report.when == "call" and call.excinfo is None:
@@ -392,6 +414,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         }
     )
     return report
+
+
+def _missing_checks(item: pytest.Item, ev: Evidence | None, sid: str) -> list[str]:
+    """The checks a known failure is listed to fail by that did not fail (or did not run)."""
+    wanted = known_failure_checks(_run(item.config).manifest, sid, item.nodeid)
+    failed = {c.name for c in ev.failed} if ev is not None else set()
+    return [name for name in wanted if name not in failed]
 
 
 def _malformed(item: pytest.Item, ev: Evidence | None) -> bool:

@@ -52,7 +52,7 @@ if ($options->heartbeatIdleMs > 0) {
 }
 $server->set($settings);
 
-$ops = new SessionOps($server, $shared);
+$ops = new SessionOps($server, $shared, $options);
 $admin = new Admin($server, $shared, $options, $ops);
 $adminProcess = new Process(fn (Process $p) => $admin->run($p), false, SOCK_DGRAM, true);
 $server->addProcess($adminProcess);

@@ -12,6 +12,7 @@ scenario must catch it, and by which check.
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,17 +240,26 @@ def apply(name: str) -> None:
     importlib.import_module(f"tests.variants.{name}").apply()
 
 
-def write_manifest(name: str, directory: Path, *, known_failure: bool = False) -> Path:
+def write_manifest(
+    name: str, directory: Path, *, known_failure: bool = False, checks: list[str] | None = None
+) -> Path:
     """A manifest for variant ``name``: the reference's, started through the variant.
 
     With ``known_failure``, the manifest lists the case the variant breaks
     under ``[known_failures]``: the comparison then shows it as a known
     deviation, and fails if the case passes (the scenario no longer bites).
+    With ``checks`` too, the entry names the checks it must fail by (1.1).
     """
     extra = ""
     if known_failure:
         reason = f"broken on purpose: {BY_NAME[name].bug}".replace('"', "'")
-        extra = f'\n[known_failures]\n"{EXPECTED_CASE[name]}" = "{reason}"\n'
+        if checks is None:
+            extra = f'\n[known_failures]\n"{EXPECTED_CASE[name]}" = "{reason}"\n'
+        else:
+            extra = (
+                f'\n[known_failures."{EXPECTED_CASE[name]}"]\nreason = "{reason}"\n'
+                f"checks = {json.dumps(checks)}\n"
+            )
     return derived_manifest(
         directory / f"variant-{name}.toml",
         module=["tests.variants", name],

@@ -11,6 +11,10 @@
  *   stop without pushing once the session no longer exists (its close is known);
  * - timers of the worker are cleared in onWorkerExit (Timer::clearAll()).
  *
+ * With --app naive-push (Options), a session's timers are neither cleared in
+ * onClose nor check exists() before they push: they push to the dead session
+ * until the worker exits, as a closure over $fd given to Timer::tick does.
+ *
  * In SWOOLE_BASE mode a worker holds only its own connections: exists(),
  * isEstablished() and push() are false for another worker's session. A push
  * to such a session is sent to its owner (known from the shared registry) with
@@ -113,10 +117,12 @@ final class App
     {
         $state = $this->shared->state($fd);
         $info = $server->getClientInfo($fd);
-        foreach (array_keys($this->timersOf[$fd] ?? []) as $tid) {
-            $this->clearTimer($tid);
+        if (!$this->options->naive('push')) { // the naive pattern never clears a session's timers
+            foreach (array_keys($this->timersOf[$fd] ?? []) as $tid) {
+                $this->clearTimer($tid);
+            }
+            unset($this->timersOf[$fd]);
         }
-        unset($this->timersOf[$fd]);
         if ($state === null) {
             return;
         }
@@ -288,7 +294,7 @@ final class App
         if ($t === null) {
             return;
         }
-        if ($t['to'] === $t['owner'] && !$this->server->exists($t['owner'])) {
+        if ($t['to'] === $t['owner'] && !$this->options->naive('push') && !$this->server->exists($t['owner'])) {
             // Its own session's close is known: stop without pushing (the seed's fix).
             $this->clearTimer($tid);
             return;

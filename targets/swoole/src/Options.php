@@ -17,10 +17,18 @@ final class Options
     public int $heartbeatIdleMs = 0;
     public int $heartbeatCheckMs = 0;
     public int $maxSessions = 16384;
-    /** The application pattern: "fixed" (the seeds' recommended fixes) or one naive pattern (see README). */
+    /**
+     * The application pattern: "fixed" (the seeds' recommended fixes, the default) or one
+     * pattern a Swoole user starts from, which the seeds warn about:
+     *
+     * - "naive-push": push() without exists()/isEstablished(), and session timers that are
+     *   never cleared when their session closes (Timer::tick with a closure over $fd);
+     * - "naive-sweep": the task worker loops over $server->connections and uses
+     *   getClientInfo() as if every listed session were still there and established.
+     */
     public string $app = 'fixed';
 
-    public const APPS = ['fixed'];
+    public const APPS = ['fixed', 'naive-push', 'naive-sweep'];
 
     /** @param list<string> $argv */
     public static function parse(array $argv): self
@@ -66,6 +74,11 @@ final class Options
         }
         $o->app = $app;
         return $o;
+    }
+
+    public function naive(string $pattern): bool
+    {
+        return $this->app === 'naive-' . $pattern;
     }
 
     public function modeName(): string

@@ -3,6 +3,11 @@
  * Push to and close a session from the process that can reach it, the way the
  * seeds recommend: check exists() and isEstablished() first, so that a dead
  * session costs a counted failure and no warning line (docs/contract-v1.md, 3.4).
+ *
+ * With --app naive-push, push() calls $server->push() straight away, as a user
+ * does before meeting the seed: Swoole then prints one "session#N does not
+ * exists" warning per push to a dead session. The failure is still counted (by
+ * getLastError()), so only the warnings tell the two patterns apart.
  */
 
 declare(strict_types=1);
@@ -14,15 +19,24 @@ use Swoole\WebSocket\Server;
 
 final class SessionOps
 {
-    public function __construct(private readonly Server $server, private readonly Shared $shared)
+    private readonly bool $naive;
+
+    public function __construct(private readonly Server $server, private readonly Shared $shared, Options $options)
     {
+        $this->naive = $options->naive('push');
     }
 
     /** Push ``$text`` to ``$to``: null on success, else the contract's code (counted). */
     public function push(int $to, string $text): ?int
     {
         $server = $this->server;
-        if (!$server->exists($to)) {
+        if ($this->naive) {
+            if ($server->push($to, $text)) {
+                $this->shared->count('pushes');
+                return null;
+            }
+            $code = Protocol::sessionCode($server->getLastError());
+        } elseif (!$server->exists($to)) {
             $code = $this->shared->state($to) === null ? 1005 : 1004;
         } elseif (!$server->isEstablished($to)) {
             $code = 8503;
