@@ -72,7 +72,7 @@ $server->on('workerStart', function (Server $s, int $workerId) use (&$app, $shar
     $app = new App($s, $shared, $options, $adminProcess, $ops);
     $shared->register($name, $task ? 'task_worker' : 'worker', $index, getmypid());
     if ($task && $index === 0) {
-        (new Sweeper($s, $shared, $ops, $adminProcess, $name))->start();
+        (new Sweeper($s, $shared, $ops, $adminProcess, $name, $options->naive('sweep')))->start();
     }
 });
 $server->on('workerExit', function () use (&$app): void {

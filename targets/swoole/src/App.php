@@ -252,10 +252,22 @@ final class App
                     $done($msg['code']);
                 }
                 break;
+            case 'sweep_close': // the sweep closes one of our sessions: notice, then close, in this callback
+                $this->shared->reply($msg['rid'], $this->sweepClose($msg['sid'], $msg['notice']));
+                break;
             case 'admin': // the admin process asks this worker to act on one of its sessions
                 $this->admin->write(serialize(['t' => 'reply', 'rid' => $msg['rid'], 'result' => $this->adminRequest($msg)]));
                 break;
         }
+    }
+
+    /** The sweep's close of a session of this worker (section 4.3): the notice is its last message. */
+    private function sweepClose(int $sid, string $notice): ?int
+    {
+        if ($this->server->isEstablished($sid)) {
+            $this->ops->push($sid, Protocol::encode(['ev' => 'notice', 'reason' => $notice, 'session' => $sid]));
+        }
+        return $this->ops->close($sid, \ContractKit\Codes::CLOSES['SWEPT'], $notice);
     }
 
     /** What the admin process asks of the worker that owns a session (SWOOLE_BASE). */

@@ -8,7 +8,8 @@
  * - counters: the contract's counters (section 4.2), never reset, so that a
  *   process that exits still counts;
  * - procs: every process of the server, by its unique name (section 4);
- * - rule: the sweep rule (section 4.3), as JSON, with a version number.
+ * - rule: the sweep rule (section 4.3), as JSON, with a version number;
+ * - replies: answers of a worker to a task worker's request (the sweep's closes).
  */
 
 declare(strict_types=1);
@@ -35,6 +36,8 @@ final class Shared
     public readonly Table $counters;
     public readonly Table $procs;
     public readonly Table $rule;
+    /** Answers of one process to another's request, by request id (see awaitReply()). */
+    public readonly Table $replies;
     /** Timer and task ids, unique across processes. */
     public readonly Atomic $ids;
     /** 1 while a sweep runs. */
@@ -73,8 +76,36 @@ final class Shared
         $this->rule->create();
         $this->rule->set('rule', ['version' => 0, 'json' => '']);
 
+        $this->replies = new Table(1024);
+        $this->replies->column('code', Table::TYPE_INT);
+        $this->replies->create();
+
         $this->ids = new Atomic(0);
         $this->sweeping = new Atomic(0);
+    }
+
+    /** Answer request ``$rid``: null (done) or a contract code. */
+    public function reply(int $rid, ?int $code): void
+    {
+        $this->replies->set((string) $rid, ['code' => $code ?? 0]);
+    }
+
+    /**
+     * Wait (blocking this process, at most ``$timeout`` s) for the answer to request ``$rid``:
+     * null (done), a contract code, or false when none came in time.
+     */
+    public function awaitReply(int $rid, float $timeout): int|null|false
+    {
+        $deadline = microtime(true) + $timeout;
+        do {
+            $row = $this->replies->get((string) $rid);
+            if ($row !== false) {
+                $this->replies->del((string) $rid);
+                return $row['code'] === 0 ? null : $row['code'];
+            }
+            usleep(200);
+        } while (microtime(true) < $deadline);
+        return false;
     }
 
     public function count(string $name, int $by = 1): void

@@ -11,6 +11,13 @@
  * empty: that is Swoole's behaviour, and the scenario task_sweep shows it.
  *
  * Finished reports go to the admin process over its pipe.
+ *
+ * With --app naive-sweep, the sweep is the pattern the seed starts from: it
+ * lists sessions by pages of getClientList() (as Swoole's manual shows), pushes
+ * the notice and closes from the task worker, and assumes every listed session
+ * is still there, so getClientInfo() returning false, and a push() or
+ * disconnect() failing because the session closed meanwhile, are reported as
+ * errors.
  */
 
 declare(strict_types=1);
@@ -25,6 +32,9 @@ use Swoole\WebSocket\Server;
 
 final class Sweeper
 {
+    /** How long a sweep waits for the owner worker of a session to answer a close. */
+    private const OWNER_TIMEOUT_S = 2.0;
+
     private int $version = 0;
     private ?array $rule = null;
     private ?float $due = null;
@@ -36,6 +46,7 @@ final class Sweeper
         private readonly SessionOps $ops,
         private readonly Process $admin,
         private readonly string $name,
+        private readonly bool $naive = false,
     ) {
     }
 
@@ -76,20 +87,10 @@ final class Sweeper
         $idleMs = $rule['idle_ms'] ?? null;
         $notice = $rule['notice'];
         try {
-            foreach ($this->server->connections as $fd) {
-                $report['seen'][] = $fd;
-                $info = $this->server->getClientInfo($fd);
-                $row = $this->shared->sessions->get((string) $fd);
-                if ($info === false || $row === false) {
-                    $report['info_missing'][] = $fd;
-                } elseif (($row['uid'] !== 0 && isset($uids[$row['uid']]))
-                    || ($idleMs !== null && (microtime(true) - ($info['last_recv_time'] ?: $row['last_recv'])) * 1000 > $idleMs)) {
-                    $report['matched'][] = $fd;
-                    $this->closeOne($fd, $notice, $report);
-                }
-                if ($rule['pace_ms'] > 0) {
-                    usleep($rule['pace_ms'] * 1000);
-                }
+            if ($this->naive) {
+                $this->naiveSweep($uids, $idleMs, $notice, $rule['pace_ms'], $report);
+            } else {
+                $this->tolerantSweep($uids, $idleMs, $notice, $rule['pace_ms'], $report);
             }
         } catch (\Throwable $e) {
             $report['errors'][] = [0, get_class($e) . ': ' . $e->getMessage()];
@@ -99,13 +100,96 @@ final class Sweeper
         $this->shared->sweeping->set(0);
     }
 
+    /** The seed's fix: the list is a live scan, so a session gone or closing meanwhile is no error. */
+    private function tolerantSweep(array $uids, ?int $idleMs, string $notice, int $paceMs, array &$report): void
+    {
+        foreach ($this->server->connections as $fd) {
+            $report['seen'][] = $fd;
+            $info = $this->server->getClientInfo($fd);
+            $row = $this->shared->sessions->get((string) $fd);
+            if ($info === false || $row === false) {
+                $report['info_missing'][] = $fd;
+            } elseif (($row['uid'] !== 0 && isset($uids[$row['uid']]))
+                || ($idleMs !== null && (microtime(true) - ($info['last_recv_time'] ?: $row['last_recv'])) * 1000 > $idleMs)) {
+                $report['matched'][] = $fd;
+                $this->closeOne($fd, $notice, $report);
+            }
+            if ($paceMs > 0) {
+                usleep($paceMs * 1000);
+            }
+        }
+    }
+
+    /**
+     * The sessions, by pages of 10 ids from getClientList(), as Swoole's manual
+     * shows a task worker broadcasting: each page is a snapshot.
+     *
+     * @return \Generator<int>
+     */
+    private function pages(): \Generator
+    {
+        $start = 0;
+        while (true) {
+            $page = $this->server->getClientList($start, 10);
+            if (!$page) {
+                return;
+            }
+            yield from $page;
+            $start = end($page);
+        }
+    }
+
+    /** The seed's starting point: every listed session is taken to be there, so any failure is an error. */
+    private function naiveSweep(array $uids, ?int $idleMs, string $notice, int $paceMs, array &$report): void
+    {
+        $server = $this->server;
+        foreach ($this->pages() as $fd) {
+            $report['seen'][] = $fd;
+            $info = $server->getClientInfo($fd);
+            if ($info === false) {
+                $report['errors'][] = [$fd, 'getClientInfo() returned false'];
+                continue;
+            }
+            $uid = (int) $this->shared->sessions->get((string) $fd, 'uid');
+            $idle = $idleMs !== null && (microtime(true) - $info['last_recv_time']) * 1000 > $idleMs;
+            if (($uid !== 0 && isset($uids[$uid])) || $idle) {
+                $report['matched'][] = $fd;
+                if (!$server->push($fd, Protocol::encode(['ev' => 'notice', 'reason' => $notice, 'session' => $fd]))) {
+                    $report['errors'][] = [$fd, 'push() failed: ' . swoole_strerror($server->getLastError(), 9)];
+                    $this->ops->countFailure(Protocol::sessionCode($server->getLastError()));
+                } elseif (!$server->disconnect($fd, Codes::CLOSES['SWEPT'], $notice)) {
+                    $report['errors'][] = [$fd, 'disconnect() failed: ' . swoole_strerror($server->getLastError(), 9)];
+                } else {
+                    $report['closed'][] = $fd;
+                    $this->shared->count('sweep_closes');
+                }
+            }
+            if ($paceMs > 0) {
+                usleep($paceMs * 1000);
+            }
+        }
+    }
+
+    /**
+     * Close one matched session: its owner worker pushes the notice and closes, in one
+     * callback, so none of the owner's own pushes (its timers' ticks) can come between the
+     * notice and the close frame. Pushed from here, the notice and a tick of the owner
+     * race each other to the reactor (the suite saw a tick after the notice in about one
+     * run in ten). The owner writes its answer to the shared reply table.
+     */
     private function closeOne(int $fd, string $notice, array &$report): void
     {
-        if ($this->server->isEstablished($fd)) {
-            $this->ops->push($fd, Protocol::encode(['ev' => 'notice', 'reason' => $notice, 'session' => $fd]));
+        $owner = $this->shared->sessions->get((string) $fd, 'worker');
+        if ($owner === false) { // gone since it was listed
+            $report['close_failed'][] = [$fd, Codes::name(1005)];
+            return;
         }
-        $code = $this->ops->close($fd, Codes::CLOSES['SWEPT'], $notice);
-        if ($code === null) {
+        $rid = $this->shared->ids->add(1);
+        $this->server->sendMessage(['t' => 'sweep_close', 'sid' => $fd, 'notice' => $notice, 'rid' => $rid], $owner);
+        $code = $this->shared->awaitReply($rid, self::OWNER_TIMEOUT_S);
+        if ($code === false) {
+            $report['errors'][] = [$fd, sprintf('worker %d did not answer the close within %.0f s', $owner, self::OWNER_TIMEOUT_S)];
+        } elseif ($code === null) {
             $report['closed'][] = $fd;
             $this->shared->count('sweep_closes');
         } else {
