@@ -170,6 +170,11 @@ async def scenario(target, admin, evidence) -> None:
             if (s["worker"], s.get("os_fd")) in victim_slots
         ]
         evidence.fact("newcomers_on_reused_fds", reused)
+        evidence.fact("victim_slots", sorted(victim_slots, key=str))
+        evidence.fact(
+            "newcomer_slots",
+            sorted(((s["worker"], s.get("os_fd")) for s in info_after.values() if s["session"] not in victim_ids), key=str),
+        )
         evidence.check(
             "the scenario reproduced OS fd reuse (a newcomer got a victim's fd)",
             bool(reused),

@@ -28,6 +28,12 @@ def test_a_reason_or_a_table_of_reason_and_checks(tmp_path: Path) -> None:
               '[known_failures.closing_session]\nreason = "drops at once"\nchecks = ["a", "b"]\n')
     assert m.known_failures == {"heartbeat": "no close frame", "closing_session": "drops at once"}
     assert m.known_failure_checks == {"closing_session": ("a", "b")}
+    assert m.known_failure_intermittent == set()
+
+
+def test_an_entry_may_be_intermittent(tmp_path: Path) -> None:
+    m = _load(tmp_path, '[known_failures.x]\nreason = "a race"\nchecks = ["a"]\nintermittent = true\n')
+    assert m.known_failure_intermittent == {"x"}
 
 
 @pytest.mark.parametrize(
@@ -39,6 +45,7 @@ def test_a_reason_or_a_table_of_reason_and_checks(tmp_path: Path) -> None:
         ('"x" = { reason = "r", checks = [] }', "checks must be a non-empty list"),
         ('"x" = { reason = "r", checks = [1] }', "checks must be a non-empty list"),
         ('"x" = { reason = "r", checks = ["a"], check = "typo" }', "unknown keys ['check']"),
+        ('"x" = { reason = "r", checks = ["a"], intermittent = "yes" }', "intermittent must be true or false"),
     ],
 )
 def test_a_malformed_entry_is_refused_by_name(tmp_path: Path, entry: str, named: str) -> None:

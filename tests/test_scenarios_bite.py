@@ -109,4 +109,19 @@ def test_a_known_failure_that_names_its_checks_excuses_only_them(tmp_path: Path)
     assert results["target"]["known_failure_checks"] == {"dead_session_push": [storm, other]}, results["target"]
 
 
+def test_an_intermittent_known_failure_that_does_not_show_is_passed_not_stale(tmp_path: Path) -> None:
+    """(1.1) ``intermittent = true``: a run that passes the case reports it passed, with a note."""
+    text = REFERENCE.read_text().replace('cwd = ".."', f'cwd = "{REPO}"')
+    manifest = tmp_path / "intermittent.toml"
+    manifest.write_text(
+        text + '\n[known_failures."contract_probe[core]"]\nreason = "a race, sometimes"\n'
+        'checks = ["unknown ops are refused with UNSUPPORTED"]\nintermittent = true\n'
+    )
+    code, results, output = run_suite(["scenarios/test_probe.py::test_contract_probe[core]"], manifest, tmp_path / "r")
+    assert code == 0, output
+    (record,) = results["scenarios"]
+    assert record["verdict"] == "passed" and "intermittent known failure" in record["message"], record
+    assert results["target"]["known_failures_intermittent"] == ["contract_probe[core]"]
+
+
 BY_SCENARIO = {v.name: v.scenario for v in VARIANTS}

@@ -70,6 +70,8 @@ class Manifest:
     known_failures: dict[str, str] = field(default_factory=dict)
     #: (1.1) the checks a known failure must fail by, per case key (absent: any failure will do).
     known_failure_checks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: (1.1) cases whose known failure shows only in some runs (a race in the target): passing is no stale list.
+    known_failure_intermittent: set[str] = field(default_factory=set)
     #: dynamic_ports: how long after its answer a listen/unlisten may still be taking effect.
     ports_grace_ms: float = 0.0
     #: redis_broadcast (section 10): Redis name of channel C is prefix + C.
@@ -156,7 +158,7 @@ def load_manifest(path: str | Path) -> Manifest:
     if unknown:
         raise ManifestError(f"{path}: capabilities.declared has unknown capabilities {unknown}")
     known = get(data, "known_failures", dict, "", {})
-    reasons, by_checks = _known_failures(path, known)
+    reasons, by_checks, intermittent = _known_failures(path, known)
     ports = get(data, "ports", dict, "", {})
     grace = get(ports, "grace_ms", (int, float), "ports.", 0)
     if grace < 0 or grace > 10_000:
@@ -193,6 +195,7 @@ def load_manifest(path: str | Path) -> Manifest:
         capabilities=set(declared),
         known_failures=reasons,
         known_failure_checks=by_checks,
+        known_failure_intermittent=intermittent,
         ports_grace_ms=float(grace),
         broadcast_prefix=prefix,
         broadcast_modes=tuple(modes),
@@ -203,14 +206,19 @@ def load_manifest(path: str | Path) -> Manifest:
     )
 
 
-def _known_failures(path: Path, known: dict[str, Any]) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
-    """``[known_failures]``: case -> reason, or (1.1) case -> {reason, checks}.
+def _known_failures(
+    path: Path, known: dict[str, Any]
+) -> tuple[dict[str, str], dict[str, tuple[str, ...]], set[str]]:
+    """``[known_failures]``: case -> reason, or (1.1) case -> {reason, checks, intermittent}.
 
     ``checks`` names the checks the case must fail by (section 11.2): a known failure
-    that fails otherwise is a new bug, not the one the reason states.
+    that fails otherwise is a new bug, not the one the reason states. ``intermittent``
+    (default false): the failure is a race of the target that shows in some runs only,
+    so a run that passes the case is not a stale list.
     """
     reasons: dict[str, str] = {}
     by_checks: dict[str, tuple[str, ...]] = {}
+    intermittent: set[str] = set()
     for key, value in known.items():
         if isinstance(value, str):
             reasons[str(key)] = value
@@ -218,13 +226,19 @@ def _known_failures(path: Path, known: dict[str, Any]) -> tuple[dict[str, str], 
         if not isinstance(value, dict):
             raise ManifestError(f"{path}: known_failures.{key!r} must be a reason (string) or a table {{reason, checks}}")
         reason, checks = value.get("reason"), value.get("checks")
-        extra = sorted(set(value) - {"reason", "checks"})
+        extra = sorted(set(value) - {"reason", "checks", "intermittent"})
         if not isinstance(reason, str) or not reason:
             raise ManifestError(f"{path}: known_failures.{key!r}.reason must be a non-empty string")
         if not isinstance(checks, list) or not checks or not all(isinstance(c, str) and c for c in checks):
             raise ManifestError(f"{path}: known_failures.{key!r}.checks must be a non-empty list of check names")
         if extra:
-            raise ManifestError(f"{path}: known_failures.{key!r} has unknown keys {extra} (allowed: reason, checks)")
+            raise ManifestError(
+                f"{path}: known_failures.{key!r} has unknown keys {extra} (allowed: reason, checks, intermittent)"
+            )
+        if not isinstance(value.get("intermittent", False), bool):
+            raise ManifestError(f"{path}: known_failures.{key!r}.intermittent must be true or false")
         reasons[str(key)] = reason
         by_checks[str(key)] = tuple(checks)
-    return reasons, by_checks
+        if value.get("intermittent", False):
+            intermittent.add(str(key))
+    return reasons, by_checks, intermittent

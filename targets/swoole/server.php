@@ -26,7 +26,7 @@ if (!extension_loaded('swoole')) {
     exit(3);
 }
 require __DIR__ . '/../php_kit/autoload.php';
-foreach (['Options', 'Log', 'Shared', 'SessionOps', 'App', 'Sweeper', 'Admin'] as $class) {
+foreach (['Options', 'Log', 'Shared', 'SessionOps', 'App', 'Sweeper', 'Reloads', 'Admin'] as $class) {
     require __DIR__ . "/src/$class.php";
 }
 
@@ -38,7 +38,7 @@ $settings = [
     'task_worker_num' => $options->taskWorkers,
     'max_connection' => $options->maxSessions,
     'websocket_compression' => false,   // sessions must not negotiate permessage-deflate (section 3)
-    'max_wait_time' => 3,
+    'max_wait_time' => max(1, (int) ceil($options->maxWaitMs / 1000)),   // whole seconds
     'reload_async' => true,
     'log_level' => SWOOLE_LOG_WARNING,
     'package_max_length' => 1 << 20,
@@ -68,15 +68,22 @@ $server->on('workerStart', function (Server $s, int $workerId) use (&$app, $shar
     $task = $s->taskworker;
     $index = $task ? $workerId - $options->workers : $workerId;
     $name = ($task ? 'task-' : 'worker-') . $index;
+    $generation = $shared->generation->get();
     Log::$process = $name;
-    $app = new App($s, $shared, $options, $adminProcess, $ops);
-    $shared->register($name, $task ? 'task_worker' : 'worker', $index, getmypid());
+    $app = new App($s, $shared, $options, $adminProcess, $ops, $generation);
+    if (!$task) {
+        $app->start(); // before it registers: a reload is done once successors are registered
+    }
+    $shared->register($name, $task ? 'task_worker' : 'worker', $index, getmypid(), $generation);
     if ($task && $index === 0) {
         (new Sweeper($s, $shared, $ops, $adminProcess, $name, $options->naive('sweep')))->start();
     }
 });
 $server->on('workerExit', function () use (&$app): void {
     $app?->onWorkerExit();
+});
+$server->on('workerStop', function () use (&$app): void {
+    $app?->onWorkerStop();
 });
 // Arrow functions would capture $app by value (null before workerStart): each event goes
 // to the App of the process it runs in.

@@ -6,7 +6,8 @@
  * In SWOOLE_PROCESS mode a custom process can reach every session (push,
  * disconnect, exists) itself. In SWOOLE_BASE mode it cannot: it asks the
  * session's owner (from the shared registry) with sendMessage() and reads the
- * answer from its own pipe. The pipe also brings the sweep reports.
+ * answer from its own pipe. The pipe also brings the sweep reports, and the
+ * workers' reload requests (the app op), which Reloads runs from here.
  */
 
 declare(strict_types=1);
@@ -39,6 +40,7 @@ final class Admin
     private array $waiting = [];
     private int $nextRequest = 0;
     private int $connections = 0;
+    private ?Reloads $reloads = null;
 
     public function __construct(
         private readonly Server $server,
@@ -58,6 +60,10 @@ final class Admin
             $server->shutdown();
             exit(0);
         });
+        if ($this->options->reload) {
+            $this->reloads = new Reloads($this->server, $this->shared);
+            Coroutine::create(fn () => $this->reloads->run());
+        }
         Coroutine::create(fn () => $this->readPipe($process));
         $server->handle(function (Connection $conn): void {
             $this->serve($conn);
@@ -87,7 +93,26 @@ final class Admin
                 }
             } elseif (($msg['t'] ?? null) === 'reply' && isset($this->waiting[$msg['rid']])) {
                 $this->waiting[$msg['rid']]->push($msg['result']);
+            } elseif (($msg['t'] ?? null) === 'reload') { // a worker's reload op, or a signal to the master
+                $this->reloadFromPipe($msg);
             }
+        }
+    }
+
+    private function reloadFromPipe(array $msg): void
+    {
+        $rid = (int) ($msg['rid'] ?? 0);
+        if ($this->reloads === null) {
+            $rid > 0 && $this->shared->reply($rid, 4501);
+            return;
+        }
+        try {
+            $record = $this->reloads->request($msg['scope'] ?? null, (string) ($msg['via'] ?? 'pipe'));
+            $rid > 0 && $this->shared->reply($rid, null, json_encode(
+                ['reload' => $record['reload'], 'merged' => $record['merged'], 'generation' => $record['generation']]
+            ));
+        } catch (ContractError $e) {
+            $rid > 0 && $this->shared->reply($rid, $e->getCode());
         }
     }
 
@@ -165,6 +190,10 @@ final class Admin
             'PUT /v1/sweep' => fn () => $this->putRule(Http::body($r)),
             'DELETE /v1/sweep' => fn () => $this->deleteRule(),
         ];
+        if ($this->reloads !== null) {
+            $routes['POST /v1/reload'] = fn () => $this->reload(Http::body($r));
+            $routes['GET /v1/reloads'] = fn () => $this->reloads->status();
+        }
         $key = "$r->method $r->path";
         if (isset($routes[$key])) {
             return [200, $routes[$key]()];
@@ -247,6 +276,17 @@ final class Admin
         }
     }
 
+    private function reload(array $body): array
+    {
+        $wait = \ContractKit\Protocol::bool($body, 'wait', false);
+        $record = $this->reloads->request($body['scope'] ?? 'all', 'admin');
+        if (!$wait) {
+            return $record;
+        }
+        $timeout = 4 * $this->options->maxWaitMs / 1000 + 30;
+        return $this->reloads->wait($record['reload'], $timeout) + ['merged' => $record['merged']];
+    }
+
     private function putRule(array $body): array
     {
         $rule = Protocol::sweepRule($body);
@@ -273,13 +313,17 @@ final class Admin
         foreach ($this->processes() as $p) {
             $procs[] = ['name' => $p['name'], 'pid' => $p['pid'], 'kind' => $p['kind']] + (self::fds($p['pid']) === null ? [] : ['fds' => self::fds($p['pid'])]);
         }
-        return [
+        $stats = [
             'contract' => '1.1',
             'mode' => $this->options->modeName(),
             'sessions' => ['open' => $open, 'established' => $established, 'by_worker' => (object) $byWorker],
             'counters' => $this->shared->counters(),
             'processes' => $procs,
         ];
+        if ($this->reloads !== null) {
+            $stats += ['reloads' => $this->reloads->counters(), 'generation' => $this->shared->generation->get()];
+        }
+        return $stats;
     }
 
     /** @return list<array{kind:string,id:int,pid:int,name:string}> */
@@ -288,7 +332,8 @@ final class Admin
         $out = [];
         foreach ($this->shared->procs as $name => $row) {
             if ($row['pid'] > 0 && Process::kill($row['pid'], 0)) {
-                $out[] = ['kind' => $row['kind'], 'id' => $row['id'], 'pid' => $row['pid'], 'name' => $name, 'started' => $row['started']];
+                $out[] = ['kind' => $row['kind'], 'id' => $row['id'], 'pid' => $row['pid'], 'name' => $name, 'started' => $row['started']]
+                    + ($this->reloads !== null ? ['generation' => $row['generation']] : []);
             }
         }
         usort($out, fn ($a, $b) => [$a['kind'], $a['id']] <=> [$b['kind'], $b['id']]);

@@ -15,6 +15,14 @@
  * onClose nor check exists() before they push: they push to the dead session
  * until the worker exits, as a closure over $fd given to Timer::tick does.
  *
+ * Reload (section 8): a session timer lives in the shared timer table too, and
+ * is held by one process at a time. The exit hook clears this process's timers
+ * (Timer::clearAll()) and releases them; the next generation of the worker
+ * takes them over and continues their tick numbers. With --app naive-reload the
+ * exit hook is left out, as in the seed: the old worker's timers keep it alive,
+ * and ticking, until Swoole kills it after max_wait_time; only then does the
+ * new generation take them over.
+ *
  * In SWOOLE_BASE mode a worker holds only its own connections: exists(),
  * isEstablished() and push() are false for another worker's session. A push
  * to such a session is sent to its owner (known from the shared registry) with
@@ -44,13 +52,16 @@ final class App
     /** Ops of capabilities this target does not declare: answered UNSUPPORTED like any unknown op. */
     private const OPS = ['whoami', 'echo', 'ping', 'timer_start', 'timer_stop', 'timer_status', 'push', 'task', 'bind', 'protect', 'close'];
 
-    /** @var array<int,array{id:int,owner:int,to:int,seq:int,sent:int,failed:array<string,int>,last_error:string,remaining:?int,handle:int}> */
+    /** @var array<int,array{id:int,owner:int,to:int,interval:int,seq:int,sent:int,failed:array<string,int>,last_error:string,remaining:?int,handle:int}> */
     private array $timers = [];
     /** @var array<int,array<int,true>> timer ids by the session that started them */
     private array $timersOf = [];
     /** @var array<int,callable> outcomes awaited from another worker (SWOOLE_BASE), by request number */
     private array $pending = [];
     private int $nextRequest = 0;
+    /** When Swoole called the exit hook (null: not yet), and the timers left after it. */
+    private ?float $exitHookAt = null;
+    private int $timersAfterHook = 0;
 
     public function __construct(
         private readonly Server $server,
@@ -58,7 +69,26 @@ final class App
         private readonly Options $options,
         private readonly \Swoole\Process $admin,
         private readonly SessionOps $ops,
+        private readonly int $generation = 1,
     ) {
+    }
+
+    /**
+     * Once the worker runs: take over what the previous generation of this worker
+     * left (its sessions' registry rows, its timers), and keep taking over timers
+     * as their holder releases them or is gone.
+     */
+    public function start(): void
+    {
+        if ($this->options->mode === SWOOLE_PROCESS) { // the master kept the sessions: they are ours now
+            foreach ($this->shared->sessions as $key => $row) {
+                if ($row['worker'] === $this->workerId() && $row['pid'] !== getmypid()) {
+                    $this->shared->sessions->set((string) $key, ['pid' => getmypid()]);
+                }
+            }
+        }
+        $this->adoptTimers();
+        Timer::tick(5, fn () => $this->adoptTimers());
     }
 
     private function workerId(): int
@@ -88,16 +118,18 @@ final class App
     {
         $fd = $request->fd;
         $info = $server->getClientInfo($fd);
-        $this->shared->sessions->set((string) $fd, [
-            'state' => Shared::ESTABLISHED, 'os_fd' => $info['socket_fd'] ?? -1, 'last_recv' => microtime(true),
-        ]);
+        if ($this->shared->sessions->exists((string) $fd)) { // a partial set() of a gone row would re-create it, zeroed
+            $this->shared->sessions->set((string) $fd, [
+                'state' => Shared::ESTABLISHED, 'os_fd' => $info['socket_fd'] ?? -1, 'last_recv' => microtime(true),
+            ]);
+        }
         $this->shared->count('sessions_opened');
     }
 
     public function onMessage(Server $server, Frame $frame): void
     {
         $fd = $frame->fd;
-        $this->shared->sessions->set((string) $fd, ['last_recv' => microtime(true)]);
+        $this->shared->setField($fd, 'last_recv', microtime(true));
         $this->shared->count('messages_received');
         $id = null;
         $after = null;
@@ -143,7 +175,7 @@ final class App
     /** @return array{0:string,1:?callable} the reply, and what to do once it is sent */
     private function handle(int $fd, string $op, array $msg, mixed $id): array
     {
-        if (!in_array($op, self::OPS, true)) {
+        if (!in_array($op, self::OPS, true) && !($op === 'reload' && $this->options->reload)) {
             throw new ContractError('UNSUPPORTED', "op '$op' is not supported by this server", $id);
         }
         try {
@@ -159,6 +191,7 @@ final class App
                 'bind' => $this->opBind($fd, $msg, $id),
                 'protect' => $this->opProtect($fd, $msg, $id),
                 'close' => $this->opClose($fd, $msg, $id),
+                'reload' => [$this->opReload($msg, $id), null],
             };
         } catch (ContractError $e) {
             throw new ContractError($e->errName, $e->getMessage(), $id);
@@ -173,9 +206,28 @@ final class App
         return $code === null ? Protocol::ok($id) : Protocol::fail($id, $code, "push to session $to failed");
     }
 
+    /** Ask the admin process (which runs reloads) for a reload, and wait for its answer. */
+    private function opReload(array $msg, mixed $id): string
+    {
+        $scope = $msg['scope'] ?? 'all';
+        if (!in_array($scope, ['all', 'task_workers'], true)) {
+            throw new ContractError('BAD_REQUEST', "scope must be 'all' or 'task_workers'");
+        }
+        $rid = $this->shared->ids->add(1);
+        $this->admin->write(serialize(['t' => 'reload', 'rid' => $rid, 'scope' => $scope, 'via' => 'app:worker-' . $this->workerId()]));
+        $code = $this->shared->awaitReply($rid, 5.0, $text);
+        if ($code === false) {
+            return Protocol::fail($id, 2001, 'the admin process did not answer the reload request');
+        }
+        if ($code !== null) {
+            return Protocol::fail($id, $code, 'reload refused');
+        }
+        return Protocol::ok($id, json_decode($text, true));
+    }
+
     private function opBind(int $fd, array $msg, mixed $id): array
     {
-        $this->shared->sessions->set((string) $fd, ['uid' => Protocol::int($msg, 'uid', null, 0)]);
+        $this->shared->setField($fd, 'uid', Protocol::int($msg, 'uid', null, 0));
         return [Protocol::ok($id), null];
     }
 
@@ -183,7 +235,7 @@ final class App
     {
         $on = Protocol::bool($msg, 'on', true);
         $this->server->protect($fd, $on);
-        $this->shared->sessions->set((string) $fd, ['protected' => $on ? 1 : 0]);
+        $this->shared->setField($fd, 'protected', $on ? 1 : 0);
         return [Protocol::ok($id), null];
     }
 
@@ -192,7 +244,7 @@ final class App
         [$code, $reason] = Protocol::closeArgs($msg);
         $this->shared->count('closes_requested');
         return [Protocol::ok($id), function () use ($fd, $code, $reason): void {
-            $this->shared->sessions->set((string) $fd, ['state' => Shared::CLOSING]);
+            $this->shared->setField($fd, 'state', Shared::CLOSING);
             $this->server->disconnect($fd, $code, $reason);
         }];
     }
@@ -292,10 +344,11 @@ final class App
         }
         $tid = $this->shared->ids->add(1);
         $this->timers[$tid] = [
-            'id' => $tid, 'owner' => $fd, 'to' => $to, 'seq' => 0, 'sent' => 0, 'failed' => [], 'last_error' => '',
-            'remaining' => $count, 'handle' => Timer::tick($interval, fn () => $this->tick($tid)),
+            'id' => $tid, 'owner' => $fd, 'to' => $to, 'interval' => $interval, 'seq' => 0, 'sent' => 0, 'failed' => [],
+            'last_error' => '', 'remaining' => $count, 'handle' => Timer::tick($interval, fn () => $this->tick($tid)),
         ];
         $this->timersOf[$fd][$tid] = true;
+        $this->saveTimer($tid);
         $this->shared->count('timers_created');
         return $tid;
     }
@@ -312,8 +365,9 @@ final class App
             return;
         }
         $seq = ++$this->timers[$tid]['seq'];
-        $text = Protocol::encode(['ev' => 'tick', 'timer' => $tid, 'seq' => $seq, 'to' => $t['to'], 'from' => $t['owner']]);
+        $text = Protocol::encode(['ev' => 'tick', 'timer' => $tid, 'seq' => $seq, 'to' => $t['to'], 'from' => $t['owner'], 'gen' => $this->generation]);
         $last = $t['remaining'] !== null && --$this->timers[$tid]['remaining'] <= 0;
+        $this->saveTimer($tid);
         $this->deliver($t['to'], $text, function (?int $code) use ($tid): void {
             $this->tickOutcome($tid, $code);
         });
@@ -335,6 +389,49 @@ final class App
             $this->timers[$tid]['failed'][$key] = ($this->timers[$tid]['failed'][$key] ?? 0) + 1;
             $this->timers[$tid]['last_error'] = \ContractKit\Codes::name($code);
         }
+        $this->saveTimer($tid);
+    }
+
+    /** Write a running timer through to the shared table: held by this process, or released. */
+    private function saveTimer(int $tid, bool $release = false): void
+    {
+        $t = $this->timers[$tid];
+        $this->shared->timers->set((string) $tid, [
+            'owner' => $t['owner'], 'to' => $t['to'], 'interval' => $t['interval'], 'seq' => $t['seq'], 'sent' => $t['sent'],
+            'remaining' => $t['remaining'] ?? -1, 'worker' => $this->workerId(), 'holder' => $release ? 0 : getmypid(),
+            'last_error' => $t['last_error'], 'failed' => json_encode((object) $t['failed']),
+        ]);
+    }
+
+    /** Take over the timers of this worker's sessions that their holder released or left behind. */
+    private function adoptTimers(): void
+    {
+        foreach ($this->shared->timers as $key => $row) {
+            if ($row['worker'] === $this->workerId() && !isset($this->timers[(int) $key])) {
+                $this->adopt((int) $key, $row);
+            }
+        }
+    }
+
+    /** Take over timer ``$tid`` if its holder released it or is gone; whether this process now runs it. */
+    private function adopt(int $tid, array $row): bool
+    {
+        $holder = $row['holder'];
+        if ($holder === getmypid()) {
+            return isset($this->timers[$tid]);
+        }
+        if ($holder !== 0 && \Swoole\Process::kill($holder, 0)) {
+            return false; // still held by a live process (the previous generation, exiting)
+        }
+        $this->timers[$tid] = [
+            'id' => $tid, 'owner' => $row['owner'], 'to' => $row['to'], 'interval' => $row['interval'], 'seq' => $row['seq'],
+            'sent' => $row['sent'], 'failed' => json_decode($row['failed'], true) ?: [], 'last_error' => $row['last_error'],
+            'remaining' => $row['remaining'] < 0 ? null : $row['remaining'],
+            'handle' => Timer::tick($row['interval'], fn () => $this->tick($tid)),
+        ];
+        $this->timersOf[$row['owner']][$tid] = true;
+        $this->saveTimer($tid);
+        return true;
     }
 
     private function clearTimer(int $tid): void
@@ -345,12 +442,20 @@ final class App
         $t = $this->timers[$tid];
         Timer::clear($t['handle']);
         unset($this->timers[$tid], $this->timersOf[$t['owner']][$tid]);
+        $this->shared->timers->del((string) $tid);
         $this->shared->count('timers_cleared');
     }
 
     private function ownTimer(int $fd, array $msg): array
     {
         $tid = Protocol::int($msg, 'timer');
+        if (!isset($this->timers[$tid])) { // maybe still held by this worker's previous generation, exiting
+            $deadline = microtime(true) + $this->options->maxWaitMs / 1000 + 1;
+            while (($row = $this->shared->timers->get((string) $tid)) !== false && $row['worker'] === $this->workerId()
+                && !$this->adopt($tid, $row) && microtime(true) < $deadline) {
+                \Swoole\Coroutine::sleep(0.005);
+            }
+        }
         $t = $this->timers[$tid] ?? null;
         if ($t === null || $t['owner'] !== $fd) {
             throw new ContractError('BAD_REQUEST', "no running timer $tid of this session");
@@ -374,15 +479,43 @@ final class App
         ];
     }
 
-    /** The exit hook: clear every timer of this process (the seed's fix for reloads). */
+    /**
+     * The exit hook (Swoole calls it again and again while the event loop of an exiting
+     * worker is not empty): clear every timer of this process, the seed's fix for reloads,
+     * and release the session timers to the next generation. With --app naive-reload it
+     * does nothing, as in the seed.
+     */
     public function onWorkerExit(): void
     {
-        Timer::clearAll();
-        foreach (array_keys($this->timers) as $tid) {
-            unset($this->timers[$tid]);
-            $this->shared->count('timers_cleared');
+        if ($this->exitHookAt !== null) {
+            return;
         }
-        $this->timersOf = [];
+        $this->exitHookAt = microtime(true);
+        if (!$this->options->naive('reload')) {
+            Timer::clearAll();
+            foreach (array_keys($this->timers) as $tid) {
+                $this->saveTimer($tid, release: true);
+            }
+            $this->timers = $this->timersOf = [];
+        }
+        $this->timersAfterHook = iterator_count(Timer::list());
+    }
+
+    /**
+     * The process stops: what it still held. Swoole calls the exit hook once; if the event
+     * loop is still busy max_wait_time later, Swoole ends it by force ("worker exit timeout,
+     * forced termination") and the process stops all the same: that is a forced kill.
+     */
+    public function onWorkerStop(): void
+    {
+        if ($this->exitHookAt === null) {
+            $this->onWorkerExit(); // a task worker has no exit hook of its own: this is it
+        }
+        $forced = microtime(true) - $this->exitHookAt >= ($this->server->setting['max_wait_time'] ?? 3) - 0.05;
+        $this->shared->exits->set((string) getmypid(), [
+            'timers_after_exit_hook' => $this->timersAfterHook, 'timers_at_exit' => iterator_count(Timer::list()),
+            'stopped' => $forced ? 0 : 1,
+        ]);
     }
 
     // ---------------------------------------------------------------- tasks
@@ -408,8 +541,11 @@ final class App
         if (!is_array($job) || ($job['t'] ?? null) !== 'task') {
             return null;
         }
-        if ($job['sleep_ms'] > 0) {
-            usleep($job['sleep_ms'] * 1000);
+        // The full sleep_ms, reload or not: SIGTERM (a reload) interrupts usleep(), so sleep
+        // again until the deadline (the seed saw a 2 s task cut to 110 ms).
+        $until = microtime(true) + $job['sleep_ms'] / 1000;
+        while (($left = $until - microtime(true)) > 0) {
+            usleep((int) ceil($left * 1_000_000));
         }
         $this->shared->count('tasks_done');
         return $job + ['task_worker' => $server->worker_id - $this->options->workers];

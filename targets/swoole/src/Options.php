@@ -17,18 +17,23 @@ final class Options
     public int $heartbeatIdleMs = 0;
     public int $heartbeatCheckMs = 0;
     public int $maxSessions = 16384;
+    /** How long an exiting worker may take before Swoole kills it (max_wait_time, whole seconds). */
+    public int $maxWaitMs = 3000;
+    /** Whether the reload capability is on (its op and routes; else they are refused as undeclared). */
+    public bool $reload = false;
     /**
      * The application pattern: "fixed" (the seeds' recommended fixes, the default) or one
      * pattern a Swoole user starts from, which the seeds warn about:
      *
      * - "naive-push": push() without exists()/isEstablished(), and session timers that are
      *   never cleared when their session closes (Timer::tick with a closure over $fd);
-     * - "naive-sweep": the task worker loops over $server->connections and uses
-     *   getClientInfo() as if every listed session were still there and established.
+     * - "naive-sweep": the task worker walks getClientList() pages, as Swoole's manual
+     *   shows, and takes every listed session to be still there;
+     * - "naive-reload": no Timer::clearAll() in the workerExit hook.
      */
     public string $app = 'fixed';
 
-    public const APPS = ['fixed', 'naive-push', 'naive-sweep'];
+    public const APPS = ['fixed', 'naive-push', 'naive-sweep', 'naive-reload'];
 
     /** @param list<string> $argv */
     public static function parse(array $argv): self
@@ -36,7 +41,7 @@ final class Options
         $o = new self();
         $opts = getopt('', [
             'port:', 'admin-port:', 'admin-token:', 'workers:', 'task-workers:', 'mode:',
-            'heartbeat-idle-ms:', 'heartbeat-check-ms:', 'max-sessions:', 'app:',
+            'heartbeat-idle-ms:', 'heartbeat-check-ms:', 'max-sessions:', 'app:', 'max-wait-ms:', 'reload',
         ]);
         $int = static function (string $key, int $low, int $high) use ($opts): ?int {
             if (!isset($opts[$key])) {
@@ -56,6 +61,8 @@ final class Options
         $o->heartbeatIdleMs = $int('heartbeat-idle-ms', 0, 86_400_000) ?? 0;
         $o->heartbeatCheckMs = $int('heartbeat-check-ms', 0, 86_400_000) ?? 0;
         $o->maxSessions = $int('max-sessions', 16, 1_000_000) ?? $o->maxSessions;
+        $o->maxWaitMs = $int('max-wait-ms', 1, 600_000) ?? $o->maxWaitMs;
+        $o->reload = array_key_exists('reload', $opts);
         $o->token = (string) ($opts['admin-token'] ?? '');
         if ($o->token === '') {
             fwrite(STDERR, "swoole-target: --admin-token is required\n");

@@ -9,7 +9,11 @@
  *   process that exits still counts;
  * - procs: every process of the server, by its unique name (section 4);
  * - rule: the sweep rule (section 4.3), as JSON, with a version number;
- * - replies: answers of a worker to a task worker's request (the sweep's closes).
+ * - replies: answers of one process to another's request (the sweep's closes, reloads);
+ * - timers: every session timer (section 3.1), written through on each tick, so
+ *   that the next generation of a worker continues it after a reload (section 8);
+ * - exits: what each process that exited said of its timers (reload records);
+ * - generation: the generation of the processes starting now (section 8).
  */
 
 declare(strict_types=1);
@@ -26,6 +30,9 @@ final class Shared
     public const CLOSING = 2;
     private const STATES = ['connecting', 'established', 'closing'];
 
+    /** The most session timers the server runs at once (every session may run MAX_TIMERS_PER_SESSION). */
+    public const MAX_TIMERS = 16384;
+
     public const COUNTERS = [
         'connections_accepted', 'sessions_opened', 'sessions_closed', 'messages_received', 'pushes', 'push_failed',
         'dead_session_pushes', 'closes_requested', 'heartbeat_closes', 'sweep_closes', 'tasks_dispatched',
@@ -38,6 +45,10 @@ final class Shared
     public readonly Table $rule;
     /** Answers of one process to another's request, by request id (see awaitReply()). */
     public readonly Table $replies;
+    public readonly Table $timers;
+    public readonly Table $exits;
+    /** The generation a process starting now belongs to: reload n sets n + 1 before it starts. */
+    public readonly Atomic $generation;
     /** Timer and task ids, unique across processes. */
     public readonly Atomic $ids;
     /** 1 while a sweep runs. */
@@ -68,6 +79,7 @@ final class Shared
         $this->procs->column('id', Table::TYPE_INT);
         $this->procs->column('pid', Table::TYPE_INT);
         $this->procs->column('started', Table::TYPE_FLOAT);
+        $this->procs->column('generation', Table::TYPE_INT);
         $this->procs->create();
 
         $this->rule = new Table(2);
@@ -78,32 +90,51 @@ final class Shared
 
         $this->replies = new Table(1024);
         $this->replies->column('code', Table::TYPE_INT);
+        $this->replies->column('text', Table::TYPE_STRING, 512);
         $this->replies->create();
+
+        $this->timers = new Table(self::MAX_TIMERS);
+        foreach (['owner', 'to', 'interval', 'seq', 'sent', 'remaining', 'worker', 'holder'] as $col) {
+            $this->timers->column($col, Table::TYPE_INT);
+        }
+        $this->timers->column('last_error', Table::TYPE_STRING, 40);
+        $this->timers->column('failed', Table::TYPE_STRING, 400);
+        $this->timers->create();
+
+        $this->exits = new Table(1024);
+        foreach (['timers_after_exit_hook', 'timers_at_exit', 'stopped'] as $col) {
+            $this->exits->column($col, Table::TYPE_INT);
+        }
+        $this->exits->create();
+        $this->generation = new Atomic(1);
 
         $this->ids = new Atomic(0);
         $this->sweeping = new Atomic(0);
     }
 
-    /** Answer request ``$rid``: null (done) or a contract code. */
-    public function reply(int $rid, ?int $code): void
+    /** Answer request ``$rid``: null (done) or a contract code, and optionally a JSON text. */
+    public function reply(int $rid, ?int $code, string $text = ''): void
     {
-        $this->replies->set((string) $rid, ['code' => $code ?? 0]);
+        $this->replies->set((string) $rid, ['code' => $code ?? 0, 'text' => $text]);
     }
 
     /**
-     * Wait (blocking this process, at most ``$timeout`` s) for the answer to request ``$rid``:
-     * null (done), a contract code, or false when none came in time.
+     * Wait (at most ``$timeout`` s; in a coroutine it yields, else it blocks this process)
+     * for the answer to request ``$rid``: null (done), a contract code, or false when none
+     * came in time. With ``$text``, the answer's text is put there.
      */
-    public function awaitReply(int $rid, float $timeout): int|null|false
+    public function awaitReply(int $rid, float $timeout, ?string &$text = null): int|null|false
     {
         $deadline = microtime(true) + $timeout;
+        $co = \Swoole\Coroutine::getCid() > 0;
         do {
             $row = $this->replies->get((string) $rid);
             if ($row !== false) {
                 $this->replies->del((string) $rid);
+                $text = $row['text'];
                 return $row['code'] === 0 ? null : $row['code'];
             }
-            usleep(200);
+            $co ? \Swoole\Coroutine::sleep(0.002) : usleep(200);
         } while (microtime(true) < $deadline);
         return false;
     }
@@ -124,9 +155,9 @@ final class Shared
         return $out;
     }
 
-    public function register(string $name, string $kind, int $id, int $pid): void
+    public function register(string $name, string $kind, int $id, int $pid, int $generation = 1): void
     {
-        $this->procs->set($name, ['kind' => $kind, 'id' => $id, 'pid' => $pid, 'started' => microtime(true)]);
+        $this->procs->set($name, ['kind' => $kind, 'id' => $id, 'pid' => $pid, 'started' => microtime(true), 'generation' => $generation]);
     }
 
     /** The session record of section 4.1, or null when the id is unknown. */
