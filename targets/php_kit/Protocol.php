@@ -146,6 +146,25 @@ final class Protocol
     }
 
     /** The contract's code for a Swoole-style session error code (Swoole numbers them the same way). */
+    /**
+     * A broadcast channel name (section 10.1): ``[A-Za-z0-9_.:-]{1,128}``, or ``@all`` where
+     * ``$allOk`` (publish), never in subscribe/unsubscribe.
+     *
+     * @throws ContractError 5002 BAD_CHANNEL
+     */
+    public static function channel(array $msg, bool $allOk = false): string
+    {
+        $channel = $msg['channel'] ?? null;
+        if ($allOk && $channel === '@all') {
+            return $channel;
+        }
+        if (!is_string($channel) || !preg_match('/^[A-Za-z0-9_.:-]{1,128}$/D', $channel)) {
+            throw new ContractError('BAD_CHANNEL', 'channel must match [A-Za-z0-9_.:-]{1,128}'
+                . ($allOk ? " or be '@all'" : " (and '@all' cannot be joined or left)") . ', got ' . substr((string) json_encode($channel), 0, 80));
+        }
+        return $channel;
+    }
+
     public static function sessionCode(int $engineCode): int
     {
         return match (true) {

@@ -14,6 +14,7 @@ declare(strict_types=1);
 use Swoole\Process;
 use Swoole\WebSocket\Server;
 use SwooleTarget\Admin;
+use SwooleTarget\Broadcaster;
 use SwooleTarget\App;
 use SwooleTarget\Log;
 use SwooleTarget\Options;
@@ -26,7 +27,7 @@ if (!extension_loaded('swoole')) {
     exit(3);
 }
 require __DIR__ . '/../php_kit/autoload.php';
-foreach (['Options', 'Log', 'Shared', 'SessionOps', 'App', 'Sweeper', 'Reloads', 'Admin'] as $class) {
+foreach (['Options', 'Log', 'Shared', 'SessionOps', 'App', 'Sweeper', 'Reloads', 'Broadcaster', 'Admin'] as $class) {
     require __DIR__ . "/src/$class.php";
 }
 
@@ -43,6 +44,9 @@ $settings = [
     'log_level' => SWOOLE_LOG_WARNING,
     'package_max_length' => 1 << 20,
 ];
+if ($options->broadcast) {
+    $settings['hook_flags'] = SWOOLE_HOOK_TCP;   // php-redis in the workers' coroutines (publish)
+}
 if ($options->heartbeatIdleMs > 0) {
     // Swoole takes whole seconds: the manifest declares [heartbeat] granularity_ms = 1000.
     $idle = (int) ceil($options->heartbeatIdleMs / 1000);
@@ -56,6 +60,12 @@ $ops = new SessionOps($server, $shared, $options);
 $admin = new Admin($server, $shared, $options, $ops);
 $adminProcess = new Process(fn (Process $p) => $admin->run($p), false, SOCK_DGRAM, true);
 $server->addProcess($adminProcess);
+$broadcasterProcess = null;
+if ($options->broadcast) {
+    $broadcaster = new Broadcaster($server, $shared, $options, $ops);
+    $broadcasterProcess = new Process(fn (Process $p) => $broadcaster->run($p), false, SOCK_DGRAM, true);
+    $server->addProcess($broadcasterProcess);
+}
 
 /** @var App|null $app the application of this worker or task worker */
 $app = null;
@@ -64,13 +74,13 @@ $shared->register('master', 'master', 0, getmypid());
 $server->on('managerStart', function (Server $s) use ($shared): void {
     $shared->register('manager', 'manager', 0, $s->manager_pid);
 });
-$server->on('workerStart', function (Server $s, int $workerId) use (&$app, $shared, $options, $adminProcess, $ops): void {
+$server->on('workerStart', function (Server $s, int $workerId) use (&$app, $shared, $options, $adminProcess, $ops, $broadcasterProcess): void {
     $task = $s->taskworker;
     $index = $task ? $workerId - $options->workers : $workerId;
     $name = ($task ? 'task-' : 'worker-') . $index;
     $generation = $shared->generation->get();
     Log::$process = $name;
-    $app = new App($s, $shared, $options, $adminProcess, $ops, $generation);
+    $app = new App($s, $shared, $options, $adminProcess, $ops, $generation, $broadcasterProcess);
     if (!$task) {
         $app->start(); // before it registers: a reload is done once successors are registered
     }

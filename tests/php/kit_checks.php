@@ -101,6 +101,15 @@ check('rule: notice over 123 bytes', refusal(fn () => Protocol::sweepRule(['uids
 check('closing (1003) is 1004', Protocol::sessionCode(1003) === 1004);
 check('not exist is 1005', Protocol::sessionCode(1005) === 1005);
 check('unconnected is 8503', Protocol::sessionCode(8503) === 8503);
+// Broadcast channel names (section 10.1).
+check('channel: a valid name', Protocol::channel(['channel' => 'news.a:b-1_x']) === 'news.a:b-1_x');
+check('channel: @all refused in subscribe', refusal(fn () => Protocol::channel(['channel' => '@all']))[0] === 5002);
+check('channel: @all allowed in publish', Protocol::channel(['channel' => '@all'], true) === '@all');
+check('channel: empty refused', refusal(fn () => Protocol::channel(['channel' => '']))[0] === 5002);
+check('channel: 129 characters refused', refusal(fn () => Protocol::channel(['channel' => str_repeat('c', 129)]))[0] === 5002);
+check('channel: a space refused', refusal(fn () => Protocol::channel(['channel' => 'a b'], true))[0] === 5002);
+check('channel: a trailing newline refused', refusal(fn () => Protocol::channel(['channel' => "a\n"]))[0] === 5002);
+check('channel: not a string', refusal(fn () => Protocol::channel(['channel' => 5]))[0] === 5002);
 
 echo "$checks checks, $failures failed\n";
 exit($failures > 0 ? 1 : 0);

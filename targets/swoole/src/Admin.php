@@ -58,7 +58,9 @@ final class Admin
         $server = new CoServer('127.0.0.1', $this->options->adminPort, false, true);
         Process::signal(SIGTERM, function () use ($server): void {
             $server->shutdown();
-            exit(0);
+            // exit() in a coroutine process throws Swoole\ExitException (a fatal error on
+            // stderr at every stop); this process holds nothing to flush.
+            Process::kill(getmypid(), SIGKILL);
         });
         if ($this->options->reload) {
             $this->reloads = new Reloads($this->server, $this->shared);
@@ -322,6 +324,12 @@ final class Admin
         ];
         if ($this->reloads !== null) {
             $stats += ['reloads' => $this->reloads->counters(), 'generation' => $this->shared->generation->get()];
+        }
+        if ($this->options->broadcast) {
+            $stats['broadcast'] = [
+                'mode' => 'pubsub', 'connected' => $this->shared->broadcastConnected->get() === 1,
+                'outages' => $this->shared->outageList(),
+            ];
         }
         return $stats;
     }

@@ -51,6 +51,7 @@ final class App
 
     /** Ops of capabilities this target does not declare: answered UNSUPPORTED like any unknown op. */
     private const OPS = ['whoami', 'echo', 'ping', 'timer_start', 'timer_stop', 'timer_status', 'push', 'task', 'bind', 'protect', 'close'];
+    private const BROADCAST_OPS = ['subscribe', 'unsubscribe', 'channels', 'publish'];
 
     /** @var array<int,array{id:int,owner:int,to:int,interval:int,seq:int,sent:int,failed:array<string,int>,last_error:string,remaining:?int,handle:int}> */
     private array $timers = [];
@@ -59,6 +60,9 @@ final class App
     /** @var array<int,callable> outcomes awaited from another worker (SWOOLE_BASE), by request number */
     private array $pending = [];
     private int $nextRequest = 0;
+    /** This worker's Redis connection for publish (connected on first use). */
+    private ?\Redis $redis = null;
+    private ?Channel $redisLock = null;
     /** When Swoole called the exit hook (null: not yet), and the timers left after it. */
     private ?float $exitHookAt = null;
     private int $timersAfterHook = 0;
@@ -70,6 +74,7 @@ final class App
         private readonly \Swoole\Process $admin,
         private readonly SessionOps $ops,
         private readonly int $generation = 1,
+        private readonly ?\Swoole\Process $broadcaster = null,
     ) {
     }
 
@@ -158,6 +163,7 @@ final class App
         if ($state === null) {
             return;
         }
+        $this->broadcaster?->write(serialize(['t' => 'gone', 'sid' => $fd]));
         $this->shared->sessions->del((string) $fd);
         $this->shared->count('sessions_closed');
         // Swoole does not say why a connection closed: a heartbeat close looks like the
@@ -175,7 +181,9 @@ final class App
     /** @return array{0:string,1:?callable} the reply, and what to do once it is sent */
     private function handle(int $fd, string $op, array $msg, mixed $id): array
     {
-        if (!in_array($op, self::OPS, true) && !($op === 'reload' && $this->options->reload)) {
+        $declared = in_array($op, self::OPS, true) || ($op === 'reload' && $this->options->reload)
+            || (in_array($op, self::BROADCAST_OPS, true) && $this->broadcaster !== null);
+        if (!$declared) {
             throw new ContractError('UNSUPPORTED', "op '$op' is not supported by this server", $id);
         }
         try {
@@ -192,6 +200,10 @@ final class App
                 'protect' => $this->opProtect($fd, $msg, $id),
                 'close' => $this->opClose($fd, $msg, $id),
                 'reload' => [$this->opReload($msg, $id), null],
+                'subscribe' => [$this->opSubscribe($fd, $msg, $id), null],
+                'unsubscribe' => [$this->opUnsubscribe($fd, $msg, $id), null],
+                'channels' => [$this->opChannels($fd, $id), null],
+                'publish' => [$this->opPublish($msg, $id), null],
             };
         } catch (ContractError $e) {
             throw new ContractError($e->errName, $e->getMessage(), $id);
@@ -223,6 +235,81 @@ final class App
             return Protocol::fail($id, $code, 'reload refused');
         }
         return Protocol::ok($id, json_decode($text, true));
+    }
+
+    // ---------------------------------------------------------------- broadcast (section 10)
+
+    /** Ask the broadcaster process about session ``$fd``: [code or null, text], or 5006 if it does not answer. */
+    private function askBroadcaster(array $request): array
+    {
+        $rid = $this->shared->ids->add(1);
+        $this->broadcaster->write(serialize(['rid' => $rid] + $request));
+        $code = $this->shared->awaitReply($rid, 5.0, $text);
+        return [$code === false ? 5006 : $code, (string) $text];
+    }
+
+    private function opSubscribe(int $fd, array $msg, mixed $id): string
+    {
+        $channel = Protocol::channel($msg);
+        if (array_key_exists('since', $msg)) {
+            throw new ContractError('HISTORY_UNAVAILABLE', 'since: this target runs in pub/sub mode and keeps no history');
+        }
+        [$code, $text] = $this->askBroadcaster(['t' => 'sub', 'sid' => $fd, 'channel' => $channel]);
+        if ($code !== null) {
+            return Protocol::fail($id, $code, $text !== '' ? $text : "subscribe to $channel failed");
+        }
+        return Protocol::ok($id, ['channel' => $channel, 'history' => 0, 'complete' => true, 'id' => null]);
+    }
+
+    private function opUnsubscribe(int $fd, array $msg, mixed $id): string
+    {
+        $channel = Protocol::channel($msg);
+        [$code, $text] = $this->askBroadcaster(['t' => 'unsub', 'sid' => $fd, 'channel' => $channel]);
+        if ($code !== null) {
+            return Protocol::fail($id, $code, "unsubscribe from $channel failed");
+        }
+        return Protocol::ok($id, ['channel' => $channel, 'was_member' => $text === 'true']);
+    }
+
+    private function opChannels(int $fd, mixed $id): string
+    {
+        [$code, $text] = $this->askBroadcaster(['t' => 'channels', 'sid' => $fd]);
+        if ($code !== null) {
+            return Protocol::fail($id, $code, 'the broadcaster did not answer');
+        }
+        return Protocol::ok($id, ['channels' => json_decode($text, true) ?? []]);
+    }
+
+    private function opPublish(array $msg, mixed $id): string
+    {
+        $channel = Protocol::channel($msg, true);
+        $payload = json_encode($msg['data'] ?? null, JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE | JSON_PRESERVE_ZERO_FRACTION);
+        $this->redisLock ??= new Channel(1);
+        $this->redisLock->push(true); // the worker's coroutines take turns on its connection
+        try {
+            $this->redis ??= $this->connectRedis();
+            $this->redis->publish($this->options->broadcastPrefix . $channel, $payload);
+        } catch (\Throwable $e) {
+            $this->redis = null;
+            return Protocol::fail($id, 5005, 'Redis cannot be reached: ' . $e->getMessage());
+        } finally {
+            $this->redisLock->pop();
+        }
+        return Protocol::ok($id, ['channel' => $channel, 'msg_id' => null]);
+    }
+
+    private function connectRedis(): \Redis
+    {
+        $url = parse_url($this->options->redisUrl);
+        $redis = new \Redis();
+        if (!$redis->connect($url['host'], (int) ($url['port'] ?? 6379), 1.0)) {
+            throw new \RedisException('cannot connect to ' . $this->options->redisUrl);
+        }
+        $db = (int) ltrim($url['path'] ?? '', '/');
+        if ($db > 0) {
+            $redis->select($db);
+        }
+        return $redis;
     }
 
     private function opBind(int $fd, array $msg, mixed $id): array

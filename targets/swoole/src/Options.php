@@ -21,6 +21,11 @@ final class Options
     public int $maxWaitMs = 3000;
     /** Whether the reload capability is on (its op and routes; else they are refused as undeclared). */
     public bool $reload = false;
+    /** Redis broadcast (section 10): on with --broadcast; pub/sub mode only. */
+    public bool $broadcast = false;
+    public string $redisUrl = 'redis://127.0.0.1:6379/0';
+    public string $broadcastPrefix = 'bc:';
+    public int $bufferBytes = 1 << 20;
     /**
      * The application pattern: "fixed" (the seeds' recommended fixes, the default) or one
      * pattern a Swoole user starts from, which the seeds warn about:
@@ -42,6 +47,7 @@ final class Options
         $opts = getopt('', [
             'port:', 'admin-port:', 'admin-token:', 'workers:', 'task-workers:', 'mode:',
             'heartbeat-idle-ms:', 'heartbeat-check-ms:', 'max-sessions:', 'app:', 'max-wait-ms:', 'reload',
+            'broadcast', 'redis-url:', 'broadcast-mode:', 'broadcast-prefix:', 'buffer-bytes:',
         ]);
         $int = static function (string $key, int $low, int $high) use ($opts): ?int {
             if (!isset($opts[$key])) {
@@ -63,6 +69,20 @@ final class Options
         $o->maxSessions = $int('max-sessions', 16, 1_000_000) ?? $o->maxSessions;
         $o->maxWaitMs = $int('max-wait-ms', 1, 600_000) ?? $o->maxWaitMs;
         $o->reload = array_key_exists('reload', $opts);
+        $o->broadcast = array_key_exists('broadcast', $opts);
+        $o->bufferBytes = $int('buffer-bytes', 4096, 64 << 20) ?? $o->bufferBytes;
+        $o->redisUrl = (string) ($opts['redis-url'] ?? $o->redisUrl);
+        $o->broadcastPrefix = (string) ($opts['broadcast-prefix'] ?? $o->broadcastPrefix);
+        $url = parse_url($o->redisUrl);
+        if ($o->broadcast && (!is_array($url) || ($url['scheme'] ?? '') !== 'redis' || !isset($url['host']))) {
+            fwrite(STDERR, 'swoole-target: --redis-url must be redis://host:port/db, got ' . json_encode($o->redisUrl) . "\n");
+            exit(2);
+        }
+        $mode = $opts['broadcast-mode'] ?? 'pubsub';
+        if ($mode !== 'pubsub') {
+            fwrite(STDERR, 'swoole-target: --broadcast-mode must be pubsub (this target keeps no Redis Streams), got ' . json_encode($mode) . "\n");
+            exit(2);
+        }
         $o->token = (string) ($opts['admin-token'] ?? '');
         if ($o->token === '') {
             fwrite(STDERR, "swoole-target: --admin-token is required\n");

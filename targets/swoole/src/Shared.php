@@ -37,7 +37,9 @@ final class Shared
         'connections_accepted', 'sessions_opened', 'sessions_closed', 'messages_received', 'pushes', 'push_failed',
         'dead_session_pushes', 'closes_requested', 'heartbeat_closes', 'sweep_closes', 'tasks_dispatched',
         'tasks_done', 'tasks_finished', 'timers_created', 'timers_cleared',
+        'bc_deliveries', 'bc_slow_closed', 'bc_received', 'bc_rejected',
     ];
+    private const MAX_OUTAGES = 64;
 
     public readonly Table $sessions;
     public readonly Table $counters;
@@ -46,6 +48,12 @@ final class Shared
     /** Answers of one process to another's request, by request id (see awaitReply()). */
     public readonly Table $replies;
     public readonly Table $timers;
+    /** Broadcast outages (section 10.5), oldest first by number, the last MAX_OUTAGES kept. */
+    public readonly Table $outages;
+    /** 1 while the broadcaster's subscription is confirmed. */
+    public readonly Atomic $broadcastConnected;
+    /** The number of the last outage (0: none yet). */
+    public readonly Atomic $outageCount;
     public readonly Table $exits;
     /** The generation a process starting now belongs to: reload n sets n + 1 before it starts. */
     public readonly Atomic $generation;
@@ -107,6 +115,14 @@ final class Shared
         }
         $this->exits->create();
         $this->generation = new Atomic(1);
+        $this->outages = new Table(self::MAX_OUTAGES * 2);
+        $this->outages->column('start', Table::TYPE_FLOAT);
+        $this->outages->column('end', Table::TYPE_FLOAT);
+        $this->outages->column('attempts', Table::TYPE_INT);
+        $this->outages->column('error', Table::TYPE_STRING, 200);
+        $this->outages->create();
+        $this->broadcastConnected = new Atomic(0);
+        $this->outageCount = new Atomic(0);
 
         $this->ids = new Atomic(0);
         $this->sweeping = new Atomic(0);
@@ -137,6 +153,50 @@ final class Shared
             $co ? \Swoole\Coroutine::sleep(0.002) : usleep(200);
         } while (microtime(true) < $deadline);
         return false;
+    }
+
+    /** An outage starts at ``$start`` (the last time Redis was heard). */
+    public function outageStart(float $start, string $error): void
+    {
+        $n = $this->outageCount->add(1);
+        $this->outages->set((string) $n, ['start' => $start, 'end' => 0.0, 'attempts' => 0, 'error' => substr($error, 0, 199)]);
+        $this->outages->del((string) ($n - self::MAX_OUTAGES));
+    }
+
+    /** A failed attempt to subscribe again, during the current outage. */
+    public function outageAttempt(int $attempts, string $error): void
+    {
+        $n = (string) $this->outageCount->get();
+        if ($this->outages->exists($n) && $this->outages->get($n, 'end') == 0.0) {
+            $this->outages->set($n, ['attempts' => $attempts, 'error' => substr($error, 0, 199)]);
+        }
+    }
+
+    /** The subscription is confirmed again: whether an outage ended. */
+    public function outageEnd(float $end): bool
+    {
+        $n = (string) $this->outageCount->get();
+        if ($this->outages->exists($n) && $this->outages->get($n, 'end') == 0.0) {
+            $this->outages->set($n, ['end' => $end]);
+            return true;
+        }
+        return false;
+    }
+
+    /** @return list<array{start:float,end:?float,ms:?float,error:string,attempts:int}> */
+    public function outageList(): array
+    {
+        $out = [];
+        $last = $this->outageCount->get();
+        for ($n = max(1, $last - self::MAX_OUTAGES + 1); $n <= $last; $n++) {
+            $row = $this->outages->get((string) $n);
+            if ($row !== false) {
+                $end = $row['end'] > 0 ? $row['end'] : null;
+                $out[] = ['start' => $row['start'], 'end' => $end, 'ms' => $end === null ? null : round(($end - $row['start']) * 1000, 1),
+                    'error' => $row['error'], 'attempts' => $row['attempts']];
+            }
+        }
+        return $out;
     }
 
     public function count(string $name, int $by = 1): void
