@@ -18,6 +18,10 @@
  * - Before each push: exists() and isEstablished() (a session mid-handshake gets
  *   nothing), and the reactor's send queue (getClientInfo()'s send_queued_bytes):
  *   past buffer_bytes, the session is closed with 4429 and not written to again.
+ *
+ * With --app naive-broadcast, the push is the seed's loop body as users write it:
+ * `if ($server->isEstablished($fd)) $server->push($fd, $data);`, with no look at
+ * the send queue.
  */
 
 declare(strict_types=1);
@@ -199,6 +203,14 @@ final class Broadcaster
     private function deliver(int $sid, string $text): void
     {
         $server = $this->server;
+        if ($this->options->naive('broadcast')) { // the seed's loop body, as users write it
+            if ($server->isEstablished($sid) && $server->push($sid, $text)) {
+                $this->shared->count('bc_deliveries');
+            } elseif ($server->getLastError() !== 0) {
+                $this->ops->countFailure(\ContractKit\Protocol::sessionCode($server->getLastError()));
+            }
+            return;
+        }
         if (!$server->exists($sid) || !$server->isEstablished($sid)) {
             return; // closing, gone or mid-handshake: nothing is written to it
         }

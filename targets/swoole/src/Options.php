@@ -34,11 +34,13 @@ final class Options
      *   never cleared when their session closes (Timer::tick with a closure over $fd);
      * - "naive-sweep": the task worker walks getClientList() pages, as Swoole's manual
      *   shows, and takes every listed session to be still there;
-     * - "naive-reload": no Timer::clearAll() in the workerExit hook.
+     * - "naive-reload": no Timer::clearAll() in the workerExit hook;
+     * - "naive-broadcast": the broadcaster pushes to every member that isEstablished(),
+     *   with no bound on what waits for a slow client.
      */
     public string $app = 'fixed';
 
-    public const APPS = ['fixed', 'naive-push', 'naive-sweep', 'naive-reload'];
+    public const APPS = ['fixed', 'naive-push', 'naive-sweep', 'naive-reload', 'naive-broadcast'];
 
     /** @param list<string> $argv */
     public static function parse(array $argv): self
