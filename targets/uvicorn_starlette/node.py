@@ -29,6 +29,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -88,11 +89,13 @@ class Node(Cluster):
             self.release(session)
         for task in list(self.background):
             task.cancel()
-        await asyncio.gather(*self.background, return_exceptions=True)
+        # Each step is bounded and named: a shutdown that hangs (seen once in a compare run, in
+        # "Waiting for application shutdown") says where, and the worker still exits.
+        await self._bounded("background tasks", asyncio.gather(*self.background, return_exceptions=True))
         if self.broadcast is not None:
-            await self.broadcast.stop()
+            await self._bounded("broadcast", self.broadcast.stop())
         if self.bus is not None:
-            await self.bus.stop()
+            await self._bounded("bus", self.bus.stop())
         retired = {
             "name": self.name, "pid": self.pid, "generation": self.generation, "timers_at_exit": timers_at_exit,
             "timers_after_exit_hook": sum(len(s.timers) for s in self.sessions.values()),
@@ -102,8 +105,17 @@ class Node(Cluster):
             await asyncio.wait_for(self.retire(retired), 3.0)
         except (RedisError, OSError, TimeoutError) as exc:  # Redis is gone: exit all the same
             log.warning("%s: could not record its exit in Redis: %r", self.name, exc)
-        await self.leave()
+        await self._bounded("leave", self.leave())
         log.info("%s stopped: %d sessions lost to the shutdown", self.name, self.lost_to_shutdown)
+
+    async def _bounded(self, step: str, aw: Awaitable[Any], timeout: float = 3.0) -> None:
+        """One step of the shutdown, at most ``timeout`` s: past it, log which step hung and go on."""
+        try:
+            await asyncio.wait_for(aw, timeout)
+        except TimeoutError:
+            log.warning("%s: shutdown step %r did not finish within %.0f s; going on", self.name, step, timeout)
+        except (RedisError, OSError) as exc:
+            log.warning("%s: shutdown step %r failed: %r", self.name, step, exc)
 
     async def retire(self, retired: dict[str, Any]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

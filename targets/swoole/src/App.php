@@ -391,6 +391,11 @@ final class App
                     $done($msg['code']);
                 }
                 break;
+            case 'bc': // SWOOLE_BASE: the broadcaster's message for our sessions
+                foreach ($msg['sids'] as $sid) {
+                    $this->ops->deliverBroadcast($sid, $msg['text']);
+                }
+                break;
             case 'sweep_close': // the sweep closes one of our sessions: notice, then close, in this callback
                 $this->shared->reply($msg['rid'], $this->sweepClose($msg['sid'], $msg['notice']));
                 break;

@@ -3,7 +3,8 @@
  * Redis broadcast (docs/contract-v1.md, section 10, pub/sub mode), as the seed
  * has it: a custom process (Server::addProcess) holds the Redis subscription and
  * pushes each message to the sessions of its channel, which in SWOOLE_PROCESS a
- * custom process can reach directly.
+ * custom process can reach directly. In SWOOLE_BASE it reaches none (its
+ * $server->connections is empty), so it hands each owner worker its share.
  *
  * - One pattern subscription, PSUBSCRIBE prefix*, with Debian's php-redis in a
  *   coroutine (Swoole's runtime hooks make its socket non-blocking).
@@ -15,13 +16,8 @@
  * - Memberships live here, sent by the workers over this process's pipe; the
  *   answer goes back through the shared reply table. A subscribe is answered
  *   only while the subscription is confirmed (else 5005 after a short wait).
- * - Before each push: exists() and isEstablished() (a session mid-handshake gets
- *   nothing), and the reactor's send queue (getClientInfo()'s send_queued_bytes):
- *   past buffer_bytes, the session is closed with 4429 and not written to again.
- *
- * With --app naive-broadcast, the push is the seed's loop body as users write it:
- * `if ($server->isEstablished($fd)) $server->push($fd, $data);`, with no look at
- * the send queue.
+ * - Each push is SessionOps::deliverBroadcast(): exists(), isEstablished() and
+ *   the send queue first.
  */
 
 declare(strict_types=1);
@@ -188,41 +184,44 @@ final class Broadcaster
         }
         $text = '{"ev":"broadcast","channel":' . json_encode($name) . ',"id":null,"data":' . $message . '}';
         if ($name === '@all') {
+            $all = [];
             foreach ($this->shared->sessions as $key => $row) {
                 if ($row['state'] === Shared::ESTABLISHED) {
-                    $this->deliver((int) $key, $text);
+                    $all[] = (int) $key;
+                }
+            }
+            $this->fanOut($all, $text);
+            return;
+        }
+        $this->fanOut(array_keys($this->members[$name] ?? []), $text);
+    }
+
+    /**
+     * Hand ``$text`` to sessions ``$sids``. In SWOOLE_PROCESS this process pushes itself. In
+     * SWOOLE_BASE it reaches no session, so each owner worker (from the registry) gets its
+     * share with sendMessage() and pushes (App::onPipeMessage()), in publish order.
+     *
+     * @param list<int> $sids
+     */
+    private function fanOut(array $sids, string $text): void
+    {
+        if ($this->options->mode === SWOOLE_PROCESS) {
+            foreach ($sids as $sid) {
+                if ($this->ops->deliverBroadcast($sid, $text) === 'slow') {
+                    $this->leaveAll($sid);
                 }
             }
             return;
         }
-        foreach (array_keys($this->members[$name] ?? []) as $sid) {
-            $this->deliver($sid, $text);
-        }
-    }
-
-    private function deliver(int $sid, string $text): void
-    {
-        $server = $this->server;
-        if ($this->options->naive('broadcast')) { // the seed's loop body, as users write it
-            if ($server->isEstablished($sid) && $server->push($sid, $text)) {
-                $this->shared->count('bc_deliveries');
-            } elseif ($server->getLastError() !== 0) {
-                $this->ops->countFailure(\ContractKit\Protocol::sessionCode($server->getLastError()));
+        $byOwner = [];
+        foreach ($sids as $sid) {
+            $owner = $this->shared->sessions->get((string) $sid, 'worker');
+            if ($owner !== false) {
+                $byOwner[$owner][] = $sid;
             }
-            return;
         }
-        if (!$server->exists($sid) || !$server->isEstablished($sid)) {
-            return; // closing, gone or mid-handshake: nothing is written to it
-        }
-        $info = $server->getClientInfo($sid);
-        if (is_array($info) && ($info['send_queued_bytes'] ?? 0) > $this->options->bufferBytes) {
-            $this->leaveAll($sid);
-            $server->disconnect($sid, 4429, 'slow consumer');
-            $this->shared->count('bc_slow_closed');
-            return;
-        }
-        if ($this->ops->push($sid, $text) === null) {
-            $this->shared->count('bc_deliveries');
+        foreach ($byOwner as $owner => $share) {
+            $this->server->sendMessage(['t' => 'bc', 'sids' => $share, 'text' => $text], $owner);
         }
     }
 
@@ -261,7 +260,7 @@ final class Broadcaster
                     $this->shared->reply($rid, 5005);
                 } elseif (!isset($this->channelsOf[$sid][$channel]) && count($this->channelsOf[$sid] ?? []) >= self::MAX_CHANNELS_PER_SESSION) {
                     $this->shared->reply($rid, 4400, 'a session may be in at most ' . self::MAX_CHANNELS_PER_SESSION . ' channels');
-                } elseif (!$this->server->exists($sid)) {
+                } elseif (!$this->alive($sid)) {
                     $this->shared->reply($rid, 1004);
                 } else {
                     $this->members[$channel][$sid] = true;
@@ -287,6 +286,16 @@ final class Broadcaster
                 $this->leaveAll($sid);
                 break;
         }
+    }
+
+    /** Whether ``$sid`` is open and not closing (SWOOLE_BASE: by the registry, exists() sees nothing here). */
+    private function alive(int $sid): bool
+    {
+        if ($this->options->mode === SWOOLE_PROCESS) {
+            return $this->server->exists($sid);
+        }
+        $state = $this->shared->state($sid);
+        return $state !== null && $state !== Shared::CLOSING;
     }
 
     private function leave(int $sid, string $channel): void

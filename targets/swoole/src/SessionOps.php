@@ -21,9 +21,48 @@ final class SessionOps
 {
     private readonly bool $naive;
 
-    public function __construct(private readonly Server $server, private readonly Shared $shared, Options $options)
+    public function __construct(private readonly Server $server, private readonly Shared $shared, private readonly Options $options)
     {
         $this->naive = $options->naive('push');
+    }
+
+    /**
+     * Write one broadcast to ``$sid`` from a process that can reach it (section 10): nothing
+     * to a session closing, gone or mid-handshake; a session whose send queue (the reactor's,
+     * getClientInfo()'s send_queued_bytes) is past buffer_bytes is closed with 4429 instead.
+     * What happened: "sent", "skipped", "slow" or "failed".
+     *
+     * With --app naive-broadcast it is the seed's loop body as users write it,
+     * `if ($server->isEstablished($fd)) $server->push($fd, $data);`, with no look at the queue.
+     */
+    public function deliverBroadcast(int $sid, string $text): string
+    {
+        $server = $this->server;
+        if ($this->options->naive('broadcast')) {
+            if ($server->isEstablished($sid) && $server->push($sid, $text)) {
+                $this->shared->count('bc_deliveries');
+                return 'sent';
+            }
+            if ($server->getLastError() !== 0) {
+                $this->countFailure(Protocol::sessionCode($server->getLastError()));
+                return 'failed';
+            }
+            return 'skipped';
+        }
+        if (!$server->exists($sid) || !$server->isEstablished($sid)) {
+            return 'skipped';
+        }
+        $info = $server->getClientInfo($sid);
+        if (is_array($info) && ($info['send_queued_bytes'] ?? 0) > $this->options->bufferBytes) {
+            $server->disconnect($sid, 4429, 'slow consumer');
+            $this->shared->count('bc_slow_closed');
+            return 'slow';
+        }
+        if ($this->push($sid, $text) === null) {
+            $this->shared->count('bc_deliveries');
+            return 'sent';
+        }
+        return 'failed';
     }
 
     /** Push ``$text`` to ``$to``: null on success, else the contract's code (counted). */
