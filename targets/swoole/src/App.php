@@ -434,6 +434,9 @@ final class App
         if (count($this->timersOf[$fd] ?? []) >= self::MAX_TIMERS_PER_SESSION) {
             throw new ContractError('BAD_REQUEST', 'a session may run at most ' . self::MAX_TIMERS_PER_SESSION . ' timers');
         }
+        if ($this->shared->timers->count() >= Shared::MAX_TIMERS) { // the shared table is the bound of the server
+            throw new ContractError('BAD_REQUEST', 'the server runs at most ' . Shared::MAX_TIMERS . ' timers');
+        }
         $tid = $this->shared->ids->add(1);
         $this->timers[$tid] = [
             'id' => $tid, 'owner' => $fd, 'to' => $to, 'interval' => $interval, 'seq' => 0, 'sent' => 0, 'failed' => [],
