@@ -62,6 +62,10 @@ class ProcEntry:
     name: str
 
     def as_dict(self) -> dict[str, object]:
+        """The entry of ``GET /v1/processes``. A process that is stopping (its successor of a
+        reload may run already, under the same slot name) is listed as ``<name>.retiring-<pid>``,
+        so that names stay unique (contract section 4)."""
+        stopping = self.state is ProcState.STOPPING
         return {
             "kind": self.kind.label,
             "id": self.index,
@@ -69,7 +73,7 @@ class ProcEntry:
             "state": self.state.name.lower(),
             "generation": self.generation,
             "started": self.started,
-            "name": self.name,
+            "name": f"{self.name}.retiring-{self.pid}" if stopping else self.name,
         }
 
 
