@@ -94,6 +94,17 @@ final class App
         }
         $this->adoptTimers();
         Timer::tick(5, fn () => $this->adoptTimers());
+        if ($this->broadcaster !== null) {
+            // The publish connection opens now, not at the first publish: a process's fds must
+            // not drift with what its clients ask (the harness compares them with a baseline).
+            \Swoole\Coroutine::create(function (): void {
+                try {
+                    $this->redis ??= $this->connectRedis();
+                } catch (\Throwable $e) {
+                    Log::warn('broadcast.publish_connection', ['error' => $e->getMessage()]);
+                }
+            });
+        }
     }
 
     private function workerId(): int
