@@ -129,6 +129,7 @@ def make_machine(target, admin: AdminClient, log: list[str]):
                 m.open = False
                 log.append(f"close {m.client.session}")
                 self.run(m.client.close())
+                self.until_server_knows(m)
 
         @rule(m=clients)
         def abort(self, m: Model) -> None:
@@ -137,6 +138,21 @@ def make_machine(target, admin: AdminClient, log: list[str]):
                 log.append(f"abort {m.client.session}")
                 m.client.abort()
                 self.run(m.client.wait_closed())
+                self.until_server_knows(m)
+
+        def until_server_knows(self, m: Model) -> None:
+            """The model's "closed" holds once the server knows it: a reset reaches the server
+            after the client's side is closed, and until then a migrate or a push may still
+            succeed. Wait (bounded) until the session is gone or closing."""
+            sid = m.client.session
+
+            async def known() -> bool:
+                status, body = await admin.request("GET", f"/v1/sessions/{sid}")
+                return status == 404 or (status == 200 and isinstance(body, dict) and body.get("established") is False)
+
+            noticed = self.run(settle(known, timeout=10, interval=0.02))
+            log.append(f"server knows {sid} closed: {noticed}")
+            assert noticed, f"the server still lists session {sid} as open 10 s after its client closed"
 
         @invariant()
         def pushes_in_order_and_open_stays_open(self) -> None:
