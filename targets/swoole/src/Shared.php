@@ -99,6 +99,7 @@ final class Shared
         $this->replies = new Table(1024);
         $this->replies->column('code', Table::TYPE_INT);
         $this->replies->column('text', Table::TYPE_STRING, 512);
+        $this->replies->column('at', Table::TYPE_FLOAT);
         $this->replies->create();
 
         $this->timers = new Table(self::MAX_TIMERS);
@@ -131,7 +132,18 @@ final class Shared
     /** Answer request ``$rid``: null (done) or a contract code, and optionally a JSON text. */
     public function reply(int $rid, ?int $code, string $text = ''): void
     {
-        $this->replies->set((string) $rid, ['code' => $code ?? 0, 'text' => $text]);
+        if ($this->replies->count() > 512) { // answers nobody waited for any more: drop the old ones
+            $stale = [];
+            foreach ($this->replies as $key => $row) {
+                if ($row['at'] < microtime(true) - 30) {
+                    $stale[] = $key;
+                }
+            }
+            foreach ($stale as $key) {
+                $this->replies->del((string) $key);
+            }
+        }
+        $this->replies->set((string) $rid, ['code' => $code ?? 0, 'text' => $text, 'at' => microtime(true)]);
     }
 
     /**
