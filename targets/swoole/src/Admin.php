@@ -66,38 +66,25 @@ final class Admin
             $this->reloads = new Reloads($this->server, $this->shared);
             Coroutine::create(fn () => $this->reloads->run());
         }
-        Coroutine::create(fn () => $this->readPipe($process));
+        Coroutine::create(fn () => Shared::readPipe($process, fn (array $msg) => $this->onPipe($msg)));
         $server->handle(function (Connection $conn): void {
             $this->serve($conn);
         });
         $server->start();
     }
 
-    private function readPipe(Process $process): void
+    /** A message on this process's pipe: a sweep report, a worker's answer, a reload request. */
+    private function onPipe(array $msg): void
     {
-        $socket = $process->exportSocket();
-        while (true) {
-            $data = $socket->recv(4 << 20, -1);
-            if ($data === '' || $data === false) {
-                if ($socket->errCode === SOCKET_ETIMEDOUT || $socket->errCode === SOCKET_EINTR) {
-                    continue;
-                }
-                return;
+        if (($msg['t'] ?? null) === 'report') {
+            $this->reports[] = $msg['report'];
+            if (count($this->reports) > self::MAX_REPORTS) {
+                array_shift($this->reports);
             }
-            $msg = @unserialize($data, ['allowed_classes' => false]);
-            if (!is_array($msg)) {
-                continue;
-            }
-            if (($msg['t'] ?? null) === 'report') {
-                $this->reports[] = $msg['report'];
-                if (count($this->reports) > self::MAX_REPORTS) {
-                    array_shift($this->reports);
-                }
-            } elseif (($msg['t'] ?? null) === 'reply' && isset($this->waiting[$msg['rid']])) {
-                $this->waiting[$msg['rid']]->push($msg['result']);
-            } elseif (($msg['t'] ?? null) === 'reload') { // a worker's reload op, or a signal to the master
-                $this->reloadFromPipe($msg);
-            }
+        } elseif (($msg['t'] ?? null) === 'reply' && isset($this->waiting[$msg['rid']])) {
+            $this->waiting[$msg['rid']]->push($msg['result']);
+        } elseif (($msg['t'] ?? null) === 'reload') { // a worker's reload op
+            $this->reloadFromPipe($msg);
         }
     }
 

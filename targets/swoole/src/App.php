@@ -99,7 +99,7 @@ final class App
             // not drift with what its clients ask (the harness compares them with a baseline).
             \Swoole\Coroutine::create(function (): void {
                 try {
-                    $this->redis ??= $this->connectRedis();
+                    $this->redis ??= $this->options->connectRedis();
                 } catch (\Throwable $e) {
                     Log::warn('broadcast.publish_connection', ['error' => $e->getMessage()]);
                 }
@@ -298,7 +298,7 @@ final class App
         $this->redisLock ??= new Channel(1);
         $this->redisLock->push(true); // the worker's coroutines take turns on its connection
         try {
-            $this->redis ??= $this->connectRedis();
+            $this->redis ??= $this->options->connectRedis();
             $this->redis->publish($this->options->broadcastPrefix . $channel, $payload);
         } catch (\Throwable $e) {
             $this->redis = null;
@@ -307,20 +307,6 @@ final class App
             $this->redisLock->pop();
         }
         return Protocol::ok($id, ['channel' => $channel, 'msg_id' => null]);
-    }
-
-    private function connectRedis(): \Redis
-    {
-        $url = parse_url($this->options->redisUrl);
-        $redis = new \Redis();
-        if (!$redis->connect($url['host'], (int) ($url['port'] ?? 6379), 1.0)) {
-            throw new \RedisException('cannot connect to ' . $this->options->redisUrl);
-        }
-        $db = (int) ltrim($url['path'] ?? '', '/');
-        if ($db > 0) {
-            $redis->select($db);
-        }
-        return $redis;
     }
 
     private function opBind(int $fd, array $msg, mixed $id): array

@@ -65,33 +65,19 @@ final class Broadcaster
         \Swoole\Runtime::enableCoroutine(SWOOLE_HOOK_TCP | SWOOLE_HOOK_SLEEP);
         Process::signal(SIGTERM, static fn () => Process::kill(getmypid(), SIGKILL)); // see Admin::run()
         $this->session = getmypid() . '.' . bin2hex(random_bytes(4));
-        Coroutine::create(fn () => $this->readPipe($process));
+        Coroutine::create(fn () => Shared::readPipe($process, fn (array $msg) => Coroutine::create(fn () => $this->request($msg))));
         Coroutine::create(fn () => $this->heartbeat());
         $this->subscribeLoop();
     }
 
     // ---------------------------------------------------------------- Redis
 
-    private function connect(): \Redis
-    {
-        $url = parse_url($this->options->redisUrl);
-        $redis = new \Redis();
-        if (!$redis->connect($url['host'] ?? '127.0.0.1', (int) ($url['port'] ?? 6379), 1.0)) {
-            throw new \RedisException('cannot connect to ' . $this->options->redisUrl);
-        }
-        $db = (int) ltrim($url['path'] ?? '', '/');
-        if ($db > 0) {
-            $redis->select($db);
-        }
-        return $redis;
-    }
-
     private function subscribeLoop(): void
     {
         $attempts = 0;
         while (true) {
             try {
-                $redis = $this->connect();
+                $redis = $this->options->connectRedis();
                 $redis->setOption(\Redis::OPT_READ_TIMEOUT, -1);
                 Coroutine::create(fn () => $this->confirm());
                 $redis->psubscribe([$this->options->broadcastPrefix . '*'], function ($r, $pattern, $channel, $message): void {
@@ -154,7 +140,7 @@ final class Broadcaster
             $this->publishLock ??= new Channel(1);
             $this->publishLock->push(true); // one coroutine at a time on the publisher connection
             try {
-                $this->publisher ??= $this->connect();
+                $this->publisher ??= $this->options->connectRedis();
                 $this->publisher->publish($this->options->broadcastPrefix . '@m:' . $token, '1');
             } finally {
                 $this->publishLock->pop();
@@ -226,24 +212,6 @@ final class Broadcaster
     }
 
     // ---------------------------------------------------------------- memberships
-
-    private function readPipe(Process $process): void
-    {
-        $socket = $process->exportSocket();
-        while (true) {
-            $data = $socket->recv(65536, -1);
-            if ($data === '' || $data === false) {
-                if ($socket->errCode === SOCKET_ETIMEDOUT || $socket->errCode === SOCKET_EINTR) {
-                    continue;
-                }
-                return;
-            }
-            $msg = @unserialize($data, ['allowed_classes' => false]);
-            if (is_array($msg)) {
-                Coroutine::create(fn () => $this->request($msg));
-            }
-        }
-    }
 
     /** A worker's request about one session; the answer goes to the reply table. */
     private function request(array $msg): void

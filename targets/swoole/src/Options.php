@@ -105,6 +105,21 @@ final class Options
         return $o;
     }
 
+    /** A php-redis connection to --redis-url (1 s connect timeout), its database selected. */
+    public function connectRedis(): \Redis
+    {
+        $url = parse_url($this->redisUrl);
+        $redis = new \Redis();
+        if (!$redis->connect($url['host'] ?? '127.0.0.1', (int) ($url['port'] ?? 6379), 1.0)) {
+            throw new \RedisException('cannot connect to ' . $this->redisUrl);
+        }
+        $db = (int) ltrim($url['path'] ?? '', '/');
+        if ($db > 0) {
+            $redis->select($db);
+        }
+        return $redis;
+    }
+
     public function naive(string $pattern): bool
     {
         return $this->app === 'naive-' . $pattern;

@@ -129,6 +129,28 @@ final class Shared
         $this->sweeping = new Atomic(0);
     }
 
+    /**
+     * Read a custom process's pipe until it closes (in a coroutine): each message that
+     * unserializes to an array goes to ``$handle``.
+     */
+    public static function readPipe(\Swoole\Process $process, callable $handle): void
+    {
+        $socket = $process->exportSocket();
+        while (true) {
+            $data = $socket->recv(4 << 20, -1);
+            if ($data === '' || $data === false) {
+                if ($socket->errCode === SOCKET_ETIMEDOUT || $socket->errCode === SOCKET_EINTR) {
+                    continue;
+                }
+                return;
+            }
+            $msg = @unserialize($data, ['allowed_classes' => false]);
+            if (is_array($msg)) {
+                $handle($msg);
+            }
+        }
+    }
+
     /** Answer request ``$rid``: null (done) or a contract code, and optionally a JSON text. */
     public function reply(int $rid, ?int $code, string $text = ''): void
     {
