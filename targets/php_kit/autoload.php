@@ -5,3 +5,4 @@ declare(strict_types=1);
 require_once __DIR__ . '/Codes.php';
 require_once __DIR__ . '/Protocol.php';
 require_once __DIR__ . '/Http.php';
+require_once __DIR__ . '/Log.php';

@@ -16,7 +16,7 @@ use Swoole\WebSocket\Server;
 use SwooleTarget\Admin;
 use SwooleTarget\Broadcaster;
 use SwooleTarget\App;
-use SwooleTarget\Log;
+use ContractKit\Log;
 use SwooleTarget\Options;
 use SwooleTarget\SessionOps;
 use SwooleTarget\Shared;
@@ -27,7 +27,7 @@ if (!extension_loaded('swoole')) {
     exit(3);
 }
 require __DIR__ . '/../php_kit/autoload.php';
-foreach (['Options', 'Log', 'Shared', 'SessionOps', 'App', 'Sweeper', 'Reloads', 'Broadcaster', 'Admin'] as $class) {
+foreach (['Options', 'Shared', 'SessionOps', 'App', 'Sweeper', 'Reloads', 'Broadcaster', 'Admin'] as $class) {
     require __DIR__ . "/src/$class.php";
 }
 

@@ -17,6 +17,7 @@ namespace SwooleTarget;
 use ContractKit\Codes;
 use ContractKit\ContractError;
 use ContractKit\Http;
+use ContractKit\Log;
 use ContractKit\HttpError;
 use ContractKit\HttpReader;
 use ContractKit\HttpRequest;

@@ -24,6 +24,8 @@ declare(strict_types=1);
 
 namespace SwooleTarget;
 
+use ContractKit\Log;
+
 use Swoole\Coroutine;
 use Swoole\Coroutine\Channel;
 use Swoole\Process;

@@ -7,7 +7,7 @@
 
 declare(strict_types=1);
 
-namespace SwooleTarget;
+namespace ContractKit;
 
 final class Log
 {
