@@ -35,6 +35,7 @@ declare(strict_types=1);
 namespace SwooleTarget;
 
 use ContractKit\ContractError;
+use ContractKit\Log;
 use ContractKit\Protocol;
 use Swoole\Coroutine\Channel;
 use Swoole\Http\Request;

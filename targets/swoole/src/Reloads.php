@@ -20,6 +20,7 @@ declare(strict_types=1);
 namespace SwooleTarget;
 
 use ContractKit\ContractError;
+use ContractKit\Log;
 use Swoole\Coroutine;
 use Swoole\Process;
 use Swoole\WebSocket\Server;
