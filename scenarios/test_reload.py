@@ -36,6 +36,7 @@ import random
 import time
 
 import pytest
+import websockets
 
 from scenarios.harness.admin import AdminClient
 from scenarios.harness.client import ScenarioClient, connect_many, dispose_all
@@ -372,11 +373,20 @@ async def reload_disconnects(target, evidence) -> None:
             else:
                 await client.close(1000, "bye")
 
+        refused: list[str] = []
+
         async def arrive_during(i: int, delay: float) -> None:
             await asyncio.sleep(delay)  # a client's own schedule, spread over the reload
-            c = await ScenarioClient.connect(target.ws_url, f"late{i}")
+            try:
+                c = await ScenarioClient.connect(target.ws_url, f"late{i}")
+            except (OSError, websockets.exceptions.WebSocketException) as e:
+                refused.append(f"late{i}: {e!r}")  # not served: the check below counts it
+                return
             late.append(c)
-            await c.whoami()
+            reply = await c.request("whoami")
+            if reply.get("ok"):
+                c.session, c.worker = reply["session"], reply["worker"]
+            # else the reload closed it before it was served: the checks below say so
 
         window = ReloadWindow("with clients leaving and arriving", time.time())
         first = await admin.call("POST", "/v1/reload", {"scope": "all"})
@@ -386,18 +396,20 @@ async def reload_disconnects(target, evidence) -> None:
         )
         window.record = await wait_done(admin, first["reload"])
         window.done = time.time()
-        late_timers = await start_ticks(late)
+        late_open = [c for c in late if not c.is_closed]  # a late client the reload closed is judged below
+        late_timers = await start_ticks(late_open)
         gen = window.record.get("generation")
-        late_gens = {c.name: own_ticks(c)[-1].get("gen") for c in late}
+        late_gens = {c.name: own_ticks(c)[-1].get("gen") for c in late_open}
         evidence.check(
             "clients that arrive during a reload are served, by the new generation",
-            len(late) == 20 and set(late_gens.values()) == {gen},
+            len(late_open) == 20 and set(late_gens.values()) == {gen},
             expected={"clients": 20, "generation": gen},
-            observed={"clients": len(late), "generations": sorted(set(late_gens.values()), key=str)},
+            observed={"clients": len(late), "closed": len(late) - len(late_open), "refused": refused[:5],
+                      "generations": sorted(set(late_gens.values()), key=str)},
         )
         left_during = sum(1 for c in leave if c.closed_at is not None and window.requested <= c.closed_at <= window.done)
         evidence.fact("left_while_reload_ran", left_during)
-        finals = await stop_ticks(stay + late, {**timers, **late_timers})
+        finals = await stop_ticks(stay + late_open, {**timers, **late_timers})
         closed_check(evidence, stay + late)
         tick_checks(evidence, stay, {n: s for n, s in finals.items() if n.startswith("stay")}, [window])
         stats_after = await admin.stats()

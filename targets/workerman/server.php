@@ -33,7 +33,7 @@ if (!is_file(__DIR__ . '/vendor/autoload.php')) {
 }
 require __DIR__ . '/vendor/autoload.php';
 require __DIR__ . '/../php_kit/autoload.php';
-foreach (['Options', 'Link', 'Session', 'Wire', 'FdPass', 'Node', 'TaskWorker', 'Hub'] as $class) {
+foreach (['Options', 'Link', 'Session', 'Wire', 'FdPass', 'Node', 'TaskWorker', 'Reloads', 'Hub'] as $class) {
     require __DIR__ . "/src/$class.php";
 }
 
@@ -45,7 +45,7 @@ Log::$process = 'master';
 Worker::$pidFile = "$options->runDir/workerman.pid";
 Worker::$logFile = "$options->runDir/workerman.log";
 Worker::$statusFile = "$options->runDir/workerman.status";
-Worker::$stopTimeout = 3;
+Worker::$stopTimeout = max(1, (int) ceil($options->maxWaitMs / 1000));   // whole seconds
 Worker::$onMasterStop = static function () use ($options): void {
     foreach (glob("$options->runDir/*") ?: [] as $file) {
         @unlink($file);
@@ -58,6 +58,7 @@ $fdPass = new FdPass($options->workers);
 $hub = new Worker('unix://' . Hub::socketPath($options));
 $hub->name = 'hub';
 $hub->count = 1;
+$hub->reloadable = false;   // a reload replaces workers and task workers; the hub keeps its books
 (new Hub($options))->install($hub);
 
 $ws = new Worker("websocket://127.0.0.1:$options->port");

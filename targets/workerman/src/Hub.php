@@ -49,11 +49,17 @@ final class Hub
     private array $reports = [];
     private int $adminConnections = 0;
     private float $started;
+    private ?Reloads $reloads = null;
+    /** @var array<string,array<string,int>> each linked process's counters, as it last told them */
+    private array $lastCounters = [];
 
     public function __construct(private readonly Options $options)
     {
         $this->counters = array_fill_keys(self::COUNTERS, 0);
         $this->started = microtime(true);
+        if ($options->reload) {
+            $this->reloads = new Reloads(fn (): array => $this->links);
+        }
     }
 
     public static function socketPath(Options $options): string
@@ -121,7 +127,14 @@ final class Hub
                 $old = $this->links[$link->name] ?? null;
                 $this->links[$link->name] = $link;
                 $old?->conn->close();
-                Log::info('process.linked', ['name' => $link->name, 'pid' => $m['pid']]);
+                $link->generation = $this->reloads?->generation ?? 1;
+                $link->send(['t' => 'welcome', 'generation' => $link->generation]);
+                Log::info('process.linked', ['name' => $link->name, 'pid' => $m['pid'], 'generation' => $link->generation]);
+                $this->reloads?->maybeDone();
+                return;
+            case 'bye':   // from onWorkerStop: its last counters, and what its stop closes
+                $this->lastCounters[$link->name] = $m['counters'];
+                $this->reloads?->goodbye((int) ($link->hello['pid'] ?? 0), $m);
                 return;
             case 'open':
                 $this->dir[(int) $m['sid']] = ['owner' => (int) $m['worker'], 'state' => 'connecting', 'moving' => false, 'held' => []];
@@ -170,7 +183,12 @@ final class Hub
             return;
         }
         unset($this->links[$link->name]);
-        Log::warn('process.unlinked', ['name' => $link->name]);
+        foreach ($this->lastCounters[$link->name] ?? [] as $key => $n) {
+            $this->counters[$key] = ($this->counters[$key] ?? 0) + $n;   // counters never go down (section 4.2)
+        }
+        unset($this->lastCounters[$link->name]);
+        Log::info('process.unlinked', ['name' => $link->name]);
+        $this->reloads?->gone($link->name, (int) ($link->hello['pid'] ?? 0));
         if (($link->hello['kind'] ?? '') === 'worker') {
             // Its sessions died with it (Workerman's connections belong to one process).
             foreach ($this->dir as $sid => $entry) {
@@ -189,6 +207,7 @@ final class Hub
             'task' => $this->dispatchTask($m),
             'migrate' => $this->appMigrate($m),
             'list' => ['sids' => array_keys($this->dir)],
+            'reload' => $this->appReload($m),
             default => ['code' => 4501],
         };
     }
@@ -338,6 +357,34 @@ final class Hub
         }
     }
 
+    /** The app op ``reload`` (a worker asks). */
+    private function appReload(array $m): array
+    {
+        if ($this->reloads === null) {
+            return ['code' => 4501];
+        }
+        try {
+            $record = $this->reloads->request($m['scope'] ?? 'all', (string) ($m['via'] ?? 'app'));
+        } catch (ContractError $e) {
+            return ['code' => $e->getCode(), 'message' => $e->getMessage()];
+        }
+        return ['reload' => $record['reload'], 'merged' => $record['merged'], 'generation' => $record['generation']];
+    }
+
+    private function reload(array $body): array
+    {
+        $wait = $body['wait'] ?? false;
+        if (!is_bool($wait)) {
+            throw new ContractError('BAD_REQUEST', "'wait' must be a boolean");
+        }
+        $timeout = Protocol::int($body, 'timeout_ms', 30_000, 1, 600_000);
+        $record = $this->reloads->request($body['scope'] ?? 'all', 'admin');
+        if (!$wait) {
+            return $record;
+        }
+        return $this->reloads->wait($record['reload'], $timeout / 1000) + ['merged' => $record['merged']];
+    }
+
     // ---------------------------------------------------------------- admin API
 
     private function onAdminConnect(TcpConnection $c): void
@@ -433,6 +480,10 @@ final class Hub
             'POST /v1/affinity' => fn () => $this->affinity(Http::body($r)),
             'POST /v1/rebalance' => fn () => $this->rebalance(),
         ];
+        if ($this->reloads !== null) {
+            $routes['POST /v1/reload'] = fn () => $this->reload(Http::body($r));
+            $routes['GET /v1/reloads'] = fn () => $this->reloads->status();
+        }
         $key = "$r->method $r->path";
         if (isset($routes[$key])) {
             return [200, $routes[$key]()];
@@ -535,6 +586,7 @@ final class Hub
         $counters = $this->counters;
         $processes = [['name' => 'hub', 'pid' => getmypid(), 'fds' => self::fds()]];
         foreach ($this->gather('stats') as $name => $answer) {
+            $this->lastCounters[$name] = $answer['counters'] ?? [];
             foreach ($answer['counters'] ?? [] as $key => $n) {
                 $counters[$key] = ($counters[$key] ?? 0) + $n;
             }
@@ -547,9 +599,14 @@ final class Hub
             $byWorker[(string) $entry['owner']] = ($byWorker[(string) $entry['owner']] ?? 0) + 1;
             $established += $entry['state'] === 'established' ? 1 : 0;
         }
-        return ['contract' => '1.1',
+        $stats = ['contract' => '1.1',
             'sessions' => ['open' => count($this->dir), 'established' => $established, 'by_worker' => (object) $byWorker],
             'counters' => $counters, 'processes' => $processes];
+        if ($this->reloads !== null) {
+            $stats['reloads'] = $this->reloads->counters();
+            $stats['generation'] = $this->reloads->generation;
+        }
+        return $stats;
     }
 
     private static function fds(): int
@@ -560,10 +617,11 @@ final class Hub
     private function processes(): array
     {
         $list = [['kind' => 'master', 'id' => 0, 'pid' => posix_getppid(), 'name' => 'master'],
-            ['kind' => 'custom', 'id' => 0, 'pid' => getmypid(), 'name' => 'hub', 'started' => $this->started]];
+            ['kind' => 'custom', 'id' => 0, 'pid' => getmypid(), 'name' => 'hub', 'started' => $this->started]
+                + ($this->reloads !== null ? ['generation' => 1] : [])];
         foreach ($this->links as $name => $link) {
             $list[] = ['kind' => $link->hello['kind'] === 'worker' ? 'worker' : 'task_worker', 'id' => (int) $link->hello['id'],
-                'pid' => (int) $link->hello['pid'], 'name' => $name];
+                'pid' => (int) $link->hello['pid'], 'name' => $name] + ($this->reloads !== null ? ['generation' => $link->generation] : []);
         }
         return $list;
     }

@@ -29,6 +29,8 @@ final class Link
     /** What the other end says it is (hello), set by the hub. */
     public string $name = '';
     public array $hello = [];
+    /** The generation the hub gave the process at the other end (section 8). */
+    public int $generation = 1;
 
     /** @param \Closure(Link,array):void $onMessage gets every request and event */
     public function __construct(public readonly TcpConnection $conn, private readonly \Closure $onMessage)

@@ -39,6 +39,7 @@ final class Node
 {
     private const OPS = ['whoami', 'echo', 'ping', 'timer_start', 'timer_stop', 'timer_status', 'push', 'task',
         'bind', 'protect', 'close', 'migrate', 'join', 'block'];
+    private const RELOAD_OPS = ['reload'];
     /** How long a close waits for the client's close frame before dropping the connection. */
     private const CLOSE_WAIT_S = 1.0;
     /** Timers one session may run at once. */
@@ -54,6 +55,8 @@ final class Node
     /** @var array<string,int> */
     public array $counters = [];
     private Worker $worker;
+    /** The generation the hub gave this process (with reload: in every tick). */
+    private int $generation = 1;
 
     public function __construct(private readonly Options $options, private readonly FdPass $fdPass)
     {
@@ -64,6 +67,7 @@ final class Node
     public function install(Worker $worker): void
     {
         $worker->onWorkerStart = fn (Worker $w) => $this->start($w);
+        $worker->onWorkerStop = fn () => $this->stop();
         $worker->onConnect = fn (TcpConnection $c) => $this->onConnect($c);
         $worker->onWebSocketConnected = fn (TcpConnection $c) => $this->onHandshake($c);
         $worker->onMessage = fn (TcpConnection $c, mixed $data) => $this->onMessage($c, (string) $data);
@@ -82,6 +86,20 @@ final class Node
         if ($this->options->heartbeatIdleMs > 0) {
             Timer::add($this->options->heartbeatCheckMs() / 1000, fn () => $this->heartbeat());
         }
+    }
+
+    /**
+     * Workerman stops this process (a reload, or the server's stop): its timers go now (the
+     * exit hook), and the hub hears what the stop closes: Workerman close()s every
+     * connection of the worker next, without a close frame, and the process exits.
+     */
+    private function stop(): void
+    {
+        foreach (array_keys($this->timers) as $tid) {
+            $this->clearTimer($tid);
+        }
+        $open = count(array_filter($this->sessions, fn (Session $s) => $s->exists()));
+        $this->link?->send(['t' => 'bye', 'timers' => count($this->timers), 'sessions' => $open, 'counters' => $this->counters]);
     }
 
     private function index(): int
@@ -248,7 +266,7 @@ final class Node
         $id = null;
         try {
             [$id, $op, $msg] = Protocol::parse($data);
-            if (!in_array($op, self::OPS, true)) {
+            if (!in_array($op, self::OPS, true) && !($this->options->reload && in_array($op, self::RELOAD_OPS, true))) {
                 throw new ContractError('UNSUPPORTED', "op '$op' is not supported by this server", $id);
             }
             $reply = $this->op($s, $op, $msg, $id);
@@ -288,6 +306,7 @@ final class Node
                 'close' => $this->opClose($s, $msg, $id),
                 'migrate' => $this->opMigrate($s, $msg, $id),
                 'block' => $this->opBlock($msg, $id),
+                'reload' => $this->opReload($msg, $id),
             };
         } catch (ContractError $e) {
             throw new ContractError($e->errName, $e->getMessage(), $id);
@@ -362,6 +381,19 @@ final class Node
         return null;
     }
 
+    /** Ask the hub (which keeps the reloads) for one. */
+    private function opReload(array $msg, mixed $id): string
+    {
+        $reply = $this->link?->call(['op' => 'reload', 'scope' => $msg['scope'] ?? 'all', 'via' => 'app:worker-' . $this->index()]);
+        if ($reply === null) {
+            return Protocol::fail($id, 2001, 'the hub did not answer the reload request');
+        }
+        if (isset($reply['code'])) {
+            return Protocol::fail($id, $reply['code'], $reply['message'] ?? 'reload refused');
+        }
+        return Protocol::ok($id, array_diff_key($reply, ['t' => 1, 'rid' => 1]));
+    }
+
     private function opBlock(array $msg, mixed $id): string
     {
         $ms = Protocol::int($msg, 'ms', null, 0, 5000);
@@ -402,7 +434,8 @@ final class Node
             return;
         }
         $seq = ++$t['seq'];
-        $text = Protocol::encode(['ev' => 'tick', 'timer' => $tid, 'seq' => $seq, 'to' => $t['to'], 'from' => $t['owner']]);
+        $tick = ['ev' => 'tick', 'timer' => $tid, 'seq' => $seq, 'to' => $t['to'], 'from' => $t['owner']];
+        $text = Protocol::encode($this->options->reload ? $tick + ['gen' => $this->generation] : $tick);
         $last = $t['count'] !== null && $seq >= $t['count'];
         if ($t['to'] === $t['owner']) {
             $owner->conn->send($text);
@@ -472,6 +505,10 @@ final class Node
 
     private function onHub(Link $link, array $m): void
     {
+        if (($m['t'] ?? null) === 'welcome') {
+            $this->generation = (int) $m['generation'];
+            return;
+        }
         $reply = match ($m['op'] ?? $m['t'] ?? null) {
             'session' => $this->act($m),
             'records' => $this->records(),

@@ -16,6 +16,10 @@ final class Options
     public int $heartbeatCheckMs = 0;
     /** Sessions one worker holds at most; connections over it are closed at accept. */
     public int $maxSessions = 10000;
+    /** Whether the reload capability is on (its op and routes; else they are refused as undeclared). */
+    public bool $reload = false;
+    /** How long an old process may take to stop before the master kills it (Worker::$stopTimeout, whole seconds). */
+    public int $maxWaitMs = 3000;
     /** Where the pid file, Workerman's own log and the hub's socket go (one folder per instance). */
     public string $runDir = '';
     /**
@@ -38,7 +42,7 @@ final class Options
         $o = new self();
         $opts = getopt('', [
             'port:', 'admin-port:', 'admin-token:', 'workers:', 'task-workers:',
-            'heartbeat-idle-ms:', 'heartbeat-check-ms:', 'max-sessions:', 'app:', 'run-dir:',
+            'heartbeat-idle-ms:', 'heartbeat-check-ms:', 'max-sessions:', 'app:', 'run-dir:', 'reload', 'max-wait-ms:',
         ]);
         $int = static function (string $key, int $low, int $high) use ($opts): ?int {
             if (!isset($opts[$key])) {
@@ -57,6 +61,8 @@ final class Options
         $o->heartbeatIdleMs = $int('heartbeat-idle-ms', 0, 86_400_000) ?? 0;
         $o->heartbeatCheckMs = $int('heartbeat-check-ms', 0, 86_400_000) ?? 0;
         $o->maxSessions = $int('max-sessions', 16, 1_000_000) ?? $o->maxSessions;
+        $o->maxWaitMs = $int('max-wait-ms', 1, 600_000) ?? $o->maxWaitMs;
+        $o->reload = array_key_exists('reload', $opts);
         $o->token = (string) ($opts['admin-token'] ?? '');
         if ($o->token === '') {
             self::fail('--admin-token is required');

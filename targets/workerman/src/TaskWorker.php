@@ -41,6 +41,8 @@ final class TaskWorker
             Log::$process = "task-$w->id";
             $this->link = Hub::connect($this->options, ['kind' => 'task', 'id' => $w->id], fn (Link $l, array $m) => $this->onHub($l, $m));
         };
+        // A reload stops this process at once: a task it runs ends with it (Workerman has no task workers to drain).
+        $worker->onWorkerStop = fn () => $this->link?->send(['t' => 'bye', 'timers' => 0, 'sessions' => 0, 'counters' => $this->counters]);
     }
 
     private function onHub(Link $link, array $m): void
