@@ -291,6 +291,10 @@ async def reload_ticks(target, evidence) -> None:
         old_pids.update({int(p["pid"]): n for n, p in procs3.items()})
         windows.append(await do_reload(target, admin, "full (signal)", "all", "signal"))
         snapshots.append(await admin.stats())
+        # A timer the newest generation took over ticks from it within one interval: wait for
+        # that tick (bounded), so that the last tick of each session shows who holds its timer.
+        newest = windows[-1].record.get("generation")
+        await settle(lambda: all(own_ticks(c) and own_ticks(c)[-1].get("gen") == newest for c in clients if not c.is_closed), timeout=5)
 
         finals = await stop_ticks(clients, timers)
         evidence.fact("reloads", [w.as_dict() for w in windows])

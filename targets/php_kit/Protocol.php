@@ -145,7 +145,6 @@ final class Protocol
         return $rule;
     }
 
-    /** The contract's code for a Swoole-style session error code (Swoole numbers them the same way). */
     /**
      * A broadcast channel name (section 10.1): ``[A-Za-z0-9_.:-]{1,128}``, or ``@all`` where
      * ``$allOk`` (publish), never in subscribe/unsubscribe.
@@ -165,6 +164,7 @@ final class Protocol
         return $channel;
     }
 
+    /** The contract's code for a Swoole session error code (Swoole numbers them the same way). */
     public static function sessionCode(int $engineCode): int
     {
         return match (true) {
