@@ -20,7 +20,8 @@ of the process that sent it.
 ``reload_disconnects``
     Clients leave (close frames and resets) and new ones arrive while a reload
     runs: no push is made to a session after its close is known, the new
-    clients are served by the new generation, the others tick on undisturbed.
+    clients are served by the new generation (a new client the reload refuses
+    or closes counts as not served), the others tick on undisturbed.
 
 ``reload_repeated``
     50 reloads in a row under ticks: the master's and each worker's fds and
