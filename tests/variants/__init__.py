@@ -15,6 +15,7 @@ import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.manifests import derived_manifest
 
@@ -238,6 +239,21 @@ EXPECTED_CASE = {
 
 def apply(name: str) -> None:
     importlib.import_module(f"tests.variants.{name}").apply()
+
+
+def patch(owner: Any, name: str, replacement: Any) -> Any:
+    """Replace ``owner.name`` (a class's or a module's attribute) by ``replacement``; the original.
+
+    A variant patches the reference by name. If the reference renamed or moved that
+    attribute, setting it would add a new attribute nobody calls, and the variant would
+    silently be the correct server: so a name the owner does not have is an error.
+    """
+    if not hasattr(owner, name):
+        where = getattr(owner, "__qualname__", None) or getattr(owner, "__name__", repr(owner))
+        raise AttributeError(f"variant patch point {where}.{name} does not exist (renamed or moved?)")
+    original = getattr(owner, name)
+    setattr(owner, name, replacement)
+    return original
 
 
 def write_manifest(

@@ -6,6 +6,7 @@ Caught by scenarios/test_broadcast.py (broadcast_fanout).
 """
 
 from reference_server.runtime.channels import Channels
+from tests.variants import patch
 
 
 def apply() -> None:
@@ -23,4 +24,4 @@ def apply() -> None:
                 pass
         return await original(self, sess, channel, since)
 
-    Channels.join = join
+    patch(Channels, "join", join)

@@ -10,6 +10,7 @@ import json
 
 from reference_server.core.broadcast import encode_frame
 from reference_server.runtime.api import Server
+from tests.variants import patch
 
 
 def apply() -> None:
@@ -23,4 +24,4 @@ def apply() -> None:
                 sess.stream.write(frame)
         return msg_id
 
-    Server.publish = publish
+    patch(Server, "publish", publish)

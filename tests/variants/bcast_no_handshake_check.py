@@ -8,6 +8,7 @@ Caught by scenarios/test_broadcast.py (broadcast_fanout).
 
 from reference_server.core.broadcast import ALL
 from reference_server.runtime.channels import Channels
+from tests.variants import patch
 
 
 def apply() -> None:
@@ -24,4 +25,4 @@ def apply() -> None:
                     if not sess.established and sess.stream is not None:  # the established got it above
                         sess.stream.write(frame)
 
-    Channels.flush = flush
+    patch(Channels, "flush", flush)

@@ -4,6 +4,7 @@ Caught by scenarios/test_task_sweep.py (no notice, no 4001 close frame).
 """
 
 from reference_server.runtime.session import Session
+from tests.variants import patch
 
 
 def apply() -> None:
@@ -16,4 +17,4 @@ def apply() -> None:
             self.stream.abort()
         return True
 
-    Session.close = close
+    patch(Session, "close", close)

@@ -6,6 +6,7 @@ gone. Caught by scenarios/test_closing.py (closing_session).
 
 from reference_server.core.registry import SessionTable
 from reference_server.errors import ErrorCode
+from tests.variants import patch
 
 
 def apply() -> None:
@@ -15,4 +16,4 @@ def apply() -> None:
         code, info = push_error(self, sid)
         return (ErrorCode.SESSION_NOT_EXIST, None) if code is ErrorCode.SESSION_CLOSED else (code, info)
 
-    SessionTable.push_error = wrong
+    patch(SessionTable, "push_error", wrong)

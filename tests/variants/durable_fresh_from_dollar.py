@@ -6,6 +6,7 @@ scenarios/test_broadcast.py (broadcast_history).
 """
 
 from reference_server.runtime import broadcaster
+from tests.variants import patch
 
 FRESH = -7  # a position no stream id has: "not read yet, start at $"
 
@@ -20,5 +21,5 @@ def apply() -> None:
         for channel in new:
             self.pos[channel] = FRESH
 
-    broadcaster.Broadcaster._read_histories = from_dollar
-    broadcaster.stream_id = lambda pos: "$" if pos == FRESH else stream_id(pos)
+    patch(broadcaster.Broadcaster, "_read_histories", from_dollar)
+    patch(broadcaster, "stream_id", lambda pos: "$" if pos == FRESH else stream_id(pos))

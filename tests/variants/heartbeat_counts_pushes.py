@@ -6,6 +6,7 @@ Caught by scenarios/test_heartbeat.py (push-only clients are not closed).
 import time
 
 from reference_server.runtime.session import Session
+from tests.variants import patch
 
 
 def apply() -> None:
@@ -17,4 +18,4 @@ def apply() -> None:
             self.last_recv = time.monotonic()
         return ok
 
-    Session.send = send
+    patch(Session, "send", send)

@@ -9,6 +9,7 @@ import os
 
 from reference_server.errors import ErrorCode, ServerError
 from reference_server.runtime.api import Server
+from tests.variants import patch
 
 
 def apply() -> None:
@@ -22,4 +23,4 @@ def apply() -> None:
                 os._exit(70)
             raise
 
-    Server.listen = listen
+    patch(Server, "listen", listen)

@@ -9,10 +9,11 @@ as if it were a new frame. Caught by scenarios/test_migration.py
 import dataclasses
 
 from reference_server.runtime.migration import Mover
+from tests.variants import patch
 
 
 def apply() -> None:
     def transfer_snapshot(self, snap):
         return dataclasses.replace(snap, rx_pending=b"")
 
-    Mover.transfer_snapshot = transfer_snapshot
+    patch(Mover, "transfer_snapshot", transfer_snapshot)

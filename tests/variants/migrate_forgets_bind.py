@@ -5,6 +5,7 @@ that held it. Caught by scenarios/test_migration.py (migration_stream).
 """
 
 from reference_server.core.registry import SessionTable
+from tests.variants import patch
 
 
 def apply() -> None:
@@ -15,4 +16,4 @@ def apply() -> None:
         self.set_uid(sid, 0)
         self.set_protected(sid, False)
 
-    SessionTable.set_owner = forgetful
+    patch(SessionTable, "set_owner", forgetful)

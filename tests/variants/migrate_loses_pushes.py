@@ -7,6 +7,7 @@ Caught by scenarios/test_migration.py (migration_pushes_in_flight).
 
 from reference_server.errors import ErrorCode
 from reference_server.runtime.migration import Mover
+from tests.variants import patch
 
 
 def apply() -> None:
@@ -20,4 +21,4 @@ def apply() -> None:
             return True
         return original(self, op, forwarded)
 
-    Mover.intercept = intercept
+    patch(Mover, "intercept", intercept)

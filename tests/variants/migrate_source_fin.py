@@ -8,6 +8,7 @@ Caught by scenarios/test_migration.py (migration_stream).
 import socket
 
 from reference_server.runtime.migration import Mover
+from tests.variants import patch
 
 
 def apply() -> None:
@@ -18,4 +19,4 @@ def apply() -> None:
             pass
         sock.close()
 
-    Mover.release_source_copy = release_source_copy
+    patch(Mover, "release_source_copy", release_source_copy)

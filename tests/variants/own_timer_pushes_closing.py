@@ -6,7 +6,8 @@ counts as a dead-session push. Caught by scenarios/test_closing.py (closing_sess
 """
 
 from reference_server.apps.contract import ContractApp
+from tests.variants import patch
 
 
 def apply() -> None:
-    ContractApp._may_push = lambda self, server, timer: True
+    patch(ContractApp, "_may_push", lambda self, server, timer: True)

@@ -5,8 +5,9 @@ handler and policy in place.
 """
 
 from reference_server.core.ports import ListenSpec
+from tests.variants import patch
 
 
 def apply() -> None:
     needs_rebind = ListenSpec.needs_rebind
-    ListenSpec.needs_rebind = lambda self, other: needs_rebind(self, other) or self.handler != other.handler
+    patch(ListenSpec, "needs_rebind", lambda self, other: needs_rebind(self, other) or self.handler != other.handler)

@@ -4,6 +4,7 @@ Caught by scenarios/test_dead_session_push.py (the log grows with dead pushes).
 """
 
 from reference_server.runtime.process import Runtime
+from tests.variants import patch
 
 
 def apply() -> None:
@@ -13,4 +14,4 @@ def apply() -> None:
         original(self, sid, code)
         self.log.warning("push.failed", sid=sid, code=int(code), error=code.name)
 
-    Runtime.note_push_failed = note_push_failed
+    patch(Runtime, "note_push_failed", note_push_failed)

@@ -6,6 +6,7 @@ scenarios/test_reload.py (reload_ticks).
 
 from reference_server.errors import CloseCode
 from reference_server.runtime.process import Runtime
+from tests.variants import patch
 
 
 def apply() -> None:
@@ -14,4 +15,4 @@ def apply() -> None:
             sess.close(CloseCode.GOING_AWAY, "server reloading", cause="retire")
         await self._wait_for(lambda: not self.sessions, until=budget)
 
-    Runtime._hand_over_sessions = hand_over_sessions
+    patch(Runtime, "_hand_over_sessions", hand_over_sessions)

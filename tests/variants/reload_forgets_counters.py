@@ -5,6 +5,7 @@ Caught by scenarios/test_reload.py (reload_ticks).
 """
 
 from reference_server.runtime.api import Server
+from tests.variants import patch
 
 
 def apply() -> None:
@@ -15,4 +16,4 @@ def apply() -> None:
         answer["retired"] = {"counters": {}, "pids": answer["retired"]["pids"]}
         return answer
 
-    Server.reload_status = forgetful
+    patch(Server, "reload_status", forgetful)

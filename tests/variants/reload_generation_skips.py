@@ -6,6 +6,7 @@ Caught by scenarios/test_reload.py (reload_ticks): reload n starts generation n 
 """
 
 from reference_server.core.reloads import ReloadBook
+from tests.variants import patch
 
 
 def apply() -> None:
@@ -18,4 +19,4 @@ def apply() -> None:
             self.generation = ticket.reload.generation
         return ticket
 
-    ReloadBook.request = counted_twice
+    patch(ReloadBook, "request", counted_twice)

@@ -12,18 +12,19 @@ reload_disconnects through the variant ``reload_seed_dead_pushes``).
 
 from reference_server.apps.contract import ContractApp
 from reference_server.runtime.process import Runtime
+from tests.variants import patch
 
 
 def apply() -> None:
     def keep_timers(self) -> int:
         return len(self.timers)  # left running until the process exits
 
-    Runtime.clear_leftover_timers = keep_timers
+    patch(Runtime, "clear_leftover_timers", keep_timers)
 
     def on_worker_exit(self, server) -> None:
         pass  # clears nothing
 
-    ContractApp.on_worker_exit = on_worker_exit
+    patch(ContractApp, "on_worker_exit", on_worker_exit)
 
     def on_migrate_out(self, server, session):
         mine = self.by_owner.get(session)
@@ -31,7 +32,7 @@ def apply() -> None:
             return None
         return self._export(mine)  # exports the subscription, but leaves its timer running here
 
-    ContractApp.on_migrate_out = on_migrate_out
+    patch(ContractApp, "on_migrate_out", on_migrate_out)
 
     # "My sessions": a private set, filled when a session talks to or arrives in this worker,
     # emptied on_close, which only the session's current owner sees.
@@ -51,11 +52,11 @@ def apply() -> None:
         self.__dict__.setdefault("mine", set()).discard(session)
         return original_close(self, server, session, code, reason)
 
-    ContractApp.on_message = on_message
-    ContractApp.on_migrate_in = on_migrate_in
-    ContractApp.on_close = on_close
+    patch(ContractApp, "on_message", on_message)
+    patch(ContractApp, "on_migrate_in", on_migrate_in)
+    patch(ContractApp, "on_close", on_close)
 
     def may_push(self, server, timer) -> bool:
         return timer.to in self.__dict__.get("mine", set())  # instead of server.exists(timer.to)
 
-    ContractApp._may_push = may_push
+    patch(ContractApp, "_may_push", may_push)

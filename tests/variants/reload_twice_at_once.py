@@ -4,6 +4,7 @@ Caught by scenarios/test_reload.py (reload_ticks).
 """
 
 from reference_server.core.reloads import ReloadBook
+from tests.variants import patch
 
 
 def apply() -> None:
@@ -15,4 +16,4 @@ def apply() -> None:
             self.current = None
         return original(self, scope, source, now=now, mono=mono)
 
-    ReloadBook.request = request
+    patch(ReloadBook, "request", request)

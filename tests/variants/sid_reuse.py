@@ -6,6 +6,7 @@ reaches the newcomer. Caught by scenarios/test_dead_session_push.py.
 """
 
 from reference_server.core import registry
+from tests.variants import patch
 
 
 def apply() -> None:
@@ -17,4 +18,4 @@ def apply() -> None:
         registry._HEADER.pack_into(self._buf, 0, magic, layout, cap, hwm, 0)
         return sid
 
-    registry.SessionTable.allocate = allocate
+    patch(registry.SessionTable, "allocate", allocate)

@@ -4,7 +4,8 @@ A task process then sees no session at all. Caught by scenarios/test_task_sweep.
 """
 
 from reference_server.runtime.api import Server
+from tests.variants import patch
 
 
 def apply() -> None:
-    Server.connections = property(lambda self: iter(list(self._rt.sessions)))
+    patch(Server, "connections", property(lambda self: iter(list(self._rt.sessions))))

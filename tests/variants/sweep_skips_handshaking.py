@@ -5,7 +5,8 @@ its handshake completes. Caught by scenarios/test_task_sweep.py.
 """
 
 from reference_server.runtime.api import Server
+from tests.variants import patch
 
 
 def apply() -> None:
-    Server.connections = property(lambda self: (i.session for i in self._rt.table.sessions(established_only=True)))
+    patch(Server, "connections", property(lambda self: (i.session for i in self._rt.table.sessions(established_only=True))))

@@ -5,6 +5,7 @@ nobody else can bind the port. Caught by scenarios/test_ports.py (port_churn).
 """
 
 from reference_server.runtime.listeners import ListenerSet
+from tests.variants import patch
 
 _kept: list = []  # the "closed" sockets, still open
 
@@ -13,4 +14,4 @@ def apply() -> None:
     def _close_socket(self, sock) -> None:
         _kept.append(sock)  # no longer in the selector, never closed
 
-    ListenerSet._close_socket = _close_socket
+    patch(ListenerSet, "_close_socket", _close_socket)
