@@ -52,3 +52,11 @@ def test_a_malformed_entry_is_refused_by_name(tmp_path: Path, entry: str, named:
     with pytest.raises(ManifestError, match="known_failures") as info:
         _load(tmp_path, f"[known_failures]\n{entry}\n")
     assert named in str(info.value)
+
+
+def test_a_number_of_the_wrong_type_is_a_manifest_error_naming_both_types(tmp_path: Path) -> None:
+    """A field that takes an int or a float (ports.grace_ms, ready.timeout_s): a string is refused clearly."""
+    path = tmp_path / "m.toml"
+    path.write_text(BASE + '[ports]\ngrace_ms = "soon"\n')
+    with pytest.raises(ManifestError, match=r"ports\.grace_ms must be int or float, got str"):
+        load_manifest(path)

@@ -101,8 +101,7 @@ class Manifest:
         else:
             if proc.returncode == 0:
                 return None
-            said = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
-            said = said[0]
+            said = ((proc.stdout + proc.stderr).strip().splitlines()[-1:] or [f"exit {proc.returncode}"])[0]
         return f"{self.name} is not installed here ({said}); install it with: {self.install_hint or 'see its manifest'}"
 
     @property
@@ -125,14 +124,15 @@ def load_manifest(path: str | Path) -> Manifest:
     except tomllib.TOMLDecodeError as exc:
         raise ManifestError(f"{path}: not valid TOML: {exc}") from None
 
-    def get(table: dict, key: str, kind: type, where: str, default: Any = ...) -> Any:
+    def get(table: dict, key: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
         if key not in table:
             if default is ...:
                 raise ManifestError(f"{path}: missing {where}{key}")
             return default
         value = table[key]
         if not isinstance(value, kind):
-            raise ManifestError(f"{path}: {where}{key} must be {kind.__name__}, got {type(value).__name__}")
+            wanted = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise ManifestError(f"{path}: {where}{key} must be {wanted}, got {type(value).__name__}")
         return value
 
     if "contract" not in data:
