@@ -30,7 +30,7 @@ import json
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ..app import Application, HandlerSet
 from ..core.ports import SPEC_KEYS
@@ -333,10 +333,10 @@ class ContractApp(Application):
         since = msg.get("since")
         if since is not None and not isinstance(since, str):
             raise BadRequest("'since' must be a stream id string such as '1700000000000-0'")
-        return {"channel": msg.get("channel"), **await server.subscribe(session, msg.get("channel"), since=since)}
+        return {"channel": msg.get("channel"), **await server.subscribe(session, _channel(msg), since=since)}
 
     async def op_unsubscribe(self, server: Server, session: int, msg: dict) -> dict:
-        return {"channel": msg.get("channel"), "was_member": await server.unsubscribe(session, msg.get("channel"))}
+        return {"channel": msg.get("channel"), "was_member": await server.unsubscribe(session, _channel(msg))}
 
     async def op_channels(self, server: Server, session: int, msg: dict) -> dict:
         return {"channels": server.channels(session)}
@@ -345,7 +345,7 @@ class ContractApp(Application):
         """Publish ``data`` to ``channel`` through Redis (every node's sessions in it get it)."""
         if "data" not in msg:
             raise BadRequest("'data' is required")
-        return {"channel": msg.get("channel"), "msg_id": await server.publish(msg.get("channel"), msg["data"])}
+        return {"channel": msg.get("channel"), "msg_id": await server.publish(_channel(msg), msg["data"])}
 
     async def op_migrate(self, server: Server, session: int, msg: dict) -> dict:
         """Move me to worker W; the reply comes from W, after the move."""
@@ -546,3 +546,8 @@ def validate_rule(body: Any) -> dict[str, Any]:
 
 
 app = ContractApp()
+
+
+def _channel(msg: dict) -> str:
+    """The request's ``channel`` as sent: the server API answers BAD_CHANNEL for anything not a channel name."""
+    return cast(str, msg.get("channel"))

@@ -33,7 +33,7 @@ import ipaddress
 import tomllib
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..errors import ErrorCode
 
@@ -99,7 +99,7 @@ class ListenSpec:
         }
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

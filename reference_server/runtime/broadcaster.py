@@ -329,7 +329,7 @@ class Broadcaster:
             while self.pos.get(channel, target) < target and time.monotonic() < deadline:
                 self._read_event.clear()
                 await asyncio.wait_for(self._read_event.wait(), max(0.001, deadline - time.monotonic()))
-        except (*_redis_errors(), TimeoutError):
+        except _redis_errors():  # TimeoutError among them
             pass
         self.flush()
         self._send_synced(pid, token)

@@ -223,7 +223,10 @@ class Channels:
             if fut is None:
                 reg = self._register({channel: None})
                 fut = self._registering[channel] = reg.done
-                fut.add_done_callback(lambda _f, c=channel: self._registering.pop(c, None))
+                def forget(_f: asyncio.Future, c: str = channel) -> None:
+                    self._registering.pop(c, None)
+
+                fut.add_done_callback(forget)
             await asyncio.shield(fut)
         if sess.lost or sess.closing:
             raise ServerError(ErrorCode.SESSION_CLOSED, f"session {sess.sid} closed while joining")
@@ -338,6 +341,7 @@ class Channels:
                         joined = run.after(-1)[0]
                     positions[channel] = newest
                     stream = sess.stream
+                    assert stream is not None  # a member joined after its handshake: it has its stream
                     stream.write(joined)
                     deliveries += count
                     writes += 1

@@ -157,9 +157,9 @@ class Inbox:
             return
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds = array.array("i")
-                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-                for fd in fds:
+                passed = array.array("i")
+                passed.frombytes(payload[: len(payload) - len(payload) % passed.itemsize])
+                for fd in passed:
                     os.set_inheritable(fd, False)
                     conn.fds.append(fd)
         if flags & socket.MSG_CTRUNC:

@@ -955,15 +955,15 @@ class Runtime:
                 value = await self.mover.move_out(sid, to_worker)
             elif method == "app_request":
                 src, data = args
-                value = getattr(self.app, "on_request", None)
-                if value is None:
+                hook = getattr(self.app, "on_request", None)
+                if hook is None:
                     raise ServerError(ErrorCode.UNSUPPORTED, "the application has no on_request hook")
-                value = value(self.api, src, data)
+                value = hook(self.api, src, data)
                 if inspect.isawaitable(value):
                     value = await value
             else:
                 raise ServerError(ErrorCode.NOT_FOUND, f"unknown RPC method {method!r}")
-            reply = ("rpc_reply", req_id, True, value)
+            reply: tuple[str, int, bool, Any] = ("rpc_reply", req_id, True, value)
         except ServerError as exc:
             reply = ("rpc_reply", req_id, False, (int(exc.code), exc.message))
         except Exception as exc:

@@ -76,7 +76,7 @@ class Timers:
             del self._timers[timer.id]
         try:
             result = timer.callback(timer.id, *timer.args)
-            if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
                 self._loop.create_task(result)
         except Exception as exc:
             self._log.error("timer.callback_failed", timer=timer.id, label=timer.label, error=repr(exc))

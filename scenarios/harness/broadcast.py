@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,7 +86,7 @@ class BroadcastClient(asyncio.Protocol):
 
     # -- protocol ----------------------------------------------------------------------
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         self.transport = transport
         transport.write(upgrade_request(self.host, self.port))
 
@@ -122,11 +123,11 @@ class BroadcastClient(asyncio.Protocol):
             return
         if msg.get("ev") == "broadcast":
             conformance.observe_event(msg)
-            data = msg.get("data")
-            if isinstance(data, dict) and "p" in data:
-                self.received.append((now, msg.get("channel"), data["p"], data.get("s", -1), msg.get("id")))
+            data, channel = msg.get("data"), msg.get("channel")
+            if isinstance(data, dict) and "p" in data and isinstance(channel, str):
+                self.received.append((now, channel, data["p"], data.get("s", -1), msg.get("id")))
             else:
-                self.errors.append(f"broadcast without a stamp: {payload[:80]!r}")
+                self.errors.append(f"broadcast without a channel or a stamp: {payload[:80]!r}")
         elif "re" in msg:
             conformance.observe_reply(self._ops.pop(msg["re"], None) if isinstance(msg["re"], int) else None, msg)
             self.replies[msg["re"]] = msg
@@ -206,7 +207,7 @@ class StuckClient(asyncio.Protocol):
         _, client = await loop.create_connection(cls, host, port)
         return client
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         self.transport = transport
         transport.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n")
 
@@ -327,7 +328,7 @@ def check_histories(
     published: list[Published],
     *,
     end: float,
-    outages: list[tuple[float, float]] = (),
+    outages: Sequence[tuple[float, float]] = (),
 ) -> Violations:
     """Check every client's receipts against the model (module docstring). ``end``: when receipts stopped counting."""
     v = Violations()
@@ -351,9 +352,9 @@ def check_histories(
             if seq <= prev:
                 v.out_of_order.append({"client": c.name, "channel": channel, "publisher": pub, "seq": seq, "after": prev})
             last[(channel, pub)] = max(prev, seq)
-            p = by_key.get(key)
-            ok = p is not None and p.channel == channel and any(
-                m.join_sent <= t and p.start <= m.leave_ack for m in _intervals(c, channel, end)
+            origin = by_key.get(key)
+            ok = origin is not None and origin.channel == channel and any(
+                m.join_sent <= t and origin.start <= m.leave_ack for m in _intervals(c, channel, end)
             )
             if not ok:
                 v.forbidden.append({"client": c.name, "node": c.node, "channel": channel, "publisher": pub, "seq": seq})

@@ -72,9 +72,10 @@ class EmbeddedBroker:
             stdin=subprocess.PIPE,
             text=True,
         )
-        assert self.proc.stdout is not None
+        stdout = self.proc.stdout
+        assert stdout is not None
         result: list[str] = []
-        reader = threading.Thread(target=lambda: result.append(self.proc.stdout.readline()), daemon=True)
+        reader = threading.Thread(target=lambda: result.append(stdout.readline()), daemon=True)
         reader.start()
         reader.join(timeout)
         line = result[0] if result else ""
@@ -208,12 +209,7 @@ def main() -> None:
             if parts[:1] != ["restart"]:
                 continue
             old = current[0]
-            old.shutdown()  # handlers see the shutdown event and close their connections
-            for client in list(old.clients.values()):
-                try:
-                    client.close()
-                except Exception:
-                    pass
+            old.shutdown()  # each handler sees the shutdown event, leaves its loop and closes its socket
             print(f"DOWN {time.time()}", flush=True)
             threading.Event().wait(float(parts[1]))  # the outage itself
             new = TcpFakeServer(("127.0.0.1", port))

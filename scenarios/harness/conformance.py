@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
+from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from .codes import HTTP_ERRORS
@@ -77,12 +77,12 @@ class Contract:
         self.openapi = json.loads((directory / "admin.openapi.json").read_text())
         app_uri = (directory / "app.schema.json").resolve().as_uri()
         self.admin_uri = (directory / "admin.openapi.json").resolve().as_uri()
-        app_resource = Resource(contents=self.app, specification=DRAFT202012)
+        app_resource = DRAFT202012.create_resource(self.app)
         self.registry: Registry = Registry().with_resources(
             [
                 (self.app["$id"], app_resource),
                 (app_uri, app_resource),
-                (self.admin_uri, Resource(contents=self.openapi, specification=DRAFT202012)),
+                (self.admin_uri, DRAFT202012.create_resource(self.openapi)),
             ]
         )
         self._validators: dict[str, Draft202012Validator] = {}
@@ -195,7 +195,7 @@ def _semantic(where: str, body: Any) -> list[Violation]:
     out: list[Violation] = []
     if where.startswith("GET /v1/processes -> 200"):
         names = [p.get("name") for p in body["processes"] if isinstance(p, dict)]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
         if dupes:
             out.append(Violation(where, "/processes", f"process names are not unique: {dupes}"))
         masters = sum(1 for p in body["processes"] if isinstance(p, dict) and p.get("kind") == "master")

@@ -365,7 +365,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if report.when == "call" and report.failed and ev is not None:
         _blame_malformed_answers(item, report, call, ev)
     known = known_failure_reason(_run(item.config).manifest, sid, item.nodeid)
-    if hasattr(report, "wasxfail") and report.skipped and _malformed(item, ev):
+    if hasattr(report, "wasxfail") and report.skipped and ev is not None and _malformed(item, ev):
         # The manifest excuses the case's known bug, not answers of a shape the contract does not allow.
         verdict = "failed"
         message = f"known failure ({known}), but the target's answers do not match the contract:\n" + "\n".join(

@@ -128,8 +128,10 @@ class RawClient:
                 self.proto.receive_data(data)
                 now = time.time()
                 for event in self.proto.events_received():
+                    if not isinstance(event, Frame):
+                        continue  # the handshake's request and response: only frames follow it
                     if event.opcode is Opcode.TEXT:
-                        text = event.data.decode()
+                        text = bytes(event.data).decode()
                         try:
                             message = json.loads(text)
                         except ValueError:

@@ -87,7 +87,7 @@ class Streamer:
                 if rng.random() < 0.2:
                     self.pings += 1
                     waiter = await client.ws.ping()
-                    waiter.add_done_callback(self._pong)
+                    asyncio.ensure_future(waiter).add_done_callback(self._pong)
             except ConnectionClosed:
                 return  # the checks report the closed session and what it missed
             if size < 1000:
