@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..core.broadcast import ALL, BadChannel, check_channel, stream_id, stream_pos
+from ..core.placement import affinity_target, rebalance_plan
 from ..core.proctable import ProcEntry, ProcKind, ProcState
 from ..core.registry import ClientInfo, SessionState
 from ..errors import CloseCode, ErrorCode, ServerError
@@ -265,13 +266,9 @@ class Server:
             missing = [s for s in wanted if s not in live]
         workers = self._running_workers()
         if to_worker is None:
-            counts = {w: 0 for w in workers}
-            for info in members:
-                if info.worker in counts:
-                    counts[info.worker] += 1
-            if not counts:
+            to_worker = affinity_target((info.worker for info in members), workers)
+            if to_worker is None:
                 raise ServerError(ErrorCode.UNKNOWN_PROCESS, "no running worker")
-            to_worker = max(sorted(counts), key=lambda w: counts[w])
         elif to_worker not in workers:
             raise ServerError(ErrorCode.UNKNOWN_PROCESS, f"no running worker {to_worker}")
         plan = [(info.session, info.worker, to_worker) for info in members if info.worker != to_worker]
@@ -300,16 +297,7 @@ class Server:
             if info.worker in by_worker and not info.migrating:
                 by_worker[info.worker].append(info.session)
         before = {w: len(s) for w, s in by_worker.items()}
-        counts = dict(before)
-        plan = []
-        while True:
-            high = max(sorted(counts), key=lambda w: counts[w])
-            low = min(sorted(counts), key=lambda w: counts[w])
-            if counts[high] - counts[low] <= 1:
-                break
-            plan.append((by_worker[high].pop(), high, low))
-            counts[high] -= 1
-            counts[low] += 1
+        plan, counts = rebalance_plan(by_worker)
         moved, failed = await self._run_moves(plan, concurrency)
         return {"before": before, "planned": counts, "moved": moved, "failed": failed}
 

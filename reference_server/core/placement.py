@@ -1,0 +1,63 @@
+"""Where sessions go: the plans behind ``affinity`` and ``rebalance`` (contract section 7).
+
+Pure functions, no I/O: they take who holds what and answer the moves; the
+runtime (``runtime/api.py``) runs the moves. Rules:
+
+* **Affinity.** Without a worker given, a group goes to the worker that already
+  holds most of its members, the lowest index on a tie, so the fewest move.
+* **Rebalance.** As few moves as make the workers' counts differ by at most one:
+  sessions only leave workers above their share, and only go to workers below
+  it. With ``T`` sessions on ``n`` workers, each worker's share is ``T // n``,
+  and the ``T % n`` fullest keep one more; the number of moves is the sum of
+  what each worker holds above its share, which no plan can beat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+Move = tuple[int, int, int]  # (session, from worker, to worker)
+
+
+def affinity_target(holders: Iterable[int], workers: Sequence[int]) -> int | None:
+    """The running worker that holds most of ``holders`` (a worker per member); None without workers."""
+    counts = {w: 0 for w in workers}
+    for worker in holders:
+        if worker in counts:
+            counts[worker] += 1
+    if not counts:
+        return None
+    return max(sorted(counts), key=lambda w: counts[w])
+
+
+def rebalance_plan(by_worker: Mapping[int, Sequence[int]]) -> tuple[list[Move], dict[int, int]]:
+    """The fewest moves that even ``by_worker`` (worker -> its sessions) out; and the counts after.
+
+    Each step moves the last session of the fullest worker (lowest index on a
+    tie) to the emptiest (lowest index on a tie), until the counts differ by at
+    most one. A session moves at most once.
+    """
+    pools = {w: list(sids) for w, sids in by_worker.items()}
+    counts = {w: len(sids) for w, sids in pools.items()}
+    plan: list[Move] = []
+    while counts:
+        high = max(sorted(counts), key=lambda w: counts[w])
+        low = min(sorted(counts), key=lambda w: counts[w])
+        if counts[high] - counts[low] <= 1:
+            break
+        plan.append((pools[high].pop(), high, low))
+        counts[high] -= 1
+        counts[low] += 1
+    return plan, counts
+
+
+def fewest_moves(counts: Mapping[int, int]) -> int:
+    """How many moves any plan needs at least to even ``counts`` out (module docstring)."""
+    n = len(counts)
+    if n == 0:
+        return 0
+    total = sum(counts.values())
+    share, extra = divmod(total, n)
+    fullest = sorted(counts, key=lambda w: -counts[w])
+    targets = {w: share + (1 if i < extra else 0) for i, w in enumerate(fullest)}
+    return sum(max(0, counts[w] - targets[w]) for w in counts)

@@ -1,0 +1,54 @@
+"""The placement plans (reference_server/core/placement.py), against their rules, with Hypothesis."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reference_server.core.placement import affinity_target, fewest_moves, rebalance_plan
+
+# worker index -> how many sessions it holds (sessions are numbered per worker below)
+LOADS = st.dictionaries(st.integers(0, 7), st.integers(0, 40), max_size=6)
+
+
+def _sessions(loads: dict[int, int]) -> dict[int, list[int]]:
+    return {w: [w * 1000 + i for i in range(n)] for w, n in loads.items()}
+
+
+@given(LOADS)
+def test_rebalance_evens_counts_out_with_the_fewest_moves(loads: dict[int, int]) -> None:
+    by_worker = _sessions(loads)
+    plan, planned = rebalance_plan(by_worker)
+    after = dict(loads)
+    for sid, src, dst in plan:
+        assert sid in by_worker[src] and dst in by_worker and src != dst
+        after[src] -= 1
+        after[dst] += 1
+    assert after == planned
+    assert not planned or max(planned.values()) - min(planned.values()) <= 1
+    assert len(plan) == fewest_moves(loads)
+    assert len({sid for sid, _, _ in plan}) == len(plan)  # no session moves twice
+    assert by_worker == _sessions(loads)  # the input is not touched
+
+
+@given(LOADS)
+def test_sessions_leave_only_workers_above_their_share_and_go_only_below_it(loads: dict[int, int]) -> None:
+    plan, _ = rebalance_plan(_sessions(loads))
+    if not loads:
+        return
+    share = sum(loads.values()) / len(loads)
+    for _, src, dst in plan:
+        assert loads[src] > share > loads[dst]
+
+
+@given(st.lists(st.integers(0, 5), max_size=30), st.lists(st.integers(0, 5), min_size=1, max_size=6, unique=True))
+def test_affinity_picks_the_worker_holding_most_of_the_group_lowest_on_a_tie(holders: list[int], workers: list[int]) -> None:
+    target = affinity_target(holders, workers)
+    counts = {w: holders.count(w) for w in workers}
+    assert target in workers
+    assert counts[target] == max(counts.values())
+    assert target == min(w for w in workers if counts[w] == counts[target])
+
+
+def test_affinity_without_a_running_worker_has_no_target() -> None:
+    assert affinity_target([1, 2], []) is None
