@@ -7,9 +7,12 @@ validation, the sweep rule of section 4.3, and the channel names of section
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,3 +181,17 @@ class Timer:
             "timer": self.id, "to": self.to, "seq": self.seq, "sent": self.sent,
             "failed": {str(c): n for c, n in sorted(self.failed.items())}, "last_error": self.last_error,
         }
+
+
+async def bounded(log: logging.Logger, who: str, step: str, aw: Awaitable[Any], timeout: float = 3.0) -> None:
+    """One step of a shutdown, at most ``timeout`` s: past it, log which step hung and go on.
+
+    A stop must end: a step that hangs (a Redis connection mid-read, a client that does
+    not read) is named in the log, and the process exits all the same.
+    """
+    try:
+        await asyncio.wait_for(aw, timeout)
+    except TimeoutError:
+        log.warning("%s: shutdown step %r did not finish within %.0f s; going on", who, step, timeout)
+    except Exception as exc:
+        log.warning("%s: shutdown step %r failed: %r", who, step, exc)

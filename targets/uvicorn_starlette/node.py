@@ -109,13 +109,7 @@ class Node(Cluster):
         log.info("%s stopped: %d sessions lost to the shutdown", self.name, self.lost_to_shutdown)
 
     async def _bounded(self, step: str, aw: Awaitable[Any], timeout: float = 3.0) -> None:
-        """One step of the shutdown, at most ``timeout`` s: past it, log which step hung and go on."""
-        try:
-            await asyncio.wait_for(aw, timeout)
-        except TimeoutError:
-            log.warning("%s: shutdown step %r did not finish within %.0f s; going on", self.name, step, timeout)
-        except (RedisError, OSError) as exc:
-            log.warning("%s: shutdown step %r failed: %r", self.name, step, exc)
+        await kit.bounded(log, self.name, step, aw, timeout)
 
     async def retire(self, retired: dict[str, Any]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -121,7 +121,7 @@ class SingleServer:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Future) -> None:
-        async with serve(
+        server = await serve(
             self.handler,
             self.opts.host,
             self.opts.port,
@@ -130,23 +130,29 @@ class SingleServer:
             max_size=self.opts.max_message_bytes,
             ping_interval=None,
             close_timeout=2,
-        ):
-            if self.pubsub is not None:
-                self.pubsub.start()
-            if self.opts.heartbeat_idle_ms > 0 and self.opts.heartbeat_check_ms > 0:
-                self.spawn(self.heartbeat())
-            self.ready = True
-            log.info("ready port=%d", self.opts.port)
-            await stop
-            self.ready = False
-            for session in list(self.sessions.values()):
-                self.close(session, 1001, "server shutting down")
-            await self.cut_after(2.0)
-            if self.pubsub is not None:
-                await self.pubsub.stop()
-            for task in list(self._background):
-                task.cancel()
+        )
+        if self.pubsub is not None:
+            self.pubsub.start()
+        if self.opts.heartbeat_idle_ms > 0 and self.opts.heartbeat_check_ms > 0:
+            self.spawn(self.heartbeat())
+        self.ready = True
+        log.info("ready port=%d", self.opts.port)
+        await stop
+        log.info("stopping: %d sessions", len(self.sessions))
+        self.ready = False
+        for session in list(self.sessions.values()):
+            self.close(session, 1001, "server shutting down")
+        await self.cut_after(2.0)
+        # Each step is bounded and named: a stop that hung once in CI (killed after 10 s, the
+        # log silent after the sessions closed) says where next time, and the process exits.
+        if self.pubsub is not None:
+            await kit.bounded(log, "wssingle", "pub/sub", self.pubsub.stop())
+        for task in list(self._background):
+            task.cancel()
+        server.close()
+        await kit.bounded(log, "wssingle", "server close", server.wait_closed())
         self.pool.shutdown(wait=False, cancel_futures=True)
+        log.info("stopped")
 
     async def cut_after(self, grace: float) -> None:
         """Give the closing sessions ``grace`` seconds, then abort the connections still there.
