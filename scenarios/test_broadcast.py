@@ -118,7 +118,7 @@ def _stats_sum(stats: list[dict], name: str) -> int:
 
 async def fanout(nodes, scenario_run, mode: str, evidence) -> None:
     manifest = scenario_run.manifest
-    rng = random.Random(20261121)
+    rng = evidence.rng()
     admins = [AdminClient(t.admin_url, t.admin_token) for t in nodes]
     names = ["A", "B"]
 
@@ -201,7 +201,7 @@ async def fanout(nodes, scenario_run, mode: str, evidence) -> None:
         churner = asyncio.ensure_future(churn())
         await asyncio.gather(
             *(
-                _publish_paced(p, random.Random(i), MESSAGES_PER_PUBLISHER, PUBLISH_RATE, CHANNELS)
+                _publish_paced(p, evidence.rng(f"publisher {i}"), MESSAGES_PER_PUBLISHER, PUBLISH_RATE, CHANNELS)
                 for i, p in enumerate(publishers)
             )
         )

@@ -168,7 +168,7 @@ async def record_checks(evidence, admin: AdminClient, clients, log: MoveLog, sta
 
 
 async def stream_scenario(target, admin: AdminClient, evidence) -> None:
-    rng = random.Random(20261121)
+    rng = evidence.rng()
     workers = int(target.profile["workers"])
     baseline_fds = await warm_up(target, admin, lambda cs: warm_moves(target, admin, cs))
     stats_before = await admin.stats()
@@ -588,7 +588,7 @@ def test_migration_errors(target, admin, evidence, run_async):
 
 
 async def affinity_scenario(target, admin: AdminClient, evidence) -> None:
-    rng = random.Random(7)
+    rng = evidence.rng()
     workers = int(target.profile["workers"])
     stats_before = await admin.stats()
     clients = await connect_many(target.ws_url, "room", 6 * workers)

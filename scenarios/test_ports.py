@@ -96,6 +96,7 @@ class Churn:
     def __init__(self, target, admin: AdminClient, controller: ScenarioClient, seed: int) -> None:
         self.admin = admin
         self.controller = controller
+        self.seed = seed
         self.rng = random.Random(seed)
         self.history = PortHistory(target.manifest.ports_grace_ms)
         self.ports = pick_free_ports(N_PORTS, seed=seed)
@@ -114,7 +115,7 @@ class Churn:
         self.all_clients: list[ScenarioClient] = []
 
     async def attempter(self, index: int) -> None:
-        rng = random.Random(index)
+        rng = random.Random(f"{self.seed}/attempter {index}")
         while not self.stop.is_set():
             self.attempts.append(await attempt(rng.choice(self.ports)))
             await asyncio.sleep(0.004)  # client pacing: leave CPU to the target on a small machine
@@ -210,7 +211,7 @@ def test_port_churn(target_factory, evidence, run_async) -> None:
     async def scenario() -> None:
         baseline = await warm_up(target, admin)
         fixed = set(await listeners(admin))
-        seed = random.randrange(1 << 30)
+        seed = evidence.rng().randrange(1 << 30)
         evidence.fact("seed", seed)
         controller = await ScenarioClient.connect(target.ws_url, "controller")
         churn = Churn(target, admin, controller, seed)

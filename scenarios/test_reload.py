@@ -33,7 +33,6 @@ of the process that sent it.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 
 import pytest
@@ -364,7 +363,7 @@ async def reload_disconnects(target, evidence) -> None:
     admin = AdminClient(target.admin_url, target.admin_token)
     baseline = await warm_up(target, admin)
     stats_before = await admin.stats()
-    rng = random.Random(4)
+    rng = evidence.rng()
     stay = await connect_many(target.ws_url, "stay", 80)
     leave = await connect_many(target.ws_url, "leave", 40)
     late: list[ScenarioClient] = []

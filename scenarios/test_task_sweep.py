@@ -19,7 +19,6 @@ Checked from the histories and the sweep reports (contract section 4.3):
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 
 import pytest
@@ -50,7 +49,7 @@ async def warm_sweep(admin, clients: list[ScenarioClient]) -> None:
 
 
 async def scenario(target, admin, evidence) -> None:
-    rng = random.Random(20261121)
+    rng = evidence.rng()
     baseline_fds = await warm_up(target, admin, lambda clients: warm_sweep(admin, clients))
     stats_before = await admin.stats()
     url = target.ws_url

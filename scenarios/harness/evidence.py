@@ -11,6 +11,7 @@ whole record is written as JSON next to the run's results.
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +44,10 @@ class Check:
         return text
 
 
+#: The run seed when ``--run-seed`` is not given: runs are reproducible by default.
+DEFAULT_RUN_SEED = 20261121
+
+
 class Evidence:
     def __init__(self, scenario: str, path: Path) -> None:
         self.scenario = scenario
@@ -52,6 +57,12 @@ class Evidence:
         self.started = time.time()
         #: The log of the answers this case validated (the plugin sets it for scenarios).
         self.conformance: conformance.ConformanceLog | None = None
+        #: The run's seed (``--run-seed``), from which every random choice of the case follows.
+        self.run_seed: int = DEFAULT_RUN_SEED
+
+    def rng(self, label: str = "") -> random.Random:
+        """A random stream of this case (one per ``label``), from the run seed: same seed, same choices."""
+        return random.Random(f"{self.run_seed}/{self.scenario}/{label}")
 
     def check(self, name: str, passed: bool, *, expected: Any = None, observed: Any = None, **details: Any) -> bool:
         """Record one check; details should be small excerpts (lists are cut)."""

@@ -16,7 +16,9 @@
   ``intermittent`` (a race of the target) may also pass: it is then ``passed``.
 * Each run writes ``<report-dir>/runs/<run-id>/results.json`` (and a copy at
   ``<report-dir>/latest/results.json``): one record per scenario with its
-  verdict, duration and the path of its evidence file.
+  verdict, duration and the path of its evidence file, and the run's
+  ``run_seed``: every random choice of the scenarios follows from it
+  (``Evidence.rng``), so ``--run-seed N`` makes the same choices again.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import pytest
 from . import CONTRACT_VERSION, conformance
 from .admin import AdminClient
 from .broker import EmbeddedBroker, ExternalRedis, RedisServer
-from .evidence import Evidence, ScenarioFailed
+from .evidence import DEFAULT_RUN_SEED, Evidence, ScenarioFailed
 from .manifest import Manifest, ManifestError, load_manifest
 from .target import Target
 
@@ -57,6 +59,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="without --redis-url: embedded fakeredis (default), or a real redis-server the harness runs",
     )
     group.addoption("--report-dir", default=str(REPO / "reports"), help="where results are written")
+    group.addoption(
+        "--run-seed",
+        type=int,
+        default=DEFAULT_RUN_SEED,
+        help=f"the seed of every random choice of the scenarios (default {DEFAULT_RUN_SEED}); results.json records it",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -81,6 +89,7 @@ class ScenarioRun:
         self.target_stops: list[dict[str, Any]] = []
         self.unmatched_known_failures: list[str] = []
         self.started = time.time()
+        self.run_seed: int = config.getoption("--run-seed")
         url = config.getoption("--redis-url")
         kind = config.getoption("--broker")
         self.broker: EmbeddedBroker | RedisServer | ExternalRedis
@@ -144,6 +153,7 @@ class ScenarioRun:
             counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
         doc = {
             "run_id": self.run_id,
+            "run_seed": self.run_seed,
             "contract": CONTRACT_VERSION,
             "target": {
                 "name": self.manifest.name,
@@ -271,9 +281,10 @@ def evidence(request: pytest.FixtureRequest, scenario_run: ScenarioRun):
     sid, seed = _scenario_id(request.node)
     ev = Evidence(sid, scenario_run.run_dir / "evidence" / f"{request.node.name}.json")
     ev.conformance = request.node.stash.get(_CONFORMANCE_KEY, None)
+    ev.run_seed = scenario_run.run_seed
     request.node.stash[_EVIDENCE_KEY] = ev
     yield ev
-    ev.write({"seed": seed, "target": scenario_run.manifest.name, "test": request.node.nodeid})
+    ev.write({"seed": seed, "run_seed": scenario_run.run_seed, "target": scenario_run.manifest.name, "test": request.node.nodeid})
 
 
 _EVIDENCE_KEY = pytest.StashKey[Evidence]()
@@ -506,6 +517,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     terminalreporter.write_sep("=", f"scenarios against {run.manifest.name}: {summary}")
     for r in run.results:
         terminalreporter.write_line(f"  {r['verdict']:<15} {r['case']:<36} {r['duration_s']:>7.2f}s")
+    terminalreporter.write_line(f"run seed: {run.run_seed} (the same random choices again: --run-seed {run.run_seed})")
     terminalreporter.write_line(f"results: {path}")
     terminalreporter.write_line(f"report:  {run.report_root / 'latest' / 'index.html'}")
     if run.unmatched_known_failures:
