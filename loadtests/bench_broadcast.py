@@ -10,10 +10,12 @@ lean receivers, :mod:`loadtests.bcastclient`) subscribed to one channel, and
 the same published messages (``--rates`` messages per second for ``--seconds``
 each, every one stamped with its publish time and a sequence number):
 
-* **reference**: ``python -m reference_server`` (``--workers`` workers, its
-  broadcaster process, pub/sub mode);
+* **reference**: started from its manifest by the harness's ``Target``
+  (``--workers`` workers, no task worker, its broadcaster process, pub/sub
+  mode), which waits for ``GET /ready`` as the scenarios do: every worker
+  serves before a client connects;
 * **python-websockets**: :mod:`loadtests.peers.pw_broadcast`, one process,
-  ``websockets.broadcast()``.
+  ``websockets.broadcast()``; ready once a WebSocket handshake succeeds.
 
 For each server and rate it prints deliveries per second, loss (expected
 deliveries not received), messages out of order or repeated,
@@ -39,10 +41,13 @@ from typing import Any
 
 import psutil
 import redis.asyncio as aioredis
+from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
 
 from loadtests.bench_migration import pct
 from scenarios.harness.broker import EmbeddedBroker, RedisServer
-from scenarios.harness.target import free_port
+from scenarios.harness.manifest import load_manifest
+from scenarios.harness.target import Target, free_port
 from scenarios.harness.waiting import until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,30 +115,54 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
-def start_server(kind: str, port: int, redis_url: str, workers: int) -> subprocess.Popen:
-    if kind == "reference":
-        cmd = [
-            sys.executable, "-m", "reference_server", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", str(workers), "--task-workers", "0", "--redis-url", redis_url,
-            "--broadcast-mode", "pubsub", "--broadcast-prefix", PREFIX, "--log-level", "warning",
-        ]
-    else:
-        cmd = [sys.executable, "-m", "loadtests.peers.pw_broadcast", "--port", str(port), "--redis-url", redis_url, "--prefix", PREFIX]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+class Server:
+    """One server under test: its main pid (for CPU), its WebSocket port, and how it stops."""
 
+    def __init__(self, kind: str, args: argparse.Namespace, redis_url: str) -> None:
+        self.kind = kind
+        self.target: Target | None = None
+        self.proc: subprocess.Popen | None = None
+        if kind == "reference":
+            manifest = load_manifest(REPO / "reference_server" / "target.toml")
+            profile = {"workers": args.workers, "task_workers": 0, "broadcast_mode": "pubsub", "log_level": "warning"}
+            self.target = Target(manifest, profile=profile, redis_url=redis_url, log_path=Path(args.out).parent / "bench_broadcast-reference.log")
+            self.target.start()  # returns once GET /ready answers 200, as in the scenarios
+            assert self.target.proc is not None
+            self.pid, self.port = self.target.proc.pid, self.target.port
+        else:
+            self.port = free_port()
+            cmd = [sys.executable, "-m", "loadtests.peers.pw_broadcast", "--port", str(self.port), "--redis-url", redis_url, "--prefix", PREFIX]
+            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            self.pid = self.proc.pid
 
-async def wait_listening(port: int, proc: subprocess.Popen) -> None:
-    async def up() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
+    async def ready(self) -> None:
+        """The peer has no readiness route: it is ready once a WebSocket handshake succeeds."""
+        if self.proc is None:
+            return
+
+        async def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}")
+            try:
+                async with connect(f"ws://127.0.0.1:{self.port}/", open_timeout=2, compression=None):
+                    return True
+            except (OSError, TimeoutError, WebSocketException):
+                return False
+
+        await until(up, timeout=30, what=f"{self.kind} to complete a handshake on port {self.port}")
+
+    def stop(self) -> None:
+        if self.target is not None:
+            self.target.stop()
+            return
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGTERM)
         try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return True
-        except OSError:
-            return False
-
-    await until(up, timeout=30, what=f"server on port {port}")
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 async def publish(redis_url: str, rate: float, seconds: float, seq0: int) -> tuple[int, float, float]:
@@ -158,13 +187,12 @@ async def publish(redis_url: str, rate: float, seconds: float, seq0: int) -> tup
 
 
 async def run_server(kind: str, args: argparse.Namespace, redis_url: str) -> list[dict[str, Any]]:
-    port = free_port()
-    proc = start_server(kind, port, redis_url, args.workers)
+    server = Server(kind, args, redis_url)
     results = []
     clients = None
     try:
-        await wait_listening(port, proc)
-        clients = Clients(port, args.clients, args.client_procs)
+        await server.ready()
+        clients = Clients(server.port, args.clients, args.client_procs)
         ready = await asyncio.to_thread(clients.read)
         assert sum(r["ready"] for r in ready) == args.clients, ready
         seq = 0
@@ -177,7 +205,7 @@ async def run_server(kind: str, args: argparse.Namespace, redis_url: str) -> lis
         await until(warm, timeout=60, interval=0.2, what="warm-up deliveries")
         for rate in args.rates:
             await asyncio.to_thread(clients.ask, "reset")
-            cpu0 = tree_cpu(proc.pid)
+            cpu0 = tree_cpu(server.pid)
             ccpu0 = sum(tree_cpu(p.pid) for p in clients.procs)
             n, first, _ = await publish(redis_url, rate, args.seconds, seq)
             seq += n
@@ -192,7 +220,7 @@ async def run_server(kind: str, args: argparse.Namespace, redis_url: str) -> lis
 
             await until(all_in, timeout=120, interval=0.2, what="deliveries")
             done = time.time()
-            cpu = tree_cpu(proc.pid) - cpu0
+            cpu = tree_cpu(server.pid) - cpu0
             client_cpu = sum(tree_cpu(p.pid) for p in clients.procs) - ccpu0
             reports = await asyncio.to_thread(clients.ask, "report")
             received = sum(r["received"] for r in reports)
@@ -219,12 +247,7 @@ async def run_server(kind: str, args: argparse.Namespace, redis_url: str) -> lis
     finally:
         if clients is not None:
             clients.stop()
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        server.stop()
     return results
 
 
