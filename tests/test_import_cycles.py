@@ -1,0 +1,101 @@
+"""Import cycles in reference_server/, every import counted (``TYPE_CHECKING`` and function-level ones too).
+
+The redesign (issue 19) ends with none. Until then this is a ratchet: the one cycle the
+reference had when the test was written may only shrink, and no other may appear.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = "reference_server"
+
+#: The modules of the cycle the redesign removes (issue 19: "an import cycle of eight files").
+KNOWN_CYCLE = {
+    "reference_server.app",
+    "reference_server.runtime.admin",
+    "reference_server.runtime.api",
+    "reference_server.runtime.broadcaster",
+    "reference_server.runtime.broker",
+    "reference_server.runtime.channels",
+    "reference_server.runtime.migration",
+    "reference_server.runtime.process",
+}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in (REPO / PACKAGE).rglob("*.py"):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, wherever the import statement is."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                graph[name] |= {a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}" if target else alias.name
+                    graph[name] |= {sub} if sub in modules else ({target} if target in modules else set())
+        graph[name].discard(name)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(component)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_detector_finds_a_cycle_and_nothing_else() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert cycles(graph) == [{"a", "b", "c"}]
+
+
+def test_no_import_cycle_but_the_known_one_and_it_only_shrinks() -> None:
+    found = cycles(import_graph())
+    assert len(found) <= 1, found
+    for component in found:
+        assert component <= KNOWN_CYCLE, f"a new import cycle: {sorted(component - KNOWN_CYCLE)} in {sorted(component)}"
