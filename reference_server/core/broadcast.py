@@ -34,10 +34,21 @@ import struct
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 ALL = "@all"
 CHANNEL_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
-MODES = ("pubsub", "durable", "off")
+
+
+class BroadcastMode(StrEnum):
+    """How a node hears Redis (contract section 10.1); ``off``: no broadcast."""
+
+    PUBSUB = "pubsub"  # PUBLISH/PSUBSCRIBE: at most once, no history
+    DURABLE = "durable"  # XADD/XREAD on streams: at least once, history by stream id
+    OFF = "off"
+
+
+MODES = tuple(m.value for m in BroadcastMode)
 
 
 class BadChannel(ValueError):

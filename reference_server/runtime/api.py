@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..core.broadcast import ALL, BadChannel, check_channel, stream_id, stream_pos
+from ..core.broadcast import ALL, BadChannel, BroadcastMode, check_channel, stream_id, stream_pos
 from ..core.placement import affinity_target, rebalance_plan
 from ..core.proctable import ProcEntry, ProcKind, ProcState
 from ..core.registry import ClientInfo, SessionState
@@ -526,14 +526,14 @@ class Server:
             raise ServerError(ErrorCode.BAD_CHANNEL, str(exc)) from None
         pos: int | None = None
         if since is not None:
-            if rt.config.broadcast_mode != "durable":
+            if rt.config.broadcast_mode != BroadcastMode.DURABLE:
                 raise ServerError(ErrorCode.HISTORY_UNAVAILABLE, "history needs --broadcast-mode durable")
             try:
                 pos = stream_pos(since)
             except ValueError as exc:
                 raise ServerError(ErrorCode.BAD_REQUEST, f"since: {exc}") from None
         result = await rt.channels.join(self._own_session(session), channel, pos)
-        durable = rt.config.broadcast_mode == "durable"
+        durable = rt.config.broadcast_mode == BroadcastMode.DURABLE
         return {
             "history": result["history"],
             "complete": result["complete"],
@@ -576,7 +576,7 @@ class Server:
         key = cfg.broadcast_prefix + channel
         try:
             client = rt.redis()
-            if cfg.broadcast_mode == "durable":
+            if cfg.broadcast_mode == BroadcastMode.DURABLE:
                 entry_id = await client.xadd(key, {"data": payload}, maxlen=STREAM_MAXLEN, approximate=True)
                 return entry_id.decode("ascii") if isinstance(entry_id, bytes) else str(entry_id)
             await client.publish(key, payload)

@@ -49,6 +49,7 @@ from ..core.broadcast import (
     ALL,
     BadChannel,
     BadPayload,
+    BroadcastMode,
     Clock,
     Outage,
     Ring,
@@ -122,7 +123,7 @@ class Broadcaster:
         try:
             while not rt.stopping.is_set():
                 try:
-                    if self.mode == "pubsub":
+                    if self.mode == BroadcastMode.PUBSUB:
                         await self._read_pubsub()
                     else:
                         await self._read_streams()
@@ -260,7 +261,7 @@ class Broadcaster:
                 return
         frame = encode_frame(channel, msg_id, text)
         self.pos[channel] = pos
-        if self.mode == "pubsub":
+        if self.mode == BroadcastMode.PUBSUB:
             self.ring.add(channel, pos, frame)
         if pids:
             item = (channel, pos, frame)
@@ -288,7 +289,7 @@ class Broadcaster:
 
     def on_register(self, token: int, pid: int, wanted: dict[str, int | None]) -> None:
         """A worker's ``bc_register``: answer at once (pub/sub) or after reading the streams."""
-        if self.mode == "pubsub":
+        if self.mode == BroadcastMode.PUBSUB:
             self._answer(token, pid, wanted, {})
         else:
             self.rt._spawn(self._register_durable(token, pid, wanted))
@@ -304,7 +305,7 @@ class Broadcaster:
         """
         if not self.connected:
             self._send_synced(pid, token)
-        elif self.mode == "pubsub":
+        elif self.mode == BroadcastMode.PUBSUB:
             self.rt._spawn(self._ping(token, pid))
         else:
             self.rt._spawn(self._sync_stream(token, pid, channel))
@@ -351,7 +352,7 @@ class Broadcaster:
             if not pids and channel != ALL:
                 del self.interest[channel]
                 self.idle_since[channel] = time.monotonic()
-                if self.mode == "durable":
+                if self.mode == BroadcastMode.DURABLE:
                     self.pos.pop(channel, None)
 
     async def _register_durable(self, token: int, pid: int, wanted: dict[str, int | None]) -> None:
@@ -427,12 +428,12 @@ class Broadcaster:
             self.idle_since.pop(channel, None)
             pos = self.pos.get(channel)
             if pos is None:
-                pos = self.floor if self.mode == "pubsub" else 0
-                if self.mode == "pubsub":
+                pos = self.floor if self.mode == BroadcastMode.PUBSUB else 0
+                if self.mode == BroadcastMode.PUBSUB:
                     self.pos[channel] = pos
             entry: dict[str, Any] = {"pos": pos, "frames": [], "complete": True}
             if since is not None:
-                if self.mode == "pubsub":
+                if self.mode == BroadcastMode.PUBSUB:
                     frames, complete = self.ring.since(channel, since, pos)
                     if since < self.floor:
                         complete = False
@@ -443,7 +444,7 @@ class Broadcaster:
                         entry.update(error=got, complete=False)
                     else:
                         entry.update(frames=[(p, f) for p, f in got if p <= pos])
-            if self.mode == "pubsub":
+            if self.mode == BroadcastMode.PUBSUB:
                 self.ring.open(channel, pos)
             result[channel] = entry
         self._changed.set()

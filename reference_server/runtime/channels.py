@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.broadcast import ALL, Run, group_runs
 from ..core.proctable import ProcKind, ProcState
 from ..errors import CloseCode, ErrorCode, ServerError
+from .session import CloseCause
 
 if TYPE_CHECKING:
     from .process import Runtime
@@ -378,7 +379,7 @@ class Channels:
         self.rt.counters["bc_slow_closed"] += 1
         queued = stream.buffered
         stream.discard_queued()
-        sess.close(CloseCode.SLOW_CONSUMER, f"slow consumer: {queued} bytes queued", cause="slow_consumer")
+        sess.close(CloseCode.SLOW_CONSUMER, f"slow consumer: {queued} bytes queued", cause=CloseCause.SLOW_CONSUMER)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -65,7 +65,7 @@ from .api import DEAD_CODES, Server
 from .channels import Channels
 from .logs import Log, RateLimitedLog
 from .migration import SESSION_OPS, Mover
-from .session import Session
+from .session import CloseCause, Session
 from .timers import Timers
 
 if TYPE_CHECKING:
@@ -295,7 +295,7 @@ class Runtime:
         await self._run_exit_hook()
         self.clear_leftover_timers()
         for sess in list(self.sessions.values()):
-            sess.close(CloseCode.GOING_AWAY, "server shutting down", cause="shutdown")
+            sess.close(CloseCode.GOING_AWAY, "server shutting down", cause=CloseCause.SHUTDOWN)
         deadline = time.monotonic() + self.config.close_timeout_ms / 1000.0
         while self.sessions and time.monotonic() < deadline:
             self._session_gone.clear()
@@ -304,7 +304,7 @@ class Runtime:
             except TimeoutError:
                 break
         for sess in list(self.sessions.values()):
-            sess.abort("shutdown")
+            sess.abort(CloseCause.SHUTDOWN)
         if self.kind in (ProcKind.WORKER, ProcKind.TASK):
             await self._hook("on_worker_stop", self.api)
         if self._redis is not None:  # the publishing connection
@@ -442,9 +442,9 @@ class Runtime:
         for sess in list(self.sessions.values()):
             report["closed_unmovable"] += 1
             if sess.closing:
-                sess.abort("retire budget")
+                sess.abort(CloseCause.RETIRE_BUDGET)
             else:
-                sess.close(CloseCode.GOING_AWAY, "server reloading", cause="retire")
+                sess.close(CloseCode.GOING_AWAY, "server reloading", cause=CloseCause.RETIRE)
         self.log.warning(
             "reload.unmovable_sessions",
             count=report["closed_unmovable"],
@@ -704,14 +704,14 @@ class Runtime:
             info = None
         self.ctl_send(("closed", sess.sid))
         self.counters["sessions_closed"] += 1
-        if sess.close_cause == "protocol_error":
+        if sess.close_cause == CloseCause.PROTOCOL_ERROR:
             self.counters["protocol_errors"] += 1
-        if sess.close_cause == "refused":
+        if sess.close_cause == CloseCause.REFUSED:
             self.counters["handshakes_refused"] += 1
         elif not sess.established:
             self.counters["handshake_failed"] += 1
         # Refusals are counted, not logged one by one: a flood over a port's limit makes no log storm.
-        log = self.log.debug if sess.close_cause == "refused" else self.log.info
+        log = self.log.debug if sess.close_cause == CloseCause.REFUSED else self.log.info
         log(
             "session.close",
             sid=sess.sid,
@@ -730,7 +730,7 @@ class Runtime:
             )
 
     def close_local(
-        self, sid: int, code: int, reason: str, last_message: str | bytes | None = None, cause: str = "server"
+        self, sid: int, code: int, reason: str, last_message: str | bytes | None = None, cause: CloseCause = CloseCause.SERVER
     ) -> bool:
         sess = self.sessions.get(sid)
         if sess is None:
@@ -819,11 +819,11 @@ class Runtime:
                     if info is not None and info.protected:
                         continue
                     self.counters["heartbeat_closes"] += 1
-                    sess.close(CloseCode.IDLE_TIMEOUT, "idle timeout", cause="heartbeat")
+                    sess.close(CloseCode.IDLE_TIMEOUT, "idle timeout", cause=CloseCause.HEARTBEAT)
             if ping_every:
                 for sess in list(self.sessions.values()):
                     if sess.ping_payload is not None and now - sess.ping_sent_at > ping_timeout:
-                        sess.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout", cause="keepalive")
+                        sess.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout", cause=CloseCause.KEEPALIVE)
                 if now >= next_ping:
                     next_ping = now + ping_every
                     for sess in list(self.sessions.values()):

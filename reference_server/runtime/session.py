@@ -51,6 +51,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -65,6 +66,26 @@ from .stream import SocketStream
 _QUIET = logging.getLogger("reference_server.websockets")
 _QUIET.setLevel(logging.ERROR)
 _QUIET.propagate = False
+
+
+class CloseCause(StrEnum):
+    """Why a session ended, as logs and counters name it (``Session.close_cause``)."""
+
+    NONE = ""
+    SERVER = "server"  # the application or the admin API closed it
+    CLIENT = "client"  # the client sent its close frame first
+    RESET = "reset"  # the TCP connection ended without a closing handshake
+    HANDSHAKE_FAILED = "handshake_failed"
+    HANDSHAKE_TIMEOUT = "handshake_timeout"
+    CLOSE_TIMEOUT = "close_timeout"  # the client did not answer our close frame in time
+    PROTOCOL_ERROR = "protocol_error"
+    REFUSED = "refused"  # answered HTTP 503 (a port's limit, or no room)
+    HEARTBEAT = "heartbeat"
+    KEEPALIVE = "keepalive"
+    SLOW_CONSUMER = "slow_consumer"
+    SHUTDOWN = "shutdown"
+    RETIRE = "retire"  # a reload retired its worker
+    RETIRE_BUDGET = "retire budget"  # still open when the retiring worker's time ran out
 
 
 class SessionHost(TypingProtocol):
@@ -120,7 +141,7 @@ class Session:
         self.closing = False
         self.lost = False
         self.detached = False
-        self.close_cause = ""
+        self.close_cause = CloseCause.NONE
         self.close_code: int | None = None
         self.close_reason = ""
         self.last_recv = time.monotonic()
@@ -255,7 +276,7 @@ class Session:
             return
         self.lost = True
         if not self.close_cause:
-            self.close_cause = "reset" if self.established else "handshake_failed"
+            self.close_cause = CloseCause.RESET if self.established else CloseCause.HANDSHAKE_FAILED
         if self.close_code is None:
             if self.proto.close_rcvd is not None:
                 self.close_code = self.proto.close_rcvd.code
@@ -277,9 +298,9 @@ class Session:
                 self._on_frame(event)
         self._flush()
         if self.proto.state is State.CLOSING and not self.closing:
-            self._begin_closing("client")
+            self._begin_closing(CloseCause.CLIENT)
         if self.proto.parser_exc is not None and not self.close_cause:
-            self.close_cause = "protocol_error"
+            self.close_cause = CloseCause.PROTOCOL_ERROR
 
     def _on_request(self, request: Request) -> None:
         if self.refuse is not None:
@@ -287,7 +308,7 @@ class Session:
             response = self.proto.reject(503, f"{name} ({code}): {message}\n")
             response.headers["X-Error-Code"] = str(code)
             response.headers["X-Error-Name"] = name
-            self.close_cause = "refused"
+            self.close_cause = CloseCause.REFUSED
         else:
             response = self.proto.accept(request)
         self.proto.send_response(response)
@@ -303,7 +324,7 @@ class Session:
                 assert self._loop is not None
                 self._loop.call_soon(self.on_data, b"")  # frames sent right behind the request
         elif not self.close_cause:
-            self.close_cause = "handshake_failed"
+            self.close_cause = CloseCause.HANDSHAKE_FAILED
 
     def _on_frame(self, frame) -> None:  # websockets.frames.Frame
         opcode = frame.opcode
@@ -336,7 +357,7 @@ class Session:
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as exc:
-                self.close_cause = "protocol_error"
+                self.close_cause = CloseCause.PROTOCOL_ERROR
                 self.proto.fail(1007, f"invalid UTF-8 at position {exc.start}")
                 self._flush()
                 return
@@ -357,7 +378,7 @@ class Session:
             assert self._loop is not None
             self._timer = self._loop.call_later(self.close_timeout, self._on_close_timeout)
 
-    def _begin_closing(self, cause: str) -> None:
+    def _begin_closing(self, cause: CloseCause) -> None:
         self.closing = True
         if not self.close_cause:
             self.close_cause = cause
@@ -366,14 +387,14 @@ class Session:
     def _on_handshake_timeout(self) -> None:
         self._timer = None
         if not self.established and self.stream is not None:
-            self.close_cause = "handshake_timeout"
+            self.close_cause = CloseCause.HANDSHAKE_TIMEOUT
             self.stream.abort()
 
     def _on_close_timeout(self) -> None:
         self._timer = None
         if self.stream is not None and not self.lost:
             if not self.close_cause:
-                self.close_cause = "close_timeout"
+                self.close_cause = CloseCause.CLOSE_TIMEOUT
             self.stream.abort()
 
     # -- what the worker calls -------------------------------------------------
@@ -407,7 +428,7 @@ class Session:
         self._flush()
         return True
 
-    def close(self, code: int, reason: str, cause: str = "server") -> bool:
+    def close(self, code: int, reason: str, cause: CloseCause = CloseCause.SERVER) -> bool:
         """Start the closing handshake; everything queued before goes out first."""
         if self.closing or self.lost or self.detached:
             return False
@@ -421,7 +442,7 @@ class Session:
             self.stream.close()
         return True
 
-    def abort(self, cause: str) -> None:
+    def abort(self, cause: CloseCause) -> None:
         if self.stream is not None and not self.lost and not self.detached:
             self.close_cause = self.close_cause or cause
             self.stream.abort()
