@@ -190,6 +190,6 @@ async def _none_listed(admin, sids: set[int]) -> bool:
 
 @pytest.mark.scenario("dead_session_push", seed="swoole: timers push to sessions that no longer exist")
 @pytest.mark.requires("dead_session_stats")
-def test_dead_session_pushes(target, admin, evidence, run_async):
+def test_dead_session_push(target, admin, evidence, run_async):
     run_async(scenario(target, admin, evidence))
     evidence.verdict()

@@ -228,7 +228,7 @@ async def stream_scenario(target, admin: AdminClient, evidence) -> None:
 
 @pytest.mark.scenario("migration_stream", seed="workerman #1001: move a live connection's fd to another worker")
 @pytest.mark.requires("migrate")
-def test_migration_under_streaming(target, admin, evidence, run_async):
+def test_migration_stream(target, admin, evidence, run_async):
     run_async(stream_scenario(target, admin, evidence))
     evidence.verdict()
 
@@ -346,7 +346,7 @@ async def partial_scenario(target, admin: AdminClient, evidence) -> None:
 
 @pytest.mark.scenario("migration_partial_frames", seed="workerman #1001: bytes read but not parsed travel with the fd")
 @pytest.mark.requires("migrate")
-def test_migration_mid_frame(target, admin, evidence, run_async):
+def test_migration_partial_frames(target, admin, evidence, run_async):
     run_async(partial_scenario(target, admin, evidence))
     evidence.verdict()
 
@@ -664,6 +664,6 @@ async def affinity_scenario(target, admin: AdminClient, evidence) -> None:
 
 @pytest.mark.scenario("migration_affinity_rebalance", seed="workerman: gather a room in one worker; even out workers")
 @pytest.mark.requires("migrate")
-def test_migration_affinity_and_rebalance(target, admin, evidence, run_async):
+def test_migration_affinity_rebalance(target, admin, evidence, run_async):
     run_async(affinity_scenario(target, admin, evidence))
     evidence.verdict()

@@ -170,7 +170,7 @@ def make_machine(target, admin: AdminClient, log: list[str]):
 
 @pytest.mark.scenario("migration_model", seed="hypothesis: connect/echo/migrate/push/close/abort against an ownership model")
 @pytest.mark.requires("migrate")
-def test_migration_against_model(target, admin, evidence):
+def test_migration_model(target, admin, evidence):
     log: list[str] = []
     machine = make_machine(target, admin, log)
     failure = None

@@ -506,7 +506,7 @@ def _unclean(record: dict) -> bool:
 
 @pytest.mark.scenario("reload_ticks", seed="swoole-reload-timers")
 @pytest.mark.requires("reload")
-def test_reload_under_ticks(target_factory, evidence, run_async) -> None:
+def test_reload_ticks(target_factory, evidence, run_async) -> None:
     target = target_factory(PROFILE, "reload_ticks")
     run_async(reload_ticks(target, evidence), timeout=150)
     evidence.verdict()
@@ -514,7 +514,7 @@ def test_reload_under_ticks(target_factory, evidence, run_async) -> None:
 
 @pytest.mark.scenario("reload_disconnects", seed="swoole-reload-timers")
 @pytest.mark.requires("reload", "dead_session_stats")
-def test_reload_with_disconnects(target_factory, evidence, run_async) -> None:
+def test_reload_disconnects(target_factory, evidence, run_async) -> None:
     target = target_factory(PROFILE, "reload_disconnects")
     run_async(reload_disconnects(target, evidence), timeout=120)
     evidence.verdict()
@@ -522,7 +522,7 @@ def test_reload_with_disconnects(target_factory, evidence, run_async) -> None:
 
 @pytest.mark.scenario("reload_repeated", seed="swoole-reload-timers")
 @pytest.mark.requires("reload")
-def test_many_reloads_leak_nothing(target_factory, evidence, run_async) -> None:
+def test_reload_repeated(target_factory, evidence, run_async) -> None:
     target = target_factory({**PROFILE, "workers": 2, "task_workers": 1}, "reload_repeated")
     run_async(reload_repeated(target, evidence), timeout=150)
     evidence.verdict()

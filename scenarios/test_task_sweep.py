@@ -195,7 +195,7 @@ async def scenario(target, admin, evidence) -> None:
 
 @pytest.mark.scenario("task_sweep", seed="swoole: a task process checks all connections every second")
 @pytest.mark.requires("task_sweep")
-def test_task_process_sweep(target, admin, evidence, run_async):
+def test_task_sweep(target, admin, evidence, run_async):
     run_async(scenario(target, admin, evidence))
     evidence.verdict()
 
@@ -251,6 +251,6 @@ async def handshaking(target, admin, evidence) -> None:
 
 @pytest.mark.scenario("task_sweep_handshaking", seed="swoole: connections lists a connection from onConnect, before the handshake")
 @pytest.mark.requires("task_sweep")
-def test_sweep_sees_handshaking(target, admin, evidence, run_async):
+def test_task_sweep_handshaking(target, admin, evidence, run_async):
     run_async(handshaking(target, admin, evidence), timeout=60)
     evidence.verdict()

@@ -19,9 +19,9 @@ from tests.test_scenarios_bite import run_suite
 
 SCENARIOS = [
     "scenarios/test_probe.py::test_contract_probe[core]",
-    "scenarios/test_task_sweep.py::test_task_process_sweep",
+    "scenarios/test_task_sweep.py::test_task_sweep",
     "scenarios/test_dead_session_push.py",
-    "scenarios/test_reload.py::test_reload_under_ticks",
+    "scenarios/test_reload.py::test_reload_ticks",
 ]
 #: Listed as a known failure in the manifest: its malformed answers must fail it all the same.
 EXCUSED = "task_sweep"

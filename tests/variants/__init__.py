@@ -46,13 +46,13 @@ VARIANTS = [
     Variant(
         "sweep_local_only",
         "connections lists only the calling process's own sessions (BASE mode)",
-        "scenarios/test_task_sweep.py::test_task_process_sweep",
+        "scenarios/test_task_sweep.py::test_task_sweep",
         "each sweep saw every session",
     ),
     Variant(
         "close_drops_queue",
         "close() drops the connection without flushing queued data or a close frame",
-        "scenarios/test_task_sweep.py::test_task_process_sweep",
+        "scenarios/test_task_sweep.py::test_task_sweep",
         "every swept client got a close frame",
     ),
     Variant(
@@ -64,7 +64,7 @@ VARIANTS = [
     Variant(
         "migrate_drops_unparsed",
         "a migrated session loses the bytes its old worker read but had not parsed",
-        "scenarios/test_migration.py::test_migration_mid_frame",
+        "scenarios/test_migration.py::test_migration_partial_frames",
         "a frame cut in two by the migration arrives whole",
     ),
     Variant(
@@ -76,7 +76,7 @@ VARIANTS = [
     Variant(
         "migrate_source_fin",
         "the old worker shuts down its copy of the socket (the client gets a FIN)",
-        "scenarios/test_migration.py::test_migration_under_streaming",
+        "scenarios/test_migration.py::test_migration_stream",
         "no session is closed by moving it",
     ),
 ]
@@ -84,25 +84,25 @@ VARIANTS += [
     Variant(
         "reload_seed_timers",
         "old workers' timers outlive the reload (not cleared on exit) and push to moved sessions",
-        "scenarios/test_reload.py::test_reload_under_ticks",
+        "scenarios/test_reload.py::test_reload_ticks",
         "no tick from an old generation arrives after one from a newer generation",
     ),
     Variant(
         "reload_seed_dead_pushes",
         "old timers check a private set of sessions instead of exists() and push to closed ones",
-        "scenarios/test_reload.py::test_reload_with_disconnects",
+        "scenarios/test_reload.py::test_reload_disconnects",
         "no push is made to a session after its close is known",
     ),
     Variant(
         "reload_drops_sessions",
         "a reload closes the old workers' sessions with 1001 instead of handing them over",
-        "scenarios/test_reload.py::test_reload_under_ticks",
+        "scenarios/test_reload.py::test_reload_ticks",
         "no session is closed by a reload",
     ),
     Variant(
         "reload_twice_at_once",
         "a reload requested while one runs starts a second one instead of being merged",
-        "scenarios/test_reload.py::test_reload_under_ticks",
+        "scenarios/test_reload.py::test_reload_ticks",
         "a reload requested while one runs is merged into it",
     ),
 ]
@@ -144,7 +144,7 @@ VARIANTS += [
     Variant(
         "sweep_skips_handshaking",
         "connections lists established sessions only: a sweep never sees a session mid-handshake",
-        "scenarios/test_task_sweep.py::test_sweep_sees_handshaking",
+        "scenarios/test_task_sweep.py::test_task_sweep_handshaking",
         "each sweep saw the sessions whose handshake is not complete",
     ),
     Variant(
@@ -164,13 +164,13 @@ VARIANTS += [
     Variant(
         "reload_forgets_counters",
         "/v1/stats forgets the counters of processes a reload retired: counters go down",
-        "scenarios/test_reload.py::test_reload_under_ticks",
+        "scenarios/test_reload.py::test_reload_ticks",
         "no standard counter ever decreases across a reload",
     ),
     Variant(
         "reload_generation_skips",
         "reload n starts generation n + 2 instead of n + 1",
-        "scenarios/test_reload.py::test_reload_under_ticks",
+        "scenarios/test_reload.py::test_reload_ticks",
         "reload n starts generation n + 1",
     ),
 ]
@@ -178,13 +178,13 @@ VARIANTS += [
     Variant(
         "migrate_forgets_bind",
         "the worker that adopts a session resets its uid and protection",
-        "scenarios/test_migration.py::test_migration_under_streaming",
+        "scenarios/test_migration.py::test_migration_stream",
         "uid, protection, group and handler set survive every move",
     ),
     Variant(
         "reload_forgets_bind",
         "the worker that adopts a session on a reload resets its uid and protection",
-        "scenarios/test_reload.py::test_reload_under_ticks",
+        "scenarios/test_reload.py::test_reload_ticks",
         "uid, protection, group and handler set survive every reload",
     ),
 ]
