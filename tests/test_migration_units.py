@@ -18,7 +18,7 @@ from websockets.uri import parse_uri
 
 from reference_server.core.wsframes import MAX_HEAD, FrameSplitter, Mode, frame_length
 from reference_server.runtime import ipc
-from reference_server.runtime.session import Session
+from reference_server.runtime.session import Session, SessionPhase
 from reference_server.runtime.stream import SocketStream
 
 # -- FrameSplitter (pure) ---------------------------------------------------------------------
@@ -236,7 +236,7 @@ def test_session_moves_mid_frame_and_mid_message():
         await pump_client()
         while client.state is State.CONNECTING:
             await read_client()
-        assert source_host.opened == 1
+        assert source_host.opened == 1 and sess.phase is SessionPhase.OPEN and sess.established
         client.events_received()  # the 101 response
 
         first = Frame(Opcode.TEXT, b"hello ", fin=False).serialize(mask=True, extensions=[])
@@ -249,9 +249,11 @@ def test_session_moves_mid_frame_and_mid_message():
         assert len(sess.splitter) == 4 and sess.movable
 
         sock, snap = sess.detach()
+        assert sess.phase is SessionPhase.DETACHED and sess.detached and not sess.closing
         assert snap.rx_pending == second[:4] and snap.fragments == [b"hello "] and snap.current_size == 6
         target = Session.restore(snap, target_host, loop, sock, max_message_size=1 << 20, close_timeout=2, handshake_timeout=5)
         target.resume()
+        assert target.phase is SessionPhase.OPEN and target.is_open
         await loop.sock_sendall(client_sock, second[4:])
         for _ in range(200):
             if target_host.messages:
@@ -264,6 +266,12 @@ def test_session_moves_mid_frame_and_mid_message():
         (event,) = client.events_received()
         assert event.data == b"reply"
         target.close(1000, "bye")
+        assert target.phase is SessionPhase.CLOSING and target.closing and not target.lost
         client_sock.close()
+        for _ in range(200):
+            if target.lost:
+                break
+            await asyncio.sleep(0.001)
+        assert target.phase is SessionPhase.LOST and target.closing and target_host.lost == 1
 
     asyncio.run(main())

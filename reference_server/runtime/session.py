@@ -47,6 +47,7 @@ move with a migrated socket (contract section 6).
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import socket
 import time
@@ -86,6 +87,22 @@ class CloseCause(StrEnum):
     SHUTDOWN = "shutdown"
     RETIRE = "retire"  # a reload retired its worker
     RETIRE_BUDGET = "retire budget"  # still open when the retiring worker's time ran out
+
+
+class SessionPhase(enum.Enum):
+    """Where a session is in its life (this process's view); the flags of :class:`Session` follow from it.
+
+    ``CONNECTING`` -> ``OPEN`` (the 101 is sent) -> ``CLOSING`` (a close frame sent or
+    received, or ``close()`` before the handshake) -> ``LOST`` (the connection is gone).
+    Any of the first three may go to ``LOST`` at once. ``OPEN`` -> ``DETACHED`` while a move
+    carries the socket away, and back to ``OPEN`` if the move fails.
+    """
+
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSING = "closing"
+    LOST = "lost"
+    DETACHED = "detached"
 
 
 class SessionHost(TypingProtocol):
@@ -137,10 +154,9 @@ class Session:
         self.splitter = FrameSplitter(max_frame=max_message_size)
         self.stream: SocketStream | None = None
         self.close_timeout = close_timeout
+        self.phase = SessionPhase.CONNECTING
+        #: The WebSocket handshake completed (stays true once it did, closing or not).
         self.established = False
-        self.closing = False
-        self.lost = False
-        self.detached = False
         self.close_cause = CloseCause.NONE
         self.close_code: int | None = None
         self.close_reason = ""
@@ -196,6 +212,7 @@ class Session:
         self.proto.current_size = snap.current_size
         self.splitter = FrameSplitter(max_frame=max_message_size, mode=Mode.FRAMES, pending=snap.rx_pending)
         self.established = True
+        self.phase = SessionPhase.OPEN
         self._fragments = list(snap.fragments) if snap.fragments is not None else None
         self._fragment_opcode = Opcode(snap.fragment_opcode) if snap.fragment_opcode is not None else None
         self.ping_payload = snap.ping_payload
@@ -208,7 +225,7 @@ class Session:
     def resume(self) -> None:
         """Start (or restart) reading and writing after :meth:`restore` or a failed move."""
         assert self.stream is not None
-        self.detached = False
+        self.phase = SessionPhase.OPEN
         self.stream.start()
         if self.splitter.pending:
             self.on_data(b"")  # a carried-over frame may already be complete (it never is today)
@@ -222,7 +239,7 @@ class Session:
         """Stop all I/O and hand over the socket and the state; see the module docstring."""
         assert self.stream is not None and self.movable
         sock, tx_pending = self.stream.detach()
-        self.detached = True
+        self.phase = SessionPhase.DETACHED
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -274,7 +291,8 @@ class Session:
             self._timer = None
         if self.lost or self.detached:
             return
-        self.lost = True
+        was_closing = self.closing
+        self.phase = SessionPhase.LOST
         if not self.close_cause:
             self.close_cause = CloseCause.RESET if self.established else CloseCause.HANDSHAKE_FAILED
         if self.close_code is None:
@@ -283,8 +301,7 @@ class Session:
                 self.close_reason = self.proto.close_rcvd.reason
             else:
                 self.close_code = 1006
-        if not self.closing:
-            self.closing = True
+        if not was_closing:
             self.host.session_closing(self)
         self.host.session_lost(self)
 
@@ -317,6 +334,8 @@ class Session:
                 self._timer.cancel()
                 self._timer = None
             self.established = True
+            if self.phase is SessionPhase.CONNECTING:  # a close() before the request stays a close
+                self.phase = SessionPhase.OPEN
             self.splitter.handshake_done()
             self._flush()  # the 101 goes out before anything on_open pushes
             self.host.session_opened(self, request)
@@ -379,7 +398,7 @@ class Session:
             self._timer = self._loop.call_later(self.close_timeout, self._on_close_timeout)
 
     def _begin_closing(self, cause: CloseCause) -> None:
-        self.closing = True
+        self.phase = SessionPhase.CLOSING
         if not self.close_cause:
             self.close_cause = cause
         self.host.session_closing(self)
@@ -398,6 +417,21 @@ class Session:
             self.stream.abort()
 
     # -- what the worker calls -------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        """The close is known (contract section 1): closing, or already lost."""
+        return self.phase is SessionPhase.CLOSING or self.phase is SessionPhase.LOST
+
+    @property
+    def lost(self) -> bool:
+        """The connection is gone."""
+        return self.phase is SessionPhase.LOST
+
+    @property
+    def detached(self) -> bool:
+        """A move has carried the socket away (for good, or until the move fails)."""
+        return self.phase is SessionPhase.DETACHED
 
     @property
     def is_open(self) -> bool:
