@@ -58,8 +58,12 @@ final class Codes
         'SLOW_CONSUMER' => 4429,
     ];
 
-    /** The HTTP status of a route's refusal with a session or process code (section 4). */
-    public const STATUS_OF = [1005 => 404, 1004 => 409, 8503 => 409, 2003 => 404, 2001 => 503, 2002 => 503];
+    /** The HTTP status of a route's refusal with a contract code (sections 4, 7 and 9.2); any other: 400. */
+    public const STATUS_OF = [
+        1005 => 404, 1004 => 409, 8503 => 409, 2003 => 404, 2001 => 503, 2002 => 503,
+        2010 => 409, 2011 => 409, 2012 => 503, 2013 => 409,
+        3001 => 409, 3002 => 403, 3004 => 409, 3005 => 404, 3009 => 503,
+    ];
 
     public static function name(int $code): string
     {

@@ -147,6 +147,29 @@ final class Http
         return self::response($status, Protocol::encode($doc), 'application/json', $close);
     }
 
+    /**
+     * The whole response to ``$request``: ``$route`` answers [status, document] (a string
+     * document is Prometheus text); its HttpError and ContractError become the contract's
+     * error answers, anything else a 500 INTERNAL that ``$onBug`` hears of.
+     *
+     * @param callable(HttpRequest):array{0:int,1:mixed} $route
+     * @param callable(\Throwable):void $onBug
+     */
+    public static function answer(HttpRequest $request, callable $route, callable $onBug): string
+    {
+        try {
+            [$status, $doc] = $route($request);
+            return is_string($doc) ? self::response($status, $doc, 'text/plain; version=0.0.4') : self::json($status, $doc);
+        } catch (HttpError $e) {
+            return self::json($e->status, ['error' => ['code' => $e->getCode(), 'name' => $e->errName, 'message' => $e->getMessage()]]);
+        } catch (ContractError $e) {
+            return self::json(Codes::STATUS_OF[$e->getCode()] ?? 400, ['error' => $e->asArray()]);
+        } catch (\Throwable $e) {
+            $onBug($e);
+            return self::json(500, ['error' => ['code' => 4500, 'name' => 'INTERNAL', 'message' => get_class($e) . ': ' . $e->getMessage()]]);
+        }
+    }
+
     public static function error(int $status, string $name, string $message): HttpError
     {
         return new HttpError($status, $name, $message);

@@ -165,6 +165,29 @@ final class Protocol
     }
 
     /** The contract's code for a Swoole session error code (Swoole numbers them the same way). */
+    /**
+     * A timer's status (section 3.1) from its record: ``timer`` (or ``id``), ``to``, ``seq``,
+     * ``sent``, ``failed`` (code => count) and ``last_error``.
+     */
+    public static function timerStatus(array $t): array
+    {
+        $failed = $t['failed'];
+        ksort($failed);
+        return ['timer' => $t['timer'] ?? $t['id'], 'to' => $t['to'], 'seq' => $t['seq'], 'sent' => $t['sent'],
+            'failed' => (object) $failed, 'last_error' => $t['last_error']];
+    }
+
+    /** Count one push of timer record ``$t``: null succeeded, else the code it failed with. */
+    public static function timerOutcome(array &$t, ?int $code): void
+    {
+        if ($code === null) {
+            $t['sent']++;
+            return;
+        }
+        $t['failed'][(string) $code] = ($t['failed'][(string) $code] ?? 0) + 1;
+        $t['last_error'] = Codes::name($code);
+    }
+
     public static function sessionCode(int $engineCode): int
     {
         return match (true) {

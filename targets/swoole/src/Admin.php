@@ -140,20 +140,9 @@ final class Admin
     /** The whole HTTP response to one request. */
     public function answer(HttpRequest $request): string
     {
-        try {
-            [$status, $doc] = $this->route($request);
-            if (is_string($doc)) {
-                return Http::response($status, $doc, 'text/plain; version=0.0.4');
-            }
-            return Http::json($status, $doc);
-        } catch (HttpError $e) {
-            return Http::json($e->status, ['error' => ['code' => $e->getCode(), 'name' => $e->errName, 'message' => $e->getMessage()]]);
-        } catch (ContractError $e) {
-            return Http::json(Codes::STATUS_OF[$e->getCode()] ?? 400, ['error' => $e->asArray()]);
-        } catch (\Throwable $e) {
-            Log::warn('admin.internal_error', ['route' => "$request->method $request->path", 'error' => $e->getMessage()]);
-            return Http::json(500, ['error' => ['code' => 4500, 'name' => 'INTERNAL', 'message' => get_class($e) . ': ' . $e->getMessage()]]);
-        }
+        return Http::answer($request, fn (HttpRequest $r) => $this->route($r), static fn (\Throwable $e) => Log::warn(
+            'admin.internal_error', ['route' => "$request->method $request->path", 'error' => $e->getMessage()]
+        ));
     }
 
     /** @return array{0:int,1:mixed} */

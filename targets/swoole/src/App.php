@@ -205,7 +205,7 @@ final class App
                 'ping' => [Protocol::ok($id, ['pong' => true]), null],
                 'timer_start' => [Protocol::ok($id, ['timer' => $this->startTimer($fd, $msg)]), null],
                 'timer_stop' => [Protocol::ok($id, $this->stopTimer($fd, $msg)), null],
-                'timer_status' => [Protocol::ok($id, $this->status($this->ownTimer($fd, $msg))), null],
+                'timer_status' => [Protocol::ok($id, Protocol::timerStatus($this->ownTimer($fd, $msg))), null],
                 'push' => [$this->opPush($fd, $msg, $id), null],
                 'task' => [Protocol::ok($id, ['task' => $this->dispatchTask($fd, $msg, $id)]), null],
                 'bind' => $this->opBind($fd, $msg, $id),
@@ -475,13 +475,7 @@ final class App
         if (!isset($this->timers[$tid])) {
             return;
         }
-        if ($code === null) {
-            $this->timers[$tid]['sent']++;
-        } else {
-            $key = (string) $code;
-            $this->timers[$tid]['failed'][$key] = ($this->timers[$tid]['failed'][$key] ?? 0) + 1;
-            $this->timers[$tid]['last_error'] = \ContractKit\Codes::name($code);
-        }
+        Protocol::timerOutcome($this->timers[$tid], $code);
         $this->saveTimer($tid);
     }
 
@@ -560,16 +554,7 @@ final class App
     {
         $t = $this->ownTimer($fd, $msg);
         $this->clearTimer($t['id']);
-        return $this->status($t);
-    }
-
-    private function status(array $t): array
-    {
-        ksort($t['failed']);
-        return [
-            'timer' => $t['id'], 'to' => $t['to'], 'seq' => $t['seq'], 'sent' => $t['sent'],
-            'failed' => (object) $t['failed'], 'last_error' => $t['last_error'],
-        ];
+        return Protocol::timerStatus($t);
     }
 
     /**

@@ -435,26 +435,9 @@ final class Hub
 
     private function answer(HttpRequest $request): string
     {
-        try {
-            [$status, $doc] = $this->route($request);
-            return is_string($doc) ? Http::response($status, $doc, 'text/plain; version=0.0.4') : Http::json($status, $doc);
-        } catch (HttpError $e) {
-            return Http::json($e->status, ['error' => ['code' => $e->getCode(), 'name' => $e->errName, 'message' => $e->getMessage()]]);
-        } catch (ContractError $e) {
-            return Http::json(Codes::STATUS_OF[$e->getCode()] ?? self::statusOf($e->getCode()), ['error' => $e->asArray()]);
-        } catch (\Throwable $e) {
-            Log::warn('admin.internal_error', ['route' => "$request->method $request->path", 'error' => $e->getMessage(), 'at' => $e->getFile() . ':' . $e->getLine()]);
-            return Http::json(500, ['error' => ['code' => 4500, 'name' => 'INTERNAL', 'message' => get_class($e) . ': ' . $e->getMessage()]]);
-        }
-    }
-
-    private static function statusOf(int $code): int
-    {
-        return match ($code) {
-            2010, 2011, 2013 => 409,
-            2012 => 503,
-            default => 400,
-        };
+        return Http::answer($request, fn (HttpRequest $r) => $this->route($r), static fn (\Throwable $e) => Log::warn(
+            'admin.internal_error', ['route' => "$request->method $request->path", 'error' => $e->getMessage(), 'at' => $e->getFile() . ':' . $e->getLine()]
+        ));
     }
 
     /** @return array{0:int,1:mixed} */

@@ -297,7 +297,7 @@ final class Node
                 'ping' => Protocol::ok($id, ['pong' => true]),
                 'timer_start' => Protocol::ok($id, ['timer' => $this->startTimer($s, $msg)]),
                 'timer_stop' => Protocol::ok($id, $this->stopTimer($s, $msg)),
-                'timer_status' => Protocol::ok($id, self::status($this->ownTimer($s, $msg))),
+                'timer_status' => Protocol::ok($id, Protocol::timerStatus($this->ownTimer($s, $msg))),
                 'push' => $this->opPush($s, $msg, $id),
                 'task' => $this->opTask($s, $msg, $id),
                 'bind' => $this->set($s, $id, fn () => $s->uid = Protocol::int($msg, 'uid', null, 0)),
@@ -445,24 +445,13 @@ final class Node
             Link::go(function () use ($tid, $text): void {
                 $code = $this->route($this->timers[$tid]['to'] ?? 0, ['act' => 'push', 'text' => $text]);
                 if (isset($this->timers[$tid])) {
-                    $this->outcome($tid, $code);
+                    Protocol::timerOutcome($this->timers[$tid], $code);
                 }
             });
         }
         if ($last) {
             $this->clearTimer($tid);
         }
-    }
-
-    private function outcome(int $tid, ?int $code): void
-    {
-        $t = &$this->timers[$tid];
-        if ($code === null) {
-            $t['sent']++;
-            return;
-        }
-        $t['failed'][(string) $code] = ($t['failed'][(string) $code] ?? 0) + 1;
-        $t['last_error'] = Codes::name($code);
     }
 
     private function clearTimer(int $tid): void
@@ -492,13 +481,7 @@ final class Node
     {
         $t = $this->ownTimer($s, $msg);
         $this->clearTimer($t['timer']);
-        return self::status($t);
-    }
-
-    private static function status(array $t): array
-    {
-        return ['timer' => $t['timer'], 'to' => $t['to'], 'seq' => $t['seq'], 'sent' => $t['sent'],
-            'failed' => (object) $t['failed'], 'last_error' => $t['last_error']];
+        return Protocol::timerStatus($t);
     }
 
     // ---------------------------------------------------------------- the hub's requests

@@ -61,29 +61,9 @@ final class CoAdmin
 
     private function answer(HttpRequest $request): string
     {
-        try {
-            [$status, $doc] = $this->route($request);
-            return is_string($doc) ? Http::response($status, $doc, 'text/plain; version=0.0.4') : Http::json($status, $doc);
-        } catch (HttpError $e) {
-            return Http::json($e->status, ['error' => ['code' => $e->getCode(), 'name' => $e->errName, 'message' => $e->getMessage()]]);
-        } catch (ContractError $e) {
-            return Http::json(Codes::STATUS_OF[$e->getCode()] ?? self::statusOf($e->getCode()), ['error' => $e->asArray()]);
-        } catch (\Throwable $e) {
-            Log::warn('admin.internal_error', ['route' => "$request->method $request->path", 'error' => $e->getMessage()]);
-            return Http::json(500, ['error' => ['code' => 4500, 'name' => 'INTERNAL', 'message' => get_class($e) . ': ' . $e->getMessage()]]);
-        }
-    }
-
-    /** The statuses of section 9.2. */
-    private static function statusOf(int $code): int
-    {
-        return match ($code) {
-            3001, 3004 => 409,
-            3002 => 403,
-            3005 => 404,
-            3009 => 503,
-            default => 400,
-        };
+        return Http::answer($request, fn (HttpRequest $r) => $this->route($r), static fn (\Throwable $e) => Log::warn(
+            'admin.internal_error', ['route' => "$request->method $request->path", 'error' => $e->getMessage()]
+        ));
     }
 
     /** @return array{0:int,1:mixed} */

@@ -241,7 +241,7 @@ final class CoApp
                 'ping' => Protocol::ok($id, ['pong' => true]),
                 'timer_start' => Protocol::ok($id, ['timer' => $this->startTimer($s, $msg)]),
                 'timer_stop' => Protocol::ok($id, $this->stopTimer($s, $msg)),
-                'timer_status' => Protocol::ok($id, self::status($this->ownTimer($s, $msg))),
+                'timer_status' => Protocol::ok($id, Protocol::timerStatus($this->ownTimer($s, $msg))),
                 'push' => $this->opPush($s, $msg, $id),
                 'task' => Protocol::ok($id, ['task' => $this->task($s, $msg, $id)]),
                 'bind' => $this->set($id, fn () => $s->uid = Protocol::int($msg, 'uid', null, 0)),
@@ -321,12 +321,7 @@ final class CoApp
         $t = &$this->timers[$tid];
         $seq = ++$t['seq'];
         $code = $this->push($t['to'], Protocol::encode(['ev' => 'tick', 'timer' => $tid, 'seq' => $seq, 'to' => $t['to'], 'from' => $t['owner']]));
-        if ($code === null) {
-            $t['sent']++;
-        } else {
-            $t['failed'][(string) $code] = ($t['failed'][(string) $code] ?? 0) + 1;
-            $t['last_error'] = Codes::name($code);
-        }
+        Protocol::timerOutcome($t, $code);
         if ($t['count'] !== null && $seq >= $t['count']) {
             $this->clearTimer($tid);
         }
@@ -359,13 +354,7 @@ final class CoApp
     {
         $t = $this->ownTimer($s, $msg);
         $this->clearTimer($t['timer']);
-        return self::status($t);
-    }
-
-    private static function status(array $t): array
-    {
-        return ['timer' => $t['timer'], 'to' => $t['to'], 'seq' => $t['seq'], 'sent' => $t['sent'],
-            'failed' => (object) $t['failed'], 'last_error' => $t['last_error']];
+        return Protocol::timerStatus($t);
     }
 
     public function timerCount(): int
