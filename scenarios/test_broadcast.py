@@ -166,6 +166,7 @@ async def fanout(nodes, scenario_run, mode: str, evidence) -> None:
             while not stop_churn.is_set() and len(failures) < 10:
                 n += 1
                 action = rng.random()
+                doing = "choosing"
                 live = [c for c in clients if not c.is_closed]
                 try:
                     if action < 0.45:
@@ -173,11 +174,13 @@ async def fanout(nodes, scenario_run, mode: str, evidence) -> None:
                         mine = [m.channel for m in c.memberships if c.member_of(m.channel)]
                         if mine:
                             channel = rng.choice(mine)
+                            doing = f"unsubscribe {c.name} from {channel}"
                             r = await c.unsubscribe(channel, timeout=REQUEST_TIMEOUT)
                             churn_log["left"] += 1
                             if not r.get("ok"):
                                 failures.append(f"unsubscribe {c.name} {channel}: {r}")
                             other = rng.choice([x for x in CHANNELS if not c.member_of(x)])
+                            doing = f"subscribe {c.name} to {other}"
                             r = await c.subscribe(other, timeout=REQUEST_TIMEOUT)
                             churn_log["joined"] += 1
                             if not r.get("ok"):
@@ -187,15 +190,17 @@ async def fanout(nodes, scenario_run, mode: str, evidence) -> None:
                         churn_log["aborted"] += 1
                     elif action < 0.75 and churn_log["arrived"] < 20:
                         node = rng.randrange(2)
+                        doing = f"connect {names[node]}-new{n}"
                         c = await _connect(f"{names[node]}-new{n}", nodes[node], names[node])
                         clients.append(c)
                         churn_log["arrived"] += 1
                         for channel in rng.sample(CHANNELS, 2):
+                            doing = f"subscribe {c.name} to {channel}"
                             r = await c.subscribe(channel, timeout=REQUEST_TIMEOUT)
                             if not r.get("ok"):
                                 failures.append(f"subscribe {c.name} {channel}: {r}")
                 except (ConnectionError, TimeoutError) as exc:
-                    failures.append(f"churn: {exc!r}")
+                    failures.append(f"churn, {doing} at {time.time():.3f}: {exc!r}")
                 await asyncio.sleep(0.02)  # churn pace
 
         churner = asyncio.ensure_future(churn())

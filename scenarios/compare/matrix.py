@@ -68,7 +68,10 @@ def build(runs: list[RunResult], *, contract: int = 1, generated: float = 0.0) -
             cells.setdefault(key, {})[run.name] = cell
             counts[cell["verdict"]] += 1
             if cell["verdict"] in BAD:
-                problems.append(f"{run.name}: {key} {cell['verdict']}" + (f" ({cell['message'][:120]})" if cell["message"] else ""))
+                by = f"; failed checks: {cell['failed_checks']}" if cell["failed_checks"] else ""
+                problems.append(
+                    f"{run.name}: {key} {cell['verdict']}" + (f" ({cell['message'][:120]})" if cell["message"] else "") + by
+                )
         crashed = run.results is None
         if crashed:
             problems.append(f"{run.name}: the run wrote no results (exit code {run.exit_code})")

@@ -255,9 +255,16 @@ final class App
     private function askBroadcaster(array $request): array
     {
         $rid = $this->shared->ids->add(1);
-        $this->broadcaster->write(serialize(['rid' => $rid] + $request));
+        if ($this->broadcaster->write(serialize(['rid' => $rid] + $request)) === false) {
+            Log::warn('broadcast.pipe_write_failed', ['op' => $request['t'], 'error' => swoole_strerror(swoole_last_error())]);
+            return [5006, 'the broadcaster process could not be reached'];
+        }
         $code = $this->shared->awaitReply($rid, 5.0, $text);
-        return [$code === false ? 5006 : $code, (string) $text];
+        if ($code === false) {
+            Log::warn('broadcast.no_answer', ['op' => $request['t'], 'rid' => $rid, 'session' => $request['sid'] ?? null]);
+            return [5006, 'the broadcaster process did not answer in 5 s'];
+        }
+        return [$code, (string) $text];
     }
 
     private function opSubscribe(int $fd, array $msg, mixed $id): string
@@ -392,6 +399,11 @@ final class App
             case 'bc': // SWOOLE_BASE: the broadcaster's message for our sessions
                 foreach ($msg['sids'] as $sid) {
                     $this->ops->deliverBroadcast($sid, $msg['text']);
+                }
+                break;
+            case 'bc_all': // SWOOLE_BASE: an @all message, for every session of this worker
+                foreach ($server->connections as $sid) {
+                    $this->ops->deliverBroadcast((int) $sid, $msg['text']);
                 }
                 break;
             case 'sweep_close': // the sweep closes one of our sessions: notice, then close, in this callback
