@@ -44,7 +44,7 @@ def test_cells_rows_and_groups() -> None:
     assert rows["y[p]"]["a"]["failed_checks"] == ["c1"]
     assert rows["y[p]"]["b"]["verdict"] == "known_deviation" and rows["y[p]"]["b"]["message"] == "why"
     assert rows["z"]["a"]["verdict"] == "not_run" and rows["z"]["b"]["verdict"] == "unsupported"
-    assert not doc["ok"] and doc["problems"] == ["a: y[p] failed"]
+    assert not doc["ok"] and doc["problems"] == ["a: y[p] failed; failed checks: ['c1']"]  # a CI log says what failed
     assert doc["targets"][1]["counts"] == {"known_deviation": 1, "unsupported": 1}
     assert matrix.exit_status(doc) == 1
 
