@@ -1,7 +1,8 @@
 """Import cycles in reference_server/, every import counted (``TYPE_CHECKING`` and function-level ones too).
 
-The redesign (issue 19) ends with none. Until then this is a ratchet: the one cycle the
-reference had when the test was written may only shrink, and no other may appear.
+There are none. The services of a child process reach it through the protocols of
+``runtime/context.py``, never by importing ``runtime/process.py`` (issue 19 removed the cycle of
+eight modules that this test used to allow as a ratchet).
 """
 
 from __future__ import annotations
@@ -11,19 +12,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "reference_server"
-
-#: The modules of the cycle the redesign removes (issue 19: "an import cycle of eight files").
-KNOWN_CYCLE = {
-    "reference_server.app",
-    "reference_server.runtime.admin",
-    "reference_server.runtime.api",
-    "reference_server.runtime.broadcaster",
-    "reference_server.runtime.broker",
-    "reference_server.runtime.channels",
-    "reference_server.runtime.migration",
-    "reference_server.runtime.process",
-}
-
 
 def _modules() -> dict[str, Path]:
     found = {}
@@ -94,8 +82,13 @@ def test_the_cycle_detector_finds_a_cycle_and_nothing_else() -> None:
     assert cycles(graph) == [{"a", "b", "c"}]
 
 
-def test_no_import_cycle_but_the_known_one_and_it_only_shrinks() -> None:
+def test_no_import_cycle() -> None:
     found = cycles(import_graph())
-    assert len(found) <= 1, found
-    for component in found:
-        assert component <= KNOWN_CYCLE, f"a new import cycle: {sorted(component - KNOWN_CYCLE)} in {sorted(component)}"
+    assert not found, f"import cycles: {[sorted(c) for c in found]}"
+
+
+def test_the_services_see_the_process_only_through_its_context() -> None:
+    """Only the master (which forks children) and the command line (``load_app``) import the child runtime."""
+    graph = import_graph()
+    importers = {m for m, deps in graph.items() if "reference_server.runtime.process" in deps}
+    assert importers <= {"reference_server.runtime.master", "reference_server.cli"}, sorted(importers)

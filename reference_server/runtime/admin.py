@@ -27,7 +27,7 @@ from ..core.proctable import ProcKind, ProcState
 from ..errors import CloseCode, ErrorCode, ServerError
 
 if TYPE_CHECKING:
-    from .process import Runtime
+    from .context import ChildContext
 
 CONTRACT_VERSION = "1.1"
 #: Counters /v1/stats always lists, at 0 until something counts (contract 4.2).
@@ -98,7 +98,7 @@ def error_body(code: ErrorCode, message: str) -> dict[str, Any]:
     return {"error": {"code": int(code), "name": code.name, "message": message}}
 
 
-async def serve_admin(rt: Runtime, sock: socket.socket | None) -> None:
+async def serve_admin(rt: ChildContext, sock: socket.socket | None) -> None:
     assert sock is not None, "the admin process needs its listening socket"
     sock.setblocking(False)
     admin = AdminApi(rt)
@@ -111,7 +111,7 @@ async def serve_admin(rt: Runtime, sock: socket.socket | None) -> None:
 
 
 class AdminApi:
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: ChildContext) -> None:
         self.rt = rt
         self.api = rt.api
         self.token = rt.config.admin_token.encode()

@@ -30,9 +30,10 @@ from ..core.placement import affinity_target, rebalance_plan
 from ..core.proctable import ProcEntry, ProcKind, ProcState
 from ..core.registry import ClientInfo, SessionState
 from ..errors import CloseCode, ErrorCode, ServerError
+from . import messages as msg
 
 if TYPE_CHECKING:
-    from .process import Runtime
+    from .context import ChildContext
 
 DEAD_CODES = (ErrorCode.SESSION_CLOSED, ErrorCode.SESSION_NOT_EXIST)
 #: Durable mode: ``publish`` trims a channel's stream to about this many entries (history is what is left).
@@ -40,7 +41,7 @@ STREAM_MAXLEN = 100_000
 
 
 class Server:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: ChildContext) -> None:
         self._rt = runtime
         self.last_error: ErrorCode = ErrorCode.OK
 
@@ -114,11 +115,11 @@ class Server:
             return self._push_failed(session, code)
         assert info is not None
         if info.owner_pid == os.getpid():
-            code = self._rt.deliver(("push", session, data))
+            code = self._rt.deliver(msg.Push(session, data))
             if code is not ErrorCode.OK:
                 self.last_error = code  # counted by deliver()
                 return False
-        elif not self._rt.links.send(info.owner_pid, ("push", session, data)):
+        elif not self._rt.links.send(info.owner_pid, msg.Push(session, data)):
             self._rt.counters["ipc_send_failed"] += 1
             return self._push_failed(session, ErrorCode.OWNER_UNREACHABLE)
         self._rt.counters["pushes"] += 1
@@ -154,11 +155,11 @@ class Server:
             )
             return False
         if info.owner_pid == os.getpid():
-            result = self._rt.deliver(("close", session, int(code), reason, last_message))
+            result = self._rt.deliver(msg.Close(session, int(code), reason, last_message))
             if result is not ErrorCode.OK:
                 self.last_error = result
                 return False
-        elif not self._rt.links.send(info.owner_pid, ("close", session, int(code), reason, last_message)):
+        elif not self._rt.links.send(info.owner_pid, msg.Close(session, int(code), reason, last_message)):
             self._rt.counters["ipc_send_failed"] += 1
             self.last_error = ErrorCode.OWNER_UNREACHABLE
             return False
@@ -166,14 +167,14 @@ class Server:
         self.last_error = ErrorCode.OK
         return True
 
-    def _owner_op(self, session: int, op: str, value: Any) -> bool:
+    def _owner_op(self, session: int, op: type[msg.Protect | msg.Bind | msg.Group], value: Any) -> bool:
         info = self._rt.table.get_client_info(session)
         if info is None:
             self.last_error = ErrorCode.SESSION_NOT_EXIST
             return False
         if info.owner_pid == os.getpid():
-            self._rt.deliver((op, session, value))
-        elif not self._rt.links.send(info.owner_pid, (op, session, value)):
+            self._rt.deliver(op(session, value))
+        elif not self._rt.links.send(info.owner_pid, op(session, value)):
             self.last_error = ErrorCode.OWNER_UNREACHABLE
             return False
         self.last_error = ErrorCode.OK
@@ -181,15 +182,15 @@ class Server:
 
     def protect(self, session: int, protected: bool = True) -> bool:
         """Exempt a session from the heartbeat (or undo it)."""
-        return self._owner_op(session, "protect", bool(protected))
+        return self._owner_op(session, msg.Protect, bool(protected))
 
     def bind(self, session: int, uid: int) -> bool:
         """Attach an application user id to a session (shown in ``get_client_info``)."""
-        return self._owner_op(session, "bind", int(uid))
+        return self._owner_op(session, msg.Bind, int(uid))
 
     def set_group(self, session: int, group: int) -> bool:
         """Put a session in an application group (a room, say): see :meth:`affinity`."""
-        return self._owner_op(session, "group", int(group))
+        return self._owner_op(session, msg.Group, int(group))
 
     # -- migration ----------------------------------------------------------------
 
@@ -348,7 +349,7 @@ class Server:
         entry = self._resolve(dst)
         if entry is None:
             return False
-        return self._rt.links.send(entry.pid, ("pipe", self.name, data))
+        return self._rt.links.send(entry.pid, msg.Pipe(self.name, data))
 
     async def request(self, dst: str, data: Any, timeout: float = 5.0) -> Any:
         """Ask the process named ``dst``: its ``on_request`` hook's return value."""
@@ -397,7 +398,7 @@ class Server:
 
     def shutdown(self) -> None:
         """Ask the master for a graceful shutdown of the whole server."""
-        self._rt.ctl_send(("shutdown",))
+        self._rt.ctl_send(msg.Shutdown())
 
     def reload(self, *, task_workers_only: bool = False) -> bool:
         """Ask the master for a reload (Swoole's ``reload()``); False if the master is gone.
@@ -408,7 +409,7 @@ class Server:
         which reload it started or joined, or to wait for its end.
         """
         scope = "task_workers" if task_workers_only else "all"
-        self._rt.ctl_send(("call", 0, "reload", {"scope": scope, "source": self.name}))
+        self._rt.ctl_send(msg.Call(0, "reload", {"scope": scope, "source": self.name}))
         return not self._rt.stopping.is_set()
 
     async def reload_async(

@@ -62,9 +62,10 @@ from ..core.broadcast import (
     stream_pos,
 )
 from ..core.proctable import ProcKind, ProcState
+from . import messages as msg
 
 if TYPE_CHECKING:
-    from .process import Runtime
+    from .context import ChildContext
 
 SYNC_PING = b"bc-sync"  # the PING payload of an unsubscribe barrier
 SYNC_TIMEOUT = 2.0
@@ -82,7 +83,7 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
 
 
 class Broadcaster:
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: ChildContext) -> None:
         cfg = rt.config
         self.rt = rt
         self.mode = cfg.broadcast_mode
@@ -280,7 +281,7 @@ class Broadcaster:
         rt = self.rt
         batches, self._batches = self._batches, {}
         for pid, batch in batches.items():
-            if rt.links.send(pid, ("bc", batch)):
+            if rt.links.send(pid, msg.Broadcast(batch)):
                 rt.counters["bc_forwarded"] += len(batch)
             else:
                 self._forget_worker(pid)
@@ -292,7 +293,7 @@ class Broadcaster:
         if self.mode == BroadcastMode.PUBSUB:
             self._answer(token, pid, wanted, {})
         else:
-            self.rt._spawn(self._register_durable(token, pid, wanted))
+            self.rt.spawn(self._register_durable(token, pid, wanted))
 
     def on_sync(self, token: int, pid: int, channel: str) -> None:
         """A worker's unsubscribe barrier: answer once everything published before it was sent on.
@@ -306,9 +307,9 @@ class Broadcaster:
         if not self.connected:
             self._send_synced(pid, token)
         elif self.mode == BroadcastMode.PUBSUB:
-            self.rt._spawn(self._ping(token, pid))
+            self.rt.spawn(self._ping(token, pid))
         else:
-            self.rt._spawn(self._sync_stream(token, pid, channel))
+            self.rt.spawn(self._sync_stream(token, pid, channel))
 
     async def _ping(self, token: int, pid: int) -> None:
         pubsub = self._pubsub
@@ -343,7 +344,7 @@ class Broadcaster:
                 count -= 1
 
     def _send_synced(self, pid: int, token: int) -> None:
-        self.rt.links.send(pid, ("bc_synced", token))
+        self.rt.links.send(pid, msg.BcSynced(token))
 
     def on_unregister(self, pid: int, channel: str) -> None:
         pids = self.interest.get(channel)
@@ -448,7 +449,7 @@ class Broadcaster:
                 self.ring.open(channel, pos)
             result[channel] = entry
         self._changed.set()
-        if not self.rt.links.send(pid, ("bc_registered", token, result)):
+        if not self.rt.links.send(pid, msg.BcRegistered(token, result)):
             self._forget_worker(pid)
         elif now_known:
             self.rt.log.debug("broadcast.worker_registered", pid=pid)
@@ -470,7 +471,7 @@ class Broadcaster:
                 if entry.kind is ProcKind.WORKER and entry.state is ProcState.READY:
                     live.add(entry.pid)
                     if entry.pid not in self.workers:
-                        rt.links.send(entry.pid, ("bc_hello", me))
+                        rt.links.send(entry.pid, msg.BcHello(me))
             for pid in list(self.workers):
                 if pid not in live and not rt.process_alive(pid):
                     self._forget_worker(pid)
@@ -494,6 +495,6 @@ class Broadcaster:
         }
 
 
-async def serve_broadcaster(rt: Runtime) -> None:
+async def serve_broadcaster(rt: ChildContext) -> None:
     rt.broadcaster = Broadcaster(rt)
     await rt.broadcaster.run()

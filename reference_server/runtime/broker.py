@@ -14,10 +14,10 @@ import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .process import Runtime
+    from .context import ChildContext
 
 
-async def serve_broker(rt: Runtime, sock: socket.socket | None) -> None:
+async def serve_broker(rt: ChildContext, sock: socket.socket | None) -> None:
     from fakeredis import TcpFakeServer
 
     assert sock is not None, "the broker process needs its listening socket"

@@ -36,10 +36,11 @@ from typing import TYPE_CHECKING, Any
 from ..core.broadcast import ALL, Run, group_runs
 from ..core.proctable import ProcKind, ProcState
 from ..errors import CloseCode, ErrorCode, ServerError
+from . import messages as msg
 from .session import CloseCause
 
 if TYPE_CHECKING:
-    from .process import Runtime
+    from .context import ChildContext
     from .session import Session
 
 REGISTER_TIMEOUT = 5.0
@@ -60,7 +61,7 @@ class Registration:
 
 
 class Channels:
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: ChildContext) -> None:
         self.rt = rt
         self.enabled = rt.config.broadcast_mode != "off" and bool(rt.boot.broker_url)
         self.limit = rt.config.broadcast_buffer_bytes
@@ -120,7 +121,7 @@ class Channels:
         reg = Registration(wanted, rt.loop)
         pid = self.broadcaster or self._broadcaster_pid()
         token = next(self._tokens)
-        if not pid or not rt.links.send(pid, ("bc_register", token, os.getpid(), wanted)):
+        if not pid or not rt.links.send(pid, msg.BcRegister(token, os.getpid(), wanted)):
             reg.done.set_exception(
                 ServerError(ErrorCode.BROADCASTER_UNREACHABLE, "the broadcaster is not running")
             )
@@ -250,7 +251,7 @@ class Channels:
             token = next(self._tokens)
             fut = self.rt.loop.create_future()
             self._syncs[token] = fut
-            if self.rt.links.send(pid, ("bc_sync", token, os.getpid(), channel)):
+            if self.rt.links.send(pid, msg.BcSync(token, os.getpid(), channel)):
                 try:
                     await asyncio.wait_for(fut, SYNC_TIMEOUT)
                 except TimeoutError:
@@ -284,7 +285,7 @@ class Channels:
         if channel in self.registered and channel not in self._registering:
             self.registered.discard(channel)
             if self.broadcaster:
-                self.rt.links.send(self.broadcaster, ("bc_unregister", channel, os.getpid()))
+                self.rt.links.send(self.broadcaster, msg.BcUnregister(channel, os.getpid()))
 
     def catch_up(self, sess: Session) -> None:
         """A session that missed frames (it arrived by migration, or its move failed)."""

@@ -44,7 +44,9 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..app import Application, ProcessSpec
 from ..config import Config
@@ -54,6 +56,7 @@ from ..core.registry import SessionTable, TableFull, TornRecord, table_size
 from ..core.reloads import ReloadBook, ReloadScope, ReloadState, Ticket
 from ..errors import ErrorCode, ExitCode
 from . import ipc
+from . import messages as msg
 from .listeners import ListenerSet, open_listener
 from .logs import Log
 from .process import ChildBoot, child_main
@@ -314,7 +317,7 @@ class Master:
         self.ports.close_all()
         # Workers first get the order; the broker is told too but may outlive them briefly.
         for child in list(self.children.values()):
-            self._send_ctl(child, ("stop", reason))
+            self._send_ctl(child, msg.Stop(reason))
 
     # -- accepting --------------------------------------------------------------------
 
@@ -382,7 +385,7 @@ class Master:
         else:
             self._accepted += 1
             book.opened(sid, port)
-        self._send_ctl(worker, ("accept", sid, port, handler, refuse), conn)
+        self._send_ctl(worker, msg.Accept(sid, port, handler, refuse), conn)
 
     def _close_port_sessions(self, sids: list[int], port: int) -> None:
         """Policy ``close`` of a removed port: each session's owner closes it with 1001."""
@@ -398,7 +401,7 @@ class Master:
         for pid, owned in by_owner.items():
             child = self.children.get(pid)
             if child is not None:  # one that is gone has lost its sessions already
-                self._send_ctl(child, ("close_sessions", owned, 1001, f"port {port} was removed"))
+                self._send_ctl(child, msg.CloseSessions(owned, 1001, f"port {port} was removed"))
 
     def _free(self, sid: int) -> None:
         self.table.free(sid)
@@ -407,8 +410,8 @@ class Master:
     # -- ctl channels -----------------------------------------------------------------
 
     def _send_ctl(self, child: Child, message: tuple, conn: socket.socket | None = None) -> None:
-        """Send a ctl message (with a connection's fd for ``accept``); queue it if full."""
-        entry = (ipc.ctl_encode(message), conn, message[1] if message[0] == "accept" else None)
+        """Send a ctl message (with a connection's fd for :class:`~.messages.Accept`); queue it if full."""
+        entry = (ipc.ctl_encode(message), conn, message.sid if isinstance(message, msg.Accept) else None)
         if child.pending or not self._try_send(child, *entry):
             if not child.pending:
                 self.selector.modify(
@@ -467,36 +470,44 @@ class Master:
             self._on_child_message(child, message)
 
     def _on_child_message(self, child: Child, message: tuple) -> None:
-        kind = message[0]
-        if kind == "closed":
-            self._free(message[1])
-        elif kind == "ready":
-            child.ready = True
-            self.procs.set_state(child.pid, ProcState.READY)
-            slot = self._slot_of.get(child.pid)
-            if slot is not None and time.monotonic() - child.started > 1.0:
-                slot.quick_crashes = 0
-            for retiree in list(self.retiring.values()):
-                if retiree.waiting and retiree.slot is slot:
-                    self._retire(retiree)
-            if not self._announced_ready and all(c.ready for c in self.children.values()):
-                self._announced_ready = True
-                self.log.info("server.ready", port=self.port, pid=os.getpid())
-        elif kind == "shutdown":
-            self.begin_shutdown(f"requested by {child.name}")
-        elif kind == "call" and len(message) == 4:
-            self._serve_call(child, *message[1:])
-        elif kind == "retired" and len(message) == 2 and isinstance(message[1], dict):
-            self.reloads.note_retired(child.pid, message[1])
+        """One ctl message from a child, dispatched by its type (``runtime/messages.py``, child -> master)."""
+        handler = self._CHILD_MESSAGES.get(type(message))
+        if handler is None:
+            self.log.warning("ctl.unknown", name=child.name, kind=type(message).__name__)
         else:
-            self.log.warning("ctl.unknown", name=child.name, kind=str(kind))
+            handler(self, child, message)
+
+    def _on_retired(self, child: Child, message: msg.Retired) -> None:
+        if isinstance(message.report, dict):
+            self.reloads.note_retired(child.pid, message.report)
+
+    _CHILD_MESSAGES: dict[type, Callable[[Master, Child, Any], None]] = {
+        msg.Closed: lambda self, child, m: self._free(m.sid),
+        msg.Ready: lambda self, child, m: self._on_ready(child),
+        msg.Shutdown: lambda self, child, m: self.begin_shutdown(f"requested by {child.name}"),
+        msg.Call: lambda self, child, m: self._serve_call(child, m.token, m.method, m.args),
+        msg.Retired: lambda self, child, m: self._on_retired(child, m),
+    }
+
+    def _on_ready(self, child: Child) -> None:
+        child.ready = True
+        self.procs.set_state(child.pid, ProcState.READY)
+        slot = self._slot_of.get(child.pid)
+        if slot is not None and time.monotonic() - child.started > 1.0:
+            slot.quick_crashes = 0
+        for retiree in list(self.retiring.values()):
+            if retiree.waiting and retiree.slot is slot:
+                self._retire(retiree)
+        if not self._announced_ready and all(c.ready for c in self.children.values()):
+            self._announced_ready = True
+            self.log.info("server.ready", port=self.port, pid=os.getpid())
 
     def _serve_call(self, child: Child, token: int, method: str, args: object) -> None:
         """A child's request to the master; answered on its ctl unless ``token`` is 0."""
 
         def reply(ok: bool, value: object) -> None:
             if token:
-                self._send_ctl(child, ("reply", token, ok, value))
+                self._send_ctl(child, msg.Reply(token, ok, value))
 
         if method == "reload":
             if not isinstance(args, dict):
@@ -604,7 +615,7 @@ class Master:
         retiree.deadline = time.monotonic() + max_wait / 1000.0
         self.procs.set_state(retiree.child.pid, ProcState.STOPPING)
         self.log.info("reload.retire", name=retiree.child.name, pid=retiree.child.pid, reload=retiree.reload_id)
-        self._send_ctl(retiree.child, ("retire", retiree.reload_id, max_wait))
+        self._send_ctl(retiree.child, msg.Retire(retiree.reload_id, max_wait))
 
     def _kill_overdue(self, now: float) -> None:
         for retiree in self.retiring.values():
@@ -655,7 +666,7 @@ class Master:
         for pid, token, merged in self._reload_waiters.pop(reload.id, []):
             child = self.children.get(pid)
             if child is not None:
-                self._send_ctl(child, ("reply", token, True, {"merged": merged, **answer}))
+                self._send_ctl(child, msg.Reply(token, True, {"merged": merged, **answer}))
 
     # -- children ------------------------------------------------------------------------
 

@@ -61,10 +61,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.proctable import QUIET_KINDS, ProcEntry, ProcKind, ProcState
 from ..errors import ErrorCode, ServerError
+from . import messages as msg
 from .session import Session, SessionSnapshot
 
 if TYPE_CHECKING:
-    from .process import Runtime
+    from .context import ChildContext
 
 #: How long a target may take to adopt a session before it must refuse it.
 ADOPT_DEADLINE = 5.0
@@ -77,9 +78,6 @@ DRAIN_TIMEOUT = 5.0
 #: How long a source keeps forwarding late operations for a session it gave away.
 TOMBSTONE_TTL = 30.0
 
-SESSION_OPS = frozenset({"push", "close", "protect", "bind", "group"})
-
-
 @dataclass
 class Outgoing:
     """A session leaving this process (source side)."""
@@ -91,7 +89,7 @@ class Outgoing:
     target_pid: int
     target_worker: int
     started: float
-    queue: list[tuple] = field(default_factory=list)
+    queue: list[msg.SessionOp] = field(default_factory=list)
     forwarding: bool = False
     adopted: asyncio.Future | None = None
 
@@ -103,7 +101,7 @@ class Incoming:
     sid: int
     source_pid: int
     started: float
-    held: list[tuple] = field(default_factory=list)
+    held: list[msg.SessionOp] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -118,7 +116,7 @@ class _Round:
 class Mover:
     """The migration state of one process (a worker, or any requester)."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: ChildContext) -> None:
         self.rt = rt
         self.outgoing: dict[int, Outgoing] = {}
         self.incoming: dict[int, Incoming] = {}
@@ -132,9 +130,9 @@ class Mover:
 
     # -- routing of session operations ------------------------------------------------
 
-    def intercept(self, op: tuple, forwarded: bool) -> bool:
+    def intercept(self, op: msg.SessionOp, forwarded: bool) -> bool:
         """Take care of ``op`` if its session is moving or moved; True if taken."""
-        sid = op[1]
+        sid = op.sid
         out = self.outgoing.get(sid)
         if out is not None:
             if out.forwarding:
@@ -153,12 +151,12 @@ class Mover:
             return True
         return False
 
-    def _forward(self, pid: int, op: tuple) -> None:
-        if self.rt.links.send(pid, ("fwd", op)):
+    def _forward(self, pid: int, op: msg.SessionOp) -> None:
+        if self.rt.links.send(pid, msg.Forwarded(op)):
             self.rt.counters["migration_forwards"] += 1
         else:
             self.rt.counters["ipc_send_failed"] += 1
-            self.rt.log.warning("migration.forward_failed", sid=op[1], op=op[0], to_pid=pid)
+            self.rt.log.warning("migration.forward_failed", sid=op.sid, op=type(op).__name__, to_pid=pid)
 
     # -- source side ----------------------------------------------------------------------
 
@@ -229,7 +227,7 @@ class Mover:
         self.outgoing[sid] = out
         deadline = time.monotonic() + ADOPT_DEADLINE
         sent = rt.links.send(
-            target.pid, ("adopt", self.transfer_snapshot(snap), deadline, os.getpid(), rt.index), fds=[sock.fileno()]
+            target.pid, msg.Adopt(self.transfer_snapshot(snap), deadline, os.getpid(), rt.index), fds=[sock.fileno()]
         )
         if not sent:
             self._roll_back(out, "the target cannot be reached")
@@ -324,8 +322,8 @@ class Mover:
         out.sock.close()
         rt.counters["migrations_failed"] += 1
         for op in out.queue:
-            if op[0] == "push":
-                rt.note_push_failed(op[1], ErrorCode.SESSION_NOT_EXIST, in_flight=True)
+            if isinstance(op, msg.Push):
+                rt.note_push_failed(op.sid, ErrorCode.SESSION_NOT_EXIST, in_flight=True)
         rt.log.warning("migration.lost", sid=out.sid, to_worker=out.target_worker)
 
     def _call_in(self, sid: int, state: Any) -> None:
@@ -354,7 +352,7 @@ class Mover:
         for entry in rt.procs.entries():
             if entry.pid == me or entry.pid in targets or entry.state is ProcState.EMPTY or entry.kind in QUIET_KINDS:
                 continue
-            if rt.links.send(entry.pid, ("barrier", token, me)):
+            if rt.links.send(entry.pid, msg.Barrier(token, me)):
                 waiting.add(entry.pid)
         rnd = _Round(token, waiting, moves)
         self._round = rnd
@@ -391,14 +389,14 @@ class Mover:
         self._round = None
         expiry = time.monotonic() + TOMBSTONE_TTL
         for out in rnd.moves:
-            self.rt.links.send(out.target_pid, ("drained", out.sid))
+            self.rt.links.send(out.target_pid, msg.Drained(out.sid))
             if self.outgoing.get(out.sid) is out:
                 del self.outgoing[out.sid]
             self.moved[out.sid] = (out.target_pid, expiry)
         if self._next_round:
             moves, self._next_round = self._next_round, []
             self._start_round(moves)
-        self.rt._progress.set()
+        self.rt.progressed()
 
     # -- target side -------------------------------------------------------------------------
 
@@ -409,7 +407,7 @@ class Mover:
         def refuse(code: ErrorCode, why: str) -> None:
             for fd in fds:
                 os.close(fd)
-            rt.links.send(src_pid, ("adopted", sid, False, int(code), why))
+            rt.links.send(src_pid, msg.Adopted(sid, False, int(code), why))
             rt.log.info("migration.refused", sid=sid, from_worker=src_worker, reason=why)
 
         if len(fds) != 1:
@@ -443,7 +441,7 @@ class Mover:
         rt.sessions[sid] = sess
         self.moved.pop(sid, None)
         self.incoming[sid] = Incoming(sid, src_pid, time.monotonic())
-        rt.links.send(src_pid, ("adopted", sid, True, 0, ""))
+        rt.links.send(src_pid, msg.Adopted(sid, True, 0, ""))
         rt.counters["migrations_in"] += 1
         sess.resume()
         rt.channels.catch_up(sess)  # its channels, from the last message it was given

@@ -51,6 +51,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -61,10 +62,11 @@ from ..core.proctable import QUIET_KINDS, ProcEntry, ProcKind, ProcState, ProcTa
 from ..core.registry import SessionTable
 from ..errors import CloseCode, ErrorCode, ServerError
 from . import ipc
+from . import messages as msg
 from .api import DEAD_CODES, Server
 from .channels import Channels
 from .logs import Log, RateLimitedLog
-from .migration import SESSION_OPS, Mover
+from .migration import Mover
 from .session import CloseCause, Session
 from .timers import Timers
 
@@ -81,6 +83,9 @@ SYNC_TIMEOUT = 2.0
 SILENT_PEER_SHARE = 0.25
 #: How long an exiting process waits for its queued inter-process messages to leave.
 DRAIN_ON_EXIT = 2.0
+
+#: A handler of one kind of message: the message and the fds that came with it (its result is ignored).
+Handler = Callable[[Any, list[int]], object]
 
 _current_task: contextvars.ContextVar[tuple[int, int, int] | None] = contextvars.ContextVar(
     "current_task", default=None
@@ -207,6 +212,8 @@ class Runtime:
         self._sync_ids = itertools.count(1)
         self._handover_rr = itertools.count()
         self._redis: Any = None
+        self._ctl_handlers = self._ctl_table()
+        self._peer_handlers = self._peer_table()
 
     # -- life cycle -------------------------------------------------------------
 
@@ -219,32 +226,32 @@ class Runtime:
         try:
             if self.kind is ProcKind.TASK:
                 self._task_queue = asyncio.Queue()
-                self._spawn(self._task_loop())
+                self.spawn(self._task_loop())
             if self.kind is ProcKind.WORKER:
-                self._spawn(self._housekeeping())
-            self._spawn(self._periodic())
+                self.spawn(self._housekeeping())
+            self.spawn(self._periodic())
             if self.kind in (ProcKind.WORKER, ProcKind.TASK):
                 await self._hook("on_worker_start", self.api)
 
             main: asyncio.Task | None = None
             if self.kind is ProcKind.CUSTOM and self.boot.spec is not None:
-                main = self._spawn(self.boot.spec.target(self.api))
+                main = self.spawn(self.boot.spec.target(self.api))
             elif self.kind is ProcKind.ADMIN:
                 from .admin import serve_admin
 
-                main = self._spawn(serve_admin(self, self.boot.extra_socket))
+                main = self.spawn(serve_admin(self, self.boot.extra_socket))
             elif self.kind is ProcKind.BROKER:
                 from .broker import serve_broker
 
-                main = self._spawn(serve_broker(self, self.boot.extra_socket))
+                main = self.spawn(serve_broker(self, self.boot.extra_socket))
             elif self.kind is ProcKind.BROADCASTER:
                 from .broadcaster import serve_broadcaster
 
-                main = self._spawn(serve_broadcaster(self))
+                main = self.spawn(serve_broadcaster(self))
                 await self._ready_to_broadcast()
             if self.kind is ProcKind.WORKER:
                 await self.channels.start()
-            self.ctl_send(("ready",))
+            self.ctl_send(msg.Ready())
             self.log.info("process.start", kind=self.kind.label, id=self.index, generation=self.generation)
             if main is not None:
                 done, _ = await asyncio.wait(
@@ -261,7 +268,7 @@ class Runtime:
             await self._shutdown()
             if self.retiring:
                 report = {**self.retire_report, "counters": self.counters.snapshot()}
-                self.ctl_send(("retired", report))
+                self.ctl_send(msg.Retired(report))
             # What this process still has queued for others (a task result pushed on its
             # way out, a forwarded operation) must leave before the links close.
             if not await self.links.drain(DRAIN_ON_EXIT):
@@ -434,7 +441,7 @@ class Runtime:
                 if sid in moving or retry_at.get(sid, 0.0) > now:
                     continue
                 if sess.established and sess.movable:
-                    moving[sid] = self._spawn(one(sid))
+                    moving[sid] = self.spawn(one(sid))
             return not self.sessions and not moving and self.mover.idle
 
         if await self._wait_for(settled, until=budget):
@@ -474,12 +481,11 @@ class Runtime:
                 self._task_queue.put_nowait(item)  # nobody to take it: run it here
                 return
 
-    def _hand_back(self, item: tuple) -> bool:
+    def _hand_back(self, task: msg.Task) -> bool:
         target = self._task_successor()
-        if target is None or not self.links.send(target.pid, ("task", *item)):
+        if target is None or not self.links.send(target.pid, task):
             return False
-        task_id, src_pid = item[0], item[1]
-        self.links.send(src_pid, ("task_moved", task_id, target.pid))
+        self.links.send(task.src_pid, msg.TaskMoved(task.task_id, target.pid))
         self.retire_report["tasks_handed_back"] += 1
         self.counters["tasks_handed_back"] += 1
         return True
@@ -495,7 +501,7 @@ class Runtime:
         for entry in self.procs.entries():
             if entry.pid == me or entry.state is ProcState.EMPTY or entry.kind in QUIET_KINDS:
                 continue
-            if self.links.send(entry.pid, ("sync", token, me)):
+            if self.links.send(entry.pid, msg.Sync(token, me)):
                 waiting.add(entry.pid)
         if not waiting:
             return []
@@ -532,14 +538,18 @@ class Runtime:
         fut = self.loop.create_future()
         self._master_calls[token] = fut
         try:
-            self.ctl_send(("call", token, method, args))
+            self.ctl_send(msg.Call(token, method, args))
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise ServerError(ErrorCode.OWNER_UNREACHABLE, f"the master did not answer {method}") from None
         finally:
             self._master_calls.pop(token, None)
 
-    def _spawn(self, coro) -> asyncio.Task:
+    def progressed(self) -> None:
+        """Something a retiring process waits for has happened (see ``_wait_for``)."""
+        self._progress.set()
+
+    def spawn(self, coro) -> asyncio.Task:
         task = self.loop.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -561,7 +571,7 @@ class Runtime:
         try:
             result = getattr(self.app if target is None else target, name)(*args)
             if inspect.isawaitable(result):
-                self._spawn(self._await_hook(name, result))
+                self.spawn(self._await_hook(name, result))
         except Exception as exc:
             self.log.error("app.hook_failed", hook=name, error=repr(exc), trace=traceback.format_exc())
 
@@ -601,36 +611,34 @@ class Runtime:
                 self.request_stop("master gone")
                 return
             message, fds = received
-            kind = message[0]
-            if kind == "accept":
-                _, sid, local_port, handler, refuse = message
-                self._adopt(sid, fds[0], local_port, handler, refuse)
-            elif kind == "close_sessions":  # their port was removed with policy close
-                _, sids, code, reason = message
-                for sid in sids:
-                    self.api.close(sid, code, reason)
-            elif kind == "stop":
+            handler = self._ctl_handlers.get(type(message))
+            if handler is None:
+                self.log.warning("ctl.unknown", kind=type(message).__name__)
+            if not isinstance(message, msg.Accept):
                 for fd in fds:
                     os.close(fd)
-                self.request_stop(message[1])
-            elif kind == "retire":
-                for fd in fds:
-                    os.close(fd)
-                self._spawn(self._retire(message[1], message[2]))
-            elif kind == "reply":
-                for fd in fds:
-                    os.close(fd)
-                _, token, ok, value = message
-                fut = self._master_calls.get(token)
-                if fut is not None and not fut.done():
-                    if ok:
-                        fut.set_result(value)
-                    else:
-                        fut.set_exception(ServerError(ErrorCode(value[0]), value[1]))
-            else:
-                for fd in fds:
-                    os.close(fd)
-                self.log.warning("ctl.unknown", kind=str(kind))
+            if handler is not None:
+                handler(message, fds)
+
+    def _ctl_table(self) -> dict[type, Handler]:
+        """What the master sends a child (``runtime/messages.py``), and who handles it here."""
+        return {
+            msg.Accept: lambda m, fds: self._adopt(m.sid, fds[0], m.local_port, m.handler, m.refuse),
+            msg.CloseSessions: lambda m, _: [self.api.close(sid, m.code, m.reason) for sid in m.sids],
+            msg.Stop: lambda m, _: self.request_stop(m.reason),
+            msg.Retire: lambda m, _: self.spawn(self._retire(m.reload_id, m.max_wait_ms)),
+            msg.Reply: lambda m, _: self._settle(self._master_calls.get(m.token), m.ok, m.value),
+        }
+
+    @staticmethod
+    def _settle(fut: asyncio.Future | None, ok: bool, value: Any) -> None:
+        """Resolve a call's future with an answer: a value, or (code, message) as a ServerError."""
+        if fut is None or fut.done():
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(ServerError(ErrorCode(value[0]), value[1]))
 
     # -- sessions (workers) ---------------------------------------------------------
 
@@ -702,7 +710,7 @@ class Runtime:
             self.table.set_closed(sess.sid)
         except KeyError:
             info = None
-        self.ctl_send(("closed", sess.sid))
+        self.ctl_send(msg.Closed(sess.sid))
         self.counters["sessions_closed"] += 1
         if sess.close_cause == CloseCause.PROTOCOL_ERROR:
             self.counters["protocol_errors"] += 1
@@ -739,11 +747,9 @@ class Runtime:
             self.note_push_failed(sid, ErrorCode.SESSION_CLOSED)
         return sess.close(code, reason, cause)
 
-    def deliver(self, op: tuple, forwarded: bool = False, in_flight: bool = False) -> ErrorCode:
+    def deliver(self, op: msg.SessionOp, forwarded: bool = False, in_flight: bool = False) -> ErrorCode:
         """Apply an operation on a session this process owns (or route it if it is moving).
 
-        ``op`` is ``("push", sid, data)``, ``("close", sid, code, reason,
-        last_message)``, or ``(name, sid, value)`` for protect, bind and group.
         A failed push is counted here. ``in_flight``: the operation was sent
         (routed, forwarded or held during a move) while the session was
         alive, so a failure means it closed meanwhile: that is counted as
@@ -752,26 +758,26 @@ class Runtime:
         """
         if self.mover.intercept(op, forwarded):
             return ErrorCode.OK
-        kind, sid = op[0], op[1]
+        sid = op.sid
         sess = self.sessions.get(sid)
-        if kind == "push":
-            if sess is not None and sess.send(op[2]):
+        if isinstance(op, msg.Push):
+            if sess is not None and sess.send(op.data):
                 return ErrorCode.OK
             code = ErrorCode.SESSION_CLOSED if sess is not None else ErrorCode.SESSION_NOT_EXIST
             self.note_push_failed(sid, code, in_flight=in_flight)
             return code
         if sess is None:
             return ErrorCode.SESSION_NOT_EXIST
-        if kind == "close":
-            _, _, code, reason, last_message = op
-            return ErrorCode.OK if self.close_local(sid, code, reason, last_message) else ErrorCode.SESSION_CLOSED
+        if isinstance(op, msg.Close):
+            closed = self.close_local(sid, op.code, op.reason, op.last_message)
+            return ErrorCode.OK if closed else ErrorCode.SESSION_CLOSED
         try:
-            if kind == "protect":
-                self.table.set_protected(sid, op[2])
-            elif kind == "bind":
-                self.table.set_uid(sid, op[2])
-            elif kind == "group":
-                self.table.set_group(sid, op[2])
+            if isinstance(op, msg.Protect):
+                self.table.set_protected(sid, op.value)
+            elif isinstance(op, msg.Bind):
+                self.table.set_uid(sid, op.value)
+            else:
+                self.table.set_group(sid, op.value)
         except KeyError:
             return ErrorCode.SESSION_NOT_EXIST
         return ErrorCode.OK
@@ -842,85 +848,78 @@ class Runtime:
     def _on_ipc_error(self, event: str, exc: Exception) -> None:
         self.log.warning(event, error=repr(exc))
 
-    def _on_peer_message(self, message: tuple, fds: list[int]) -> None:
-        kind = message[0]
-        if kind == "bc":
-            self.channels.on_batch(message[1])
+    def _on_peer_message(self, message: Any, fds: list[int]) -> None:
+        """One message from a peer link; the ordering rules are in ``runtime/messages.py``."""
+        if isinstance(message, msg.Broadcast):
+            self.channels.on_batch(message.batch)
             return
         if self.channels.pending:
             self.channels.flush()  # broadcast frames that came first are written first
-        if fds and kind != "adopt":
+        if fds and not isinstance(message, msg.Adopt):
             for fd in fds:
                 os.close(fd)
-            self.log.warning("ipc.unexpected_fds", kind=str(kind), count=len(fds))
-        if kind in SESSION_OPS:
-            self.deliver(message, in_flight=True)
-        elif kind == "fwd":
-            self.deliver(message[1], forwarded=True, in_flight=True)
-        elif kind == "adopt":
-            _, snap, deadline, src_pid, src_worker = message
-            self.mover.adopt(snap, deadline, src_pid, src_worker, fds)
-        elif kind == "adopted":
-            _, sid, ok, code, why = message
-            self.mover.on_adopted(sid, ok, code, why)
-        elif kind == "drained":
-            self.mover.on_drained(message[1])
-        elif kind == "barrier":
-            _, token, src_pid = message
-            self.links.send(src_pid, ("barrier_ack", token, os.getpid()))
-        elif kind == "barrier_ack":
-            _, token, pid = message
-            self.mover.on_barrier_ack(token, pid)
-        elif kind == "task":
-            assert self._task_queue is not None
-            if not (self.retiring and self._hand_back(message[1:])):
-                self._task_queue.put_nowait(message[1:])
-        elif kind == "task_done":
-            self._awaiting_tasks.pop(message[1], None)
-            self._progress.set()
-        elif kind == "task_moved":
-            _, task_id, pid = message
-            if task_id in self._awaiting_tasks:
-                self._awaiting_tasks[task_id] = pid
-        elif kind == "sync":
-            _, token, src_pid = message
-            self.links.send(src_pid, ("sync_ack", token, os.getpid()))
-        elif kind == "sync_ack":
-            self._on_sync_ack(message[1], message[2])
-        elif kind == "finish":
-            _, task_id, result = message
-            self.counters["tasks_finished"] += 1
-            self.call_hook("on_finish", self.api, task_id, result)
-        elif kind == "pipe":
-            _, src, data = message
-            self.call_hook("on_pipe_message", self.api, src, data)
-        elif kind == "bc_registered":
-            self.channels.on_registered(message[1], message[2])
-        elif kind == "bc_hello":
-            self.channels.on_hello(message[1])
-        elif kind == "bc_register" and self.broadcaster is not None:
-            _, token, pid, wanted = message
-            self.broadcaster.on_register(token, pid, wanted)
-        elif kind == "bc_synced":
-            self.channels.on_synced(message[1])
-        elif kind == "bc_sync" and self.broadcaster is not None:
-            _, token, pid, channel = message
-            self.broadcaster.on_sync(token, pid, channel)
-        elif kind == "bc_unregister" and self.broadcaster is not None:
-            self.broadcaster.on_unregister(message[2], message[1])
-        elif kind == "rpc":
-            _, req_id, reply_pid, method, args = message
-            self._spawn(self._serve_rpc(req_id, reply_pid, method, args))
-        elif kind == "rpc_reply":
-            _, req_id, ok, value = message
-            fut = self._rpc_waiting.pop(req_id, None)
-            if fut is not None and not fut.done():
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(ServerError(ErrorCode(value[0]), value[1]))
+            self.log.warning("ipc.unexpected_fds", kind=type(message).__name__, count=len(fds))
+        handler = self._peer_handlers.get(type(message))
+        if handler is None:
+            self.log.warning("ipc.unknown_message", kind=type(message).__name__)
+            return
+        handler(message, fds)
+
+    def _peer_table(self) -> dict[type, Handler]:
+        """What other processes send this one (``runtime/messages.py``), and who handles it here.
+
+        The broadcaster's own messages are handled only in the broadcaster process.
+        """
+        me = os.getpid()
+        table: dict[type, Handler] = {
+            **{op: lambda m, _: self.deliver(m, in_flight=True) for op in msg.SESSION_OPS},
+            msg.Forwarded: lambda m, _: self.deliver(m.op, forwarded=True, in_flight=True),
+            msg.Adopt: lambda m, fds: self.mover.adopt(m.snapshot, m.deadline, m.src_pid, m.src_worker, fds),
+            msg.Adopted: lambda m, _: self.mover.on_adopted(m.sid, m.ok, m.code, m.why),
+            msg.Drained: lambda m, _: self.mover.on_drained(m.sid),
+            msg.Barrier: lambda m, _: self.links.send(m.src_pid, msg.BarrierAck(m.token, me)),
+            msg.BarrierAck: lambda m, _: self.mover.on_barrier_ack(m.token, m.pid),
+            msg.Task: lambda m, _: self._on_task(m),
+            msg.TaskDone: lambda m, _: self._on_task_done(m.task_id),
+            msg.TaskMoved: lambda m, _: self._on_task_moved(m.task_id, m.pid),
+            msg.Sync: lambda m, _: self.links.send(m.src_pid, msg.SyncAck(m.token, me)),
+            msg.SyncAck: lambda m, _: self._on_sync_ack(m.token, m.pid),
+            msg.Finish: lambda m, _: self._on_finish(m.task_id, m.result),
+            msg.Pipe: lambda m, _: self.call_hook("on_pipe_message", self.api, m.src, m.data),
+            msg.Rpc: lambda m, _: self.spawn(self._serve_rpc(m.req_id, m.reply_pid, m.method, m.args)),
+            msg.RpcReply: lambda m, _: self._settle(self._rpc_waiting.pop(m.req_id, None), m.ok, m.value),
+            msg.BcRegistered: lambda m, _: self.channels.on_registered(m.token, m.result),
+            msg.BcHello: lambda m, _: self.channels.on_hello(m.pid),
+            msg.BcSynced: lambda m, _: self.channels.on_synced(m.token),
+        }
+        if self.kind is ProcKind.BROADCASTER:
+            table[msg.BcRegister] = lambda m, _: self._to_broadcaster(m, lambda b: b.on_register(m.token, m.pid, m.wanted))
+            table[msg.BcSync] = lambda m, _: self._to_broadcaster(m, lambda b: b.on_sync(m.token, m.pid, m.channel))
+            table[msg.BcUnregister] = lambda m, _: self._to_broadcaster(m, lambda b: b.on_unregister(m.pid, m.channel))
+        return table
+
+    def _to_broadcaster(self, message: Any, handle: Callable[[Broadcaster], None]) -> None:
+        if self.broadcaster is None:  # serve_broadcaster has not made it yet
+            self.log.warning("broadcast.not_started", kind=type(message).__name__)
         else:
-            self.log.warning("ipc.unknown_message", kind=str(kind))
+            handle(self.broadcaster)
+
+    def _on_task(self, m: msg.Task) -> None:
+        assert self._task_queue is not None
+        if not (self.retiring and self._hand_back(m)):
+            self._task_queue.put_nowait(m)
+
+    def _on_task_done(self, task_id: int) -> None:
+        self._awaiting_tasks.pop(task_id, None)
+        self._progress.set()
+
+    def _on_task_moved(self, task_id: int, pid: int) -> None:
+        if task_id in self._awaiting_tasks:
+            self._awaiting_tasks[task_id] = pid
+
+    def _on_finish(self, task_id: int, result: Any) -> None:
+        self.counters["tasks_finished"] += 1
+        self.call_hook("on_finish", self.api, task_id, result)
 
     def redis(self) -> Any:
         """This process's Redis client (made on first use) for publishing."""
@@ -936,7 +935,7 @@ class Runtime:
         req_id = next(self._rpc_ids)
         fut = self.loop.create_future()
         self._rpc_waiting[req_id] = fut
-        if not self.links.send(pid, ("rpc", req_id, os.getpid(), method, args)):
+        if not self.links.send(pid, msg.Rpc(req_id, os.getpid(), method, args)):
             self._rpc_waiting.pop(req_id, None)
             raise ServerError(ErrorCode.OWNER_UNREACHABLE, f"process {pid} cannot be reached")
         try:
@@ -963,12 +962,12 @@ class Runtime:
                     value = await value
             else:
                 raise ServerError(ErrorCode.NOT_FOUND, f"unknown RPC method {method!r}")
-            reply: tuple[str, int, bool, Any] = ("rpc_reply", req_id, True, value)
+            reply = msg.RpcReply(req_id, True, value)
         except ServerError as exc:
-            reply = ("rpc_reply", req_id, False, (int(exc.code), exc.message))
+            reply = msg.RpcReply(req_id, False, (int(exc.code), exc.message))
         except Exception as exc:
             self.log.error("rpc.failed", method=method, error=repr(exc), trace=traceback.format_exc())
-            reply = ("rpc_reply", req_id, False, (int(ErrorCode.INTERNAL), repr(exc)))
+            reply = msg.RpcReply(req_id, False, (int(ErrorCode.INTERNAL), repr(exc)))
         self.links.send(reply_pid, reply)
 
     def local_stats(self) -> dict[str, Any]:
@@ -1029,7 +1028,7 @@ class Runtime:
         else:
             target = workers[next(self._task_rr) % len(workers)]
         task_id = next(self._task_ids)
-        if not self.links.send(target.pid, ("task", task_id, os.getpid(), self.index, data)):
+        if not self.links.send(target.pid, msg.Task(task_id, os.getpid(), self.index, data)):
             self.counters["ipc_send_failed"] += 1
             raise ServerError(ErrorCode.OWNER_UNREACHABLE, f"task worker {target.index} cannot be reached")
         self.counters["tasks_dispatched"] += 1
@@ -1040,18 +1039,18 @@ class Runtime:
         """Run tasks one at a time, in arrival order (a task worker's contract)."""
         assert self._task_queue is not None
         while True:
-            task_id, src_pid, src_worker, data = await self._task_queue.get()
+            task_id, src_pid, src_worker, data = await self._task_queue.get()  # a msg.Task
             token = _current_task.set((task_id, src_pid, 0))
             self._task_running = True
             try:
                 result = await self._hook("on_task", self.api, task_id, src_worker, data)
                 self.counters["tasks_done"] += 1
                 if result is not None:
-                    self.links.send(src_pid, ("finish", task_id, result))
+                    self.links.send(src_pid, msg.Finish(task_id, result))
             finally:
                 _current_task.reset(token)
                 self._task_running = False
-                self.links.send(src_pid, ("task_done", task_id))  # after any finish: same link
+                self.links.send(src_pid, msg.TaskDone(task_id))  # after any finish: same link
                 self._progress.set()
 
     def finish_current_task(self, data: Any) -> None:
@@ -1059,4 +1058,4 @@ class Runtime:
         if current is None:
             raise ServerError(ErrorCode.BAD_REQUEST, "finish() called outside a task")
         task_id, src_pid, _ = current
-        self.links.send(src_pid, ("finish", task_id, data))
+        self.links.send(src_pid, msg.Finish(task_id, data))

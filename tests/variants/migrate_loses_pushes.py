@@ -6,6 +6,7 @@ Caught by scenarios/test_migration.py (migration_pushes_in_flight).
 """
 
 from reference_server.errors import ErrorCode
+from reference_server.runtime import messages as msg
 from reference_server.runtime.migration import Mover
 from tests.variants import patch
 
@@ -14,10 +15,10 @@ def apply() -> None:
     original = Mover.intercept
 
     def intercept(self, op, forwarded):
-        out = self.outgoing.get(op[1])
+        out = self.outgoing.get(op.sid)
         if out is not None and not out.forwarding:
-            if op[0] == "push":
-                self.rt.note_push_failed(op[1], ErrorCode.SESSION_NOT_EXIST)
+            if isinstance(op, msg.Push):
+                self.rt.note_push_failed(op.sid, ErrorCode.SESSION_NOT_EXIST)
             return True
         return original(self, op, forwarded)
 
