@@ -1,7 +1,7 @@
 """The application interface: the hooks a server calls, Swoole-style.
 
 Subclass :class:`Application` and override what you need. Each hook receives
-the :class:`~reference_server.runtime.api.Server` of the process it runs in,
+the :class:`~reference_server.child.api.Server` of the process it runs in,
 whose API has the same meaning in every process. A hook may be a coroutine
 function; it is then run as a task (so two messages of one session may be
 handled concurrently if the hook awaits).
@@ -52,7 +52,7 @@ from .core.ports import DEFAULT_HANDLER
 if TYPE_CHECKING:
     from websockets.http11 import Request
 
-    from .runtime.api import Server
+    from .child.api import Server
 
 
 @dataclass(frozen=True)

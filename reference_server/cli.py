@@ -13,7 +13,7 @@ from dataclasses import fields
 
 from .config import LOG_LEVELS, Config
 from .errors import ConfigError, ExitCode
-from .runtime.logs import Log
+from .logs import Log
 
 _HELP = {
     "host": "address to listen on for WebSocket clients",
@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("config.invalid", error=str(exc), code=int(ExitCode.BAD_CONFIG))
         return ExitCode.BAD_CONFIG
 
-    from .runtime.master import BindError, Master
-    from .runtime.process import load_app
+    from .child.runtime import load_app
+    from .master.arbiter import BindError, Master
 
     try:
         app = load_app(config.app)

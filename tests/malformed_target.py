@@ -46,7 +46,7 @@ EXPECTED = [
 def apply() -> None:
     from reference_server.apps import contract
     from reference_server.errors import ErrorCode
-    from reference_server.runtime import admin
+    from reference_server.roles import admin
 
     api = admin.AdminApi
 

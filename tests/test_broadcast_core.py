@@ -29,7 +29,7 @@ from reference_server.core.broadcast import (
     stream_id,
     stream_pos,
 )
-from reference_server.runtime.stream import SocketStream
+from reference_server.session.stream import SocketStream
 
 
 def parse_frame(data: bytes) -> Frame:

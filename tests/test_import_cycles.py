@@ -1,7 +1,7 @@
 """Import cycles in reference_server/, every import counted (``TYPE_CHECKING`` and function-level ones too).
 
 There are none. The services of a child process reach it through the protocols of
-``runtime/context.py``, never by importing ``runtime/process.py`` (issue 19 removed the cycle of
+``child/context.py``, never by importing ``child/runtime.py`` (issue 19 removed the cycle of
 eight modules that this test used to allow as a ratchet).
 """
 
@@ -90,5 +90,5 @@ def test_no_import_cycle() -> None:
 def test_the_services_see_the_process_only_through_its_context() -> None:
     """Only the master (which forks children) and the command line (``load_app``) import the child runtime."""
     graph = import_graph()
-    importers = {m for m, deps in graph.items() if "reference_server.runtime.process" in deps}
-    assert importers <= {"reference_server.runtime.master", "reference_server.cli"}, sorted(importers)
+    importers = {m for m, deps in graph.items() if "reference_server.child.runtime" in deps}
+    assert importers <= {"reference_server.master.arbiter", "reference_server.cli"}, sorted(importers)

@@ -1,4 +1,4 @@
-"""The inter-process messages (reference_server/runtime/messages.py) and the tables that dispatch them."""
+"""The inter-process messages (reference_server/ipc/messages.py) and the tables that dispatch them."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
+from reference_server.child.runtime import Runtime
 from reference_server.core.proctable import ProcKind
-from reference_server.runtime import ipc
-from reference_server.runtime import messages as msg
-from reference_server.runtime.master import Master
-from reference_server.runtime.process import Runtime
+from reference_server.ipc import links as ipc
+from reference_server.ipc import messages as msg
+from reference_server.master.arbiter import Master
 
 ALL = (*msg.TO_CHILD, *msg.TO_MASTER, *msg.PEER)
 BROADCASTER_ONLY = {msg.BcRegister, msg.BcSync, msg.BcUnregister}

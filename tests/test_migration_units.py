@@ -17,9 +17,9 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from reference_server.core.wsframes import MAX_HEAD, FrameSplitter, Mode, frame_length
-from reference_server.runtime import ipc
-from reference_server.runtime.session import Session, SessionPhase
-from reference_server.runtime.stream import SocketStream
+from reference_server.ipc import links as ipc
+from reference_server.session.session import Session, SessionPhase
+from reference_server.session.stream import SocketStream
 
 # -- FrameSplitter (pure) ---------------------------------------------------------------------
 

@@ -20,8 +20,8 @@ import pytest
 
 from reference_server.config import Config
 from reference_server.core.ports import OnRemove, RefusalReason
-from reference_server.runtime.listeners import ListenerSet, open_listener
-from reference_server.runtime.logs import Log
+from reference_server.logs import Log
+from reference_server.master.listeners import ListenerSet, open_listener
 from scenarios.harness.client import ScenarioClient, dispose_all
 from scenarios.harness.ports import Outcome, attempt, bind_probe
 from scenarios.harness.waiting import until
@@ -64,7 +64,7 @@ def test_a_privileged_port_is_named_as_such() -> None:
     """EACCES becomes PORT_PRIVILEGED; as root, the check runs in a child that drops to nobody."""
     code = (  # everything is imported before privileges are dropped
         "import os, sys\n"
-        "from reference_server.runtime.listeners import open_listener\n"
+        "from reference_server.master.listeners import open_listener\n"
         "from reference_server.core.ports import PortError\n"
         "if os.getuid() == 0: os.setgid(65534); os.setuid(65534)\n"
         "try:\n    open_listener('127.0.0.1', 81, 16)\nexcept PortError as e:\n    print(e.code.name, e.message)\n"

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from ..app import Application, HandlerSet
+from ..child.api import Server
 from ..core.ports import SPEC_KEYS
 from ..errors import CloseCode, ErrorCode, ServerError
-from ..runtime.api import Server
 
 SWEEPER = "task-0"
 

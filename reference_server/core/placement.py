@@ -1,7 +1,7 @@
 """Where sessions go: the plans behind ``affinity`` and ``rebalance`` (contract section 7).
 
 Pure functions, no I/O: they take who holds what and answer the moves; the
-runtime (``runtime/api.py``) runs the moves. Rules:
+runtime (``child/api.py``) runs the moves. Rules:
 
 * **Affinity.** Without a worker given, a group goes to the worker that already
   holds most of its members, the lowest index on a tie, so the fewest move.

@@ -1,6 +1,6 @@
 """Listening ports opened and closed at run time: requests, books, the ports file (pure).
 
-No sockets here. The master (``runtime/listeners.py``) binds and closes; this
+No sockets here. The master (``master/listeners.py``) binds and closes; this
 module decides what a request means and keeps the books, so all of it is
 testable without a network:
 

@@ -5,7 +5,7 @@ so every session of that worker stops being served.
 Caught by scenarios/test_broadcast.py (broadcast_fanout).
 """
 
-from reference_server.runtime.channels import Channels
+from reference_server.session.channels import Channels
 from tests.variants import patch
 
 

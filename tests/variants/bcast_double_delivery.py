@@ -8,8 +8,8 @@ Caught by scenarios/test_broadcast.py (broadcast_fanout).
 
 import json
 
+from reference_server.child.api import Server
 from reference_server.core.broadcast import encode_frame
-from reference_server.runtime.api import Server
 from tests.variants import patch
 
 

@@ -7,7 +7,7 @@ Caught by scenarios/test_broadcast.py (broadcast_fanout).
 """
 
 from reference_server.core.broadcast import ALL
-from reference_server.runtime.channels import Channels
+from reference_server.session.channels import Channels
 from tests.variants import patch
 
 

@@ -3,7 +3,7 @@
 Caught by scenarios/test_task_sweep.py (no notice, no 4001 close frame).
 """
 
-from reference_server.runtime.session import Session
+from reference_server.session.session import Session
 from tests.variants import patch
 
 

@@ -5,7 +5,7 @@ subscribe reply and the reader's next ``XREAD`` is never read. Caught by
 scenarios/test_broadcast.py (broadcast_history).
 """
 
-from reference_server.runtime import broadcaster
+from reference_server.roles import broadcaster
 from tests.variants import patch
 
 FRESH = -7  # a position no stream id has: "not read yet, start at $"

@@ -5,7 +5,7 @@ Caught by scenarios/test_heartbeat.py (push-only clients are not closed).
 
 import time
 
-from reference_server.runtime.session import Session
+from reference_server.session.session import Session
 from tests.variants import patch
 
 

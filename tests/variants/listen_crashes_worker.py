@@ -7,8 +7,8 @@ Caught by scenarios/test_ports.py (port_errors).
 
 import os
 
+from reference_server.child.api import Server
 from reference_server.errors import ErrorCode, ServerError
-from reference_server.runtime.api import Server
 from tests.variants import patch
 
 

@@ -8,7 +8,7 @@ as if it were a new frame. Caught by scenarios/test_migration.py
 
 import dataclasses
 
-from reference_server.runtime.migration import Mover
+from reference_server.session.mover import Mover
 from tests.variants import patch
 
 

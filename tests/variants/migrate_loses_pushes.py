@@ -6,8 +6,8 @@ Caught by scenarios/test_migration.py (migration_pushes_in_flight).
 """
 
 from reference_server.errors import ErrorCode
-from reference_server.runtime import messages as msg
-from reference_server.runtime.migration import Mover
+from reference_server.ipc import messages as msg
+from reference_server.session.mover import Mover
 from tests.variants import patch
 
 

@@ -7,7 +7,7 @@ Caught by scenarios/test_migration.py (migration_stream).
 
 import socket
 
-from reference_server.runtime.migration import Mover
+from reference_server.session.mover import Mover
 from tests.variants import patch
 
 

@@ -3,7 +3,7 @@
 Caught by scenarios/test_dead_session_push.py (the log grows with dead pushes).
 """
 
-from reference_server.runtime.process import Runtime
+from reference_server.child.runtime import Runtime
 from tests.variants import patch
 
 

@@ -4,8 +4,8 @@ The common "graceful" reload: every client reconnects. Caught by
 scenarios/test_reload.py (reload_ticks).
 """
 
+from reference_server.child.runtime import Runtime
 from reference_server.errors import CloseCode
-from reference_server.runtime.process import Runtime
 from tests.variants import patch
 
 

@@ -4,7 +4,7 @@ After a reload the old workers' counts vanish and the counters go down.
 Caught by scenarios/test_reload.py (reload_ticks).
 """
 
-from reference_server.runtime.api import Server
+from reference_server.child.api import Server
 from tests.variants import patch
 
 

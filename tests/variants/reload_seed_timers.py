@@ -11,7 +11,7 @@ reload_disconnects through the variant ``reload_seed_dead_pushes``).
 """
 
 from reference_server.apps.contract import ContractApp
-from reference_server.runtime.process import Runtime
+from reference_server.child.runtime import Runtime
 from tests.variants import patch
 
 

@@ -3,7 +3,7 @@
 A task process then sees no session at all. Caught by scenarios/test_task_sweep.py.
 """
 
-from reference_server.runtime.api import Server
+from reference_server.child.api import Server
 from tests.variants import patch
 
 

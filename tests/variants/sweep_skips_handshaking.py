@@ -4,7 +4,7 @@ A session exists from its TCP accept (contract 1): a sweep must see it before
 its handshake completes. Caught by scenarios/test_task_sweep.py.
 """
 
-from reference_server.runtime.api import Server
+from reference_server.child.api import Server
 from tests.variants import patch
 
 

@@ -4,7 +4,7 @@ The port stays bound: clients complete TCP in its backlog and then hang, and
 nobody else can bind the port. Caught by scenarios/test_ports.py (port_churn).
 """
 
-from reference_server.runtime.listeners import ListenerSet
+from reference_server.master.listeners import ListenerSet
 from tests.variants import patch
 
 _kept: list = []  # the "closed" sockets, still open

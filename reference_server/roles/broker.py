@@ -14,7 +14,7 @@ import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .context import ChildContext
+    from ..child.context import ChildContext
 
 
 async def serve_broker(rt: ChildContext, sock: socket.socket | None) -> None:

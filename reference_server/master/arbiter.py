@@ -49,17 +49,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..app import Application, ProcessSpec
+from ..child.runtime import ChildBoot, child_main
 from ..config import Config
 from ..core.ports import OnRemove, PortError, RefusalReason
 from ..core.proctable import ProcKind, ProcState, ProcTable, proctable_size
 from ..core.registry import SessionTable, TableFull, TornRecord, table_size
 from ..core.reloads import ReloadBook, ReloadScope, ReloadState, Ticket
 from ..errors import ErrorCode, ExitCode
-from . import ipc
-from . import messages as msg
+from ..ipc import links as ipc
+from ..ipc import messages as msg
+from ..logs import Log
 from .listeners import ListenerSet, open_listener
-from .logs import Log
-from .process import ChildBoot, child_main
 
 # master stats block: accepted, refused, respawns, sessions_lost, started_at, ready
 _MSTATS = struct.Struct("<QQQQdB")
@@ -470,7 +470,7 @@ class Master:
             self._on_child_message(child, message)
 
     def _on_child_message(self, child: Child, message: tuple) -> None:
-        """One ctl message from a child, dispatched by its type (``runtime/messages.py``, child -> master)."""
+        """One ctl message from a child, dispatched by its type (``ipc/messages.py``, child -> master)."""
         handler = self._CHILD_MESSAGES.get(type(message))
         if handler is None:
             self.log.warning("ctl.unknown", name=child.name, kind=type(message).__name__)

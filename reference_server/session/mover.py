@@ -61,11 +61,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.proctable import QUIET_KINDS, ProcEntry, ProcKind, ProcState
 from ..errors import ErrorCode, ServerError
-from . import messages as msg
+from ..ipc import messages as msg
 from .session import Session, SessionSnapshot
 
 if TYPE_CHECKING:
-    from .context import ChildContext
+    from ..child.context import ChildContext
 
 #: How long a target may take to adopt a session before it must refuse it.
 ADOPT_DEADLINE = 5.0

@@ -62,10 +62,10 @@ from ..core.broadcast import (
     stream_pos,
 )
 from ..core.proctable import ProcKind, ProcState
-from . import messages as msg
+from ..ipc import messages as msg
 
 if TYPE_CHECKING:
-    from .context import ChildContext
+    from ..child.context import ChildContext
 
 SYNC_PING = b"bc-sync"  # the PING payload of an unsubscribe barrier
 SYNC_TIMEOUT = 2.0

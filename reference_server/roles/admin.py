@@ -27,7 +27,7 @@ from ..core.proctable import ProcKind, ProcState
 from ..errors import CloseCode, ErrorCode, ServerError
 
 if TYPE_CHECKING:
-    from .context import ChildContext
+    from ..child.context import ChildContext
 
 CONTRACT_VERSION = "1.1"
 #: Counters /v1/stats always lists, at 0 until something counts (contract 4.2).

@@ -1,6 +1,6 @@
 """Every message between the server's processes, as a typed record.
 
-Two channels carry them (``runtime/ipc.py``): the **ctl** socketpair between the master
+Two channels carry them (``ipc/links.py``): the **ctl** socketpair between the master
 and each child, and the **peer** links between any two children. Each record below is
 a ``NamedTuple`` (pickled as a tuple and a class reference, so it costs little more
 than the bare tuples it replaces); its docstring names who sends it and who handles it.
@@ -15,7 +15,7 @@ Ordering rules the receivers keep (each link delivers in the order sent):
   and writes them in batches; any other peer message flushes the buffered frames
   before it is handled, so a push or a close sent after a broadcast never overtakes it.
 * **Session operations** (:data:`SESSION_OPS`) addressed to a session that is moving
-  are held or forwarded by the mover (``runtime/migration.py``) and applied in the order
+  are held or forwarded by the mover (``session/mover.py``) and applied in the order
   they were sent; a :class:`Forwarded` operation keeps its place behind the ones the
   source forwarded before it.
 * **Results after finishes.** A task worker sends :class:`TaskDone` after any
@@ -159,7 +159,7 @@ class Forwarded(NamedTuple):
     op: SessionOp
 
 
-# -- peer: migration (runtime/migration.py) ------------------------------------------------------
+# -- peer: migration (session/mover.py) ------------------------------------------------------
 
 
 class Adopt(NamedTuple):
@@ -276,7 +276,7 @@ class RpcReply(NamedTuple):
     value: Any
 
 
-# -- peer: Redis broadcast (runtime/broadcaster.py, runtime/channels.py) -------------------------
+# -- peer: Redis broadcast (roles/broadcaster.py, session/channels.py) -------------------------
 
 
 class Broadcast(NamedTuple):

@@ -24,7 +24,7 @@ successor is ready; the master no longer sends it anything new):
 3. A task worker hands its queued, unstarted tasks to its successor (and any
    that still arrive); the task it is running finishes here.
 4. A worker hands every live session to the new generation by migration
-   (``runtime/migration.py``): its successor with the same id, else the least
+   (``session/mover.py``): its successor with the same id, else the least
    busy new worker. Sessions still in their handshake are handed over once
    established. The application's ``on_migrate_out``/``on_migrate_in`` carry
    per-session state (the contract app's tick subscriptions).
@@ -61,17 +61,17 @@ from ..core.metrics import Counters
 from ..core.proctable import QUIET_KINDS, ProcEntry, ProcKind, ProcState, ProcTable
 from ..core.registry import SessionTable
 from ..errors import CloseCode, ErrorCode, ServerError
-from . import ipc
-from . import messages as msg
+from ..ipc import links as ipc
+from ..ipc import messages as msg
+from ..logs import Log, RateLimitedLog
+from ..session.channels import Channels
+from ..session.mover import Mover
+from ..session.session import CloseCause, Session
 from .api import DEAD_CODES, Server
-from .channels import Channels
-from .logs import Log, RateLimitedLog
-from .migration import Mover
-from .session import CloseCause, Session
 from .timers import Timers
 
 if TYPE_CHECKING:
-    from .broadcaster import Broadcaster
+    from ..roles.broadcaster import Broadcaster
 
 #: Sessions a retiring worker hands over at once.
 HANDOVER_CONCURRENCY = 32
@@ -237,15 +237,15 @@ class Runtime:
             if self.kind is ProcKind.CUSTOM and self.boot.spec is not None:
                 main = self.spawn(self.boot.spec.target(self.api))
             elif self.kind is ProcKind.ADMIN:
-                from .admin import serve_admin
+                from ..roles.admin import serve_admin
 
                 main = self.spawn(serve_admin(self, self.boot.extra_socket))
             elif self.kind is ProcKind.BROKER:
-                from .broker import serve_broker
+                from ..roles.broker import serve_broker
 
                 main = self.spawn(serve_broker(self, self.boot.extra_socket))
             elif self.kind is ProcKind.BROADCASTER:
-                from .broadcaster import serve_broadcaster
+                from ..roles.broadcaster import serve_broadcaster
 
                 main = self.spawn(serve_broadcaster(self))
                 await self._ready_to_broadcast()
@@ -621,7 +621,7 @@ class Runtime:
                 handler(message, fds)
 
     def _ctl_table(self) -> dict[type, Handler]:
-        """What the master sends a child (``runtime/messages.py``), and who handles it here."""
+        """What the master sends a child (``ipc/messages.py``), and who handles it here."""
         return {
             msg.Accept: lambda m, fds: self._adopt(m.sid, fds[0], m.local_port, m.handler, m.refuse),
             msg.CloseSessions: lambda m, _: [self.api.close(sid, m.code, m.reason) for sid in m.sids],
@@ -849,7 +849,7 @@ class Runtime:
         self.log.warning(event, error=repr(exc))
 
     def _on_peer_message(self, message: Any, fds: list[int]) -> None:
-        """One message from a peer link; the ordering rules are in ``runtime/messages.py``."""
+        """One message from a peer link; the ordering rules are in ``ipc/messages.py``."""
         if isinstance(message, msg.Broadcast):
             self.channels.on_batch(message.batch)
             return
@@ -866,7 +866,7 @@ class Runtime:
         handler(message, fds)
 
     def _peer_table(self) -> dict[type, Handler]:
-        """What other processes send this one (``runtime/messages.py``), and who handles it here.
+        """What other processes send this one (``ipc/messages.py``), and who handles it here.
 
         The broadcaster's own messages are handled only in the broadcaster process.
         """

@@ -1,6 +1,6 @@
 """What every child process offers the services that run in it.
 
-A child process (``runtime/process.py``, the :class:`~.process.Runtime`) hosts services:
+A child process (``child/runtime.py``, the :class:`~.process.Runtime`) hosts services:
 the application's server object (``api.py``), the mover (``migration.py``), the broadcast
 channels (``channels.py``), and, in their own processes, the broadcaster, the admin API and
 the broker. Each service is given the process as a :class:`ChildContext`: the members
@@ -25,10 +25,10 @@ from ..core.metrics import Counters
 from ..core.proctable import ProcEntry, ProcKind, ProcTable
 from ..core.registry import SessionTable
 from ..errors import ErrorCode
-from . import ipc
-from . import messages as msg
-from .logs import Log
-from .session import Session, SessionHost
+from ..ipc import links as ipc
+from ..ipc import messages as msg
+from ..logs import Log
+from ..session.session import Session, SessionHost
 from .timers import Timers
 
 

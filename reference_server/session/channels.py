@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 from ..core.broadcast import ALL, Run, group_runs
 from ..core.proctable import ProcKind, ProcState
 from ..errors import CloseCode, ErrorCode, ServerError
-from . import messages as msg
+from ..ipc import messages as msg
 from .session import CloseCause
 
 if TYPE_CHECKING:
-    from .context import ChildContext
+    from ..child.context import ChildContext
     from .session import Session
 
 REGISTER_TIMEOUT = 5.0

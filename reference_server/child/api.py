@@ -30,7 +30,7 @@ from ..core.placement import affinity_target, rebalance_plan
 from ..core.proctable import ProcEntry, ProcKind, ProcState
 from ..core.registry import ClientInfo, SessionState
 from ..errors import CloseCode, ErrorCode, ServerError
-from . import messages as msg
+from ..ipc import messages as msg
 
 if TYPE_CHECKING:
     from .context import ChildContext
@@ -428,7 +428,7 @@ class Server:
         """The running reload, the last ones, the counters and the newest generation."""
         return await self._rt.master_call("reload_status", None, 5.0)
 
-    # -- listening ports (the master holds every listener; see runtime/listeners.py) ------------
+    # -- listening ports (the master holds every listener; see master/listeners.py) ------------
 
     async def listen(
         self,

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from ..core.ratelimit import OncePerKey, Summariser
+from .core.ratelimit import OncePerKey, Summariser
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 

@@ -68,7 +68,7 @@ from ..core.ports import (
     plan_ports,
 )
 from ..errors import ErrorCode
-from .logs import Log
+from ..logs import Log
 
 #: dispatch(conn, addr, port, refusal): hand an accepted connection to a worker.
 Dispatch = Callable[[socket.socket, Any, int, "RefusalReason | None"], None]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.metrics import Counters
-from .logs import Log
+from ..logs import Log
 
 
 @dataclass
