@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("config.invalid", error=str(exc), code=int(ExitCode.BAD_CONFIG))
         return ExitCode.BAD_CONFIG
 
-    from .child.runtime import load_app
+    from .child.boot import load_app
     from .master.arbiter import BindError, Master
 
     try:

@@ -49,7 +49,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..app import Application, ProcessSpec
-from ..child.runtime import ChildBoot, child_main
+from ..child.boot import ChildBoot
+from ..child.runtime import child_main
 from ..config import Config
 from ..core.ports import OnRemove, PortError, RefusalReason
 from ..core.proctable import ProcKind, ProcState, ProcTable, proctable_size

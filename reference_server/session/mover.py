@@ -424,7 +424,7 @@ class Mover:
         cfg = rt.config
         sess = Session.restore(
             snap,
-            rt,
+            rt.host,
             rt.loop,
             sock,
             max_message_size=cfg.max_message_size,

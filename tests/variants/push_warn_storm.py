@@ -3,15 +3,15 @@
 Caught by scenarios/test_dead_session_push.py (the log grows with dead pushes).
 """
 
-from reference_server.child.runtime import Runtime
+from reference_server.roles.worker import Worker
 from tests.variants import patch
 
 
 def apply() -> None:
-    original = Runtime.note_push_failed
+    original = Worker.note_push_failed
 
-    def note_push_failed(self, sid, code):
-        original(self, sid, code)
-        self.log.warning("push.failed", sid=sid, code=int(code), error=code.name)
+    def note_push_failed(self, sid, code, *, in_flight=False):
+        original(self, sid, code, in_flight=in_flight)
+        self.rt.log.warning("push.failed", sid=sid, code=int(code), error=code.name)
 
-    patch(Runtime, "note_push_failed", note_push_failed)
+    patch(Worker, "note_push_failed", note_push_failed)

@@ -4,15 +4,17 @@ The common "graceful" reload: every client reconnects. Caught by
 scenarios/test_reload.py (reload_ticks).
 """
 
-from reference_server.child.runtime import Runtime
 from reference_server.errors import CloseCode
+from reference_server.roles.retiring import Retirer
+from reference_server.session.session import CloseCause
 from tests.variants import patch
 
 
 def apply() -> None:
     async def hand_over_sessions(self, budget: float) -> None:
-        for sess in list(self.sessions.values()):
-            sess.close(CloseCode.GOING_AWAY, "server reloading", cause="retire")
-        await self._wait_for(lambda: not self.sessions, until=budget)
+        sessions = self.rt.sessions
+        for sess in list(sessions.values()):
+            sess.close(CloseCode.GOING_AWAY, "server reloading", cause=CloseCause.RETIRE)
+        await self.host.wait_for(lambda: not sessions, until=budget)
 
-    patch(Runtime, "_hand_over_sessions", hand_over_sessions)
+    patch(Retirer, "hand_over_sessions", hand_over_sessions)
