@@ -45,6 +45,10 @@ applies the queued operations, hands the exported state back to
 
 A source remembers where each session went (a *tombstone*, kept for
 :data:`TOMBSTONE_TTL`), so that a late operation still reaches the new owner.
+
+Where each operation goes in each phase, and when the phases change, is
+``core/handover.py`` (pure, and checked by a three-process simulation); this
+module does the I/O around it.
 """
 
 from __future__ import annotations
@@ -56,9 +60,10 @@ import os
 import socket
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..core.handover import Handover, MovePhase, Route
 from ..core.proctable import QUIET_KINDS, ProcEntry, ProcKind, ProcState
 from ..errors import ErrorCode, ServerError
 from ..ipc import messages as msg
@@ -89,28 +94,7 @@ class Outgoing:
     target_pid: int
     target_worker: int
     started: float
-    queue: list[msg.SessionOp] = field(default_factory=list)
-    forwarding: bool = False
     adopted: asyncio.Future | None = None
-
-
-@dataclass
-class Incoming:
-    """A session adopted by this process whose source is still draining (target side)."""
-
-    sid: int
-    source_pid: int
-    started: float
-    held: list[msg.SessionOp] = field(default_factory=list)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-@dataclass
-class _Round:
-    token: int
-    waiting: set[int]
-    moves: list[Outgoing]
-    timer: asyncio.TimerHandle | None = None
 
 
 class Mover:
@@ -118,12 +102,12 @@ class Mover:
 
     def __init__(self, rt: ChildContext) -> None:
         self.rt = rt
-        self.outgoing: dict[int, Outgoing] = {}
-        self.incoming: dict[int, Incoming] = {}
-        self.moved: dict[int, tuple[int, float]] = {}  # sid -> (new owner pid, expiry)
+        #: The phases, queues, holds, tombstones and barrier rounds (core/handover.py).
+        self.book: Handover[msg.SessionOp] = Handover()
+        self.outgoing: dict[int, Outgoing] = {}  # the I/O side of the book's outbound moves
+        self._arrivals: dict[int, asyncio.Event] = {}  # set once a held session is drained
         self._preparing: set[int] = set()  # sessions whose on_migrate_out is running
-        self._round: _Round | None = None
-        self._next_round: list[Outgoing] = []
+        self._round_timer: asyncio.TimerHandle | None = None
         self._tokens = itertools.count(1)
         #: How long a barrier round waits for silent processes (a retiring process shortens it).
         self.barrier_timeout = BARRIER_TIMEOUT
@@ -133,23 +117,10 @@ class Mover:
     def intercept(self, op: msg.SessionOp, forwarded: bool) -> bool:
         """Take care of ``op`` if its session is moving or moved; True if taken."""
         sid = op.sid
-        out = self.outgoing.get(sid)
-        if out is not None:
-            if out.forwarding:
-                self._forward(out.target_pid, op)
-            else:
-                out.queue.append(op)
-            return True
-        if not forwarded:
-            inc = self.incoming.get(sid)
-            if inc is not None:
-                inc.held.append(op)
-                return True
-        moved = self.moved.get(sid)
-        if moved is not None and sid not in self.rt.sessions:
-            self._forward(moved[0], op)
-            return True
-        return False
+        route = self.book.route(sid, op, forwarded=forwarded, owned=sid in self.rt.sessions)
+        if route is Route.FORWARD:
+            self._forward(self.book.where(sid), op)
+        return route is not Route.APPLY
 
     def _forward(self, pid: int, op: msg.SessionOp) -> None:
         if self.rt.links.send(pid, msg.Forwarded(op)):
@@ -163,7 +134,7 @@ class Mover:
     @property
     def idle(self) -> bool:
         """No move of this process is under way (barrier rounds included)."""
-        return not (self.outgoing or self._preparing or self._round is not None or self._next_round)
+        return not self._preparing and self.book.idle
 
     async def move_out(self, sid: int, to_worker: int, *, target: ProcEntry | None = None) -> dict[str, Any]:
         """Move session ``sid`` (owned here) to worker ``to_worker``; see the module docstring.
@@ -173,16 +144,16 @@ class Mover:
         """
         rt = self.rt
         self._check_not_leaving(sid)
-        inc = self.incoming.get(sid)
-        if inc is not None:  # it has just arrived: let its previous move finish first
+        arrival = self._arrivals.get(sid)
+        if arrival is not None:  # it has just arrived: let its previous move finish first
             try:
-                await asyncio.wait_for(inc.done.wait(), DRAIN_TIMEOUT)
+                await asyncio.wait_for(arrival.wait(), DRAIN_TIMEOUT)
             except TimeoutError:
                 pass
             self._check_not_leaving(sid)
         sess = rt.sessions.get(sid)
         if sess is None:
-            if sid in self.moved:
+            if sid in self.book.tombstones:
                 raise ServerError(ErrorCode.MOVED, f"session {sid} has moved on")
             if rt.table.lookup(sid) is not None:
                 raise ServerError(ErrorCode.SESSION_CLOSED, f"session {sid} is closing")
@@ -225,6 +196,7 @@ class Mover:
         out = Outgoing(sid, sess, sock, snap, target.pid, to_worker, started)
         out.adopted = rt.loop.create_future()
         self.outgoing[sid] = out
+        self.book.begin(sid, target.pid)
         deadline = time.monotonic() + ADOPT_DEADLINE
         sent = rt.links.send(
             target.pid, msg.Adopt(self.transfer_snapshot(snap), deadline, os.getpid(), rt.index), fds=[sock.fileno()]
@@ -241,11 +213,10 @@ class Mover:
         # 3. forward, then the barrier (it completes in the background: the target owns
         # the session now, and anything addressed to it is held there until step 4).
         self.release_source_copy(out.sock)
-        out.forwarding = True
-        for op in out.queue:
+        for op in self.book.adopted(sid):
             self._forward(out.target_pid, op)
-        out.queue.clear()
-        self._join_barrier(out)
+        if self.book.join_round(sid):
+            self._start_round()
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         rt.counters["migrations_out"] += 1
         rt.log.debug("session.migrated", sid=sid, to_worker=to_worker, ms=round(elapsed_ms, 3))
@@ -254,10 +225,10 @@ class Mover:
     def _check_not_leaving(self, sid: int) -> None:
         if sid in self._preparing:
             raise ServerError(ErrorCode.MIGRATION_IN_PROGRESS, f"session {sid} is already moving")
-        out = self.outgoing.get(sid)
-        if out is None:
+        phase = self.book.leaving(sid)
+        if phase is None:
             return
-        if out.forwarding:  # it already belongs to the target: the requester retries there
+        if phase is MovePhase.FORWARDING:  # it already belongs to the target: the requester retries there
             raise ServerError(ErrorCode.MOVED, f"session {sid} has moved on")
         raise ServerError(ErrorCode.MIGRATION_IN_PROGRESS, f"session {sid} is already moving")
 
@@ -300,6 +271,7 @@ class Mover:
         """The move failed before the adoption: the session goes on here. Raises MIGRATION_FAILED."""
         rt = self.rt
         del self.outgoing[out.sid]
+        queued = self.book.failed(out.sid)
         sess = out.session
         rt.sessions[out.sid] = sess
         try:
@@ -309,7 +281,7 @@ class Mover:
         sess.reattach(out.sock, out.snapshot.tx_pending)
         rt.channels.catch_up(sess)  # what was broadcast while it was frozen
         self._call_in(out.sid, out.snapshot.app_state)
-        for op in out.queue:
+        for op in queued:
             rt.deliver(op, in_flight=True)
         rt.counters["migrations_failed"] += 1
         rt.log.warning("migration.failed", sid=out.sid, to_worker=out.target_worker, reason=why)
@@ -321,7 +293,7 @@ class Mover:
         del self.outgoing[out.sid]
         out.sock.close()
         rt.counters["migrations_failed"] += 1
-        for op in out.queue:
+        for op in self.book.failed(out.sid):
             if isinstance(op, msg.Push):
                 rt.note_push_failed(op.sid, ErrorCode.SESSION_NOT_EXIST, in_flight=True)
         rt.log.warning("migration.lost", sid=out.sid, to_worker=out.target_worker)
@@ -331,13 +303,7 @@ class Mover:
 
     # -- the barrier -----------------------------------------------------------------------
 
-    def _join_barrier(self, out: Outgoing) -> None:
-        if self._round is None:
-            self._start_round([out])
-        else:
-            self._next_round.append(out)  # the round under way began before this switch
-
-    def _start_round(self, moves: list[Outgoing]) -> None:
+    def _start_round(self) -> None:
         """Ask every process that may have sent us an operation to answer on its link.
 
         Left out: this process; the targets of the moves in the round (their
@@ -346,56 +312,45 @@ class Mover:
         """
         rt = self.rt
         me = os.getpid()
-        targets = {out.target_pid for out in moves}
+        targets = {self.book.outbound[sid].target for sid in self.book.next_round if sid in self.book.outbound}
         token = next(self._tokens)
-        waiting = set()
+        asked = set()
         for entry in rt.procs.entries():
             if entry.pid == me or entry.pid in targets or entry.state is ProcState.EMPTY or entry.kind in QUIET_KINDS:
                 continue
             if rt.links.send(entry.pid, msg.Barrier(token, me)):
-                waiting.add(entry.pid)
-        rnd = _Round(token, waiting, moves)
-        self._round = rnd
-        if not waiting:
+                asked.add(entry.pid)
+        self.book.start_round(token, asked)
+        if not asked:
             self._end_round()
         else:
-            rnd.timer = rt.loop.call_later(self.barrier_timeout, self._round_timeout, token)
+            self._round_timer = rt.loop.call_later(self.barrier_timeout, self._round_timeout, token)
 
     def on_barrier_ack(self, token: int, pid: int) -> None:
-        rnd = self._round
-        if rnd is None or rnd.token != token:
-            return
-        rnd.waiting.discard(pid)
-        if not rnd.waiting:
+        if self.book.ack(token, pid):
             self._end_round()
 
     def peer_gone(self, pid: int) -> None:
         """A process exited (and what it sent was handled): it cannot send more, so it has answered."""
-        rnd = self._round
+        rnd = self.book.round
         if rnd is not None and pid in rnd.waiting:
             self.on_barrier_ack(rnd.token, pid)
 
     def _round_timeout(self, token: int) -> None:
-        rnd = self._round
+        rnd = self.book.round
         if rnd is not None and rnd.token == token:
             self.rt.log.warning("migration.barrier_timeout", silent_pids=sorted(rnd.waiting))
             self._end_round()
 
     def _end_round(self) -> None:
-        rnd = self._round
-        assert rnd is not None
-        if rnd.timer is not None:
-            rnd.timer.cancel()
-        self._round = None
-        expiry = time.monotonic() + TOMBSTONE_TTL
-        for out in rnd.moves:
-            self.rt.links.send(out.target_pid, msg.Drained(out.sid))
-            if self.outgoing.get(out.sid) is out:
-                del self.outgoing[out.sid]
-            self.moved[out.sid] = (out.target_pid, expiry)
-        if self._next_round:
-            moves, self._next_round = self._next_round, []
-            self._start_round(moves)
+        if self._round_timer is not None:
+            self._round_timer.cancel()
+            self._round_timer = None
+        for sid, target in self.book.end_round(time.monotonic() + TOMBSTONE_TTL):
+            self.rt.links.send(target, msg.Drained(sid))
+            self.outgoing.pop(sid, None)
+        if self.book.next_round:
+            self._start_round()
         self.rt.progressed()
 
     # -- target side -------------------------------------------------------------------------
@@ -439,8 +394,8 @@ class Mover:
             refuse(ErrorCode.SESSION_NOT_EXIST, f"session {sid} is gone from the registry")
             return
         rt.sessions[sid] = sess
-        self.moved.pop(sid, None)
-        self.incoming[sid] = Incoming(sid, src_pid, time.monotonic())
+        self.book.arrived(sid, src_pid, time.monotonic())
+        self._arrivals[sid] = asyncio.Event()
         rt.links.send(src_pid, msg.Adopted(sid, True, 0, ""))
         rt.counters["migrations_in"] += 1
         sess.resume()
@@ -448,19 +403,17 @@ class Mover:
         self._call_in(sid, snap.app_state)
 
     def on_drained(self, sid: int) -> None:
-        inc = self.incoming.pop(sid, None)
-        if inc is None:
+        if not self.book.holding(sid):
             return
-        for op in inc.held:
+        for op in self.book.drained(sid):
             self.rt.deliver(op, in_flight=True)
-        inc.done.set()
+        arrival = self._arrivals.pop(sid, None)
+        if arrival is not None:
+            arrival.set()
 
     def housekeeping(self, now: float) -> None:
         """Release holds whose source went silent; expire tombstones."""
-        for sid, inc in list(self.incoming.items()):
-            if now - inc.started > DRAIN_TIMEOUT:
-                self.rt.log.warning("migration.drain_timeout", sid=sid, source_pid=inc.source_pid)
-                self.on_drained(sid)
-        for sid, (_, expiry) in list(self.moved.items()):
-            if now > expiry:
-                del self.moved[sid]
+        for sid in self.book.overdue_holds(now, DRAIN_TIMEOUT):
+            self.rt.log.warning("migration.drain_timeout", sid=sid, source_pid=self.book.holds[sid].source)
+            self.on_drained(sid)
+        self.book.expire(now)

@@ -5,6 +5,7 @@ addressed to it in that window is lost (counted as a dead-session push).
 Caught by scenarios/test_migration.py (migration_pushes_in_flight).
 """
 
+from reference_server.core.handover import MovePhase
 from reference_server.errors import ErrorCode
 from reference_server.ipc import messages as msg
 from reference_server.session.mover import Mover
@@ -15,8 +16,7 @@ def apply() -> None:
     original = Mover.intercept
 
     def intercept(self, op, forwarded):
-        out = self.outgoing.get(op.sid)
-        if out is not None and not out.forwarding:
+        if self.book.leaving(op.sid) is MovePhase.QUEUEING:
             if isinstance(op, msg.Push):
                 self.rt.note_push_failed(op.sid, ErrorCode.SESSION_NOT_EXIST)
             return True
