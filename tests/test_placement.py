@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reference_server.core.placement import affinity_target, fewest_moves, rebalance_plan
+from reference_server.core.placement import (
+    MAX_RESPAWN_DELAY,
+    QUICK_CRASHES_ALLOWED,
+    affinity_target,
+    fewest_moves,
+    rebalance_plan,
+    respawn_delay,
+    round_robin,
+)
 
 # worker index -> how many sessions it holds (sessions are numbered per worker below)
 LOADS = st.dictionaries(st.integers(0, 7), st.integers(0, 40), max_size=6)
@@ -52,3 +62,22 @@ def test_affinity_picks_the_worker_holding_most_of_the_group_lowest_on_a_tie(hol
 
 def test_affinity_without_a_running_worker_has_no_target() -> None:
     assert affinity_target([1, 2], []) is None
+
+
+@given(st.integers(1, 7), st.integers(0, 100))
+def test_round_robin_gives_each_candidate_one_turn_in_every_round(n: int, start: int) -> None:
+    candidates = list(range(n))
+    picks = [round_robin(candidates, turn) for turn in range(start, start + n)]
+    assert sorted(picks) == candidates  # type: ignore[type-var]
+
+
+def test_round_robin_without_candidates_picks_none() -> None:
+    assert round_robin([], 3) is None
+
+
+def test_respawn_waits_only_after_repeated_quick_crashes_and_doubles_up_to_a_bound() -> None:
+    delays = [respawn_delay(n) for n in range(QUICK_CRASHES_ALLOWED + 8)]
+    assert delays[: QUICK_CRASHES_ALLOWED + 1] == [0.0] * (QUICK_CRASHES_ALLOWED + 1)
+    grown = delays[QUICK_CRASHES_ALLOWED + 1 :]
+    assert grown[0] > 0 and all(b == min(2 * a, MAX_RESPAWN_DELAY) for a, b in itertools.pairwise(grown))
+    assert grown[-1] == MAX_RESPAWN_DELAY

@@ -1,7 +1,9 @@
 """Where sessions go: the plans behind ``affinity`` and ``rebalance`` (contract section 7).
 
 Pure functions, no I/O: they take who holds what and answer the moves; the
-runtime (``child/api.py``) runs the moves. Rules:
+runtime (``child/api.py``) runs the moves. The master's choices are here too: which
+worker gets a new connection (round robin over the ready ones, ``master/acceptor.py``)
+and how long a crashing child waits before it is respawned. Rules:
 
 * **Affinity.** Without a worker given, a group goes to the worker that already
   holds most of its members, the lowest index on a tie, so the fewest move.
@@ -15,8 +17,30 @@ runtime (``child/api.py``) runs the moves. Rules:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeVar
 
 Move = tuple[int, int, int]  # (session, from worker, to worker)
+T = TypeVar("T")
+
+#: Crashes within a second of the start after which a respawn is delayed, and the longest delay.
+QUICK_CRASHES_ALLOWED = 3
+MAX_RESPAWN_DELAY = 5.0
+
+
+def round_robin(candidates: Sequence[T], turn: int) -> T | None:
+    """The candidate whose turn it is (``turn`` counts up by one per pick); None without candidates."""
+    if not candidates:
+        return None
+    return candidates[turn % len(candidates)]
+
+
+def respawn_delay(quick_crashes: int) -> float:
+    """How long the master waits before it respawns a child that crashed ``quick_crashes`` times in a row,
+    each within a second of its start: at once up to QUICK_CRASHES_ALLOWED, then 0.5 s, 1 s, 2 s, ...
+    up to MAX_RESPAWN_DELAY."""
+    if quick_crashes <= QUICK_CRASHES_ALLOWED:
+        return 0.0
+    return min(MAX_RESPAWN_DELAY, 0.25 * 2 ** (quick_crashes - QUICK_CRASHES_ALLOWED))
 
 
 def affinity_target(holders: Iterable[int], workers: Sequence[int]) -> int | None:

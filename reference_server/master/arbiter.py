@@ -6,26 +6,16 @@ One synchronous loop, no threads, so that forking is always safe:
   (SIGTERM/SIGINT: graceful shutdown; SIGCHLD: reap and respawn; SIGUSR1:
   reload workers and task workers; SIGUSR2: reload task workers only).
 * Listening sockets live only here (``listeners.py``: ports are added and
-  removed at run time, from any process, the admin API or the ports file).
-  An accepted connection is given a session id in the shared table and handed
-  to a worker over its ctl channel with SCM_RIGHTS, with the handler set of
-  its port, or with a refusal (its port's connection limit is reached) that
-  the worker answers with an HTTP 503; the master then closes its own copy,
-  so the worker owns it alone.
+  removed at run time, from any process, the admin API or the ports file);
+  what is accepted goes to a worker (``acceptor.py``).
 * A child that exits while the server runs is logged with its cause (exit
   status or signal) and replaced at once; the sessions a dead worker owned are
   released from the table and counted as lost. A child that keeps crashing
   within a second of its start is respawned with a growing delay (up to 5 s).
-* Reload (``core/reloads.py`` keeps the books): each process in scope gets a
-  successor of the new generation in its slot. When the successor is ready,
-  the old process is *retired*: marked stopping in the process directory (no
-  new connections, tasks or sessions reach it), told ``retire``; it runs its
-  exit hook, hands its sessions to the new generation, finishes its work and
-  exits. One still alive ``max_wait_ms`` after its retirement is killed, with
-  a warning. A request while a reload runs is merged into it. Custom
-  processes are replaced only if declared reloadable, old first (no overlap).
-* Children may call the master over ctl (``("call", token, method, args)``,
-  answered with ``("reply", token, ok, value)``): ``reload``,
+* Reload: ``reloader.py`` (the master's steps), ``roles/retiring.py`` (the old
+  process's), ``core/reloads.py`` (the books).
+* Children may call the master over ctl (``Call``, answered with ``Reply``;
+  ``ipc/messages.py``): ``reload``,
   ``reload_status``, ``listen``, ``unlisten``, ``listeners``, ``ports_file``,
   ``ports_file_apply``.
 * Shutdown: stop accepting, tell every child to stop (workers send 1001 to
@@ -36,35 +26,32 @@ One synchronous loop, no threads, so that forking is always safe:
 from __future__ import annotations
 
 import collections
-import mmap
 import os
 import secrets
 import selectors
 import signal
 import socket
-import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from ..app import Application, ProcessSpec
+from ..app import Application
 from ..child.boot import ChildBoot
 from ..child.runtime import child_main
 from ..config import Config
-from ..core.ports import OnRemove, PortError, RefusalReason
-from ..core.proctable import ProcKind, ProcState, ProcTable, proctable_size
-from ..core.registry import SessionTable, TableFull, TornRecord, table_size
-from ..core.reloads import ReloadBook, ReloadScope, ReloadState, Ticket
+from ..core.placement import respawn_delay
+from ..core.ports import OnRemove, PortError
+from ..core.proctable import ProcKind, ProcState, ProcTable
+from ..core.registry import SessionTable
+from ..core.reloads import ReloadScope
 from ..errors import ErrorCode, ExitCode
 from ..ipc import links as ipc
 from ..ipc import messages as msg
 from ..logs import Log
+from .acceptor import Acceptor
+from .children import Child, SharedState, Slot
 from .listeners import ListenerSet, open_listener
-
-# master stats block: accepted, refused, respawns, sessions_lost, started_at, ready
-_MSTATS = struct.Struct("<QQQQdB")
-MSTATS_SIZE = 64
+from .reloader import Reloader
 
 
 class BindError(OSError):
@@ -79,98 +66,25 @@ def bind_listener(host: str, port: int, backlog: int) -> socket.socket:
         raise BindError(int(exc.code), exc.message) from None
 
 
-#: The refusal a worker sends as the HTTP 503 answer to a connection's handshake.
-_REFUSALS = {
-    RefusalReason.LIMIT: (ErrorCode.PORT_LIMIT, "port {port} is at its limit of {limit} connections"),
-    RefusalReason.REMOVED: (ErrorCode.PORT_REMOVED, "port {port} was removed"),
-}
-
-
-class SharedState:
-    """The one shared mapping: process directory, master stats, session table."""
-
-    def __init__(self, capacity: int) -> None:
-        self.size = proctable_size() + MSTATS_SIZE + table_size(capacity)
-        self.mem = mmap.mmap(-1, self.size, flags=mmap.MAP_SHARED)
-        view = memoryview(self.mem)
-        p = proctable_size()
-        self.procs = ProcTable(view[:p])
-        self._mstats = view[p : p + MSTATS_SIZE]
-        self.table = SessionTable(view[p + MSTATS_SIZE :], capacity, create=True)
-
-    def write_master_stats(self, accepted, refused, respawns, lost, started, ready) -> None:
-        _MSTATS.pack_into(self._mstats, 0, accepted, refused, respawns, lost, started, ready)
-
-    def master_stats(self) -> dict[str, object]:
-        a, r, s, lost, started, ready = _MSTATS.unpack_from(self._mstats, 0)
-        return {
-            "connections_accepted": a,
-            "connections_refused": r,
-            "respawns": s,
-            "sessions_lost": lost,
-            "started_at": started,
-            "ready": bool(ready),
-        }
-
-
-@dataclass
-class Child:
-    pid: int
-    kind: ProcKind
-    index: int
-    name: str
-    ctl: socket.socket
-    started: float
-    spec: ProcessSpec | None = None
-    ready: bool = False
-    # (message bytes, connection or None, session id or None) waiting for room
-    pending: collections.deque = field(default_factory=collections.deque)
-
-
-@dataclass(eq=False)
-class Slot:
-    """A place for one child; survives the child's respawns and reloads."""
-
-    kind: ProcKind
-    index: int
-    name: str
-    spec: ProcessSpec | None = None
-    extra_socket: socket.socket | None = None
-    quick_crashes: int = 0
-    respawn_at: float = 0.0
-    generation: int = 1
-
-    @property
-    def reloadable(self) -> bool:
-        if self.kind in (ProcKind.WORKER, ProcKind.TASK):
-            return True
-        return self.kind is ProcKind.CUSTOM and self.spec is not None and self.spec.reloadable
-
-
-@dataclass(eq=False)
-class Retiree:
-    """An old-generation process on its way out during reload ``reload_id``."""
-
-    child: Child
-    slot: Slot
-    reload_id: int
-    waiting: bool = True  # for its successor to be ready (it still serves meanwhile)
-    deadline: float = 0.0  # killed after this (monotonic), once retired
-    killed: bool = False
-
-
 class Master:
+    """The arbiter: one loop over listeners, ctl channels and queued signals."""
+
     def __init__(self, config: Config, app: Application, log: Log) -> None:
         self.config = config
         self.app = app
         self.log = log
         self.token = secrets.token_hex(8)
         self.shared = SharedState(config.max_connections)
-        self.table = self.shared.table
-        self.procs = self.shared.procs
+        self.table: SessionTable = self.shared.table
+        self.procs: ProcTable = self.shared.procs
         self.selector = selectors.DefaultSelector()
         self.handlers = [name for name, _ in app.handler_table()]
-        self.ports = ListenerSet(config, self.selector, log, self.handlers, self._dispatch, self._close_port_sessions)
+        self.acceptor = Acceptor(self)
+        self.reloader = Reloader(self)
+        self.ports = ListenerSet(
+            config, self.selector, log, self.handlers, self.acceptor.dispatch, self.acceptor.close_port_sessions
+        )
+        self.acceptor.attach(self.ports)
         self.children: dict[int, Child] = {}
         self.slots: list[Slot] = []
         self._slot_of: dict[int, Slot] = {}
@@ -180,13 +94,9 @@ class Master:
         self.exit_code = ExitCode.OK
         self._signals: collections.deque[int] = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
-        self._rr = 0
-        self._accepted = self._refused = self._respawns = self._lost = 0
+        self._respawns = self._lost = 0
         self._started = time.time()
         self._announced_ready = False
-        self.reloads = ReloadBook()
-        self.retiring: dict[int, Retiree] = {}
-        self._reload_waiters: dict[int, list[tuple[int, int, bool]]] = {}  # reload id -> [(pid, token, merged)]
 
     # -- start-up -----------------------------------------------------------------
 
@@ -237,7 +147,7 @@ class Master:
             admin_port=self.config.admin_port or None,
         )
         for slot in self.slots:
-            self._spawn(slot)
+            self.spawn(slot)
         try:
             while self.children or not self.stopping:
                 self._loop_once()
@@ -254,7 +164,7 @@ class Master:
         if self.stopping:
             timeout = max(0.0, min(timeout, self.stop_deadline - now))
         waiting = [s.respawn_at for s in self.slots if s.respawn_at]
-        waiting += [r.deadline for r in self.retiring.values() if r.deadline and not r.killed]
+        waiting += self.reloader.deadlines()
         if self.ports.file is not None and not self.stopping:
             waiting.append(self.ports.next_poll)
         if waiting:
@@ -263,7 +173,7 @@ class Master:
             what, data = key.data
             if what == "listen":
                 if self.ports.sockets.get(data) is key.fileobj:  # not removed earlier in this batch
-                    self._accept(key.fileobj, data)
+                    self.acceptor.accept(key.fileobj, data)
             elif what == "ctl":
                 if mask & selectors.EVENT_READ:
                     self._read_ctl(data)
@@ -282,8 +192,8 @@ class Master:
         for slot in self.slots:
             if slot.respawn_at and now >= slot.respawn_at and not self.stopping:
                 slot.respawn_at = 0.0
-                self._spawn(slot)
-        self._kill_overdue(now)
+                self.spawn(slot)
+        self.reloader.kill_overdue(now)
         if not self.stopping:
             self.ports.poll_file(now)
         if self.stopping and now >= self.stop_deadline and self.children:
@@ -303,9 +213,9 @@ class Master:
         if signum in (signal.SIGTERM, signal.SIGINT):
             self.begin_shutdown(signal.Signals(signum).name)
         elif signum == signal.SIGUSR1:
-            self.request_reload(ReloadScope.ALL, "SIGUSR1")
+            self.reloader.request(ReloadScope.ALL, "SIGUSR1")
         elif signum == signal.SIGUSR2:
-            self.request_reload(ReloadScope.TASK_WORKERS, "SIGUSR2")
+            self.reloader.request(ReloadScope.TASK_WORKERS, "SIGUSR2")
         elif signum == signal.SIGHUP:
             self.log.info("signal.ignored", signal="SIGHUP", hint="reload with SIGUSR1 (all) or SIGUSR2 (task workers)")
 
@@ -318,91 +228,18 @@ class Master:
         self.ports.close_all()
         # Workers first get the order; the broker is told too but may outlive them briefly.
         for child in list(self.children.values()):
-            self._send_ctl(child, msg.Stop(reason))
+            self.send_ctl(child, msg.Stop(reason))
 
-    # -- accepting --------------------------------------------------------------------
+    # -- what the acceptor and the reloader use -------------------------------------------
 
-    def _accept(self, lsock: socket.socket, port: int) -> None:
-        for _ in range(64):
-            try:
-                conn, addr = lsock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self.log.warning("accept.failed", port=port, error=repr(exc))
-                return
-            self._dispatch(conn, addr, port, self.ports.book.admit(port))
+    def retired(self, pid: int) -> bool:
+        return self.reloader.retired(pid)
 
-    def _pick_worker(self) -> Child | None:
-        ready = sorted(
-            (
-                c
-                for c in self.children.values()
-                if c.kind is ProcKind.WORKER and c.ready and not self._retired(c.pid)
-            ),
-            key=lambda c: c.index,
-        )
-        if not ready:
-            return None
-        self._rr += 1
-        return ready[self._rr % len(ready)]
+    def slot_of(self, pid: int) -> Slot | None:
+        return self._slot_of.get(pid)
 
-    def _dispatch(self, conn: socket.socket, addr, port: int, refusal: RefusalReason | None = None) -> None:
-        """Hand a connection to a worker: to be served, or (``refusal``) to be answered 503."""
-        book = self.ports.book
-        worker = self._pick_worker()
-        if worker is None:
-            self._refused += 1
-            book.refused(port, RefusalReason.NO_WORKER)
-            self.log.warning("accept.refused", port=port, reason="no worker ready")
-            conn.close()
-            return
-        handler = self.ports.handler_id(port)
-        try:
-            sid = self.table.allocate(
-                worker=worker.index,
-                owner_pid=worker.pid,
-                remote_addr=addr[0],
-                remote_port=addr[1],
-                local_port=port,
-                now=time.time(),
-                handler=handler,
-            )
-        except TableFull as exc:
-            self._refused += 1
-            book.refused(port, RefusalReason.TABLE_FULL)
-            self.log.warning("accept.refused", port=port, reason=str(exc))
-            conn.close()
-            return
-        refuse = None
-        if refusal is not None:
-            self._refused += 1
-            book.refused(port, refusal)
-            code, text = _REFUSALS[refusal]
-            listener = book.listeners.get(port)
-            limit = listener.spec.max_connections if listener is not None else 0
-            refuse = (int(code), text.format(port=port, limit=limit))
-            self.log.debug("accept.refused", port=port, reason=refusal.value, sid=sid)
-        else:
-            self._accepted += 1
-            book.opened(sid, port)
-        self._send_ctl(worker, msg.Accept(sid, port, handler, refuse), conn)
-
-    def _close_port_sessions(self, sids: list[int], port: int) -> None:
-        """Policy ``close`` of a removed port: each session's owner closes it with 1001."""
-        by_owner: dict[int, list[int]] = {}
-        for sid in sids:
-            try:
-                info = self.table.get_client_info(sid)
-            except TornRecord:  # its writer died mid-write: the owner's death frees it
-                self.log.warning("registry.torn_record", sid=sid)
-                continue
-            if info is not None:
-                by_owner.setdefault(info.owner_pid, []).append(sid)
-        for pid, owned in by_owner.items():
-            child = self.children.get(pid)
-            if child is not None:  # one that is gone has lost its sessions already
-                self._send_ctl(child, msg.CloseSessions(owned, 1001, f"port {port} was removed"))
+    def forget_slot(self, pid: int) -> None:
+        del self._slot_of[pid]
 
     def _free(self, sid: int) -> None:
         self.table.free(sid)
@@ -410,7 +247,7 @@ class Master:
 
     # -- ctl channels -----------------------------------------------------------------
 
-    def _send_ctl(self, child: Child, message: tuple, conn: socket.socket | None = None) -> None:
+    def send_ctl(self, child: Child, message: tuple, conn: socket.socket | None = None) -> None:
         """Send a ctl message (with a connection's fd for :class:`~.messages.Accept`); queue it if full."""
         entry = (ipc.ctl_encode(message), conn, message.sid if isinstance(message, msg.Accept) else None)
         if child.pending or not self._try_send(child, *entry):
@@ -480,7 +317,7 @@ class Master:
 
     def _on_retired(self, child: Child, message: msg.Retired) -> None:
         if isinstance(message.report, dict):
-            self.reloads.note_retired(child.pid, message.report)
+            self.reloader.book.note_retired(child.pid, message.report)
 
     _CHILD_MESSAGES: dict[type, Callable[[Master, Child, Any], None]] = {
         msg.Closed: lambda self, child, m: self._free(m.sid),
@@ -496,9 +333,7 @@ class Master:
         slot = self._slot_of.get(child.pid)
         if slot is not None and time.monotonic() - child.started > 1.0:
             slot.quick_crashes = 0
-        for retiree in list(self.retiring.values()):
-            if retiree.waiting and retiree.slot is slot:
-                self._retire(retiree)
+        self.reloader.successor_ready(slot)
         if not self._announced_ready and all(c.ready for c in self.children.values()):
             self._announced_ready = True
             self.log.info("server.ready", port=self.port, pid=os.getpid())
@@ -508,29 +343,12 @@ class Master:
 
         def reply(ok: bool, value: object) -> None:
             if token:
-                self._send_ctl(child, msg.Reply(token, ok, value))
+                self.send_ctl(child, msg.Reply(token, ok, value))
 
         if method == "reload":
-            if not isinstance(args, dict):
-                reply(False, (int(ErrorCode.BAD_REQUEST), "reload arguments must be a dict"))
-                return
-            try:
-                scope = ReloadScope.parse(args.get("scope", "all"))
-            except ValueError as exc:
-                reply(False, (int(ErrorCode.BAD_REQUEST), str(exc)))
-                return
-            source = str(args.get("source") or child.name)[:64]
-            ticket = self.request_reload(scope, source)
-            if ticket is None:
-                reply(False, (int(ErrorCode.UNSUPPORTED), "the server is stopping: no reload"))
-                return
-            answer = {"merged": ticket.merged, **ticket.reload.as_dict()}
-            if args.get("wait") and token and ticket.reload.state is ReloadState.RUNNING:
-                self._reload_waiters.setdefault(ticket.reload.id, []).append((child.pid, token, ticket.merged))
-            else:  # not waiting, or already done (nothing in its scope was running)
-                reply(True, answer)
+            self.reloader.serve_call(child, token, args, reply)
         elif method == "reload_status":
-            reply(True, {**self.reloads.status(), "retired": self.reloads.retired_totals()})
+            reply(True, self.reloader.status())
         elif method in ("listen", "unlisten", "listeners", "ports_file", "ports_file_apply"):
             try:
                 reply(True, self._serve_ports_call(method, args, child))
@@ -565,113 +383,9 @@ class Master:
         self.ports.file_status()  # ports_file_apply: raises if there is no ports file
         return self.ports.apply_file()
 
-    # -- reload ----------------------------------------------------------------------------
-
-    def request_reload(self, scope: ReloadScope, source: str) -> Ticket | None:
-        """Start a reload of ``scope``, or merge into the one running (None while stopping)."""
-        if self.stopping:
-            self.log.warning("reload.refused", source=source, reason="the server is stopping")
-            return None
-        ticket = self.reloads.request(scope, source)
-        reload = ticket.reload
-        self.log.info(
-            "reload.request",
-            reload=reload.id,
-            source=source,
-            scope=scope.value,
-            merged=ticket.merged,
-            widened=sorted(ticket.widened) if ticket.merged else None,
-            generation=reload.generation,
-        )
-        for slot in self.slots:
-            if slot.reloadable and slot.kind.label in ticket.widened:
-                self._replace(slot, reload.id, reload.generation)
-        self._maybe_finish_reload()
-        return ticket
-
-    def _replace(self, slot: Slot, reload_id: int, generation: int) -> None:
-        """Give ``slot`` a successor of ``generation``; its current child retires once that is ready."""
-        slot.generation = generation
-        old = next((c for pid, c in self.children.items() if self._slot_of.get(pid) is slot), None)
-        if old is None:  # not running now (a respawn is pending): it restarts in the new generation
-            return
-        del self._slot_of[old.pid]
-        retiree = Retiree(old, slot, reload_id)
-        self.retiring[old.pid] = retiree
-        reload = self.reloads.current
-        if reload is not None:
-            reload.replaced.append({"name": slot.name, "old_pid": old.pid, "generation": generation})
-        if slot.kind is ProcKind.CUSTOM:
-            self._retire(retiree)  # no overlap: its successor starts when it has exited
-        else:
-            self._spawn(slot)
-
-    def _retired(self, pid: int) -> bool:
-        retiree = self.retiring.get(pid)
-        return retiree is not None and not retiree.waiting
-
-    def _retire(self, retiree: Retiree) -> None:
-        retiree.waiting = False
-        max_wait = self.config.max_wait_ms
-        retiree.deadline = time.monotonic() + max_wait / 1000.0
-        self.procs.set_state(retiree.child.pid, ProcState.STOPPING)
-        self.log.info("reload.retire", name=retiree.child.name, pid=retiree.child.pid, reload=retiree.reload_id)
-        self._send_ctl(retiree.child, msg.Retire(retiree.reload_id, max_wait))
-
-    def _kill_overdue(self, now: float) -> None:
-        for retiree in self.retiring.values():
-            if retiree.waiting or retiree.killed or now < retiree.deadline:
-                continue
-            retiree.killed = True
-            self.reloads.note_forced_kill()
-            self.log.warning(
-                "reload.force_kill",
-                name=retiree.child.name,
-                pid=retiree.child.pid,
-                reload=retiree.reload_id,
-                max_wait_ms=self.config.max_wait_ms,
-                hint="the old process did not finish in max_wait_ms; its remaining sessions are lost",
-            )
-            try:
-                os.kill(retiree.child.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def _retiree_exited(self, retiree: Retiree, cause: str, lost: int) -> None:
-        reload = self.reloads.find(retiree.reload_id)
-        if reload is not None:
-            reload.sessions_lost += lost
-        log = self.log.warning if lost or retiree.killed else self.log.info
-        log("reload.retired", name=retiree.child.name, pid=retiree.child.pid, cause=cause, sessions_lost=lost)
-        slot = retiree.slot
-        if slot.kind is ProcKind.CUSTOM and not self.stopping and slot.respawn_at == 0.0:
-            self._spawn(slot)
-        self._maybe_finish_reload()
-
-    def _maybe_finish_reload(self) -> None:
-        reload = self.reloads.current
-        if reload is None or any(r.reload_id == reload.id for r in self.retiring.values()):
-            return
-        self.reloads.finish()
-        self.log.info(
-            "reload.done",
-            reload=reload.id,
-            generation=reload.generation,
-            duration_ms=round(reload.duration_ms, 3),
-            requests=len(reload.requests),
-            merged=reload.merged,
-            forced_kills=reload.forced_kills,
-            sessions_lost=reload.sessions_lost,
-        )
-        answer = reload.as_dict()
-        for pid, token, merged in self._reload_waiters.pop(reload.id, []):
-            child = self.children.get(pid)
-            if child is not None:
-                self._send_ctl(child, msg.Reply(token, True, {"merged": merged, **answer}))
-
     # -- children ------------------------------------------------------------------------
 
-    def _spawn(self, slot: Slot) -> None:
+    def spawn(self, slot: Slot) -> None:
         parent_end, child_end = ipc.ctl_pair()
         boot = ChildBoot(
             kind=slot.kind,
@@ -743,7 +457,6 @@ class Master:
             self._read_ctl(pid)  # its last words (a retirement report) come before its exit
         child = self.children.pop(pid, None)
         slot = self._slot_of.pop(pid, None)
-        retiree = self.retiring.pop(pid, None)
         if child is None:
             return
         if os.WIFSIGNALED(status):
@@ -767,8 +480,7 @@ class Master:
         for sid in lost:
             self.ports.book.closed(sid)
         self._lost += len(lost)
-        if retiree is not None:
-            self._retiree_exited(retiree, cause, len(lost))
+        if self.reloader.exited(pid, cause, len(lost)):
             return
         if self.stopping:
             self.log.info("process.exit", name=child.name, pid=pid, cause=cause)
@@ -788,16 +500,16 @@ class Master:
             slot.quick_crashes += 1
         else:
             slot.quick_crashes = 0
-        if slot.quick_crashes > 3:
-            delay = min(5.0, 0.25 * 2 ** (slot.quick_crashes - 3))
+        delay = respawn_delay(slot.quick_crashes)
+        if delay:
             slot.respawn_at = time.monotonic() + delay
             self.log.warning("process.respawn_delayed", name=slot.name, delay_s=delay)
         else:
-            self._spawn(slot)
+            self.spawn(slot)
 
     def _publish_stats(self) -> None:
         self.shared.write_master_stats(
-            self._accepted, self._refused, self._respawns, self._lost, self._started, self._announced_ready
+            self.acceptor.accepted, self.acceptor.refused, self._respawns, self._lost, self._started, self._announced_ready
         )
 
     def _close_everything(self) -> None:

@@ -1,0 +1,92 @@
+"""What the master knows about its children: slots, running children, retirees, shared memory."""
+
+from __future__ import annotations
+
+import collections
+import mmap
+import socket
+import struct
+from dataclasses import dataclass, field
+
+from ..app import ProcessSpec
+from ..core.proctable import ProcKind, ProcTable, proctable_size
+from ..core.registry import SessionTable, table_size
+
+# master stats block: accepted, refused, respawns, sessions_lost, started_at, ready
+_MSTATS = struct.Struct("<QQQQdB")
+MSTATS_SIZE = 64
+
+
+class SharedState:
+    """The one shared mapping: process directory, master stats, session table."""
+
+    def __init__(self, capacity: int) -> None:
+        self.size = proctable_size() + MSTATS_SIZE + table_size(capacity)
+        self.mem = mmap.mmap(-1, self.size, flags=mmap.MAP_SHARED)
+        view = memoryview(self.mem)
+        p = proctable_size()
+        self.procs = ProcTable(view[:p])
+        self._mstats = view[p : p + MSTATS_SIZE]
+        self.table = SessionTable(view[p + MSTATS_SIZE :], capacity, create=True)
+
+    def write_master_stats(self, accepted, refused, respawns, lost, started, ready) -> None:
+        _MSTATS.pack_into(self._mstats, 0, accepted, refused, respawns, lost, started, ready)
+
+    def master_stats(self) -> dict[str, object]:
+        a, r, s, lost, started, ready = _MSTATS.unpack_from(self._mstats, 0)
+        return {
+            "connections_accepted": a,
+            "connections_refused": r,
+            "respawns": s,
+            "sessions_lost": lost,
+            "started_at": started,
+            "ready": bool(ready),
+        }
+
+
+@dataclass
+class Child:
+    """A running child process, as the master sees it."""
+
+    pid: int
+    kind: ProcKind
+    index: int
+    name: str
+    ctl: socket.socket
+    started: float
+    spec: ProcessSpec | None = None
+    ready: bool = False
+    # (message bytes, connection or None, session id or None) waiting for room
+    pending: collections.deque = field(default_factory=collections.deque)
+
+
+@dataclass(eq=False)
+class Slot:
+    """A place for one child; survives the child's respawns and reloads."""
+
+    kind: ProcKind
+    index: int
+    name: str
+    spec: ProcessSpec | None = None
+    extra_socket: socket.socket | None = None
+    quick_crashes: int = 0
+    respawn_at: float = 0.0
+    generation: int = 1
+
+    @property
+    def reloadable(self) -> bool:
+        if self.kind in (ProcKind.WORKER, ProcKind.TASK):
+            return True
+        return self.kind is ProcKind.CUSTOM and self.spec is not None and self.spec.reloadable
+
+
+@dataclass(eq=False)
+class Retiree:
+    """An old-generation process on its way out during reload ``reload_id``."""
+
+    child: Child
+    slot: Slot
+    reload_id: int
+    waiting: bool = True  # for its successor to be ready (it still serves meanwhile)
+    deadline: float = 0.0  # killed after this (monotonic), once retired
+    killed: bool = False
