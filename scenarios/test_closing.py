@@ -12,7 +12,7 @@ server to close it and withholds its close reply, so the session stays
 keep ticking. Meanwhile another client pushes to it; then the victim resets
 its connection, and the pushes go on to the gone session.
 
-Checked:
+Checked (``scenarios/harness/checkers/closing.py``):
 
 * every push while the session is closing fails with 1004 (at least one is made);
 * every push once it is gone fails with 1005;
@@ -27,9 +27,11 @@ import time
 
 import pytest
 
+from scenarios.harness.checkers.closing import ClosingHistory, check
 from scenarios.harness.client import ScenarioClient
-from scenarios.harness.common import check_no_leaks, counter_delta, warm_up
+from scenarios.harness.common import counter_delta, warm_up
 from scenarios.harness.rawclient import RawClient
+from scenarios.harness.spec import observe_leftovers
 from scenarios.harness.waiting import settle, until
 
 SEED = "swoole: push() to a closing fd fails with 1004, to a gone one with 1005; timers that skip exists()"
@@ -44,7 +46,9 @@ def _code(reply: dict) -> int | None:
     return (reply.get("error") or {}).get("code") if not reply.get("ok") else 0
 
 
-async def scenario(target, admin, evidence) -> None:
+async def drive(target, admin) -> ClosingHistory:
+    """Make the session closing, push to it, make it gone, push again; the history."""
+    h = ClosingHistory()
     baseline = await warm_up(target, admin)
     pusher = await ScenarioClient.connect(target.ws_url, "pusher")
     victim = await RawClient.connect(target.ws_url, "victim")
@@ -65,56 +69,32 @@ async def scenario(target, admin, evidence) -> None:
         victim.withhold = True
         closed = await victim.request("close", "c", code=4000, reason="closing")
         await until(lambda: victim.close_frame is not None or victim.eof_at, timeout=5, what="the server's close frame")
-        closing_codes: list[int | None] = []
-        while len(closing_codes) < CLOSING_PUSHES and victim.eof_at is None:
+        while len(h.closing_codes) < CLOSING_PUSHES and victim.eof_at is None:
             reply = await pusher.request("push", to=sid, data="to a closing session")
             if victim.eof_at is not None:  # the server dropped it meanwhile: this push may be either
                 break
-            closing_codes.append(_code(reply))
+            h.closing_codes.append(_code(reply))
         watch_end = time.monotonic() + WATCH_S
         await settle(lambda: victim.eof_at is not None or time.monotonic() >= watch_end, timeout=WATCH_S + 1)
         mid = await admin.stats()
-        late_ticks = [m for t, m in ticks() if victim.close_frame_at is not None and t > victim.close_frame_at]
+        h.late_ticks = len([m for t, m in ticks() if victim.close_frame_at is not None and t > victim.close_frame_at])
 
         # The client goes away without a word: the session is gone for good.
         victim.abort()
         await until(lambda: _gone(admin, sid), timeout=10, what=f"session {sid} to be gone")
-        gone_codes = [_code(await pusher.request("push", to=sid, data="to a gone session")) for _ in range(GONE_PUSHES)]
+        h.gone_codes = [_code(await pusher.request("push", to=sid, data="to a gone session")) for _ in range(GONE_PUSHES)]
         after = await admin.stats()
     finally:
         await pusher.dispose()
         await victim.dispose()
-
-    evidence.fact("victim", {"session": sid, "close_reply": closed, "close_frame": str(victim.close_frame)})
-    evidence.fact("pushes", {"while_closing": closing_codes, "once_gone": gone_codes})
-    evidence.check(
-        "a push to a session that is closing fails with 1004 (SESSION_CLOSED)",
-        bool(closing_codes) and set(closing_codes) == {1004},
-        expected="at least one push while the close reply is withheld, each 1004",
-        observed=closing_codes or "no push while closing (the server dropped the session at once)",
-    )
-    evidence.check(
-        "a push to a session that is gone fails with 1005 (SESSION_NOT_EXIST)",
-        set(gone_codes) == {1005},
-        expected=[1005] * GONE_PUSHES,
-        observed=gone_codes,
-    )
-    own = counter_delta(before, mid, "dead_session_pushes") - len(closing_codes)
-    evidence.check(
-        "a session's own timer never pushes once its close is known",
-        own == 0 and not late_ticks,
-        expected="no dead-session push but the pusher's, and no tick after the close frame",
-        observed={"pushes not made by the pusher": own, "ticks after the close frame": len(late_ticks)},
-    )
-    dead = counter_delta(before, after, "dead_session_pushes")
-    made = len(closing_codes) + len(gone_codes)
-    evidence.check(
-        "dead_session_pushes grows by exactly the number of dead pushes",
-        dead == made,
-        expected=made,
-        observed=dead,
-    )
-    await check_no_leaks(admin, evidence, baseline)
+    h.dead_while_closing = counter_delta(before, mid, "dead_session_pushes")
+    h.dead_total = counter_delta(before, after, "dead_session_pushes")
+    h.facts = {
+        "victim": {"session": sid, "close_reply": closed, "close_frame": str(victim.close_frame)},
+        "pushes": {"while_closing": h.closing_codes, "once_gone": h.gone_codes},
+    }
+    h.leftovers = await observe_leftovers(admin, baseline)
+    return h
 
 
 async def _gone(admin, sid: int) -> bool:
@@ -125,5 +105,8 @@ async def _gone(admin, sid: int) -> bool:
 @pytest.mark.scenario("closing_session", seed=SEED)
 @pytest.mark.requires("dead_session_stats")
 def test_closing_session(target, admin, evidence, run_async) -> None:
-    run_async(scenario(target, admin, evidence), timeout=60)
+    history = run_async(drive(target, admin), timeout=60)
+    for name, value in history.facts.items():
+        evidence.fact(name, value)
+    evidence.record(check(history))
     evidence.verdict()

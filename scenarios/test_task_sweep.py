@@ -4,7 +4,8 @@ Clients spread over the workers; a third of them are bound to uid 7, which the
 sweep rule closes. While sweeps run, "churn" clients (also uid 7) leave on
 their own, gracefully or with a TCP reset, so sessions vanish mid-sweep.
 
-Checked from the histories and the sweep reports (contract section 4.3):
+Checked from the histories and the sweep reports (contract section 4.3;
+``scenarios/harness/checkers/sweep.py``):
 
 * every session that was live for a whole sweep was seen by that sweep
   (the sweep sees every worker's sessions, not only its own process's);
@@ -24,8 +25,16 @@ import time
 import pytest
 
 from scenarios.harness.broadcast import StuckClient
+from scenarios.harness.checkers.sweep import (
+    HandshakingHistory,
+    SweepHistory,
+    SweptClient,
+    check,
+    check_handshaking,
+)
 from scenarios.harness.client import ScenarioClient, connect_many, dispose_all
-from scenarios.harness.common import check_no_leaks, counter_delta, warm_up
+from scenarios.harness.common import counter_delta, warm_up
+from scenarios.harness.spec import observe_leftovers
 from scenarios.harness.waiting import settle, until
 
 DOOMED_UID = 7
@@ -33,7 +42,6 @@ KEEP_UID = 1
 PER_GROUP = 20
 HALF_OPEN = 4  # TCP connections whose handshake never completes: sessions all the same (contract 1, 4.3)
 SWEEP = {"uids": [DOOMED_UID], "interval_ms": 150, "pace_ms": 2, "notice": "swept"}
-SWEPT_CODE = 4001
 
 
 def tick_seqs(client: ScenarioClient) -> list[int]:
@@ -48,8 +56,9 @@ async def warm_sweep(admin, clients: list[ScenarioClient]) -> None:
     await admin.call("DELETE", "/v1/sweep")
 
 
-async def scenario(target, admin, evidence) -> None:
-    rng = evidence.rng()
+async def drive(target, admin, rng) -> SweepHistory:
+    """Bind, tick, sweep while churn clients leave; the history."""
+    h = SweepHistory()
     baseline_fds = await warm_up(target, admin, lambda clients: warm_sweep(admin, clients))
     stats_before = await admin.stats()
     url = target.ws_url
@@ -60,16 +69,9 @@ async def scenario(target, admin, evidence) -> None:
     )
     everyone = keep + doomed + churn
     try:
-        workers = sorted({c.worker for c in everyone})
-        evidence.fact("workers_used", workers)
+        h.workers_used = sorted({c.worker for c in everyone})
         # A single-process target has one worker: the sweep must still see all of its sessions.
-        running = [p for p in await admin.processes() if p.get("kind") == "worker"]
-        evidence.check(
-            "clients are spread over several workers (if the target runs several)",
-            len(workers) >= min(2, len(running)),
-            expected=f">= {min(2, len(running))} workers ({len(running)} running)",
-            observed=workers,
-        )
+        h.workers_running = len([p for p in await admin.processes() if p.get("kind") == "worker"])
         for group, uid in ((keep, KEEP_UID), (doomed, DOOMED_UID), (churn, DOOMED_UID)):
             replies = await asyncio.gather(*(c.request("bind", uid=uid) for c in group))
             assert all(r.get("ok") for r in replies), replies
@@ -94,8 +96,7 @@ async def scenario(target, admin, evidence) -> None:
                 await client.close(1000, "bye")
 
         await asyncio.gather(*(leave(c, rng.uniform(0, 0.6)) for c in churn))
-        all_swept = await settle(lambda: all(c.is_closed for c in doomed), timeout=8)
-        evidence.fact("all_doomed_closed_in_time", all_swept)
+        await settle(lambda: all(c.is_closed for c in doomed), timeout=8)
 
         async def two_sweeps() -> bool:  # the first sweep may close every doomed client by itself
             state = await admin.call("GET", "/v1/sweep")
@@ -107,156 +108,72 @@ async def scenario(target, admin, evidence) -> None:
         # Untouched clients must still be served after the sweeps: a few more ticks each.
         counts = {c.name: len(tick_seqs(c)) for c in keep}
         await settle(lambda: all(len(tick_seqs(c)) >= counts[c.name] + 2 for c in keep), timeout=5)
-        stats_after = await admin.stats()
-        disturbed = [
+        h.sweep_closes_counted = counter_delta(stats_before, await admin.stats(), "sweep_closes")
+        h.disturbed = [
             {"client": c.name, "closed": c.close_frame, "notices": len(c.evs("notice"))}
             for c in keep
             if c.is_closed or c.evs("notice")
         ]
-        starved = [c.name for c in keep if len(tick_seqs(c)) < counts[c.name] + 2]
+        h.starved = [c.name for c in keep if len(tick_seqs(c)) < counts[c.name] + 2]
     finally:
         await dispose_all(everyone)
-
-    reports = [r for r in sweep_state.get("reports", []) if r["started"] >= rule_set_at]
-    evidence.fact("sweeps", len(reports))
-    evidence.fact("sweep_rule", sweep_state.get("rule"))
-    evidence.check("sweeps ran", len(reports) >= 2, expected=">= 2 sweep reports", observed=len(reports))
-
-    by_session = {c.session: c for c in everyone}
-    open_at = {c.session: c.history[0].t for c in everyone}
-    missed, bad_missing, errors = [], [], []
-    for rep in reports:
-        seen = set(rep["seen"])
-        for sid, client in by_session.items():
-            live_through = open_at[sid] < rep["started"] and (
-                client.closed_at is None or client.closed_at > rep["ended"]
+    h.reports = [r for r in sweep_state.get("reports", []) if r["started"] >= rule_set_at]
+    for group, clients in (("keep", keep), ("doomed", doomed), ("churn", churn)):
+        for c in clients:
+            h.clients.append(
+                SweptClient(
+                    c.name, group, c.session, c.worker, c.history[0].t, c.closed_at, c.close_frame,
+                    [e.get("ev") for e in c.events], tick_seqs(c), c.excerpt(6),
+                )
             )
-            if live_through and sid not in seen:
-                missed.append({"sweep": rep["sweep"], "session": sid, "client": client.name, "worker": client.worker})
-        for sid in rep["info_missing"]:
-            client = by_session.get(sid)
-            if client is not None and (client.closed_at is None or client.closed_at > rep["ended"]):
-                bad_missing.append({"sweep": rep["sweep"], "session": sid, "client": client.name})
-        errors += [{"sweep": rep["sweep"], "error": e} for e in rep["errors"]]
-    evidence.check(
-        "each sweep saw every session that was live throughout it, on every worker",
-        not missed,
-        expected="no live session missed",
-        observed=f"{len(missed)} missed",
-        missed=missed,
-    )
-    evidence.check(
-        "get_client_info failed only for sessions that were closing",
-        not bad_missing,
-        expected="info for every live session",
-        observed=bad_missing or "none failed for a live session",
-    )
-    evidence.check("sweeps reported no error while sessions closed under them", not errors, expected=[], observed=errors)
-
-    wrong_close, wrong_order = [], []
-    for c in doomed:
-        if c.close_frame is None or c.close_frame[0] != SWEPT_CODE:
-            wrong_close.append({"client": c.name, "session": c.session, "close_frame": c.close_frame, "tail": c.excerpt(4)})
-            continue
-        kinds = [e.get("ev") for e in c.events]
-        seqs = tick_seqs(c)
-        notices = kinds.count("notice")
-        ok = (
-            notices == 1
-            and kinds[-1] == "notice"
-            and seqs == list(range(1, len(seqs) + 1))
-        )
-        if not ok:
-            wrong_order.append({"client": c.name, "notices": notices, "last": kinds[-3:], "ticks": seqs[-5:], "tail": c.excerpt(6)})
-    evidence.check(
-        f"every swept client got a close frame {SWEPT_CODE}",
-        not wrong_close,
-        expected=f"close frame {SWEPT_CODE} for {len(doomed)} clients",
-        observed=f"{len(wrong_close)} without it",
-        clients=wrong_close,
-    )
-    evidence.check(
-        "every swept client got all its ticks, then the notice last, then the close frame",
-        not wrong_order,
-        expected="ticks 1..k without gap, one notice, nothing after it",
-        observed=f"{len(wrong_order)} clients out of order",
-        clients=wrong_order,
-    )
-    evidence.check(
-        "clients the rule does not match stay open, get no notice, keep getting ticks",
-        not disturbed and not starved,
-        expected="untouched",
-        observed={"disturbed": disturbed, "starved": starved},
-    )
-    closed_by_sweeps = sum(len(r["closed"]) for r in reports)
-    delta = counter_delta(stats_before, stats_after, "sweep_closes")
-    evidence.check(
-        "stats count the sweep's closes",
-        delta == closed_by_sweeps,
-        expected=closed_by_sweeps,
-        observed=delta,
-    )
-    await check_no_leaks(admin, evidence, baseline_fds)
+    h.leftovers = await observe_leftovers(admin, baseline_fds)
+    return h
 
 
 @pytest.mark.scenario("task_sweep", seed="swoole: a task process checks all connections every second")
 @pytest.mark.requires("task_sweep")
 def test_task_sweep(target, admin, evidence, run_async):
-    run_async(scenario(target, admin, evidence))
+    history = run_async(drive(target, admin, evidence.rng()))
+    evidence.fact("workers_used", history.workers_used)
+    evidence.fact("sweeps", len(history.reports))
+    evidence.record(check(history))
     evidence.verdict()
 
 
 # -- task_sweep_handshaking ----------------------------------------------------------------------
 
 
-async def handshaking(target, admin, evidence) -> None:
+async def drive_handshaking(target, admin) -> HandshakingHistory:
     """A session exists from its TCP accept: a sweep sees it before its handshake completes (1, 4.3)."""
+    h = HandshakingHistory(HALF_OPEN)
     baseline_fds = await warm_up(target, admin)
     stuck = [await StuckClient.connect("127.0.0.1", target.port) for _ in range(HALF_OPEN)]
-    listed: set[int] = set()
-    reports: list[dict] = []
     try:
 
         async def all_listed() -> bool:
-            nonlocal listed
-            listed = {s["session"] for s in await admin.sessions() if s.get("state") == "connecting"}
-            return len(listed) >= HALF_OPEN
+            h.listed = {s["session"] for s in await admin.sessions() if s.get("state") == "connecting"}
+            return len(h.listed) >= HALF_OPEN
 
         await settle(all_listed, timeout=5, interval=0.05)
         rule_set_at = time.time()
         await admin.call("PUT", "/v1/sweep", {"uids": [DOOMED_UID], "interval_ms": 100, "notice": "swept"})
 
         async def two_sweeps() -> bool:
-            nonlocal reports
-            reports = [r for r in (await admin.call("GET", "/v1/sweep"))["reports"] if r["started"] >= rule_set_at]
-            return len(reports) >= 2
+            h.reports = [r for r in (await admin.call("GET", "/v1/sweep"))["reports"] if r["started"] >= rule_set_at]
+            return len(h.reports) >= 2
 
         await settle(two_sweeps, timeout=5, interval=0.05)
         await admin.call("DELETE", "/v1/sweep")
-        still = {s["session"] for s in await admin.sessions() if s.get("state") == "connecting"}
+        h.still = {s["session"] for s in await admin.sessions() if s.get("state") == "connecting"}
     finally:
         for client in stuck:
             client.abort()
-    evidence.check(
-        "sessions whose handshake is not complete exist (listed as connecting)",
-        len(listed) >= HALF_OPEN,
-        expected=f">= {HALF_OPEN} sessions in state connecting",
-        observed=sorted(listed),
-    )
-    evidence.check("sweeps ran", len(reports) >= 2, expected=">= 2 sweep reports", observed=len(reports))
-    watched = listed & still  # mid-handshake from before the rule to after the sweeps
-    unseen = [{"sweep": r["sweep"], "sessions": sorted(watched - set(r["seen"]))} for r in reports if watched - set(r["seen"])]
-    evidence.check(
-        "each sweep saw the sessions whose handshake is not complete",
-        bool(watched) and bool(reports) and not unseen,
-        expected=f"the {HALF_OPEN} connecting sessions in every report's 'seen'",
-        observed=unseen or (f"all {len(watched)} seen by {len(reports)} sweeps" if watched else "none listed"),
-    )
-    await check_no_leaks(admin, evidence, baseline_fds)
+    h.leftovers = await observe_leftovers(admin, baseline_fds)
+    return h
 
 
 @pytest.mark.scenario("task_sweep_handshaking", seed="swoole: connections lists a connection from onConnect, before the handshake")
 @pytest.mark.requires("task_sweep")
 def test_task_sweep_handshaking(target, admin, evidence, run_async):
-    run_async(handshaking(target, admin, evidence), timeout=60)
+    evidence.record(check_handshaking(run_async(drive_handshaking(target, admin), timeout=60)))
     evidence.verdict()

@@ -9,7 +9,7 @@ from typing import Any
 from . import conformance
 from .admin import AdminClient
 from .client import connect_many, dispose_all
-from .target import count_fds
+from .spec import check_leftovers, fd_snapshot, observe_leftovers
 from .waiting import settle
 
 
@@ -66,49 +66,9 @@ def counter_delta(before: dict[str, Any], after: dict[str, Any], name: str) -> i
     return int(after["counters"].get(name, 0)) - int(before["counters"].get(name, 0))
 
 
-async def fd_snapshot(admin: AdminClient) -> dict[str, int]:
-    """Open fds per process of the target (by name), read from /proc (local targets)."""
-    out = {}
-    for proc in await admin.processes():
-        n = count_fds(int(proc["pid"]))
-        if n is not None:
-            out[str(proc.get("name") or proc["pid"])] = n
-    return out
-
-
 async def check_no_leaks(admin: AdminClient, evidence: Any, baseline_fds: dict[str, int], *, timeout: float = 10.0) -> None:
     """After every client is gone: no session left, and every process back to its fd baseline."""
-    sessions: list[Any] = []
-
-    async def no_sessions() -> bool:
-        nonlocal sessions
-        sessions = await admin.sessions()
-        return not sessions
-
-    await settle(no_sessions, timeout=timeout, interval=0.05)
-    evidence.check(
-        "no sessions left after every client is gone",
-        not sessions,
-        expected=0,
-        observed=len(sessions),
-        sessions=sessions,
-    )
-    current: dict[str, int] = {}
-
-    async def fds_back() -> bool:
-        nonlocal current
-        current = await fd_snapshot(admin)
-        return all(current.get(name, n) <= n for name, n in baseline_fds.items())
-
-    await settle(fds_back, timeout=timeout, interval=0.05)
-    grown = {name: [baseline_fds[name], n] for name, n in current.items() if n > baseline_fds.get(name, n)}
-    evidence.check(
-        "every process is back to its fd count (no fd leak)",
-        not grown,
-        expected="fds <= baseline",
-        observed=grown or "all at baseline",
-        baseline=baseline_fds,
-    )
+    evidence.record(check_leftovers(await observe_leftovers(admin, baseline_fds, timeout=timeout)))
 
 
 async def warm_up(

@@ -70,6 +70,12 @@ class Evidence:
         self.checks.append(Check(name, bool(passed), expected, observed, trimmed))
         return bool(passed)
 
+    def record(self, checks: list[Check]) -> bool:
+        """Record the checks a checker made (``scenarios/harness/checkers/``); whether all passed."""
+        for c in checks:
+            self.check(c.name, c.passed, expected=c.expected, observed=c.observed, **c.details)
+        return all(c.passed for c in checks)
+
     def fact(self, name: str, value: Any) -> None:
         self.facts[name] = value
 

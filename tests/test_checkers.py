@@ -1,0 +1,224 @@
+"""The scenarios' checkers (scenarios/harness/checkers/) on synthetic histories.
+
+For each checker: a history of a correct server passes every check, and each bug the
+scenario is about fails the check that names it (and only the checks it should), so no
+check is vacuous.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from scenarios.harness.checkers import closing, dead_push, heartbeat, sweep
+from scenarios.harness.evidence import Check
+from scenarios.harness.spec import Leftovers, check_leftovers
+
+
+def failed(checks: list[Check]) -> list[str]:
+    return [c.name for c in checks if not c.passed]
+
+
+# -- what every history has -----------------------------------------------------------------------
+
+
+def test_leftovers_pass_when_nothing_is_left_and_fds_are_back() -> None:
+    assert failed(check_leftovers(Leftovers([], {"worker-0": 10}, {"worker-0": 9}))) == []
+
+
+def test_leftovers_name_a_session_left_and_a_process_above_its_fds() -> None:
+    names = failed(check_leftovers(Leftovers([{"session": 1}], {"worker-0": 10}, {"worker-0": 12})))
+    assert names == ["no sessions left after every client is gone", "every process is back to its fd count (no fd leak)"]
+
+
+# -- closing_session --------------------------------------------------------------------------------
+
+GOOD_CLOSING = closing.ClosingHistory(
+    closing_codes=[1004] * 3, gone_codes=[1005] * 5, dead_while_closing=3, dead_total=8, late_ticks=0
+)
+
+
+def test_closing_a_correct_history_passes() -> None:
+    assert failed(closing.check(GOOD_CLOSING)) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        ({"closing_codes": [], "dead_while_closing": 0, "dead_total": 5}, ["a push to a session that is closing fails with 1004 (SESSION_CLOSED)"]),
+        ({"closing_codes": [1004, 0, 1004], "dead_while_closing": 2, "dead_total": 7}, ["a push to a session that is closing fails with 1004 (SESSION_CLOSED)"]),
+        ({"gone_codes": [1004] * 5}, ["a push to a session that is gone fails with 1005 (SESSION_NOT_EXIST)"]),
+        ({"late_ticks": 2}, ["a session's own timer never pushes once its close is known"]),
+        ({"dead_while_closing": 5, "dead_total": 10}, ["a session's own timer never pushes once its close is known", "dead_session_pushes grows by exactly the number of dead pushes"]),
+        ({"dead_total": 7}, ["dead_session_pushes grows by exactly the number of dead pushes"]),
+    ],
+    ids=["no-push-while-closing", "a-closing-push-succeeds", "gone-answers-1004", "timer-ticks-after-close", "timer-pushes-dead", "miscounted"],
+)
+def test_closing_each_bug_fails_its_check(change: dict, names: list[str]) -> None:
+    assert failed(closing.check(dataclasses.replace(GOOD_CLOSING, **change))) == names
+
+
+# -- heartbeat -------------------------------------------------------------------------------------
+
+
+def _idle(name: str, after: int | None = 800, frame: tuple[int, str] | None = (4408, "idle"), kept_open: bool = False):
+    return heartbeat.IdleClient(name, frame, frame is not None or after is not None, after, kept_open=kept_open)
+
+
+def _hb(**change) -> heartbeat.HeartbeatHistory:
+    base = heartbeat.HeartbeatHistory(
+        idle_ms=600, check_ms=100, latest_ms=1100, window_s=1.7,
+        idle=[_idle("idle-0"), _idle("idle-1")], pushed=[_idle("pushed-0")],
+        pings={"pinger-0": 11}, ping_every_s=0.15, heartbeat_closes_counted=3,
+    )
+    return dataclasses.replace(base, **change)
+
+
+def test_heartbeat_a_correct_history_passes() -> None:
+    assert failed(heartbeat.check(_hb())) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        # Swoole's heartbeat: the connection is dropped at the TCP level, on time.
+        ({"idle": [_idle("idle-0", frame=None), _idle("idle-1")]}, ["idle clients are closed with a 4408 close frame"]),
+        # Pushes counted as activity: the push-only client is never closed.
+        (
+            {"pushed": [_idle("pushed-0", after=None, frame=None, kept_open=True)], "heartbeat_closes_counted": 2},
+            [
+                "idle clients are closed with a 4408 close frame",
+                "server pushes do not count as activity: push-only clients are closed as idle",
+                "idle sessions close within the tolerance of the idle time",
+                "stats count the heartbeat closes",
+            ],
+        ),
+        ({"idle": [_idle("idle-0", after=300), _idle("idle-1")]}, ["idle sessions close within the tolerance of the idle time"]),
+        ({"idle": [_idle("idle-0", after=2500), _idle("idle-1")]}, ["idle sessions close within the tolerance of the idle time"]),
+        ({"pings": {"pinger-0": 2}}, ["ping-only clients did ping through the whole window"]),
+        ({"survivors_closed": [{"client": "chatty-0"}]}, ["chatty, ping-only and protected clients stay open"]),
+        ({"heartbeat_closes_counted": 0}, ["stats count the heartbeat closes"]),
+        (
+            {"idle": [], "pushed": [], "heartbeat_closes_counted": 0},
+            [
+                "idle clients are closed with a 4408 close frame",
+                "server pushes do not count as activity: push-only clients are closed as idle",
+                "idle sessions close within the tolerance of the idle time",
+            ],
+        ),
+    ],
+    ids=["no-close-frame", "pushes-count-as-activity", "too-early", "too-late", "pinger-stalled", "survivor-closed", "not-counted", "vacuous"],
+)
+def test_heartbeat_each_bug_fails_its_check(change: dict, names: list[str]) -> None:
+    assert failed(heartbeat.check(_hb(**change))) == names
+
+
+# -- dead_session_push -----------------------------------------------------------------------------
+
+
+def _dead(**change) -> dead_push.DeadPushHistory:
+    base = dead_push.DeadPushHistory(
+        victims=2, min_fails_per_timer=30, victims_gone=True,
+        failed_by_timer={"victim-0": {1004: 2, 1005: 40}, "victim-1": {1005: 35}},
+        one_off={"ok": False, "error": {"code": 1005, "name": "SESSION_NOT_EXIST"}},
+        dead_session_pushes_counted=78, log_lines=["open"] * 10, reused=[{"session": 9}],
+    )
+    return dataclasses.replace(base, **change)
+
+
+def test_dead_push_a_correct_history_passes() -> None:
+    assert failed(dead_push.check(_dead())) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        ({"victims_gone": False}, ["the server notices every victim is gone"]),
+        ({"failed_by_timer": {"victim-0": {1004: 2, 1005: 40}, "victim-1": {1005: 34, 2001: 1}}}, ["failed pushes to dead sessions report 1004 or 1005 only"]),
+        ({"failed_by_timer": {"victim-0": {1004: 42}, "victim-1": {1005: 35}}}, ["once a session is gone for good, pushes report 1005 SESSION_NOT_EXIST"]),
+        ({"one_off": {"ok": True}}, ["a one-off push to a dead session fails with 1005 SESSION_NOT_EXIST"]),
+        ({"dead_session_pushes_counted": 10}, ["stats count every dead-session push the clients saw"]),
+        ({"failed_by_timer": {"victim-0": {1005: 3}, "victim-1": {1005: 3}}, "dead_session_pushes_counted": 7}, ["enough dead pushes happened for the log check to mean something"]),
+        ({"log_lines": ["push.failed"] * 77}, ["no warning storm: the log does not grow with the number of dead pushes"]),
+        ({"foreign": [{"client": "newcomer-0"}]}, ["a new client never receives what was meant for another session"]),
+        ({"reused": []}, ["the scenario reproduced OS fd reuse (a newcomer got a victim's fd)"]),
+    ],
+    ids=["not-noticed", "wrong-code", "never-1005", "one-off-succeeds", "undercounted", "too-few", "warning-storm", "foreign", "no-fd-reuse"],
+)
+def test_dead_push_each_bug_fails_its_check(change: dict, names: list[str]) -> None:
+    assert failed(dead_push.check(_dead(**change))) == names
+
+
+def test_dead_push_without_fd_reuse_info_makes_no_reuse_check() -> None:
+    assert "the scenario reproduced OS fd reuse (a newcomer got a victim's fd)" not in [c.name for c in dead_push.check(_dead(reused=None))]
+
+
+# -- task_sweep ------------------------------------------------------------------------------------
+
+
+def _client(name: str, group: str, sid: int, closed_at: float | None = None, **kw) -> sweep.SweptClient:
+    return sweep.SweptClient(name, group, sid, sid % 3, opened_at=0.0, closed_at=closed_at, **kw)
+
+
+def _report(n: int, started: float, ended: float, seen: list[int], closed: list[int], **kw) -> dict:
+    return {"sweep": n, "started": started, "ended": ended, "seen": seen, "closed": closed, "info_missing": [], "errors": [], **kw}
+
+
+def _sweep(**change) -> sweep.SweepHistory:
+    doomed = _client("doomed-0", "doomed", 2, closed_at=1.2, close_frame=(4001, "swept"), kinds=["tick", "tick", "notice"], tick_seqs=[1, 2])
+    base = sweep.SweepHistory(
+        workers_used=[0, 1, 2], workers_running=3,
+        clients=[_client("keep-0", "keep", 1), doomed, _client("churn-0", "churn", 3, closed_at=0.5)],
+        reports=[_report(1, 1.0, 1.1, [1, 2], [2]), _report(2, 2.0, 2.1, [1], [])],
+        sweep_closes_counted=1,
+    )
+    return dataclasses.replace(base, **change)
+
+
+def test_sweep_a_correct_history_passes() -> None:
+    assert failed(sweep.check(_sweep())) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        ({"workers_used": [0]}, ["clients are spread over several workers (if the target runs several)"]),
+        ({"reports": [_report(1, 1.0, 1.1, [1, 2], [2])]}, ["sweeps ran"]),
+        # The seed's bug: a sweep that sees only its own process's connections.
+        ({"reports": [_report(1, 1.0, 1.1, [2], [2]), _report(2, 2.0, 2.1, [1], [])]}, ["each sweep saw every session that was live throughout it, on every worker"]),
+        ({"reports": [_report(1, 1.0, 1.1, [1, 2], [2], info_missing=[1]), _report(2, 2.0, 2.1, [1], [])]}, ["get_client_info failed only for sessions that were closing"]),
+        ({"reports": [_report(1, 1.0, 1.1, [1, 2], [2], errors=["boom"]), _report(2, 2.0, 2.1, [1], [])]}, ["sweeps reported no error while sessions closed under them"]),
+        ({"disturbed": [{"client": "keep-0"}]}, ["clients the rule does not match stay open, get no notice, keep getting ticks"]),
+        ({"sweep_closes_counted": 0}, ["stats count the sweep's closes"]),
+    ],
+    ids=["one-worker", "one-sweep", "local-only", "info-missing", "sweep-error", "disturbed", "not-counted"],
+)
+def test_sweep_each_bug_fails_its_check(change: dict, names: list[str]) -> None:
+    assert failed(sweep.check(_sweep(**change))) == names
+
+
+@pytest.mark.parametrize(
+    ("doomed", "name"),
+    [
+        (dict(close_frame=(1000, "")), "every swept client got a close frame 4001"),
+        (dict(close_frame=(4001, "swept"), kinds=["tick", "notice", "tick"]), "every swept client got all its ticks, then the notice last, then the close frame"),
+        (dict(close_frame=(4001, "swept"), kinds=["tick", "notice"], tick_seqs=[1, 3]), "every swept client got all its ticks, then the notice last, then the close frame"),
+    ],
+    ids=["wrong-close-code", "tick-after-notice", "tick-gap"],
+)
+def test_sweep_a_swept_client_judged_on_its_close_and_its_order(doomed: dict, name: str) -> None:
+    clients = [_client("keep-0", "keep", 1), _client("doomed-0", "doomed", 2, closed_at=1.2, **doomed)]
+    assert failed(sweep.check(_sweep(clients=clients))) == [name]
+
+
+def test_sweep_handshaking_sessions_are_seen_by_every_sweep() -> None:
+    good = sweep.HandshakingHistory(2, listed={5, 6}, still={5, 6}, reports=[_report(1, 0, 1, [5, 6], []), _report(2, 1, 2, [5, 6], [])])
+    assert failed(sweep.check_handshaking(good)) == []
+    blind = dataclasses.replace(good, reports=[_report(1, 0, 1, [], []), _report(2, 1, 2, [5], [])])
+    assert failed(sweep.check_handshaking(blind)) == ["each sweep saw the sessions whose handshake is not complete"]
+    vacuous = dataclasses.replace(good, listed=set(), still=set())
+    assert failed(sweep.check_handshaking(vacuous)) == [
+        "sessions whose handshake is not complete exist (listed as connecting)",
+        "each sweep saw the sessions whose handshake is not complete",
+    ]
