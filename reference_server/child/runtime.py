@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import enum
 import inspect
 import itertools
 import os
@@ -62,6 +63,15 @@ from .timers import Timers
 
 if TYPE_CHECKING:
     from ..roles.broadcaster import Broadcaster
+
+class ProcessPhase(enum.Enum):
+    """Where a child process stands; it only ever moves forward (STOPPING may follow any phase)."""
+
+    STARTING = "starting"  # hooks and its main coroutine are starting; the master waits for Ready
+    SERVING = "serving"  # it said Ready
+    RETIRING = "retiring"  # a reload replaced it: it hands its sessions and tasks over (roles/retiring.py)
+    STOPPING = "stopping"  # exit hook, sessions closed, messages drained, exit
+
 
 #: How long an exiting process waits for its queued inter-process messages to leave.
 DRAIN_ON_EXIT = 2.0
@@ -135,12 +145,15 @@ class Runtime:
         self.channels = Channels(self)
         self.broadcaster: Broadcaster | None = None  # in the broadcaster process
         self.api = Server(self)
+        self.phase = ProcessPhase.STARTING
+        #: set when the phase becomes STOPPING (what services wait on)
         self.stopping = asyncio.Event()
         self._stop_reason = ""
         self._rpc_ids = itertools.count(1)
         self._rpc_waiting: dict[int, asyncio.Future] = {}
         self._background: set[asyncio.Task] = set()
-        self.retiring = False
+        #: the reload that retired this process, if one did (it then reports to the master at exit)
+        self.retired_in: int | None = None
         self._exit_hook_done = False
         self._progress = asyncio.Event()  # something a retiring process waits for happened
         self._master_calls: dict[int, asyncio.Future] = {}
@@ -186,6 +199,8 @@ class Runtime:
                 await self._ready_to_broadcast()
             if self.kind is ProcKind.WORKER:
                 await self.channels.start()
+            if self.phase is ProcessPhase.STARTING:
+                self.phase = ProcessPhase.SERVING
             self.ctl_send(msg.Ready())
             self.log.info("process.start", kind=self.kind.label, id=self.index, generation=self.generation)
             if main is not None:
@@ -201,7 +216,7 @@ class Runtime:
                     self.request_stop("process returned")
             await self.stopping.wait()
             await self._shutdown()
-            if self.retiring:
+            if self.retired_in is not None:
                 report = {**self.retirer.report, "counters": self.counters.snapshot()}
                 self.ctl_send(msg.Retired(report))
             # What this process still has queued for others (a task result pushed on its
@@ -228,8 +243,14 @@ class Runtime:
             except TimeoutError:
                 self.log.warning("broadcast.not_subscribed_at_start", waited_s=READY_WAIT)
 
+    @property
+    def retiring(self) -> bool:
+        """Whether a reload retired this process (it stays so while it stops)."""
+        return self.retired_in is not None
+
     def request_stop(self, reason: str) -> None:
-        if not self.stopping.is_set():
+        if self.phase is not ProcessPhase.STOPPING:
+            self.phase = ProcessPhase.STOPPING
             self._stop_reason = reason
             self.stopping.set()
 
@@ -273,9 +294,10 @@ class Runtime:
 
     async def _retire(self, reload_id: int, max_wait_ms: int) -> None:
         """A :class:`~reference_server.ipc.messages.Retire` order: see ``roles/retiring.py``."""
-        if self.retiring or self.stopping.is_set():
+        if self.phase not in (ProcessPhase.STARTING, ProcessPhase.SERVING):
             return
-        self.retiring = True
+        self.phase = ProcessPhase.RETIRING
+        self.retired_in = reload_id
         await self.retirer.retire(reload_id, max_wait_ms)
 
     async def wait_for(self, condition: Callable[[], bool], *, until: float | None = None) -> bool:
@@ -611,6 +633,7 @@ class Runtime:
             "pid": os.getpid(),
             "generation": self.generation,
             "retiring": self.retiring,
+            "phase": self.phase.value,
             "sessions": len(self.sessions),
             "timers": len(self.timers),
             "fds": fds,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import enum
 import mmap
 import socket
 import struct
@@ -80,6 +81,14 @@ class Slot:
         return self.kind is ProcKind.CUSTOM and self.spec is not None and self.spec.reloadable
 
 
+class RetireePhase(enum.Enum):
+    """Where an old-generation process stands during a reload."""
+
+    WAITING = "waiting"  # for its successor to be ready; it still serves meanwhile
+    RETIRED = "retired"  # told to retire: it takes nothing new, hands over, exits
+    KILLED = "killed"  # still alive at its deadline: killed (its sessions are lost)
+
+
 @dataclass(eq=False)
 class Retiree:
     """An old-generation process on its way out during reload ``reload_id``."""
@@ -87,6 +96,5 @@ class Retiree:
     child: Child
     slot: Slot
     reload_id: int
-    waiting: bool = True  # for its successor to be ready (it still serves meanwhile)
+    phase: RetireePhase = RetireePhase.WAITING
     deadline: float = 0.0  # killed after this (monotonic), once retired
-    killed: bool = False

@@ -32,7 +32,7 @@ from ..core.reloads import ReloadBook, ReloadScope, ReloadState, Ticket
 from ..errors import ErrorCode
 from ..ipc import messages as msg
 from ..logs import Log
-from .children import Child, Retiree, Slot
+from .children import Child, Retiree, RetireePhase, Slot
 
 
 class ReloaderHost(Protocol):
@@ -133,17 +133,17 @@ class Reloader:
     def retired(self, pid: int) -> bool:
         """Whether ``pid`` has been retired (it takes no new connection)."""
         retiree = self.retiring.get(pid)
-        return retiree is not None and not retiree.waiting
+        return retiree is not None and retiree.phase is not RetireePhase.WAITING
 
     def successor_ready(self, slot: Slot | None) -> None:
         """The child of ``slot`` is ready: the retiree it replaces retires now."""
         for retiree in list(self.retiring.values()):
-            if retiree.waiting and retiree.slot is slot:
+            if retiree.phase is RetireePhase.WAITING and retiree.slot is slot:
                 self._retire(retiree)
 
     def _retire(self, retiree: Retiree) -> None:
         host = self.host
-        retiree.waiting = False
+        retiree.phase = RetireePhase.RETIRED
         max_wait = host.config.max_wait_ms
         retiree.deadline = time.monotonic() + max_wait / 1000.0
         host.procs.set_state(retiree.child.pid, ProcState.STOPPING)
@@ -152,14 +152,14 @@ class Reloader:
 
     def deadlines(self) -> list[float]:
         """When the loop must wake to kill an overdue retiree."""
-        return [r.deadline for r in self.retiring.values() if r.deadline and not r.killed]
+        return [r.deadline for r in self.retiring.values() if r.phase is RetireePhase.RETIRED]
 
     def kill_overdue(self, now: float) -> None:
         host = self.host
         for retiree in self.retiring.values():
-            if retiree.waiting or retiree.killed or now < retiree.deadline:
+            if retiree.phase is not RetireePhase.RETIRED or now < retiree.deadline:
                 continue
-            retiree.killed = True
+            retiree.phase = RetireePhase.KILLED
             self.book.note_forced_kill()
             host.log.warning(
                 "reload.force_kill",
@@ -183,7 +183,7 @@ class Reloader:
         reload = self.book.find(retiree.reload_id)
         if reload is not None:
             reload.sessions_lost += lost
-        log = host.log.warning if lost or retiree.killed else host.log.info
+        log = host.log.warning if lost or retiree.phase is RetireePhase.KILLED else host.log.info
         log("reload.retired", name=retiree.child.name, pid=retiree.child.pid, cause=cause, sessions_lost=lost)
         slot = retiree.slot
         if slot.kind is ProcKind.CUSTOM and not host.stopping and slot.respawn_at == 0.0:
