@@ -29,19 +29,15 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from loadtests.reference import ReferenceServer
 from scenarios.harness.admin import AdminClient
 from scenarios.harness.client import ScenarioClient
-from scenarios.harness.target import free_port
-from scenarios.harness.waiting import until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,46 +47,6 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-class Server:
-    def __init__(self, workers: int, max_connections: int) -> None:
-        self.port, self.admin_port = free_port(), free_port()
-        self.token = secrets.token_hex(8)
-        self.log = open(os.devnull, "w")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "reference_server",
-                "--host", "127.0.0.1", "--port", str(self.port),
-                "--admin-port", str(self.admin_port), "--admin-token", self.token,
-                "--workers", str(workers), "--task-workers", "1",
-                "--max-connections", str(max_connections), "--log-level", "warning",
-            ],
-            cwd=REPO,
-            stderr=self.log,
-            start_new_session=True,
-        )
-        self.admin = AdminClient(f"http://127.0.0.1:{self.admin_port}", self.token)
-
-    async def ready(self) -> None:
-        async def up() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}")
-            try:
-                return (await self.admin.request("GET", "/ready"))[0] == 200
-            except OSError:
-                return False
-
-        await until(up, timeout=30, what="the server to be ready", interval=0.05)
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self.log.close()
 
 
 async def migrate_all(admin: AdminClient, clients: list[ScenarioClient], workers: int, where: dict[int, int]) -> dict[str, Any]:
@@ -146,11 +102,12 @@ async def stream(client: ScenarioClient, stop: asyncio.Event, counts: dict[str, 
 
 
 async def run(args: argparse.Namespace) -> int:
-    server = Server(args.workers, max(2048, args.sessions * 2))
+    server = ReferenceServer({"workers": args.workers, "task_workers": 1}, label="bench_migration")
     report: dict[str, Any] = {"sessions": args.sessions, "workers": args.workers, "cpus": os.cpu_count()}
     clients: list[ScenarioClient] = []
     try:
-        await server.ready()
+        server.start()
+        assert server.admin is not None
         url = f"ws://127.0.0.1:{server.port}/"
         for i in range(0, args.sessions, 100):
             batch = await asyncio.gather(*(ScenarioClient.connect(url, f"b{j}") for j in range(i, min(args.sessions, i + 100))))

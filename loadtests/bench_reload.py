@@ -32,7 +32,8 @@ import sys
 import time
 from typing import Any
 
-from loadtests.bench_migration import Server, pct
+from loadtests.bench_migration import pct
+from loadtests.reference import ReferenceServer
 from loadtests.tickclient import TickClient
 from scenarios.harness.waiting import until
 
@@ -62,9 +63,10 @@ def tick_problems(c: TickClient, last: int) -> bool:
 
 
 async def one_size(n: int, tick_ms: int, reloads: int, workers: int) -> dict[str, Any]:
-    server = Server(workers, n + 200)
+    server = ReferenceServer({"workers": workers, "task_workers": 1}, label=f"bench_reload-{n}")
     try:
-        await server.ready()
+        server.start()
+        assert server.admin is not None
         clients = await connect(server.port, n)
         timers = await subscribe(clients, tick_ms)
         runs = []
