@@ -24,8 +24,8 @@ SAMPLE_EVERY = 7  # latencies kept: one in this many
 
 
 class Receiver(TickClient):
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__(host, port)
+    def __init__(self, host: str, port: int, name: str = "") -> None:
+        super().__init__(host, port, name)
         self.reset()
 
     def reset(self) -> None:

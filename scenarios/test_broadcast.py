@@ -59,7 +59,7 @@ def _host_port(target) -> tuple[str, int]:
 
 
 async def _connect(name: str, target, node: str) -> BroadcastClient:
-    client = await BroadcastClient.connect(name, *_host_port(target))
+    client = await BroadcastClient.connect(*_host_port(target), name)
     client.node = node
     return client
 

@@ -62,7 +62,7 @@ def targets():
 
 
 async def connect(target: Target, n: int, prefix: str = "c") -> list[BroadcastClient]:
-    return list(await asyncio.gather(*(BroadcastClient.connect(f"{prefix}{i}", "127.0.0.1", target.port) for i in range(n))))
+    return list(await asyncio.gather(*(BroadcastClient.connect("127.0.0.1", target.port, f"{prefix}{i}") for i in range(n))))
 
 
 def test_embedded_broker_serves_every_worker_and_the_publish_op(tmp_path, targets):

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import conformance
-from .rawclient import cut_server_frames, text_frame, upgrade_request
+from .leanclient import LeanClient
 
 ALL = "@all"
 
@@ -56,63 +56,22 @@ class Published:
     msg_id: str | None = None
 
 
-class BroadcastClient(asyncio.Protocol):
-    """A WebSocket client that records broadcasts cheaply (hundreds run in the harness process)."""
+class BroadcastClient(LeanClient):
+    """A lean client that records broadcasts cheaply (hundreds run in the harness process)."""
 
-    def __init__(self, name: str, host: str, port: int) -> None:
-        self.name, self.host, self.port = name, host, port
-        self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.opened: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.opened_at = 0.0
-        self.closed_at = 0.0
-        self.aborted_at = 0.0  # the harness cut the connection (no close handshake)
-        self.close_code: int | None = None
+    def __init__(self, host: str, port: int, name: str = "") -> None:
+        super().__init__(host, port, name)
         self.received: list[tuple[float, str, str, int, str | None]] = []  # (t, channel, publisher, seq, id)
         self.memberships: list[Membership] = []
-        self.replies: dict[int, dict] = {}
         self.errors: list[str] = []
-        self._reply_event = asyncio.Event()
-        self._ids = 0
         self._ops: dict[int, str] = {}  # request id -> op, to judge each reply by its op's schema
         self.node = ""
 
-    @classmethod
-    async def connect(cls, name: str, host: str, port: int, timeout: float = 10.0) -> BroadcastClient:
-        loop = asyncio.get_running_loop()
-        _, client = await loop.create_connection(lambda: cls(name, host, port), host, port)
-        await asyncio.wait_for(client.opened, timeout)
-        return client
+    def sent(self, req_id: int, op: str) -> None:
+        self._ops[req_id] = op
 
-    # -- protocol ----------------------------------------------------------------------
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        transport.write(upgrade_request(self.host, self.port))
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        now = time.time()
-        if not self.opened_at:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            if not buf.startswith(b"HTTP/1.1 101"):
-                self.opened.set_exception(ConnectionError(bytes(buf[:80]).decode(errors="replace")))
-                return
-            del buf[: end + 4]
-            self.opened_at = now
-            self.opened.set_result(None)
-        frames, used = cut_server_frames(buf)
-        del buf[:used]
-        for opcode, payload in frames:
-            if opcode == 1:
-                self._on_text(payload, now)
-            elif opcode == 8:
-                self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-
-    def _on_text(self, payload: bytes, now: float) -> None:
+    def on_text(self, payload: bytes, now_ns: int) -> None:
+        now = now_ns / 1e9
         try:
             msg = json.loads(payload)
         except ValueError:
@@ -130,37 +89,7 @@ class BroadcastClient(asyncio.Protocol):
                 self.errors.append(f"broadcast without a channel or a stamp: {payload[:80]!r}")
         elif "re" in msg:
             conformance.observe_reply(self._ops.pop(msg["re"], None) if isinstance(msg["re"], int) else None, msg)
-            self.replies[msg["re"]] = msg
-            self._reply_event.set()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed_at = self.closed_at or time.time()
-        if not self.opened.done():
-            self.opened.set_exception(ConnectionError("closed before the handshake"))
-        self._reply_event.set()
-
-    # -- requests ----------------------------------------------------------------------------
-
-    @property
-    def is_closed(self) -> bool:
-        return bool(self.closed_at)
-
-    async def request(self, op: str, timeout: float = 10.0, **fields: Any) -> dict:
-        self._ids += 1
-        req_id = self._ids
-        self._ops[req_id] = op
-        assert self.transport is not None
-        self.transport.write(text_frame(json.dumps({"op": op, "id": req_id, **fields})))
-        deadline = time.monotonic() + timeout
-        while req_id not in self.replies:
-            if self.is_closed:
-                raise ConnectionError(f"{self.name} closed while waiting for {op}")
-            self._reply_event.clear()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"{self.name}: no answer to {op} in {timeout} s")
-            await asyncio.wait_for(self._reply_event.wait(), left)
-        return self.replies.pop(req_id)
+            self.take_reply(msg)
 
     async def subscribe(self, channel: str, timeout: float = 10.0, **fields: Any) -> dict:
         m = Membership(channel, time.time())
@@ -185,11 +114,6 @@ class BroadcastClient(asyncio.Protocol):
 
     def member_of(self, channel: str) -> bool:
         return any(m.channel == channel and m.leave_sent == float("inf") and m.join_ack for m in self.memberships)
-
-    def abort(self) -> None:
-        if self.transport is not None and not self.is_closed:
-            self.aborted_at = time.time()
-            self.transport.abort()
 
 
 class StuckClient(asyncio.Protocol):
