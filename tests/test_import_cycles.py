@@ -88,7 +88,9 @@ def test_no_import_cycle() -> None:
 
 
 def test_the_services_see_the_process_only_through_its_context() -> None:
-    """Only the master (which forks children) imports the child runtime; the services see its context."""
+    """Only the child's entry point imports the child runtime (the master imports the entry point to
+    fork); the services see the runtime through child/context.py."""
     graph = import_graph()
     importers = {m for m, deps in graph.items() if "reference_server.child.runtime" in deps}
-    assert importers == {"reference_server.master.arbiter"}, sorted(importers)
+    assert importers == {"reference_server.child.main"}, sorted(importers)
+    assert "reference_server.child.main" in graph["reference_server.master.arbiter"]

@@ -1,7 +1,7 @@
 """A child process of the server: the loop every child runs, whatever its role.
 
-After the fork the master calls :func:`child_main`, which never returns. The
-:class:`Runtime` runs one asyncio loop with what every child has:
+After the fork the master calls ``child/main.child_main``, which runs a :class:`Runtime`:
+one asyncio loop with what every child has:
 
 * the ctl channel to the master (its EOF means the master died and the child stops);
 * the peer inbox and links to every other child (``ipc/``), both dispatched by message
@@ -32,25 +32,23 @@ answer; ``on_worker_stop`` runs; what is queued for other processes is given
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import enum
 import inspect
 import itertools
 import os
 import signal
-import sys
 import time
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core.metrics import Counters
-from ..core.proctable import QUIET_KINDS, ProcEntry, ProcKind, ProcState
+from ..core.proctable import ProcEntry, ProcKind, ProcState
 from ..errors import CloseCode, ErrorCode, ServerError
 from ..ipc import links as ipc
 from ..ipc import messages as msg
 from ..roles.heartbeat import heartbeat
-from ..roles.retiring import SYNC_TIMEOUT, Retirer
+from ..roles.retiring import Retirer
 from ..roles.taskworker import TaskWorker, finish_current_task
 from ..roles.worker import Worker
 from ..session.channels import Channels
@@ -58,6 +56,8 @@ from ..session.mover import Mover
 from ..session.session import CloseCause, Session
 from .api import Server
 from .boot import ChildBoot
+from .rpc import Rpc
+from .sync import SYNC_TIMEOUT, SyncRounds
 from .tasks import TaskBook
 from .timers import Timers
 
@@ -75,43 +75,6 @@ class ProcessPhase(enum.Enum):
 
 #: How long an exiting process waits for its queued inter-process messages to leave.
 DRAIN_ON_EXIT = 2.0
-
-def _set_parent_death_signal(sig: int) -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def child_main(boot: ChildBoot) -> None:
-    """Entry point of a forked child; exits the process, never returns."""
-    code = 0
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master coordinates Ctrl-C
-        for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _set_parent_death_signal(signal.SIGTERM)
-        if os.getppid() != boot.master_pid:
-            os._exit(0)  # the master died before we could watch it
-        boot.log.rebind(boot.name)
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        runtime = Runtime(boot, loop)
-        code = loop.run_until_complete(runtime.run())
-    except BaseException as exc:  # the last line of defence
-        try:
-            boot.log.error("process.crash", error=repr(exc), trace=traceback.format_exc())
-        finally:
-            code = 1
-    finally:
-        try:
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
-
 
 #: A handler of one kind of message: the message and the fds that came with it (its result is ignored).
 Handler = Callable[[Any, list[int]], object]
@@ -149,8 +112,7 @@ class Runtime:
         #: set when the phase becomes STOPPING (what services wait on)
         self.stopping = asyncio.Event()
         self._stop_reason = ""
-        self._rpc_ids = itertools.count(1)
-        self._rpc_waiting: dict[int, asyncio.Future] = {}
+        self.rpc = Rpc(self, self.local_stats)
         self._background: set[asyncio.Task] = set()
         #: the reload that retired this process, if one did (it then reports to the master at exit)
         self.retired_in: int | None = None
@@ -158,8 +120,7 @@ class Runtime:
         self._progress = asyncio.Event()  # something a retiring process waits for happened
         self._master_calls: dict[int, asyncio.Future] = {}
         self._call_ids = itertools.count(1)
-        self._syncs: dict[int, tuple[set[int], asyncio.Future]] = {}
-        self._sync_ids = itertools.count(1)
+        self.syncs = SyncRounds(self)
         self._redis: Any = None
         self._ctl_handlers = self._ctl_table()
         self._peer_handlers = self._peer_table()
@@ -313,46 +274,15 @@ class Runtime:
         return True
 
     async def sync_peers(self, timeout: float = SYNC_TIMEOUT) -> list[int]:
-        """Every other process answers on its link to us: what it sent before has arrived.
-
-        Returns the pids that did not answer in time (logged).
-        """
-        token = next(self._sync_ids)
-        me = os.getpid()
-        waiting: set[int] = set()
-        for entry in self.procs.entries():
-            if entry.pid == me or entry.state is ProcState.EMPTY or entry.kind in QUIET_KINDS:
-                continue
-            if self.links.send(entry.pid, msg.Sync(token, me)):
-                waiting.add(entry.pid)
-        if not waiting:
-            return []
-        fut = self.loop.create_future()
-        self._syncs[token] = (waiting, fut)
-        try:
-            await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            self.log.warning("sync.timeout", silent_pids=sorted(waiting))
-        finally:
-            self._syncs.pop(token, None)
-        return sorted(waiting)
+        """A sync round (``child/sync.py``): the pids that did not answer in time."""
+        return await self.syncs.run(timeout)
 
     def _peer_gone(self, pid: int) -> None:
         """Process ``pid`` exited: once what it sent is handled, it counts as having answered."""
         if self.inbox is not None:
             self.inbox.drain_from(pid)
         self.mover.peer_gone(pid)
-        for token in list(self._syncs):
-            self._on_sync_ack(token, pid)
-
-    def _on_sync_ack(self, token: int, pid: int) -> None:
-        entry = self._syncs.get(token)
-        if entry is None:
-            return
-        waiting, fut = entry
-        waiting.discard(pid)
-        if not waiting and not fut.done():
-            fut.set_result(None)
+        self.syncs.peer_gone(pid)
 
     async def master_call(self, method: str, args: Any, timeout: float = 10.0) -> Any:
         """Ask the master (``reload``, ``reload_status``); raises ServerError."""
@@ -540,11 +470,11 @@ class Runtime:
             msg.TaskDone: lambda m, _: self.tasks.on_done(m.task_id),
             msg.TaskMoved: lambda m, _: self.tasks.on_moved(m.task_id, m.pid),
             msg.Sync: lambda m, _: self.links.send(m.src_pid, msg.SyncAck(m.token, me)),
-            msg.SyncAck: lambda m, _: self._on_sync_ack(m.token, m.pid),
+            msg.SyncAck: lambda m, _: self.syncs.ack(m.token, m.pid),
             msg.Finish: lambda m, _: self.tasks.on_finish(m.task_id, m.result),
             msg.Pipe: lambda m, _: self.call_hook("on_pipe_message", self.api, m.src, m.data),
-            msg.Rpc: lambda m, _: self.spawn(self._serve_rpc(m.req_id, m.reply_pid, m.method, m.args)),
-            msg.RpcReply: lambda m, _: self._settle(self._rpc_waiting.pop(m.req_id, None), m.ok, m.value),
+            msg.Rpc: lambda m, _: self.spawn(self.rpc.serve(m)),
+            msg.RpcReply: lambda m, _: self.rpc.on_reply(m),
             msg.BcRegistered: lambda m, _: self.channels.on_registered(m.token, m.result),
             msg.BcHello: lambda m, _: self.channels.on_hello(m.pid),
             msg.BcSynced: lambda m, _: self.channels.on_synced(m.token),
@@ -575,46 +505,13 @@ class Runtime:
             self._redis = aioredis.Redis.from_url(self.boot.broker_url, socket_connect_timeout=1.0, socket_timeout=5.0)
         return self._redis
 
-    # -- RPC -----------------------------------------------------------------------------
+    # -- RPC and stats (child/rpc.py) ----------------------------------------------------
 
     async def call(self, pid: int, method: str, args: Any, timeout: float) -> Any:
-        req_id = next(self._rpc_ids)
-        fut = self.loop.create_future()
-        self._rpc_waiting[req_id] = fut
-        if not self.links.send(pid, msg.Rpc(req_id, os.getpid(), method, args)):
-            self._rpc_waiting.pop(req_id, None)
-            raise ServerError(ErrorCode.OWNER_UNREACHABLE, f"process {pid} cannot be reached")
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            raise ServerError(ErrorCode.OWNER_UNREACHABLE, f"process {pid} did not answer {method}") from None
-        finally:
-            self._rpc_waiting.pop(req_id, None)
+        return await self.rpc.call(pid, method, args, timeout)
 
-    async def _serve_rpc(self, req_id: int, reply_pid: int, method: str, args: Any) -> None:
-        try:
-            if method == "stats":
-                value = self.local_stats()
-            elif method == "migrate":
-                sid, to_worker = args
-                value = await self.mover.move_out(sid, to_worker)
-            elif method == "app_request":
-                src, data = args
-                hook = getattr(self.app, "on_request", None)
-                if hook is None:
-                    raise ServerError(ErrorCode.UNSUPPORTED, "the application has no on_request hook")
-                value = hook(self.api, src, data)
-                if inspect.isawaitable(value):
-                    value = await value
-            else:
-                raise ServerError(ErrorCode.NOT_FOUND, f"unknown RPC method {method!r}")
-            reply = msg.RpcReply(req_id, True, value)
-        except ServerError as exc:
-            reply = msg.RpcReply(req_id, False, (int(exc.code), exc.message))
-        except Exception as exc:
-            self.log.error("rpc.failed", method=method, error=repr(exc), trace=traceback.format_exc())
-            reply = msg.RpcReply(req_id, False, (int(ErrorCode.INTERNAL), repr(exc)))
-        self.links.send(reply_pid, reply)
+    async def gather_stats(self, timeout: float) -> list[dict[str, Any]]:
+        return await self.rpc.gather_stats(timeout)
 
     def local_stats(self) -> dict[str, Any]:
         try:
@@ -643,17 +540,3 @@ class Runtime:
             **({"broadcast": self.broadcaster.status()} if self.broadcaster is not None else {}),
             **({"channels": self.channels.status()} if self.kind is ProcKind.WORKER and self.channels.enabled else {}),
         }
-
-    async def gather_stats(self, timeout: float) -> list[dict[str, Any]]:
-        me = os.getpid()
-        entries = [e for e in self.procs.entries() if e.state in (ProcState.READY, ProcState.STOPPING)]
-
-        async def one(entry):
-            if entry.pid == me:
-                return self.local_stats()
-            try:
-                return await self.call(entry.pid, "stats", None, timeout)
-            except ServerError as exc:
-                return {"name": entry.name, "pid": entry.pid, "error": exc.message}
-
-        return list(await asyncio.gather(*(one(e) for e in entries)))

@@ -37,7 +37,7 @@ from typing import Any
 
 from ..app import Application
 from ..child.boot import ChildBoot
-from ..child.runtime import child_main
+from ..child.main import child_main
 from ..config import Config
 from ..core.placement import respawn_delay
 from ..core.ports import OnRemove, PortError

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..child.sync import SYNC_TIMEOUT
 from ..core.proctable import ProcEntry, ProcKind, ProcState
 from ..errors import CloseCode, ErrorCode, ServerError
 from ..session.session import CloseCause
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
 HANDOVER_CONCURRENCY = 32
 #: Share of ``max_wait_ms`` after which a retiring process closes what it could not hand over.
 RETIRE_BUDGET = 0.9
-#: How long a sync round waits for every process to answer.
-SYNC_TIMEOUT = 2.0
 #: While retiring, the share of ``max_wait_ms`` a sync or barrier round waits for a silent peer.
 SILENT_PEER_SHARE = 0.25
 #: How long a failed hand-over waits before it is tried again.
