@@ -11,7 +11,8 @@ import dataclasses
 
 import pytest
 
-from scenarios.harness.checkers import closing, dead_push, heartbeat, sweep
+from scenarios.harness import reloads
+from scenarios.harness.checkers import closing, dead_push, heartbeat, reload, sweep
 from scenarios.harness.evidence import Check
 from scenarios.harness.spec import Leftovers, check_leftovers
 
@@ -221,4 +222,113 @@ def test_sweep_handshaking_sessions_are_seen_by_every_sweep() -> None:
     assert failed(sweep.check_handshaking(vacuous)) == [
         "sessions whose handshake is not complete exist (listed as connecting)",
         "each sweep saw the sessions whose handshake is not complete",
+    ]
+
+
+# -- reload_* --------------------------------------------------------------------------------------
+
+
+def _ticks(n: int, gens: list[int] | None = None, start: float = 0.0, every: float = 0.01) -> list[dict]:
+    gens = gens or [1] * n
+    return [{"seq": i + 1, "gen": gens[i], "_t": start + i * every, "timer": 1} for i in range(n)]
+
+
+def _window(label: str, requested: float, done: float, gen: int = 2, **record) -> reloads.ReloadWindow:
+    return reloads.ReloadWindow(label, requested, done, {"reload": gen - 1, "generation": gen, "retired": [{"name": "worker-0"}], **record})
+
+
+def test_reload_tick_rules_pass_on_consecutive_ticks_and_name_each_bug() -> None:
+    window = _window("r", 0.2, 0.3)
+    good = [reload.Ticking("a", _ticks(50, [1] * 25 + [2] * 25), final=50)]
+    assert failed(reload.check_ticks(good, [window], 3000)) == []
+    lost = [reload.Ticking("a", [t for t in _ticks(50) if t["seq"] != 20], final=50)]
+    assert failed(reload.check_ticks(lost, [window], 3000)) == ["per session, tick numbers strictly increase and none is lost"]
+    # The seed's pitfall: the old worker's timer keeps ticking next to the new one.
+    interleaved = [reload.Ticking("a", _ticks(4, [1, 2, 1, 2]), final=4)]
+    assert failed(reload.check_ticks(interleaved, [window], 3000)) == ["no tick from an old generation arrives after one from a newer generation"]
+    silent = [reload.Ticking("a", [*_ticks(10), {"seq": 11, "gen": 2, "_t": 4.0, "timer": 1}], final=11)]
+    assert failed(reload.check_ticks(silent, [window], 3000)) == ["the longest silence in a session's ticks during a reload is below max_wait_ms"]
+    assert failed(reload.check_ticks([reload.Ticking("a")], [window], 3000)) == ["per session, tick numbers strictly increase and none is lost"]
+
+
+def test_reload_retired_processes_must_have_cleared_their_timers_and_nobody_was_killed() -> None:
+    assert failed(reload.check_retired([{"retired": [{"name": "w", "timers_at_exit": 0}]}])) == []
+    assert failed(reload.check_retired([{"retired": [{"name": "w", "timers_after_exit_hook": 3}]}])) == [
+        "old processes reach zero timers (the exit hook cleared them)"
+    ]
+    assert failed(reload.check_retired([{"retired": [{"name": "w"}], "forced_kills": 1, "sessions_lost": 4}])) == [
+        "no old process had to be killed and no session was lost"
+    ]
+    assert failed(reload.check_retired([])) == ["old processes reach zero timers (the exit hook cleared them)"]
+
+
+def _ticks_history(**change) -> reload.TicksHistory:
+    windows = [
+        _window("full", 0.1, 0.2, 2, merged_requests=2),
+        _window("task", 0.3, 0.4, 3),
+        _window("worker", 0.5, 0.6, 4),
+        _window("signal", 0.7, 0.8, 5),
+    ]
+    base = reload.TicksHistory(
+        max_wait_ms=3000, task_ms=1500, first_gens={"worker-0": 1},
+        merge={"first": {"reload": 1, "merged": False}, "second": {"reload": 1, "merged": True}, "third": {"reload": 1, "merged": True}},
+        task={"ok": True, "task": 1}, task_results=[{"result": {"data": "in flight"}}], task_held_ms=1501.0,
+        worker_reload_reply={"ok": True}, windows=windows,
+        clients=[reload.Ticking("a", _ticks(100, [1] * 10 + [2] * 20 + [3] * 20 + [4] * 20 + [5] * 30), final=100)],
+        marked=True, snapshots=5, reload_counters=dict(reload.EXPECTED_RELOAD_COUNTERS),
+        status_generation=5, process_generations={"worker-0": 5}, last_tick_generations=[5], old_processes=8,
+    )
+    return dataclasses.replace(base, **change)
+
+
+def test_reload_ticks_a_correct_history_passes() -> None:
+    assert failed(reload.check_ticks_history(_ticks_history())) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        ({"merge": {"first": {"reload": 1}, "second": {"reload": 2, "merged": False}, "third": {"reload": 1, "merged": True}}}, ["a reload requested while one runs is merged into it"]),
+        ({"task_results": [], "task_held_ms": None}, ["a task in flight during the reload completes and its result arrives once", "the task in flight ran its full sleep_ms (the reload did not cut it short)"]),
+        ({"task_held_ms": 300.0}, ["the task in flight ran its full sleep_ms (the reload did not cut it short)"]),
+        ({"workers_replaced": ["worker-0"]}, ["a task-worker-only reload replaces the task workers and nothing else"]),
+        ({"dead_session_pushes": 12}, ["no push reaches a dead session"]),
+        ({"state_changes": [{"session": 1, "uid": [7, 0]}]}, ["uid, protection, group and handler set survive every reload"]),
+        ({"counters_decreased": [{"counter": "pushes"}]}, ["no standard counter ever decreases across a reload"]),
+        ({"last_tick_generations": [4, 5]}, ["reload counters and generations are as expected"]),
+        ({"old_left": {123: "worker-0"}}, ["every old process has exited"]),
+    ],
+    ids=["not-merged", "task-lost", "task-cut-short", "workers-replaced", "dead-pushes", "state-lost", "counter-down", "old-timer-holder", "old-process-left"],
+)
+def test_reload_ticks_each_bug_fails_its_check(change: dict, names: list[str]) -> None:
+    assert failed(reload.check_ticks_history(_ticks_history(**change))) == names
+
+
+def test_reload_disconnects_late_clients_must_be_served_by_the_new_generation() -> None:
+    window = _window("r", 0.2, 0.3, 2)
+    good = reload.DisconnectsHistory(
+        3000, 2, window, late_connected=2, late_open=2, late_generations=[2, 2],
+        stay=[reload.Ticking("stay0", _ticks(50, [1] * 25 + [2] * 25), final=50)],
+    )
+    assert failed(reload.check_disconnects(good)) == []
+    refused = dataclasses.replace(good, late_connected=1, late_open=1, late_generations=[2], refused=["late1: 503"])
+    assert failed(reload.check_disconnects(refused)) == ["clients that arrive during a reload are served, by the new generation"]
+    old_gen = dataclasses.replace(good, late_generations=[1, 2])
+    assert failed(reload.check_disconnects(old_gen)) == ["clients that arrive during a reload are served, by the new generation"]
+    dead = dataclasses.replace(good, dead_session_pushes=1)
+    assert failed(reload.check_disconnects(dead)) == ["no push is made to a session after its close is known"]
+
+
+def test_reload_repeated_judges_growth_only_when_every_reload_was_clean() -> None:
+    windows = [_window(f"r{i}", i, i + 0.1, i + 2) for i in range(3)]
+    base = {"master": {"fds": 20, "rss": 50 << 20}, "worker-0": {"fds": 30, "rss": 40 << 20}}
+    clients = [reload.Ticking("a", _ticks(10), final=10)]
+    good = reload.RepeatedHistory(2, 3000, 3, 8 << 20, windows=windows, baseline=base, now=base, clients=clients)
+    assert failed(reload.check_repeated(good)) == []
+    leak = dataclasses.replace(good, now={**base, "worker-0": {"fds": 40, "rss": 40 << 20}})
+    assert failed(reload.check_repeated(leak)) == ["after 2 reloads, fds and memory of the master and each worker stay near their baseline"]
+    stopped = dataclasses.replace(good, stopped=1, windows=windows[:2])
+    assert failed(reload.check_repeated(stopped)) == [
+        "after 2 reloads, fds and memory of the master and each worker stay near their baseline",
+        "3 reloads ran one after the other, each with a new generation",
     ]

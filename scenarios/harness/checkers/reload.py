@@ -1,0 +1,349 @@
+"""The checks of ``reload_ticks``, ``reload_disconnects`` and ``reload_repeated``
+(scenarios/test_reload.py; contract section 9).
+
+The tick rules (``reloads.py``): per timer, sequence numbers 1, 2, ... n with none lost or
+repeated; generations never go back in a session's stream; the longest silence around each
+reload stays below ``max_wait_ms``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..evidence import Check
+from ..reloads import ReloadWindow, gaps_around, generation_interleaving, summarize_ms, tick_order_problems
+from ..spec import Leftovers, check_leftovers, named
+
+
+@dataclass
+class Ticking:
+    """One ticking client: its own ticks (``{"seq", "gen", "_t", ...}`` in arrival order) and how it ended."""
+
+    name: str
+    ticks: list[dict[str, Any]] = field(default_factory=list)
+    final: int | None = None  # the timer's last seq, from timer_stop (None: not stopped)
+    closed: bool = False
+    close_frame: Any = None
+    tail: Any = None
+
+
+def check_closed(clients: list[Ticking]) -> Check:
+    closed = [{"client": c.name, "close_frame": c.close_frame, "tail": c.tail} for c in clients if c.closed]
+    return named(
+        "no session is closed by a reload",
+        not closed and bool(clients),
+        expected="every client still open",
+        observed=f"{len(closed)} closed",
+        clients=closed,
+    )
+
+
+def tick_gaps(clients: list[Ticking], windows: list[ReloadWindow]) -> dict[str, list[float]]:
+    """Per reload (by label): each client's longest silence (s) around it."""
+    return {w.label: [gaps_around(c.ticks, w.requested, w.done) for c in clients] for w in windows}
+
+
+def check_ticks(clients: list[Ticking], windows: list[ReloadWindow], max_wait_ms: int) -> list[Check]:
+    order_bad, interleaved = {}, {}
+    for c in clients:
+        problems = tick_order_problems(c.ticks, c.final)
+        if problems:
+            order_bad[c.name] = problems
+        bad = generation_interleaving(c.ticks)
+        if bad:
+            interleaved[c.name] = bad[:5]
+    per_window = tick_gaps(clients, windows)
+    gap_report = {label: summarize_ms(v) for label, v in per_window.items()}
+    worst = max((max(v) for v in per_window.values() if v), default=0.0)
+    return [
+        named(
+            "per session, tick numbers strictly increase and none is lost",
+            not order_bad and any(c.ticks for c in clients),
+            expected="each timer's ticks arrive as 1, 2, ..., n (its final count)",
+            observed=f"{len(order_bad)} sessions with problems" if order_bad else "all consecutive",
+            problems=[{k: v} for k, v in list(order_bad.items())[:10]],
+        ),
+        named(
+            "no tick from an old generation arrives after one from a newer generation",
+            not interleaved,
+            expected="generations never go back in a session's stream",
+            observed=f"{len(interleaved)} sessions interleaved" if interleaved else "never",
+            sessions=[{k: v} for k, v in list(interleaved.items())[:10]],
+        ),
+        named(
+            "the longest silence in a session's ticks during a reload is below max_wait_ms",
+            worst * 1000 < max_wait_ms,
+            expected=f"< {max_wait_ms} ms",
+            observed=f"{worst * 1000:.1f} ms",
+            per_reload=gap_report,
+        ),
+    ]
+
+
+def check_retired(records: list[dict[str, Any]], expect_processes: bool = True) -> list[Check]:
+    retired = [p for r in records for p in r.get("retired", [])]
+    timers_left = [
+        {k: p.get(k) for k in ("name", "pid", "reload", "timers_after_exit_hook", "timers_at_exit")}
+        for p in retired
+        if p.get("timers_at_exit", 0) or p.get("timers_after_exit_hook", 0)
+    ]
+    lost = [
+        {k: r.get(k) for k in ("reload", "forced_kills", "sessions_lost")}
+        for r in records
+        if r.get("forced_kills") or r.get("sessions_lost")
+    ]
+    return [
+        named(
+            "old processes reach zero timers (the exit hook cleared them)",
+            (bool(retired) or not expect_processes) and not timers_left,
+            expected="every retired process: 0 timers after on_worker_exit and at exit",
+            observed=timers_left or f"{len(retired)} processes at 0",
+        ),
+        named(
+            "no old process had to be killed and no session was lost",
+            not lost,
+            expected="forced_kills == 0 and sessions_lost == 0 in every reload",
+            observed=lost or "none",
+        ),
+    ]
+
+
+# -- reload_ticks ------------------------------------------------------------------------------------
+
+
+@dataclass
+class TicksHistory:
+    """What ``reload_ticks`` observed."""
+
+    max_wait_ms: int
+    task_ms: int
+    clock_slack_ms: int = 2
+    #: whether the target had reloaded before the scenario, and its processes' first generations
+    reloaded_before: bool = False
+    first_gens: dict[str, Any] = field(default_factory=dict)
+    #: the three reload requests of the first reload and its record
+    merge: dict[str, Any] = field(default_factory=dict)
+    #: the task in flight: its reply, its results, ms from its request to its result
+    task: dict[str, Any] = field(default_factory=dict)
+    task_results: list[dict[str, Any]] = field(default_factory=list)
+    task_held_ms: float | None = None
+    #: the task-worker-only reload: workers it replaced, task workers it kept
+    workers_replaced: list[str] = field(default_factory=list)
+    task_workers_kept: list[str] = field(default_factory=list)
+    worker_reload_reply: dict[str, Any] = field(default_factory=dict)
+    windows: list[ReloadWindow] = field(default_factory=list)
+    clients: list[Ticking] = field(default_factory=list)
+    dead_session_pushes: int = 0
+    state_changes: list[dict[str, Any]] = field(default_factory=list)
+    marked: bool = False
+    counters_decreased: list[dict[str, Any]] = field(default_factory=list)
+    snapshots: int = 0
+    #: reload counters gained, the status's generation, the processes' and the last ticks' generations
+    reload_counters: dict[str, int] = field(default_factory=dict)
+    status_generation: Any = None
+    process_generations: dict[str, Any] = field(default_factory=dict)
+    last_tick_generations: list[Any] = field(default_factory=list)
+    old_processes: int = 0
+    old_left: dict[int, str] = field(default_factory=dict)
+    leftovers: Leftovers = field(default_factory=Leftovers)
+
+
+EXPECTED_RELOAD_COUNTERS = {"requested": 6, "merged": 2, "completed": 4, "forced_kills": 0}
+
+
+def check_ticks_history(h: TicksHistory) -> list[Check]:
+    first, second, third = (h.merge.get(k, {}) for k in ("first", "second", "third"))
+    record = h.windows[0].record if h.windows else {}
+    wrong_gen: list[Any] = [
+        {"reload": r.get("reload"), "generation": r.get("generation")}
+        for r in (w.record for w in h.windows)
+        if r.get("generation") != (r.get("reload") or 0) + 1
+    ]
+    final_gen = h.windows[-1].record.get("generation") if h.windows else None
+    return [
+        named(
+            "the first processes are generation 1",
+            h.reloaded_before or set(h.first_gens.values()) == {1},
+            expected="generation 1 for every worker and task worker before any reload",
+            observed=h.first_gens,
+        ),
+        named(
+            "a reload requested while one runs is merged into it",
+            bool(first)
+            and not first.get("merged")
+            and all(j.get("merged") is True and j.get("reload") == first.get("reload") for j in (second, third))
+            and record.get("merged_requests") == 2,
+            expected=f"requests 2 and 3 joined reload {first.get('reload')}; its record counts 2 merged",
+            observed={
+                "second": [second.get("reload"), second.get("merged")],
+                "third": [third.get("reload"), third.get("merged")],
+                "record": record.get("merged_requests"),
+            },
+        ),
+        named(
+            "a task in flight during the reload completes and its result arrives once",
+            bool(h.task.get("ok"))
+            and len(h.task_results) == 1
+            and (h.task_results[0].get("result") or {}).get("data") == "in flight",
+            expected="one task_result with the task's data",
+            observed=[r.get("result") for r in h.task_results],
+        ),
+        named(
+            "the task in flight ran its full sleep_ms (the reload did not cut it short)",
+            h.task_held_ms is not None and h.task_held_ms >= h.task_ms - h.clock_slack_ms,
+            expected=f"task_result >= {h.task_ms} ms after the task's request",
+            observed=h.task_held_ms,
+        ),
+        named(
+            "a task-worker-only reload replaces the task workers and nothing else",
+            not h.workers_replaced and not h.task_workers_kept,
+            expected="same worker pids, new task worker pids",
+            observed={"workers replaced": h.workers_replaced, "task workers kept": h.task_workers_kept},
+        ),
+        named(
+            "a worker can ask for a reload (app op reload)",
+            h.worker_reload_reply.get("ok") is True,
+            expected="ok",
+            observed=h.worker_reload_reply,
+        ),
+        check_closed(h.clients),
+        *check_ticks(h.clients, h.windows, h.max_wait_ms),
+        named("no push reaches a dead session", h.dead_session_pushes == 0, expected=0, observed=h.dead_session_pushes),
+        named(
+            "uid, protection, group and handler set survive every reload",
+            not h.state_changes and h.marked,
+            expected="each session's uid, protected, group and handler as before the reloads",
+            observed=h.state_changes or "all kept",
+        ),
+        named(
+            "no standard counter ever decreases across a reload",
+            not h.counters_decreased and h.snapshots == 1 + len(h.windows),
+            expected="each standard counter of /v1/stats >= its value before each reload",
+            observed=h.counters_decreased or f"{h.snapshots} snapshots, none lower than the one before",
+        ),
+        named(
+            "reload n starts generation n + 1",
+            not wrong_gen and bool(h.windows),
+            expected="each record's generation = its reload id + 1",
+            observed=wrong_gen or [[w.record.get("reload"), w.record.get("generation")] for w in h.windows],
+        ),
+        named(
+            "reload counters and generations are as expected",
+            h.reload_counters == EXPECTED_RELOAD_COUNTERS
+            and h.status_generation == final_gen
+            and set(h.process_generations.values()) == {final_gen}
+            and set(h.last_tick_generations) == {final_gen},
+            expected={**EXPECTED_RELOAD_COUNTERS, "generation": final_gen, "every worker and tick": final_gen},
+            observed={
+                **h.reload_counters,
+                "generation": h.status_generation,
+                "processes": h.process_generations,
+                "last tick gens": sorted(set(h.last_tick_generations), key=str),
+            },
+        ),
+        *check_retired([w.record for w in h.windows]),
+        named(
+            "every old process has exited",
+            not h.old_left,
+            expected="no replaced pid listed in /v1/processes or alive",
+            observed=h.old_left or f"{h.old_processes} gone",
+        ),
+        *check_leftovers(h.leftovers),
+    ]
+
+
+# -- reload_disconnects ------------------------------------------------------------------------------
+
+
+@dataclass
+class DisconnectsHistory:
+    """What ``reload_disconnects`` observed."""
+
+    max_wait_ms: int
+    arrivals: int
+    window: ReloadWindow
+    #: late clients: connected, closed by the reload, refused; the generations of their ticks
+    late_connected: int = 0
+    late_closed: int = 0
+    late_open: int = 0
+    refused: list[str] = field(default_factory=list)
+    late_generations: list[Any] = field(default_factory=list)
+    stay: list[Ticking] = field(default_factory=list)
+    late: list[Ticking] = field(default_factory=list)
+    dead_session_pushes: int = 0
+    leftovers: Leftovers = field(default_factory=Leftovers)
+
+
+def check_disconnects(h: DisconnectsHistory) -> list[Check]:
+    gen = h.window.record.get("generation")
+    return [
+        named(
+            "clients that arrive during a reload are served, by the new generation",
+            h.late_open == h.arrivals and set(h.late_generations) == {gen},
+            expected={"clients": h.arrivals, "generation": gen},
+            observed={"clients": h.late_connected, "closed": h.late_closed, "refused": h.refused[:5],
+                      "generations": sorted(set(h.late_generations), key=str)},
+        ),
+        check_closed(h.stay + h.late),
+        *check_ticks(h.stay, [h.window], h.max_wait_ms),
+        named(
+            "no push is made to a session after its close is known",
+            h.dead_session_pushes == 0,
+            expected=0,
+            observed=h.dead_session_pushes,
+            hint="dead_session_pushes counts pushes to a closed or closing session, in old and new processes",
+        ),
+        *check_retired([h.window.record]),
+        *check_leftovers(h.leftovers),
+    ]
+
+
+# -- reload_repeated ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RepeatedHistory:
+    """What ``reload_repeated`` observed."""
+
+    reloads: int
+    max_wait_ms: int
+    fd_slack: int
+    rss_slack: int
+    windows: list[ReloadWindow] = field(default_factory=list)
+    #: the reload after which the series stopped (it killed a process or lost a session), if any
+    stopped: int | None = None
+    #: fds and rss per process (master, workers) after the first reload, and at the end
+    baseline: dict[str, Any] = field(default_factory=dict)
+    now: dict[str, Any] = field(default_factory=dict)
+    clients: list[Ticking] = field(default_factory=list)
+
+
+def check_repeated(h: RepeatedHistory) -> list[Check]:
+    grown = {
+        name: {"fds": [b["fds"], h.now[name]["fds"]], "rss_mib": [round(b["rss"] / 2**20, 1), round(h.now[name]["rss"] / 2**20, 1)]}
+        for name, b in h.baseline.items()
+        if b and h.now.get(name)
+        and (h.now[name]["fds"] > b["fds"] + h.fd_slack or h.now[name]["rss"] > b["rss"] + h.rss_slack)
+    }
+    gens = {w.record.get("generation") for w in h.windows}
+    return [
+        named(
+            f"after {h.reloads} reloads, fds and memory of the master and each worker stay near their baseline",
+            h.stopped is None and not grown and bool(h.baseline) and all(h.now.get(n) for n in h.baseline),
+            expected=f"fds <= baseline + {h.fd_slack}, rss <= baseline + {h.rss_slack // 2**20} MiB",
+            observed=(
+                f"not judged: stopped after reload {h.stopped}, which killed a process or lost a session"
+                if h.stopped is not None else grown or "within bounds"
+            ),
+        ),
+        named(
+            f"{h.reloads + 1} reloads ran one after the other, each with a new generation",
+            len(gens) == h.reloads + 1,
+            expected=h.reloads + 1,
+            observed=len(gens),
+        ),
+        check_closed(h.clients),
+        *check_ticks(h.clients, h.windows, h.max_wait_ms),
+        *check_retired([w.record for w in h.windows]),
+    ]
