@@ -15,7 +15,11 @@ from reference_server.core.placement import (
     rebalance_plan,
     respawn_delay,
     round_robin,
+    running,
+    task_successor,
+    worker_successor,
 )
+from reference_server.core.proctable import ProcEntry, ProcKind, ProcState
 
 # worker index -> how many sessions it holds (sessions are numbered per worker below)
 LOADS = st.dictionaries(st.integers(0, 7), st.integers(0, 40), max_size=6)
@@ -81,3 +85,37 @@ def test_respawn_waits_only_after_repeated_quick_crashes_and_doubles_up_to_a_bou
     grown = delays[QUICK_CRASHES_ALLOWED + 1 :]
     assert grown[0] > 0 and all(b == min(2 * a, MAX_RESPAWN_DELAY) for a, b in itertools.pairwise(grown))
     assert grown[-1] == MAX_RESPAWN_DELAY
+
+
+def _entry(kind: ProcKind, index: int, pid: int, generation: int = 1, state: ProcState = ProcState.READY) -> ProcEntry:
+    return ProcEntry(slot=pid, state=state, kind=kind, index=index, pid=pid, generation=generation, started=0.0, name=f"{kind.label}-{index}")
+
+
+def test_running_is_the_newest_ready_generation_of_that_index() -> None:
+    entries = [
+        _entry(ProcKind.WORKER, 0, 10, 1, ProcState.STOPPING),
+        _entry(ProcKind.WORKER, 0, 11, 2),
+        _entry(ProcKind.WORKER, 0, 12, 3, ProcState.EMPTY),
+        _entry(ProcKind.TASK, 0, 13, 4),
+    ]
+    assert running(entries, ProcKind.WORKER, 0).pid == 11  # type: ignore[union-attr]
+    assert running(entries, ProcKind.WORKER, 1) is None
+
+
+def test_a_retiring_worker_hands_over_to_its_successor_else_to_the_others_in_turn() -> None:
+    old = _entry(ProcKind.WORKER, 0, 10, 1, ProcState.STOPPING)
+    others = [_entry(ProcKind.WORKER, 1, 21, 2), _entry(ProcKind.WORKER, 2, 22, 2)]
+    assert worker_successor([old, _entry(ProcKind.WORKER, 0, 20, 2), *others], 0, me=10, turn=5).pid == 20  # type: ignore[union-attr]
+    picks = {worker_successor([old, *others], 0, me=10, turn=t).pid for t in range(4)}  # type: ignore[union-attr]
+    assert picks == {21, 22}
+    assert worker_successor([old], 0, me=10, turn=0) is None
+
+
+def test_a_retiring_task_worker_prefers_its_index_then_the_newest_generation() -> None:
+    me = _entry(ProcKind.TASK, 1, 10, 1, ProcState.STOPPING)
+    same = _entry(ProcKind.TASK, 1, 31, 2)
+    newer = _entry(ProcKind.TASK, 0, 32, 3)
+    older = _entry(ProcKind.TASK, 0, 33, 2)
+    assert task_successor([me, older, newer, same], 1, me=10) is same
+    assert task_successor([me, older, newer], 1, me=10) is newer
+    assert task_successor([me], 1, me=10) is None

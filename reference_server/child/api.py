@@ -19,28 +19,30 @@ counted (``dead_session_pushes``) and logged once per session, never per call.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..core.broadcast import ALL, BadChannel, BroadcastMode, check_channel, stream_id, stream_pos
-from ..core.placement import affinity_target, rebalance_plan
 from ..core.proctable import ProcEntry, ProcKind, ProcState
-from ..core.registry import ClientInfo, SessionState
+from ..core.registry import ClientInfo
 from ..errors import CloseCode, ErrorCode, ServerError
 from ..ipc import messages as msg
+from .api_broadcast import Broadcasting
+from .api_moves import SessionMoves
 
 if TYPE_CHECKING:
     from .context import ChildContext
 
 DEAD_CODES = (ErrorCode.SESSION_CLOSED, ErrorCode.SESSION_NOT_EXIST)
-#: Durable mode: ``publish`` trims a channel's stream to about this many entries (history is what is left).
-STREAM_MAXLEN = 100_000
 
 
-class Server:
+class Server(SessionMoves, Broadcasting):
+    """The server object given to the application's hooks (``app.py``).
+
+    Its migration methods are in ``api_moves.py`` and its broadcast methods in
+    ``api_broadcast.py``; it is one object for the application.
+    """
+
     def __init__(self, runtime: ChildContext) -> None:
         self._rt = runtime
         self.last_error: ErrorCode = ErrorCode.OK
@@ -191,142 +193,6 @@ class Server:
     def set_group(self, session: int, group: int) -> bool:
         """Put a session in an application group (a room, say): see :meth:`affinity`."""
         return self._owner_op(session, msg.Group, int(group))
-
-    # -- migration ----------------------------------------------------------------
-
-    async def move(self, session: int, to_worker: int, *, timeout: float = 10.0) -> dict[str, Any]:
-        """Move a live session to worker ``to_worker``; return ``{session, from, to, elapsed_ms}``.
-
-        Callable from any process. It returns once the target owns the
-        session; operations addressed to it on the way are applied there
-        exactly once and in each sender's order, the last of them possibly
-        just after this returns (``docs/architecture.md``, migration). Raises
-        :class:`ServerError`: ``SESSION_NOT_EXIST`` (1005), ``SESSION_CLOSED``
-        (1004, closing), ``NOT_ESTABLISHED`` (8503), ``UNKNOWN_PROCESS``
-        (2003, no such running worker), ``ALREADY_THERE`` (2010),
-        ``MIGRATION_IN_PROGRESS`` (2011), ``MIGRATION_FAILED`` (2012, the
-        session goes on where it was).
-        """
-        rt = self._rt
-        for _ in range(8):
-            info = rt.table.lookup(session)
-            if info is None:
-                raise ServerError(ErrorCode.SESSION_NOT_EXIST, f"session {session} does not exist")
-            if info.state is SessionState.CONNECTING:
-                raise ServerError(ErrorCode.NOT_ESTABLISHED, f"session {session} has not completed its handshake")
-            if info.state is not SessionState.ESTABLISHED:
-                raise ServerError(ErrorCode.SESSION_CLOSED, f"session {session} is closing")
-            target = rt.find_worker(to_worker)
-            if target is None:
-                raise ServerError(ErrorCode.UNKNOWN_PROCESS, f"no running worker {to_worker}")
-            if info.owner_pid == target.pid and not info.migrating:
-                raise ServerError(ErrorCode.ALREADY_THERE, f"session {session} is already in worker {to_worker}")
-            try:
-                if info.owner_pid == os.getpid():
-                    return await rt.mover.move_out(session, to_worker)
-                return await rt.call(info.owner_pid, "migrate", (session, to_worker), timeout)
-            except ServerError as exc:
-                if exc.code is not ErrorCode.MOVED:
-                    raise
-        raise ServerError(ErrorCode.MIGRATION_FAILED, f"session {session} kept moving; try again")
-
-    async def migrate(self, session: int, to_worker: int) -> bool:
-        """Swoole-style :meth:`move`: True, or False with :attr:`last_error` set."""
-        try:
-            await self.move(session, to_worker)
-        except ServerError as exc:
-            self.last_error = exc.code
-            return False
-        self.last_error = ErrorCode.OK
-        return True
-
-    async def affinity(
-        self,
-        *,
-        group: int | None = None,
-        sessions: list[int] | None = None,
-        to_worker: int | None = None,
-        concurrency: int = 16,
-    ) -> dict[str, Any]:
-        """Move every session of a group (or the given sessions) into one worker.
-
-        Without ``to_worker``, the worker that already holds most of them is
-        chosen (the lowest id on a tie), so the fewest move. Returns what was
-        moved, what was already there, and what failed (with codes).
-        """
-        rt = self._rt
-        if (group is None) == (sessions is None):
-            raise ServerError(ErrorCode.BAD_REQUEST, "give either a group or a list of sessions")
-        live = {info.session: info for info in rt.table.sessions(established_only=True)}
-        if group is not None:
-            members = [info for info in live.values() if info.group == group]
-            missing: list[int] = []
-        else:
-            wanted = list(dict.fromkeys(sessions or []))
-            members = [live[s] for s in wanted if s in live]
-            missing = [s for s in wanted if s not in live]
-        workers = self._running_workers()
-        if to_worker is None:
-            to_worker = affinity_target((info.worker for info in members), workers)
-            if to_worker is None:
-                raise ServerError(ErrorCode.UNKNOWN_PROCESS, "no running worker")
-        elif to_worker not in workers:
-            raise ServerError(ErrorCode.UNKNOWN_PROCESS, f"no running worker {to_worker}")
-        plan = [(info.session, info.worker, to_worker) for info in members if info.worker != to_worker]
-        moved, failed = await self._run_moves(plan, concurrency)
-        failed += [self._failure(s, None, to_worker, ServerError(ErrorCode.SESSION_NOT_EXIST, "not live")) for s in missing]
-        return {
-            "group": group,
-            "worker": to_worker,
-            "members": len(members),
-            "already_there": len(members) - len(plan),
-            "moved": moved,
-            "failed": failed,
-        }
-
-    async def rebalance(self, *, concurrency: int = 16) -> dict[str, Any]:
-        """Even out established sessions across running workers (counts differ by at most one).
-
-        Moves as few sessions as possible, from the fullest workers to the
-        emptiest; returns the counts before, the moves made, and failures.
-        """
-        workers = self._running_workers()
-        if not workers:
-            raise ServerError(ErrorCode.UNKNOWN_PROCESS, "no running worker")
-        by_worker: dict[int, list[int]] = {w: [] for w in workers}
-        for info in self._rt.table.sessions(established_only=True):
-            if info.worker in by_worker and not info.migrating:
-                by_worker[info.worker].append(info.session)
-        before = {w: len(s) for w, s in by_worker.items()}
-        plan, counts = rebalance_plan(by_worker)
-        moved, failed = await self._run_moves(plan, concurrency)
-        return {"before": before, "planned": counts, "moved": moved, "failed": failed}
-
-    def _running_workers(self) -> list[int]:
-        return sorted(
-            {e.index for e in self._rt.procs.entries() if e.kind is ProcKind.WORKER and e.state is ProcState.READY}
-        )
-
-    async def _run_moves(
-        self, plan: list[tuple[int, int, int]], concurrency: int
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        moved: list[dict[str, Any]] = []
-        failed: list[dict[str, Any]] = []
-        gate = asyncio.Semaphore(max(1, concurrency))
-
-        async def one(sid: int, src: int, dst: int) -> None:
-            async with gate:
-                try:
-                    moved.append(await self.move(sid, dst))
-                except ServerError as exc:
-                    failed.append(self._failure(sid, src, dst, exc))
-
-        await asyncio.gather(*(one(*step) for step in plan))
-        return moved, failed
-
-    @staticmethod
-    def _failure(sid: int, src: int | None, dst: int, exc: ServerError) -> dict[str, Any]:
-        return {"session": sid, "from": src, "to": dst, "code": int(exc.code), "name": exc.code.name, "message": exc.message}
 
     # -- tasks and messages ---------------------------------------------------
 
@@ -493,100 +359,3 @@ class Server:
 
     def worker_pids(self) -> dict[str, int]:
         return {e.name: e.pid for e in self._rt.procs.entries() if e.kind is ProcKind.WORKER}
-
-    # -- broadcast (contract section 10) ---------------------------------------------
-
-    def _own_session(self, session: int):  # -> Session
-        sess = self._rt.sessions.get(session)
-        if sess is None or not sess.is_open:
-            info = self._rt.table.lookup(session)
-            if info is None:
-                raise ServerError(ErrorCode.SESSION_NOT_EXIST, f"session {session} does not exist")
-            if sess is None and info.owner_pid != os.getpid():
-                raise ServerError(
-                    ErrorCode.UNSUPPORTED, f"session {session} belongs to {info.owner_pid}: join from its owner"
-                )
-            if not info.established:
-                raise ServerError(ErrorCode.NOT_ESTABLISHED, f"session {session} is still in its handshake")
-            raise ServerError(ErrorCode.SESSION_CLOSED, f"session {session} is closing")
-        return sess
-
-    async def subscribe(self, session: int, channel: str, *, since: str | None = None) -> dict[str, Any]:
-        """Put ``session`` (owned by this worker) in ``channel``.
-
-        The answer comes once the session is a member, so a message published
-        after it reaches the session. ``since`` (durable mode): a stream id; the
-        messages after it are sent first, then live ones, with no gap and no
-        repeat. Returns ``{"history": n, "complete": bool, "id": last id or None}``.
-        Raises :class:`ServerError` (``BAD_CHANNEL``, ``HISTORY_UNAVAILABLE``, ...).
-        """
-        rt = self._rt
-        try:
-            check_channel(channel)
-        except BadChannel as exc:
-            raise ServerError(ErrorCode.BAD_CHANNEL, str(exc)) from None
-        pos: int | None = None
-        if since is not None:
-            if rt.config.broadcast_mode != BroadcastMode.DURABLE:
-                raise ServerError(ErrorCode.HISTORY_UNAVAILABLE, "history needs --broadcast-mode durable")
-            try:
-                pos = stream_pos(since)
-            except ValueError as exc:
-                raise ServerError(ErrorCode.BAD_REQUEST, f"since: {exc}") from None
-        result = await rt.channels.join(self._own_session(session), channel, pos)
-        durable = rt.config.broadcast_mode == BroadcastMode.DURABLE
-        return {
-            "history": result["history"],
-            "complete": result["complete"],
-            "id": stream_id(result["pos"]) if durable else None,
-        }
-
-    async def unsubscribe(self, session: int, channel: str) -> bool:
-        """Take ``session`` out of ``channel``; False if it was not in it.
-
-        What was published before the call still reaches the session (a
-        barrier with the broadcaster); nothing published after the answer does.
-        """
-        try:
-            check_channel(channel)
-        except BadChannel as exc:
-            raise ServerError(ErrorCode.BAD_CHANNEL, str(exc)) from None
-        return await self._rt.channels.leave(self._own_session(session), channel)
-
-    def channels(self, session: int) -> list[str]:
-        """The named channels ``session`` is in (not ``@all``)."""
-        sess = self._rt.sessions.get(session)
-        return sorted(c for c in (sess.channels if sess is not None else ()) if c != ALL)
-
-    async def publish(self, channel: str, data: Any) -> str | None:
-        """Publish ``data`` (any JSON value) to ``channel`` through Redis, for every node.
-
-        Returns the stream id in durable mode, None in pub/sub mode. The
-        channel ``@all`` reaches every established session. Raises
-        :class:`ServerError` (``BAD_CHANNEL``, ``BROKER_UNAVAILABLE``, ``BROADCAST_OFF``).
-        """
-        rt = self._rt
-        cfg = rt.config
-        if cfg.broadcast_mode == "off" or not rt.boot.broker_url:
-            raise ServerError(ErrorCode.BROADCAST_OFF, "broadcast is off on this server")
-        try:
-            check_channel(channel, joinable=False)
-        except BadChannel as exc:
-            raise ServerError(ErrorCode.BAD_CHANNEL, str(exc)) from None
-        payload = json.dumps(data, separators=(",", ":"))
-        key = cfg.broadcast_prefix + channel
-        try:
-            client = rt.redis()
-            if cfg.broadcast_mode == BroadcastMode.DURABLE:
-                entry_id = await client.xadd(key, {"data": payload}, maxlen=STREAM_MAXLEN, approximate=True)
-                return entry_id.decode("ascii") if isinstance(entry_id, bytes) else str(entry_id)
-            await client.publish(key, payload)
-            return None
-        except (OSError, ConnectionError, TimeoutError) as exc:
-            raise ServerError(ErrorCode.BROKER_UNAVAILABLE, f"Redis: {exc}") from None
-        except Exception as exc:
-            import redis.exceptions
-
-            if isinstance(exc, redis.exceptions.RedisError):
-                raise ServerError(ErrorCode.BROKER_UNAVAILABLE, f"Redis: {exc}") from None
-            raise

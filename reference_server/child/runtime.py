@@ -43,6 +43,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core.metrics import Counters
+from ..core.placement import running
 from ..core.proctable import ProcEntry, ProcKind, ProcState
 from ..errors import CloseCode, ErrorCode, ServerError
 from ..ipc import links as ipc
@@ -394,12 +395,7 @@ class Runtime:
 
     def find_worker(self, index: int) -> ProcEntry | None:
         """The running worker ``index``, if there is one (the newest, while a reload runs)."""
-        found = None
-        for entry in self.procs.entries():
-            if entry.kind is ProcKind.WORKER and entry.index == index and entry.state is ProcState.READY:
-                if found is None or entry.generation > found.generation:
-                    found = entry
-        return found
+        return running(self.procs.entries(), ProcKind.WORKER, index)
 
     def process_alive(self, pid: int) -> bool:
         return any(e.pid == pid and e.state is not ProcState.EMPTY for e in self.procs.entries())

@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TypeVar
 
+from .proctable import ProcEntry, ProcKind, ProcState
+
 Move = tuple[int, int, int]  # (session, from worker, to worker)
 T = TypeVar("T")
 
@@ -32,6 +34,36 @@ def round_robin(candidates: Sequence[T], turn: int) -> T | None:
     if not candidates:
         return None
     return candidates[turn % len(candidates)]
+
+
+def running(entries: Iterable[ProcEntry], kind: ProcKind, index: int) -> ProcEntry | None:
+    """The ready process ``kind`` number ``index``: the newest generation while a reload runs."""
+    found = None
+    for entry in entries:
+        if entry.kind is kind and entry.index == index and entry.state is ProcState.READY:
+            if found is None or entry.generation > found.generation:
+                found = entry
+    return found
+
+
+def worker_successor(entries: Sequence[ProcEntry], index: int, me: int, turn: int) -> ProcEntry | None:
+    """Where a retiring worker ``index`` (pid ``me``) sends a session: its successor (the ready
+    worker with its index), else the ready workers but itself in turn."""
+    entry = running(entries, ProcKind.WORKER, index)
+    if entry is not None and entry.pid != me:
+        return entry
+    ready = [e for e in entries if e.kind is ProcKind.WORKER and e.state is ProcState.READY and e.pid != me]
+    return round_robin(ready, turn)
+
+
+def task_successor(entries: Iterable[ProcEntry], index: int, me: int) -> ProcEntry | None:
+    """Where a retiring task worker ``index`` (pid ``me``) hands its queued tasks: the ready task
+    worker with its index, else the newest generation, then the lowest index."""
+    ready = sorted(
+        (e for e in entries if e.kind is ProcKind.TASK and e.state is ProcState.READY and e.pid != me),
+        key=lambda e: (e.index != index, -e.generation, e.index),
+    )
+    return ready[0] if ready else None
 
 
 def respawn_delay(quick_crashes: int) -> float:

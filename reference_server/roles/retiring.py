@@ -34,7 +34,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..child.sync import SYNC_TIMEOUT
-from ..core.proctable import ProcEntry, ProcKind, ProcState
+from ..core.placement import worker_successor
+from ..core.proctable import ProcEntry, ProcKind
 from ..errors import CloseCode, ErrorCode, ServerError
 from ..session.session import CloseCause
 
@@ -119,19 +120,9 @@ class Retirer:
         host.request_stop("reload")
 
     def successor(self) -> ProcEntry | None:
-        """Where a retiring worker sends a session: its successor, else the next ready new worker."""
+        """Where a retiring worker sends a session (``core/placement.worker_successor``)."""
         rt = self.rt
-        entry = rt.find_worker(rt.index)
-        if entry is not None:
-            return entry
-        me = os.getpid()
-        ready = [
-            e for e in rt.procs.entries()
-            if e.kind is ProcKind.WORKER and e.state is ProcState.READY and e.pid != me
-        ]
-        if not ready:
-            return None
-        return ready[next(self._rr) % len(ready)]
+        return worker_successor(list(rt.procs.entries()), rt.index, os.getpid(), next(self._rr))
 
     async def hand_over_sessions(self, budget: float) -> None:
         """Move every session to the new generation; close with 1001 what is left at ``budget``."""

@@ -19,7 +19,8 @@ import contextvars
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..core.proctable import ProcEntry, ProcKind, ProcState
+from ..core.placement import task_successor
+from ..core.proctable import ProcEntry
 from ..errors import ErrorCode, ServerError
 from ..ipc import links as ipc
 from ..ipc import messages as msg
@@ -65,13 +66,8 @@ class TaskWorker:
     # -- retiring -----------------------------------------------------------------------------
 
     def successor(self) -> ProcEntry | None:
-        me = os.getpid()
-        index = self.rt.index
-        ready = sorted(
-            (e for e in self.rt.procs.entries() if e.kind is ProcKind.TASK and e.state is ProcState.READY and e.pid != me),
-            key=lambda e: (e.index != index, -e.generation, e.index),
-        )
-        return ready[0] if ready else None
+        """Where this task worker hands its queued tasks (``core/placement.task_successor``)."""
+        return task_successor(self.rt.procs.entries(), self.rt.index, os.getpid())
 
     def hand_back_queued(self) -> None:
         """Hand every queued task to the successor (keep them if there is none)."""
