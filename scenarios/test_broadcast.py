@@ -41,6 +41,18 @@ from scenarios.harness.broadcast import (
     StuckClient,
     check_histories,
 )
+from scenarios.harness.checkers.broadcast import (
+    ErrorsHistory,
+    FanoutHistory,
+    HistoryHistory,
+    OutageHistory,
+    SlowHistory,
+    check_errors,
+    check_fanout,
+    check_history,
+    check_outage,
+    check_slow,
+)
 from scenarios.harness.common import check_no_leaks, counter_delta, warm_up
 from scenarios.harness.waiting import WaitTimeout, settle
 
@@ -50,7 +62,6 @@ STUCK_PER_NODE = 10
 MESSAGES_PER_PUBLISHER = 700
 PUBLISH_RATE = 150.0  # messages per second, per publisher
 ALL_SHARE = 0.05  # share of messages sent to @all
-SLOW_CODE = 4429
 REQUEST_TIMEOUT = 5.0  # a target that does not answer fails the scenario in bounded time
 
 
@@ -116,7 +127,9 @@ def _stats_sum(stats: list[dict], name: str) -> int:
 # -- fan-out -------------------------------------------------------------------------------
 
 
-async def fanout(nodes, scenario_run, mode: str, evidence) -> None:
+async def drive_fanout(nodes, scenario_run, mode: str, evidence) -> FanoutHistory | list[str]:
+    """Clients on two nodes, churn, three publishers; the history (or, if the target serves no
+    subscribe at all, the warm-up's failures)."""
     manifest = scenario_run.manifest
     rng = evidence.rng()
     admins = [AdminClient(t.admin_url, t.admin_token) for t in nodes]
@@ -134,8 +147,7 @@ async def fanout(nodes, scenario_run, mode: str, evidence) -> None:
 
     fds_before = [await warm_up(t, a, exercise) for t, a in zip(nodes, admins, strict=True)]
     if failures:  # the target does not serve subscribe at all: nothing else can be observed
-        evidence.check("every subscribe and unsubscribe is answered ok", False, expected="answers", observed=failures)
-        return
+        return failures
     before = [await a.stats() for a in admins]
     clients: list[BroadcastClient] = []
     stuck: list[StuckClient] = []
@@ -229,78 +241,32 @@ async def fanout(nodes, scenario_run, mode: str, evidence) -> None:
             if isinstance(p, Publisher):
                 await p.close()
 
-    delivered = sum(counter_delta(b, a, "bc_deliveries") for b, a in zip(before, after, strict=True))
     upper = verdict.received
     for c in clients:
         if c.aborted_at:
             chans = {m.channel for m in c.memberships} | {ALL}
             first = min((m.join_sent for m in c.memberships), default=c.opened_at)
             upper += sum(1 for p in published if p.ok and p.channel in chans and p.end >= first)
-    ok_published = sum(1 for p in published if p.ok)
     evidence.fact("mode", mode)
     evidence.fact("histories", verdict.summary())
     evidence.fact("churn", churn_log)
-    evidence.fact("published", {"ok": ok_published, "failed": len(published) - ok_published})
-    evidence.check(
-        "every publish succeeds (Redis and the publish op)",
-        ok_published == len(published),
-        expected=len(published),
-        observed=ok_published,
+    history = FanoutHistory(
+        verdict,
+        published=len(published),
+        published_ok=sum(1 for p in published if p.ok),
+        failures=failures,
+        stuck_bytes=stuck_bytes,
+        push_errors={
+            names[i]: {k: counter_delta(before[i], after[i], k) for k in ("dead_session_pushes", "push_failed")}
+            for i in range(2)
+        },
+        delivered=sum(counter_delta(b, a, "bc_deliveries") for b, a in zip(before, after, strict=True)),
+        upper=upper,
     )
-    evidence.check(
-        "every subscribe and unsubscribe is answered ok",
-        not failures,
-        expected="no failure",
-        observed=failures[:10] or "none",
-    )
-    evidence.check(
-        "each session receives each message of its channels exactly once (no duplicate)",
-        not verdict.duplicates,
-        expected=0,
-        observed=verdict.duplicates[:10] or 0,
-    )
-    evidence.check(
-        "each session receives every message published while it was surely in the channel",
-        not verdict.missing and verdict.required > 0,
-        expected=f"{verdict.required} required deliveries",
-        observed=verdict.missing[:10] or f"all {verdict.required}",
-    )
-    evidence.check(
-        "messages of one publisher arrive in the order published",
-        not verdict.out_of_order,
-        expected=0,
-        observed=verdict.out_of_order[:10] or 0,
-    )
-    evidence.check(
-        "a message reaches only sessions in its channel (never before the join, never after the leave)",
-        not verdict.forbidden,
-        expected=0,
-        observed=verdict.forbidden[:10] or 0,
-    )
-    evidence.check(
-        "sessions mid-handshake receive nothing",
-        not stuck_bytes,
-        expected="0 bytes on every half-open handshake",
-        observed=stuck_bytes[:5] or "0 bytes",
-    )
-    dead = {
-        names[i]: {k: counter_delta(before[i], after[i], k) for k in ("dead_session_pushes", "push_failed")}
-        for i in range(2)
-    }
-    evidence.check(
-        "no push to a closing, closed or handshaking session is attempted (no push error counted)",
-        all(v == 0 for d in dead.values() for v in d.values()),
-        expected=0,
-        observed=dead,
-    )
-    evidence.check(
-        "stats agree with the histories (clients received <= deliveries counted <= what could have been sent)",
-        verdict.received <= delivered <= upper,
-        expected=f"{verdict.received}..{upper}",
-        observed=delivered,
-    )
+    evidence.fact("published", {"ok": history.published_ok, "failed": history.published - history.published_ok})
     for i, a in enumerate(admins):
         await check_no_leaks(a, evidence, fds_before[i])
+    return history
 
 
 @pytest.mark.scenario("broadcast_fanout", seed="swoole + redis: a custom process pushes every message to every established session")
@@ -310,14 +276,19 @@ def test_broadcast_fanout(target_factory, scenario_run, evidence, run_async, mod
     _mode_or_skip(scenario_run.manifest, mode)
     profile = {"workers": 3, "broadcast_mode": mode}
     nodes = [target_factory(profile, f"fanout-{mode}-A"), target_factory(profile, f"fanout-{mode}-B")]
-    run_async(fanout(nodes, scenario_run, mode, evidence), timeout=150)
+    history = run_async(drive_fanout(nodes, scenario_run, mode, evidence), timeout=150)
+    if isinstance(history, list):
+        evidence.check("every subscribe and unsubscribe is answered ok", False, expected="answers", observed=history)
+    else:
+        evidence.record(check_fanout(history))
     evidence.verdict()
 
 
 # -- outage --------------------------------------------------------------------------------------
 
 
-async def outage(target, scenario_run, mode: str, evidence) -> None:
+async def drive_outage(target, scenario_run, mode: str) -> OutageHistory:
+    """Clients subscribed while a publisher runs; the broker restarts; the history."""
     manifest = scenario_run.manifest
     admin = AdminClient(target.admin_url, target.admin_token)
     clients = await _connect_many("o", target, "A", 30)
@@ -358,44 +329,18 @@ async def outage(target, scenario_run, mode: str, evidence) -> None:
     finally:
         _dispose(clients)
         await publisher.close()
-    evidence.fact("mode", mode)
-    evidence.fact("restart", {"down_at": down_at, "up_at": up_at, "windows": windows})
-    evidence.fact("histories", verdict.summary())
-    evidence.fact("published", {"ok": sum(p.ok for p in publisher.log), "failed": sum(not p.ok for p in publisher.log)})
-    covering = [w for w in windows if w[0] <= up_at and down_at <= w[1]]
-    evidence.check(
-        "the target reports the outage window in /v1/stats broadcast.outages",
-        bool(covering),
-        expected=f"a window overlapping the restart {down_at:.3f}..{up_at:.3f}",
-        observed=windows or "none",
+    ok = [p for p in publisher.log if p.ok]
+    return OutageHistory(
+        mode,
+        verdict,
+        down_at,
+        up_at,
+        windows=windows,
+        published_ok=len(ok),
+        published_after_restart=sum(1 for p in ok if p.start > up_at),
+        lost_after_restart=[m for m in verdict.missing if _published_after(m, up_at)],
+        clients=len(clients),
     )
-    after_restart = [p for p in publisher.log if p.ok and p.start > up_at]
-    lost_after = [m for m in verdict.missing if _published_after(m, up_at)]
-    evidence.check(
-        "the subscriber came back: messages published after the restart arrive",
-        bool(after_restart) and not lost_after,
-        expected="every message published after the restart (and outside reported windows) delivered",
-        observed={"published after": len(after_restart), "missing of them": lost_after[:5]},
-    )
-    what = "published outside the reported window" if mode == "pubsub" else "published before, during and after the outage"
-    evidence.check(
-        f"every message {what} arrives exactly once, in order",
-        not verdict.missing and not verdict.duplicates and not verdict.out_of_order and not verdict.forbidden,
-        expected=0,
-        observed={
-            "missing": verdict.missing[:5],
-            "duplicates": verdict.duplicates[:5],
-            "out_of_order": verdict.out_of_order[:5],
-            "forbidden": verdict.forbidden[:5],
-        },
-    )
-    if mode == "durable":
-        evidence.check(
-            "durable mode loses nothing to the outage (no message excused)",
-            verdict.excused == 0 and verdict.required >= sum(1 for p in publisher.log if p.ok) * len(clients) * 0.9,
-            expected="every message published is required and delivered",
-            observed=verdict.summary(),
-        )
 
 
 @pytest.mark.scenario("broadcast_outage", seed="redis pub/sub is at-most-once: messages published while the subscriber is away are lost")
@@ -406,14 +351,19 @@ def test_broadcast_outage(target_factory, scenario_run, evidence, run_async, mod
     if not scenario_run.broker.restartable:
         pytest.skip(f"the broker ({scenario_run.broker.kind}) cannot be restarted by the harness")
     target = target_factory({"workers": 2, "broadcast_mode": mode}, f"outage-{mode}")
-    run_async(outage(target, scenario_run, mode, evidence), timeout=90)
+    history = run_async(drive_outage(target, scenario_run, mode), timeout=90)
+    evidence.fact("mode", mode)
+    evidence.fact("restart", {"down_at": history.down_at, "up_at": history.up_at, "windows": history.windows})
+    evidence.fact("histories", history.verdict.summary())
+    evidence.record(check_outage(history))
     evidence.verdict()
 
 
 # -- history ----------------------------------------------------------------------------------------
 
 
-async def history(target, scenario_run, evidence) -> None:
+async def drive_history(target, scenario_run) -> HistoryHistory:
+    """A late subscriber with ``since``, a live one, and channels new to the worker; the history."""
     manifest = scenario_run.manifest
     publisher = Publisher("hist", scenario_run.redis_url, manifest.broadcast_prefix, "durable")
     clients: list[BroadcastClient] = []
@@ -446,41 +396,16 @@ async def history(target, scenario_run, evidence) -> None:
     finally:
         _dispose(clients)
         await publisher.close()
-    seqs = [r[3] for r in late.received]
-    ids = [r[4] for r in late.received]
-    expected = list(range(since.seq + 1, last + 1))
-    evidence.fact("history_reply", reply)
-    evidence.fact("late", {"first": seqs[:3], "last": seqs[-3:], "count": len(seqs)})
-    evidence.check(
-        "subscribe since an id is answered with the history it served",
-        reply.get("ok") is True and reply.get("history", 0) >= 30 and reply.get("complete") is True,
-        expected=">= 30 messages of history, complete",
-        observed=reply,
-    )
-    evidence.check(
-        "history then live: every message after the id exactly once, in order, no gap",
-        seqs == expected,
-        expected=f"seq {since.seq + 1}..{last}",
-        observed={"count": len(seqs), "missing": sorted(set(expected) - set(seqs))[:10],
-                  "repeated": len(seqs) - len(set(seqs))},
-    )
-    evidence.check(
-        "every broadcast in durable mode carries its stream id, increasing",
-        all(ids) and ids == [p.msg_id for p in publisher.log if p.seq > since.seq],
-        expected="the publisher's stream ids",
-        observed=ids[:3],
-    )
-    evidence.check(
-        "a message added right after the subscribe reply to a channel new to the worker arrives",
-        not fresh_missing,
-        expected=f"{FRESH} channels never used before: the message added after each reply arrives",
-        observed=fresh_missing or "all arrived",
-    )
-    evidence.check(
-        "a plain subscribe (no since) gets nothing from before it and everything after it",
-        not verdict.missing and not verdict.forbidden and not verdict.duplicates,
-        expected=0,
-        observed=verdict.summary(),
+    return HistoryHistory(
+        reply,
+        since.seq,
+        last,
+        seqs=[r[3] for r in late.received],
+        ids=[r[4] for r in late.received],
+        published_ids=[p.msg_id for p in publisher.log if p.seq > since.seq],
+        fresh_channels=FRESH,
+        fresh_missing=fresh_missing,
+        live=verdict,
     )
 
 
@@ -514,14 +439,18 @@ async def fresh_channels(target, scenario_run, clients: list[BroadcastClient]) -
 def test_broadcast_history(target_factory, scenario_run, evidence, run_async):
     _mode_or_skip(scenario_run.manifest, "durable")
     target = target_factory({"workers": 2, "broadcast_mode": "durable"}, "history")
-    run_async(history(target, scenario_run, evidence), timeout=60)
+    history = run_async(drive_history(target, scenario_run), timeout=60)
+    evidence.fact("history_reply", history.reply)
+    evidence.fact("late", {"first": history.seqs[:3], "last": history.seqs[-3:], "count": len(history.seqs)})
+    evidence.record(check_history(history))
     evidence.verdict()
 
 
 # -- slow consumer -----------------------------------------------------------------------------------
 
 
-async def slow_consumer(target, scenario_run, evidence, mode: str) -> None:
+async def drive_slow_consumer(target, scenario_run, mode: str) -> tuple[SlowHistory, dict]:
+    """Readers and one client that stops reading, under a firehose; the history and its facts."""
     manifest = scenario_run.manifest
     admin = AdminClient(target.admin_url, target.admin_token)
     bound = manifest.broadcast_buffer_bytes
@@ -553,31 +482,22 @@ async def slow_consumer(target, scenario_run, evidence, mode: str) -> None:
     finally:
         _dispose([*readers, slow])
         await publisher.close()
-    evidence.fact("published", {"messages": sent, "bytes": sent * size, "bound": bound, "mode": mode})
-    evidence.check(
-        f"a client that stops reading is closed with {SLOW_CODE} (slow consumer)",
-        slow.close_code == SLOW_CODE,
-        expected=SLOW_CODE,
-        observed={"close_code": slow.close_code, "closed": slow.is_closed, "received": len(slow.received)},
-    )
     # Pub/sub is at most once: a message whose publish overlaps a reported outage may be lost (10.5).
     windows = outage_windows(after) if mode == "pubsub" else []
-    excused = {p.seq for p in publisher.log if any(p.start <= end and start <= (p.end or p.start) for start, end in windows)}
-    problems = {}
-    for r in readers:
-        got = [x[3] for x in r.received]
-        missing = [n for n in range(1, sent + 1) if n not in set(got) and n not in excused]
-        if got != sorted(set(got)) or missing:
-            problems[r.name] = {"missing": missing[:10], "in_order_once": got == sorted(set(got))}
-    evidence.fact("outages_reported", windows)
-    evidence.check(
-        "the clients that keep reading get every message, once and in order (outside reported outages)",
-        not problems and all(r.received for r in readers),
-        expected=f"{sent} messages each, less those whose publish overlaps a reported outage ({len(excused)})",
-        observed=problems or [len(r.received) for r in readers],
+    history = SlowHistory(
+        sent,
+        slow_close_code=slow.close_code,
+        slow_closed=slow.is_closed,
+        slow_received=len(slow.received),
+        readers={r.name: [x[3] for x in r.received] for r in readers},
+        excused={p.seq for p in publisher.log if any(p.start <= end and start <= (p.end or p.start) for start, end in windows)},
+        slow_closed_counted=counter_delta(before, after, "bc_slow_closed"),
     )
-    counted = counter_delta(before, after, "bc_slow_closed")
-    evidence.check("the stats count the slow consumer closed (bc_slow_closed)", counted == 1, expected=1, observed=counted)
+    facts = {
+        "published": {"messages": sent, "bytes": sent * size, "bound": bound, "mode": mode},
+        "outages_reported": windows,
+    }
+    return history, facts
 
 
 @pytest.mark.scenario("broadcast_slow_consumer", seed="a client that cannot keep up must not grow the server's memory")
@@ -585,16 +505,19 @@ async def slow_consumer(target, scenario_run, evidence, mode: str) -> None:
 def test_broadcast_slow_consumer(target_factory, scenario_run, evidence, run_async):
     mode = offered_mode(scenario_run.manifest)
     target = target_factory({"workers": 2, "broadcast_mode": mode}, "slow-consumer")
-    run_async(slow_consumer(target, scenario_run, evidence, mode), timeout=120)
+    history, facts = run_async(drive_slow_consumer(target, scenario_run, mode), timeout=120)
+    for name, value in facts.items():
+        evidence.fact(name, value)
+    evidence.record(check_slow(history))
     evidence.verdict()
 
 
 # -- errors ---------------------------------------------------------------------------------------------
 
 
-async def errors(target, scenario_run, evidence, mode: str) -> None:
+async def drive_errors(target, mode: str) -> ErrorsHistory:
+    """Bad broadcast requests on one session, then a good one; the history."""
     c = await _connect("e", target, "A")
-    evidence.fact("mode", mode)
     try:
         cases = {
             "subscribe to a bad channel name": (("subscribe",), {"channel": "no spaces allowed"}, 5002),
@@ -612,14 +535,7 @@ async def errors(target, scenario_run, evidence, mode: str) -> None:
         still = await c.request("subscribe", channel="news")
     finally:
         _dispose([c])
-    wrong = {w: s for w, s in seen.items() if s[0] is not False or s[1] != cases[w][2] or not s[2]}
-    evidence.check(
-        "each bad broadcast request is refused with its code and name",
-        not wrong,
-        expected={w: cases[w][2] for w in cases},
-        observed=wrong or "all as expected",
-    )
-    evidence.check("the session goes on after bad requests", still.get("ok") is True, expected=True, observed=still)
+    return ErrorsHistory({w: cases[w][2] for w in cases}, seen, still)
 
 
 @pytest.mark.scenario("broadcast_errors", seed="bad input gets a clear error; the session keeps working")
@@ -627,5 +543,6 @@ async def errors(target, scenario_run, evidence, mode: str) -> None:
 def test_broadcast_errors(target_factory, scenario_run, evidence, run_async):
     mode = offered_mode(scenario_run.manifest)
     target = target_factory({"workers": 1, "broadcast_mode": mode}, "broadcast-errors")
-    run_async(errors(target, scenario_run, evidence, mode), timeout=30)
+    evidence.fact("mode", mode)
+    evidence.record(check_errors(run_async(drive_errors(target, mode), timeout=30)))
     evidence.verdict()
