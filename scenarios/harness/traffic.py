@@ -1,31 +1,28 @@
-"""Traffic that keeps flowing while sessions move, the record of the moves, and the checks.
+"""Traffic that keeps flowing while sessions move, and the moves themselves.
 
 * :class:`Streamer` drives one client: numbered ``echo`` requests, pipelined,
   of sizes from empty to well above a socket buffer, some sent as fragmented
   messages, with WebSocket pings in between.
-* :class:`MoveLog` records every move a scenario asked for: when it was asked,
-  when the answer came, from where to where, and the outcome.
-* The checks read the client histories against that record: every echo
-  exactly once and in order with its data intact; ticks and admin pushes
-  numbered without gap or repeat; every reply names a worker that owned the
-  session at some instant between the request and the reply.
+* :func:`move_via_admin` and :func:`move_via_app` ask for a move and record it,
+  with when it was asked and answered, in the :class:`~.checkers.migration.MoveLog`.
+* :func:`stream_of` turns what a client saw into the checker's
+  :class:`~.checkers.migration.SessionStream`; the checks themselves are pure, in
+  ``checkers/migration.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import hashlib
-import itertools
 import json
 import random
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
 from .admin import AdminClient
+from .checkers.migration import EchoReply, Move, MoveLog, Sent, SessionStream
 from .client import Event, ScenarioClient
 from .waiting import settle
 
@@ -36,15 +33,6 @@ WINDOW = 4  # echo requests in flight per client
 
 def _digest(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-
-
-@dataclass
-class Sent:
-    seq: int
-    t: float
-    size: int
-    digest: str
-    fragments: int
 
 
 class Streamer:
@@ -101,122 +89,63 @@ class Streamer:
         return await settle(lambda: self._echo_replies() >= self.seq or self.client.is_closed, timeout=timeout)
 
 
-@dataclass
-class Move:
-    session: int
-    t_start: float
-    t_end: float
-    dst: int
-    via: str
-    ok: bool
-    src: int | None = None
-    code: int | None = None
-    name: str = ""
+async def move_via_admin(log: MoveLog, admin: AdminClient, session: int, dst: int) -> Move:
+    """Ask the admin API to move ``session`` to ``dst``; record the request and its outcome in ``log``."""
+    t0 = time.time()
+    status, body = await admin.request("POST", f"/v1/sessions/{session}/migrate", {"worker": dst})
+    t1 = time.time()
+    if status == 200:
+        move = Move(session, t0, t1, dst, "admin", True, src=body.get("from"))
+    else:
+        err = body.get("error", {}) if isinstance(body, dict) else {}
+        move = Move(session, t0, t1, dst, "admin", False, code=err.get("code"), name=err.get("name", str(body)))
+    log.moves.append(move)
+    return move
 
 
-@dataclass
-class MoveLog:
-    """What the scenario asked for, and what came of it."""
-
-    initial: dict[int, int]  # session -> worker when the scenario began
-    moves: list[Move] = field(default_factory=list)
-
-    async def via_admin(self, admin: AdminClient, session: int, dst: int) -> Move:
-        t0 = time.time()
-        status, body = await admin.request("POST", f"/v1/sessions/{session}/migrate", {"worker": dst})
-        t1 = time.time()
-        if status == 200:
-            move = Move(session, t0, t1, dst, "admin", True, src=body.get("from"))
-        else:
-            err = body.get("error", {}) if isinstance(body, dict) else {}
-            move = Move(session, t0, t1, dst, "admin", False, code=err.get("code"), name=err.get("name", str(body)))
-        self.moves.append(move)
-        return move
-
-    async def via_app(self, client: ScenarioClient, dst: int) -> Move:
-        assert client.session is not None
-        t0 = time.time()
-        reply = await client.request("migrate", worker=dst)
-        t1 = time.time()
-        if reply.get("ok"):
-            move = Move(client.session, t0, t1, dst, "app", True, src=reply.get("from"))
-        else:
-            err = reply.get("error", {})
-            move = Move(client.session, t0, t1, dst, "app", False, code=err.get("code"), name=err.get("name", ""))
-        self.moves.append(move)
-        return move
-
-    def record_report(self, report: dict[str, Any], t0: float, t1: float, via: str) -> None:
-        """Moves made by affinity or rebalance (each within the call's window)."""
-        for m in report.get("moved", []):
-            self.moves.append(Move(m["session"], t0, t1, m["to"], via, True, src=m.get("from")))
-
-    def successful(self, session: int) -> list[Move]:
-        return sorted((m for m in self.moves if m.ok and m.session == session), key=lambda m: m.t_start)
-
-    def owners_between(self, session: int, t0: float, t1: float) -> set[int]:
-        """Every worker that may have owned ``session`` at some instant in [t0, t1]."""
-        owner = self.initial[session]
-        owners: set[int] = set()
-        for m in self.successful(session):
-            if m.t_end < t0:
-                owner = m.dst
-                continue
-            if m.t_start > t1:
-                break
-            owners.update({owner, m.dst})  # a move overlaps the window: either side
-            owner = m.dst
-        if not owners:
-            owners.add(owner)
-        return owners
-
-    def final_owner(self, session: int) -> int:
-        moves = self.successful(session)
-        return moves[-1].dst if moves else self.initial[session]
-
-
-# -- checks ------------------------------------------------------------------------
-
-
-def echo_problems(streamer: Streamer, log: MoveLog) -> list[dict[str, Any]]:
-    """Each echo exactly once, in order, data intact, from a worker that owned the session then."""
-    c = streamer.client
-    problems: list[dict[str, Any]] = []
-    order = [int(rid[1:]) for rid in c.reply_order if isinstance(rid, str) and rid.startswith("e")]
-    expected = list(range(1, streamer.seq + 1))
-    if order != expected:
-        missing = sorted(set(expected) - set(order))
-        dup = sorted(s for s, n in collections.Counter(order).items() if n > 1)
-        out_of_order = [(a, b) for a, b in itertools.pairwise(order) if b != a + 1][:5]
-        problems.append({"client": c.name, "problem": "order", "missing": missing[:10], "duplicates": dup[:10], "jumps": out_of_order, "replies": len(order), "sent": streamer.seq})
-    for seq, sent in streamer.sent.items():
-        reply = c.replies.get(f"e{seq}")
-        if reply is None:
-            continue
-        data = reply.get("data")
-        if not isinstance(data, str) or len(data) != sent.size or _digest(data) != sent.digest:
-            problems.append({"client": c.name, "problem": "data", "seq": seq, "size": sent.size, "got": len(data) if isinstance(data, str) else data})
-            continue
-        assert c.session is not None
-        owners = log.owners_between(c.session, sent.t, reply["_t"])
-        if reply.get("worker") not in owners:
-            problems.append({"client": c.name, "problem": "worker", "seq": seq, "reply_worker": reply.get("worker"), "owners_then": sorted(owners)})
-    return problems
+async def move_via_app(log: MoveLog, client: ScenarioClient, dst: int) -> Move:
+    """Ask the session's own app (op ``migrate``) to move it to ``dst``; record it in ``log``."""
+    assert client.session is not None
+    t0 = time.time()
+    reply = await client.request("migrate", worker=dst)
+    t1 = time.time()
+    if reply.get("ok"):
+        move = Move(client.session, t0, t1, dst, "app", True, src=reply.get("from"))
+    else:
+        err = reply.get("error", {})
+        move = Move(client.session, t0, t1, dst, "app", False, code=err.get("code"), name=err.get("name", ""))
+    log.moves.append(move)
+    return move
 
 
 def numbered(events: list[dict[str, Any]], key: str) -> list[int]:
     return [e[key] for e in events if isinstance(e.get(key), int)]
 
 
-def gap_or_repeat(seqs: list[int], expected_last: int | None = None) -> dict[str, Any] | None:
-    """None if ``seqs`` is exactly 1..n (and n == expected_last when given)."""
-    n = expected_last if expected_last is not None else (seqs[-1] if seqs else 0)
-    if seqs == list(range(1, n + 1)):
-        return None
-    return {
-        "count": len(seqs),
-        "expected_last": n,
-        "missing": sorted(set(range(1, n + 1)) - set(seqs))[:10],
-        "repeated": sorted(s for s, n in collections.Counter(seqs).items() if n > 1)[:10],
-        "first_jumps": [(a, b) for a, b in itertools.pairwise(seqs) if b != a + 1][:5],
-    }
+def stream_of(streamer: Streamer, *, tick_total: int | None, pushes_sent: int) -> SessionStream:
+    """What one client saw, as the checker's record (``checkers/migration.py``)."""
+    c = streamer.client
+    assert c.session is not None
+    replies = {}
+    for seq in streamer.sent:
+        reply = c.replies.get(f"e{seq}")
+        if reply is not None:
+            data = reply.get("data")
+            text = data if isinstance(data, str) else None
+            replies[seq] = EchoReply(
+                reply["_t"], reply.get("worker"), len(text) if text is not None else None, _digest(text) if text is not None else None
+            )
+    return SessionStream(
+        name=c.name,
+        session=c.session,
+        sent=dict(streamer.sent),
+        reply_order=[int(rid[1:]) for rid in c.reply_order if isinstance(rid, str) and rid.startswith("e")],
+        replies=replies,
+        pings=streamer.pings,
+        pongs=streamer.pongs,
+        tick_seqs=[e["seq"] for e in c.evs("tick") if e.get("to") == c.session],
+        tick_total=tick_total,
+        push_seqs=numbered(c.evs("apush"), "n"),
+        pushes_sent=pushes_sent,
+        closed={"close_frame": c.close_frame, "tail": c.excerpt(5)} if c.is_closed else None,
+    )
