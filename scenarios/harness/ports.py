@@ -1,15 +1,8 @@
-"""Dynamic ports (contract section 9): connection attempts, the history of changes, the model.
+"""Dynamic ports (contract section 9): connection attempts, probes and the admin calls.
 
-Jepsen-style: the scenario records every change it asked for (with the time
-the request left and the time its answer came) and every connection attempt
-(with its start, end and outcome), then checks the attempts against the
-model of which port was listed when.
-
-The grace window of a change is ``[request sent, answer received +
-grace_ms]`` (``grace_ms`` from the manifest's ``[ports]``, 0 for the
-reference). An attempt that overlaps a grace window of its port may go either
-way; any other attempt must succeed if its port is listed and be refused
-(``ECONNREFUSED``) if it is not. No attempt may hang: each has a bound.
+Each :func:`attempt` connects, completes the handshake and exchanges one message, within
+a bound, and returns an :class:`~.checkers.ports.Attempt`; the model the attempts are
+judged by (:class:`~.checkers.ports.PortHistory`) is pure, in ``checkers/ports.py``.
 """
 
 from __future__ import annotations
@@ -20,39 +13,16 @@ import json
 import random
 import socket
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
 from .admin import AdminClient, AdminError
+from .checkers.ports import Attempt, Outcome
 
 #: No connection attempt may take longer than this (TCP connect, handshake, one echo).
 ATTEMPT_BOUND_S = 2.0
-
-
-class Outcome:
-    OK = "ok"  # handshake done and a message came back
-    REFUSED = "refused"  # ECONNREFUSED at connect
-    RESET = "reset"  # the connection was reset or closed during the handshake
-    LIMITED = "limited"  # HTTP 503 PORT_LIMIT
-    REJECTED = "rejected"  # another non-101 answer
-    HANG = "hang"  # nothing conclusive within ATTEMPT_BOUND_S
-    ERROR = "error"  # anything else (named in the detail)
-
-
-@dataclass
-class Attempt:
-    port: int
-    start: float
-    end: float
-    outcome: str
-    detail: str = ""
-
-    def as_dict(self, t0: float) -> dict[str, Any]:
-        return {"port": self.port, "start_ms": round((self.start - t0) * 1000, 2),
-                "end_ms": round((self.end - t0) * 1000, 2), "outcome": self.outcome, "detail": self.detail}
 
 
 async def attempt(port: int, *, bound: float = ATTEMPT_BOUND_S, message: str | None = None) -> Attempt:
@@ -85,59 +55,6 @@ async def attempt(port: int, *, bound: float = ATTEMPT_BOUND_S, message: str | N
             except (TimeoutError, OSError, ConnectionClosed):
                 pass
     return Attempt(port, start, time.monotonic(), outcome, detail)
-
-
-@dataclass
-class Change:
-    """One listen or unlisten the scenario asked for, and what came of it."""
-
-    port: int
-    listed: bool  # the state it asks for
-    sent: float
-    done: float
-    how: str  # admin | app | file
-    options: dict[str, Any] = field(default_factory=dict)
-    ok: bool = True
-    error: Any = None
-
-
-class PortHistory:
-    """Changes per port; answers 'was this port listed throughout [a, b]?'."""
-
-    def __init__(self, grace_ms: float) -> None:
-        self.grace = grace_ms / 1000.0
-        self.changes: dict[int, list[Change]] = {}
-
-    def record(self, change: Change) -> None:
-        self.changes.setdefault(change.port, []).append(change)
-
-    def state(self, port: int, start: float, end: float) -> bool | None:
-        """True/False: listed/not listed throughout; None: a change's grace window overlaps."""
-        listed = False
-        for c in self.changes.get(port, []):
-            if not c.ok:
-                if c.sent <= end and c.done + self.grace >= start:
-                    return None  # a failed change is still a window of doubt
-                continue
-            if c.sent <= end and c.done + self.grace >= start:
-                return None
-            if c.done + self.grace < start:
-                listed = c.listed
-        return listed
-
-    def violations(self, attempts: list[Attempt]) -> tuple[list[Attempt], int, int]:
-        """Attempts whose outcome contradicts the model; and how many were decided / in grace."""
-        bad, decided, doubtful = [], 0, 0
-        for a in attempts:
-            state = self.state(a.port, a.start, a.end)
-            if state is None:
-                doubtful += 1
-                continue
-            decided += 1
-            expected = Outcome.OK if state else Outcome.REFUSED
-            if a.outcome != expected:
-                bad.append(a)
-        return bad, decided, doubtful
 
 
 def pick_free_ports(n: int, *, low: int = 20000, high: int = 32000, seed: int | None = None) -> list[int]:
