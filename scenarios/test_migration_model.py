@@ -14,14 +14,16 @@ many pushes were sent to it. After every step:
 * no open client was closed by the server.
 
 Hypothesis shrinks any disagreement to a short sequence of steps, which the
-evidence file records.
+evidence file records. The model's rules are pure, in
+``scenarios/harness/checkers/ownership.py`` (unit tests: ``tests/test_checkers_ownership.py``);
+the run also fails when it moved, echoed or pushed nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -37,24 +39,38 @@ from hypothesis.stateful import (
 )
 
 from scenarios.harness.admin import AdminClient
+from scenarios.harness.checkers.ownership import (
+    ModelRun,
+    Owned,
+    check_model,
+    judge_echo,
+    judge_migrate,
+    judge_push,
+    judge_received,
+)
 from scenarios.harness.client import ScenarioClient, dispose_all
 from scenarios.harness.traffic import numbered
 from scenarios.harness.waiting import settle
 
+SEED = "hypothesis: connect/echo/migrate/push/close/abort against an ownership model"
 MAX_CLIENTS = 6
+EXAMPLES = 25
+STEPS_PER_EXAMPLE = 30
+ECHO_SIZES = [0, 10, 5000, 100_000]
+#: Bound of one step's I/O, and of the server noticing a client's close.
+STEP_BOUND_S = 30.0
+CLOSE_KNOWN_BOUND_S = 10.0
+PUSHES_BOUND_S = 5.0
 
 
-@dataclass
-class Model:
-    client: ScenarioClient
-    owner: int
-    open: bool = True
-    pushes: int = 0
-    echoes: int = 0
+def _ok(problem: str | None) -> None:
+    assert problem is None, problem
 
 
-def make_machine(target, admin: AdminClient, log: list[str]):
+def make_machine(target: Any, admin: AdminClient, run: ModelRun) -> type[RuleBasedStateMachine]:
+    """The state machine: each rule drives one step and asserts the model's judgement of it."""
     workers = int(target.profile["workers"])
+    log = run.steps
 
     class MigrationMachine(RuleBasedStateMachine):
         clients = Bundle("clients")
@@ -62,137 +78,134 @@ def make_machine(target, admin: AdminClient, log: list[str]):
         def __init__(self) -> None:
             super().__init__()
             self.loop = asyncio.new_event_loop()
-            self.models: list[Model] = []
+            self.models: list[tuple[Owned, ScenarioClient]] = []
 
-        def run(self, coro):
-            return self.loop.run_until_complete(asyncio.wait_for(coro, 30))
+        def io(self, coro):
+            return self.loop.run_until_complete(asyncio.wait_for(coro, STEP_BOUND_S))
 
         def teardown(self) -> None:
-            self.run(dispose_all([m.client for m in self.models]))
+            self.io(dispose_all([c for _, c in self.models]))
             self.loop.close()
 
         @initialize(target=clients)
-        def first(self) -> Model:
+        def first(self) -> tuple[Owned, ScenarioClient]:
             return self.connect()
 
         @precondition(lambda self: len(self.models) < MAX_CLIENTS)
         @rule(target=clients)
-        def connect(self) -> Model:
-            client = self.run(ScenarioClient.connect(target.ws_url, f"m{len(self.models)}"))
-            reply = self.run(client.whoami())
-            model = Model(client, reply["worker"])
-            self.models.append(model)
-            log.append(f"connect {client.session} -> worker {model.owner}")
-            return model
+        def connect(self) -> tuple[Owned, ScenarioClient]:
+            client = self.io(ScenarioClient.connect(target.ws_url, f"m{len(self.models)}"))
+            reply = self.io(client.whoami())
+            pair = (Owned(client.session, reply["worker"]), client)
+            self.models.append(pair)
+            run.count("connect")
+            log.append(f"connect {client.session} -> worker {pair[0].owner}")
+            return pair
 
-        @rule(m=clients, size=st.sampled_from([0, 10, 5000, 100_000]))
-        def echo(self, m: Model, size: int) -> None:
+        @rule(pair=clients, size=st.sampled_from(ECHO_SIZES))
+        def echo(self, pair: tuple[Owned, ScenarioClient], size: int) -> None:
+            m, client = pair
             if not m.open:
                 return
             m.echoes += 1
             data = f"{m.echoes}:" + "e" * size
-            reply = self.run(m.client.request("echo", seq=m.echoes, data=data))
-            log.append(f"echo {m.client.session} size {size} -> {reply.get('worker')}")
-            assert reply.get("ok") and reply.get("data") == data, f"echo broken: {str(reply)[:200]}"
-            assert reply.get("worker") == m.owner, f"echo from worker {reply.get('worker')}, model says {m.owner}"
+            reply = self.io(client.request("echo", seq=m.echoes, data=data))
+            run.count("echo")
+            log.append(f"echo {m.session} size {size} -> {reply.get('worker')}")
+            _ok(judge_echo(m, data, reply))
 
-        @rule(m=clients, dst=st.integers(-1, workers))
-        def migrate(self, m: Model, dst: int) -> None:
-            status, body = self.run(admin.request("POST", f"/v1/sessions/{m.client.session}/migrate", {"worker": dst}))
-            code = body.get("error", {}).get("code") if isinstance(body, dict) else None
-            log.append(f"migrate {m.client.session} {m.owner}->{dst}: {status} {code}")
-            if not m.open:
-                assert code in (1004, 1005), f"migrate of a closed session answered {status} {body}"
-            elif not 0 <= dst < workers:
-                assert (status, code) == (404, 2003), f"migrate to worker {dst} answered {status} {body}"
-            elif dst == m.owner:
-                assert (status, code) == (409, 2010), f"migrate to its own worker answered {status} {body}"
-            else:
-                assert status == 200, f"migrate {m.owner}->{dst} answered {status} {body}"
-                assert body.get("from") == m.owner and body.get("to") == dst, body
+        @rule(pair=clients, dst=st.integers(-1, workers))
+        def migrate(self, pair: tuple[Owned, ScenarioClient], dst: int) -> None:
+            m, _ = pair
+            status, body = self.io(admin.request("POST", f"/v1/sessions/{m.session}/migrate", {"worker": dst}))
+            log.append(f"migrate {m.session} {m.owner}->{dst}: {status} {body.get('error', {}).get('code') if isinstance(body, dict) else None}")
+            _ok(judge_migrate(m, dst, workers, status, body))
+            if status == 200:
                 m.owner = dst
+                run.count("migrated")
 
-        @rule(m=clients)
-        def push(self, m: Model) -> None:
+        @rule(pair=clients)
+        def push(self, pair: tuple[Owned, ScenarioClient]) -> None:
+            m, _ = pair
             payload = json.dumps({"ev": "apush", "n": m.pushes + 1})
-            status, body = self.run(admin.request("POST", f"/v1/sessions/{m.client.session}/push", {"data": payload}))
-            log.append(f"push {m.client.session} #{m.pushes + 1}: {status}")
-            if m.open:
-                assert status == 200, f"push to an open session answered {status} {body}"
+            status, body = self.io(admin.request("POST", f"/v1/sessions/{m.session}/push", {"data": payload}))
+            log.append(f"push {m.session} #{m.pushes + 1}: {status}")
+            _ok(judge_push(m, status, body))
+            if m.open and status == 200:
                 m.pushes += 1
-            else:
-                assert status in (404, 409), f"push to a closed session answered {status} {body}"
+                run.count("push")
 
-        @rule(m=clients)
-        def close(self, m: Model) -> None:
+        @rule(pair=clients)
+        def close(self, pair: tuple[Owned, ScenarioClient]) -> None:
+            m, client = pair
             if m.open:
                 m.open = False
-                log.append(f"close {m.client.session}")
-                self.run(m.client.close())
+                run.count("close")
+                log.append(f"close {m.session}")
+                self.io(client.close())
                 self.until_server_knows(m)
 
-        @rule(m=clients)
-        def abort(self, m: Model) -> None:
+        @rule(pair=clients)
+        def abort(self, pair: tuple[Owned, ScenarioClient]) -> None:
+            m, client = pair
             if m.open:
                 m.open = False
-                log.append(f"abort {m.client.session}")
-                m.client.abort()
-                self.run(m.client.wait_closed())
+                run.count("abort")
+                log.append(f"abort {m.session}")
+                client.abort()
+                self.io(client.wait_closed())
                 self.until_server_knows(m)
 
-        def until_server_knows(self, m: Model) -> None:
+        def until_server_knows(self, m: Owned) -> None:
             """The model's "closed" holds once the server knows it: a reset reaches the server
             after the client's side is closed, and until then a migrate or a push may still
             succeed. Wait (bounded) until the session is gone or closing."""
-            sid = m.client.session
 
             async def known() -> bool:
-                status, body = await admin.request("GET", f"/v1/sessions/{sid}")
+                status, body = await admin.request("GET", f"/v1/sessions/{m.session}")
                 return status == 404 or (status == 200 and isinstance(body, dict) and body.get("established") is False)
 
-            noticed = self.run(settle(known, timeout=10, interval=0.02))
-            log.append(f"server knows {sid} closed: {noticed}")
-            assert noticed, f"the server still lists session {sid} as open 10 s after its client closed"
+            noticed = self.io(settle(known, timeout=CLOSE_KNOWN_BOUND_S, interval=0.02))
+            log.append(f"server knows {m.session} closed: {noticed}")
+            assert noticed, f"the server still lists session {m.session} as open {CLOSE_KNOWN_BOUND_S} s after its client closed"
 
         @invariant()
         def pushes_in_order_and_open_stays_open(self) -> None:
-            opened = [m for m in self.models if m.open]
-            self.run(
-                settle(lambda: all(len(numbered(m.client.evs("apush"), "n")) >= m.pushes or m.client.is_closed for m in opened), timeout=5)
-            )
-            for m in opened:
-                assert not m.client.is_closed, f"session {m.client.session} was closed: {m.client.excerpt(4)}"
-                got = numbered(m.client.evs("apush"), "n")
-                assert got == list(range(1, m.pushes + 1)), f"pushes to {m.client.session}: {got[-10:]} (sent {m.pushes})"
+            opened = [(m, c) for m, c in self.models if m.open]
+            self.io(settle(
+                lambda: all(len(numbered(c.evs("apush"), "n")) >= m.pushes or c.is_closed for m, c in opened),
+                timeout=PUSHES_BOUND_S,
+            ))
+            for m, c in opened:
+                _ok(judge_received(m, numbered(c.evs("apush"), "n"), c.is_closed))
 
     return MigrationMachine
 
 
-@pytest.mark.scenario("migration_model", seed="hypothesis: connect/echo/migrate/push/close/abort against an ownership model")
-@pytest.mark.requires("migrate")
-def test_migration_model(target, admin, evidence):
-    log: list[str] = []
-    machine = make_machine(target, admin, log)
-    failure = None
+def drive(target: Any, admin: AdminClient) -> ModelRun:
+    """Run the state machine (Hypothesis, derandomized); the steps, the counts and the first disagreement."""
+    run = ModelRun()
     try:
         run_state_machine_as_test(
-            machine,
+            make_machine(target, admin, run),
             settings=settings(
-                max_examples=25,
-                stateful_step_count=30,
+                max_examples=EXAMPLES,
+                stateful_step_count=STEPS_PER_EXAMPLE,
                 deadline=None,
                 derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
             ),
         )
     except Exception as exc:  # a disagreement (shrunk by Hypothesis when it replays the same way)
-        failure = exc
-    evidence.fact("steps_run", len(log))
-    evidence.check(
-        "the server agrees with the ownership model in every step",
-        failure is None,
-        expected="no disagreement",
-        observed=str(failure)[:2000] if failure else "none",
-        last_steps=log[-30:],
-    )
+        run.failure = str(exc)
+    return run
+
+
+@pytest.mark.scenario("migration_model", seed=SEED)
+@pytest.mark.requires("migrate")
+def test_migration_model(target, admin, evidence):
+    run = drive(target, admin)
+    evidence.fact("steps_run", len(run.steps))
+    evidence.fact("counts", run.counts)
+    evidence.record(check_model(run))
     evidence.verdict()
