@@ -25,6 +25,7 @@ _HELP = {
     "broadcast_mode": "pubsub (at most once), durable (Redis Streams, at least once, history) or off",
     "broadcast_prefix": "Redis name of channel C is PREFIX + C (pub/sub channel or stream key)",
     "broadcast_buffer_bytes": "close a session (4429) with more broadcast output than this waiting",
+    "output_buffer_bytes": "close a session (4429) with more output of any kind than this waiting",
     "broadcast_ring": "pub/sub mode: recent messages kept per channel for catch-up after a move",
     "broadcast_history_max": "durable mode: the most messages one history request may return",
     "admin_host": "address of the admin API",

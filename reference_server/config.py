@@ -33,6 +33,8 @@ class Config:
     broadcast_prefix: str = "bc:"
     #: A session with more broadcast output than this waiting to be written is closed (4429).
     broadcast_buffer_bytes: int = 1024 * 1024
+    #: A session with more output of any kind than this waiting to be written is closed (4429).
+    output_buffer_bytes: int = 8 * 1024 * 1024
     #: Pub/sub mode: recent messages kept per channel for sessions that catch up after a move.
     broadcast_ring: int = 4096
     #: Durable mode: the most messages a history request (``since``) may return.
@@ -110,6 +112,12 @@ class Config:
             "broadcast_buffer_bytes",
             self.broadcast_buffer_bytes,
             "must be 4096..1073741824",
+        )
+        need(
+            65536 <= self.output_buffer_bytes <= 1 << 30,
+            "output_buffer_bytes",
+            self.output_buffer_bytes,
+            "must be 65536..1073741824",
         )
         need(1 <= self.broadcast_ring <= 1_000_000, "broadcast_ring", self.broadcast_ring, "must be 1..1000000")
         need(

@@ -97,6 +97,9 @@ class ErrorCode(enum.IntEnum):
     LENGTH_REQUIRED = 4411
     #: An admin request body over 1 MiB (HTTP 413).
     TOO_LARGE = 4413
+    #: A per-session bound is reached (contract 12.2): timers a session holds, tasks it has
+    #: outstanding. The message names the bound and its value.
+    LIMIT_REACHED = 4429
     #: Unexpected failure inside the server (a bug: it is logged with a trace).
     INTERNAL = 4500
 

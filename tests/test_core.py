@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import struct
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,6 +14,7 @@ from reference_server.core.framing import Decoder, FrameTooLarge, encode
 from reference_server.core.metrics import render_prometheus
 from reference_server.core.proctable import ProcKind, ProcState, ProcTable, proctable_size
 from reference_server.core.ratelimit import OncePerKey, Summariser
+from reference_server.core.limits import INT64_MAX, close_problem, int64_problem
 from reference_server.core.registry import SessionTable, TableFull, table_size
 from reference_server.errors import ConfigError
 
@@ -90,6 +94,49 @@ def test_session_table_refuses_when_full_and_reuses_slots():
     c = table.allocate(**kw)
     assert table.slot_of(c) == table.slot_of(a) and c != a
     assert table.lookup(a) is None and table.exists(b)
+
+
+def test_a_value_that_does_not_fit_leaves_the_record_unmarked():
+    """A uid past int64 raised after the record was marked mid-write: every read then waited 0.5 s."""
+    buf = bytearray(table_size(2))
+    table = SessionTable(buf, 2, create=True)
+    sid = table.allocate(worker=0, owner_pid=os.getpid(), remote_addr="::1", remote_port=1, local_port=2, now=0.0)
+    table.set_uid(sid, 7)
+    off = table._offset(table.slot_of(sid))
+    seq_before = struct.unpack_from("<I", buf, off)[0]
+    with pytest.raises(struct.error):
+        table.set_uid(sid, 2**63)
+    assert struct.unpack_from("<I", buf, off)[0] == seq_before and seq_before % 2 == 0
+    assert table.get_client_info(sid).uid == 7
+    table.set_uid(sid, INT64_MAX)
+    assert table.get_client_info(sid).uid == INT64_MAX
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "problem"),
+    [
+        (1000, "", None),
+        (4999, "x" * 123, None),
+        (4000, "é" * 61, None),  # 122 bytes
+        (4000, "é" * 62, "124 bytes"),
+        (4000, "\ud800", "lone surrogate"),
+        (4000, 5, "must be a string"),
+        (1001, "", "not 1000 or 3000..4999"),
+        (5000, "", "not 1000 or 3000..4999"),
+        (True, "", "not 1000"),
+        (2**70, "", "not 1000"),
+    ],
+)
+def test_close_problem(code, reason, problem):
+    got = close_problem(code, reason)
+    assert got is None if problem is None else problem in got
+
+
+def test_int64_problem():
+    assert int64_problem("uid", 0) is None and int64_problem("uid", INT64_MAX) is None
+    assert "0..9223372036854775807" in int64_problem("uid", INT64_MAX + 1)
+    assert "0.." in int64_problem("group", -1)
+    assert "integer" in int64_problem("uid", 1.5) and "integer" in int64_problem("uid", True)
 
 
 def test_proctable_round_trip():

@@ -32,6 +32,7 @@ from typing import Any, cast
 
 from ..app import Application, HandlerSet
 from ..child.api import Server
+from ..core.limits import close_problem
 from ..core.ports import SPEC_KEYS
 from ..errors import CloseCode, ErrorCode, ServerError
 from .sweep import Sweeper
@@ -92,12 +93,44 @@ class EchoHandlers(HandlerSet):
         server.push(session, data)
 
 
-def _int(msg: dict, key: str, default: int | None = None, *, low: int | None = None) -> int:
+#: Contract 12.1: the bounds of the application protocol's values.
+MAX_INT = 2**53 - 1  # the largest integer every JSON implementation keeps exact
+MAX_INTERVAL_MS = 3_600_000
+MAX_SLEEP_MS = 60_000
+#: Contract 12.2: what one session may hold.
+MAX_TIMERS = 100  # timers it started that are still running
+MAX_TASKS = 100  # tasks it submitted whose result it has not had
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
+
+
+def parse_request(data: str) -> dict[str, Any]:
+    """A request as contract 3 and 12.1 define it: strict JSON, an object with a string ``op``.
+
+    Raises :class:`BadRequest` naming what is wrong: not JSON, ``NaN``/``Infinity``, nesting
+    too deep for the parser, not an object.
+    """
+    try:
+        msg = json.loads(data, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadRequest("nested too deep") from None
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
+        raise BadRequest("expected a JSON object with a string 'op'")
+    return msg
+
+
+def _int(msg: dict, key: str, default: int | None = None, *, low: int | None = None, high: int = MAX_INT) -> int:
     value = msg.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool):
         raise BadRequest(f"{key!r} must be an integer")
     if low is not None and value < low:
         raise BadRequest(f"{key!r} must be >= {low}")
+    if value > high:
+        raise BadRequest(f"{key!r} must be <= {high}")
     return value
 
 
@@ -108,6 +141,7 @@ class ContractApp(Sweeper, Application):
         self.by_owner: dict[int, SessionTimers] = {}
         self.by_tid: dict[int, AppTimer] = {}
         self.pending_tasks: dict[int, tuple[int, Any]] = {}
+        self.tasks_of: Counter[int] = Counter()  # session -> tasks outstanding
         self.init_sweeper()
         self.exiting = False  # on_worker_exit ran: keep subscriptions, arm nothing
 
@@ -118,21 +152,25 @@ class ContractApp(Sweeper, Application):
             self._reply(server, session, None, error=(ErrorCode.BAD_REQUEST, "binary messages carry no op"))
             return
         try:
-            msg = json.loads(data)
-            if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
-                raise BadRequest("expected a JSON object with a string 'op'")
-        except (ValueError, BadRequest) as exc:
+            msg = parse_request(data)
+        except BadRequest as exc:
             self._reply(server, session, None, error=(ErrorCode.BAD_REQUEST, f"malformed request: {exc}"))
             return
         req_id = msg.get("id")
         handler = getattr(self, "op_" + msg["op"], None)
         if handler is None:
-            self._reply(server, session, req_id, error=(ErrorCode.UNSUPPORTED, f"unsupported op {msg['op']!r}"))
+            self._reply(server, session, req_id, error=(ErrorCode.UNSUPPORTED, f"unsupported op {msg['op'][:64]!r}"))
             return
         try:
             result = handler(server, session, msg)
         except BadRequest as exc:
             self._reply(server, session, req_id, error=(ErrorCode.BAD_REQUEST, str(exc)))
+            return None
+        except ServerError as exc:
+            self._reply(server, session, req_id, error=(exc.code, exc.message))
+            return None
+        except Exception as exc:  # a bug: still exactly one reply (contract 12.1), and a rate-limited log
+            self._internal(server, session, req_id, msg["op"], exc)
             return None
         if inspect.isawaitable(result):
             return self._finish_async(server, session, req_id, result)
@@ -149,8 +187,15 @@ class ContractApp(Sweeper, Application):
         except ServerError as exc:
             self._reply(server, session, req_id, error=(exc.code, exc.message))
             return
+        except Exception as exc:  # a bug: still exactly one reply (contract 12.1)
+            self._internal(server, session, req_id, "async op", exc)
+            return
         if result is not None:
             self._reply(server, session, req_id, **result)
+
+    def _internal(self, server: Server, session: int, req_id: Any, op: str, exc: Exception) -> None:
+        server.log_failure("app.op_failed", exc, op=op[:64], sid=session)
+        self._reply(server, session, req_id, error=(ErrorCode.INTERNAL, f"op {op[:64]!r} failed: {type(exc).__name__}"))
 
     def _disarm(self, server: Server, mine: SessionTimers) -> None:
         for timer in mine.timers.values():
@@ -216,7 +261,7 @@ class ContractApp(Sweeper, Application):
             payload = {"re": req_id, "ok": False, "error": {"code": int(code), "name": code.name, "message": message}}
         else:
             payload = {"re": req_id, "ok": True, **fields}
-        server.push(to, json.dumps(payload))
+        server.push(to, json.dumps(payload, allow_nan=False))
 
     # -- operations (contract section 3) ----------------------------------------------
 
@@ -234,12 +279,14 @@ class ContractApp(Sweeper, Application):
         return {"pong": time.time()}
 
     def op_timer_start(self, server: Server, session: int, msg: dict) -> dict:
-        interval = _int(msg, "interval_ms", low=1)
+        interval = _int(msg, "interval_ms", low=1, high=MAX_INTERVAL_MS)
         to = _int(msg, "to", session, low=1)
         count = msg.get("count")
         if count is not None:
             count = _int(msg, "count", low=1)
         mine = self.by_owner.setdefault(session, SessionTimers())
+        if len(mine.timers) >= MAX_TIMERS:
+            raise ServerError(ErrorCode.LIMIT_REACHED, f"a session holds at most {MAX_TIMERS} timers")
         timer = AppTimer(mine.next_id, session, to, interval, count)
         mine.next_id += 1
         self._arm(server, mine, timer)
@@ -313,7 +360,7 @@ class ContractApp(Sweeper, Application):
         return None
 
     def op_bind(self, server: Server, session: int, msg: dict) -> dict:
-        server.bind(session, _int(msg, "uid"))
+        server.bind(session, _int(msg, "uid", low=0))
         return {}
 
     def op_join(self, server: Server, session: int, msg: dict) -> dict:
@@ -388,23 +435,25 @@ class ContractApp(Sweeper, Application):
         return {}
 
     def op_close(self, server: Server, session: int, msg: dict) -> None:
-        code = _int(msg, "code", int(CloseCode.NORMAL))
-        if not (code == 1000 or 3000 <= code <= 4999):
-            raise BadRequest(f"close code {code} is not 1000 or 3000..4999")
+        code = msg.get("code", int(CloseCode.NORMAL))
         reason = msg.get("reason", "")
-        if not isinstance(reason, str) or len(reason.encode()) > 123:
-            raise BadRequest("'reason' must be a string of at most 123 bytes")
+        problem = close_problem(code, reason)
+        if problem is not None:
+            raise BadRequest(problem)
         self._reply(server, session, msg.get("id"))
         server.close(session, code, reason)
         return None
 
     def op_task(self, server: Server, session: int, msg: dict) -> dict | None:
-        sleep_ms = _int(msg, "sleep_ms", 0, low=0)
+        sleep_ms = _int(msg, "sleep_ms", 0, low=0, high=MAX_SLEEP_MS)
+        if self.tasks_of[session] >= MAX_TASKS:
+            raise ServerError(ErrorCode.LIMIT_REACHED, f"a session has at most {MAX_TASKS} tasks outstanding")
         task_id = server.task({"data": msg.get("data"), "sleep_ms": sleep_ms, "session": session})
         if task_id < 0:
             self._reply(server, session, msg.get("id"), error=(server.last_error, "no task worker"))
             return None
         self.pending_tasks[task_id] = (session, msg.get("id"))
+        self.tasks_of[session] += 1
         return {"task": task_id}
 
     def on_worker_start(self, server: Server) -> None:
@@ -420,6 +469,9 @@ class ContractApp(Sweeper, Application):
         if pending is None:
             return
         session, req_id = pending
+        self.tasks_of[session] -= 1
+        if self.tasks_of[session] <= 0:
+            del self.tasks_of[session]
         server.push(session, json.dumps({"ev": "task_result", "task": task_id, "re": req_id, "result": data}))
 
 

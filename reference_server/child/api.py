@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ..core.limits import close_problem, int64_problem
 from ..core.proctable import ProcEntry, ProcKind, ProcState
 from ..core.registry import ClientInfo
 from ..errors import CloseCode, ErrorCode, ServerError
@@ -81,6 +82,10 @@ class Server(SessionMoves, Broadcasting):
     @property
     def counters(self):
         return self._rt.counters
+
+    def log_failure(self, event: str, exc: BaseException, **fields: Any) -> None:
+        """Log a failure of application code, rate-limited: one trace per place, then summaries."""
+        self._rt.log_failure(event, exc, **fields)
 
     def processes(self, kind: str | None = None) -> list[ProcEntry]:
         """The server's processes (from the shared process directory)."""
@@ -149,6 +154,9 @@ class Server(SessionMoves, Broadcasting):
         gives no such guarantee, since the owner may run its own timers between
         the two routed operations.
         """
+        problem = close_problem(int(code), reason)
+        if problem is not None:
+            raise ServerError(ErrorCode.BAD_REQUEST, problem)
         info = self._rt.table.get_client_info(session)
         if info is None:
             lookup = self._rt.table.lookup(session)
@@ -188,10 +196,16 @@ class Server(SessionMoves, Broadcasting):
 
     def bind(self, session: int, uid: int) -> bool:
         """Attach an application user id to a session (shown in ``get_client_info``)."""
+        problem = int64_problem("uid", uid)
+        if problem is not None:
+            raise ServerError(ErrorCode.BAD_REQUEST, problem)
         return self._owner_op(session, msg.Bind, int(uid))
 
     def set_group(self, session: int, group: int) -> bool:
         """Put a session in an application group (a room, say): see :meth:`affinity`."""
+        problem = int64_problem("group", group)
+        if problem is not None:
+            raise ServerError(ErrorCode.BAD_REQUEST, problem)
         return self._owner_op(session, msg.Group, int(group))
 
     # -- tasks and messages ---------------------------------------------------

@@ -48,6 +48,7 @@ from ..core.proctable import ProcEntry, ProcKind, ProcState
 from ..errors import CloseCode, ErrorCode, ServerError
 from ..ipc import links as ipc
 from ..ipc import messages as msg
+from ..logs import RateLimitedLog
 from ..roles.heartbeat import heartbeat
 from ..roles.retiring import Retirer
 from ..roles.taskworker import TaskWorker, finish_current_task
@@ -96,6 +97,8 @@ class Runtime:
         self.app = boot.app
         self.loop = loop
         self.counters = Counters()
+        #: Failures of application code (hooks, ops): the trace once per place, then summaries.
+        self.failures = RateLimitedLog(self.log, self.counters)
         self.links = ipc.PeerLinks(boot.token, loop, on_gone=self._peer_gone)
         self.inbox: ipc.Inbox | None = None
         self.timers = Timers(loop, self.log, self.counters)
@@ -308,15 +311,27 @@ class Runtime:
         task.add_done_callback(self._background.discard)
         return task
 
+    def log_failure(self, event: str, exc: BaseException, **fields: Any) -> None:
+        """Log a failure of application code: with its trace the first time at a place, then summarised.
+
+        The place is the exception's type and the line that raised it, so a client that makes
+        the same op fail a thousand times writes one trace and a periodic count, not a thousand.
+        """
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+        key = (type(exc).__name__, where)
+        self.failures.once("error", event, key, error=repr(exc)[:500], where=where,
+                           trace="".join(traceback.format_exception(exc))[-4000:], **fields)
+
     async def run_hook(self, name: str, *args: Any) -> Any:
-        """Run an application hook; errors are logged, never fatal."""
+        """Run an application hook; errors are logged (rate-limited), never fatal."""
         try:
             result = getattr(self.app, name)(*args)
             if inspect.isawaitable(result):
                 result = await result
             return result
         except Exception as exc:
-            self.log.error("app.hook_failed", hook=name, error=repr(exc), trace=traceback.format_exc())
+            self.log_failure("app.hook_failed", exc, hook=name)
             return None
 
     def call_hook(self, name: str, *args: Any, target: Any = None) -> None:
@@ -326,13 +341,13 @@ class Runtime:
             if inspect.isawaitable(result):
                 self.spawn(self._await_hook(name, result))
         except Exception as exc:
-            self.log.error("app.hook_failed", hook=name, error=repr(exc), trace=traceback.format_exc())
+            self.log_failure("app.hook_failed", exc, hook=name)
 
     async def _await_hook(self, name: str, awaitable) -> None:
         try:
             await awaitable
         except Exception as exc:
-            self.log.error("app.hook_failed", hook=name, error=repr(exc), trace=traceback.format_exc())
+            self.log_failure("app.hook_failed", exc, hook=name)
 
     # -- ctl channel --------------------------------------------------------------
 
@@ -423,6 +438,7 @@ class Runtime:
         while True:
             await asyncio.sleep(1.0)
             self.worker.dead_log.flush()
+            self.failures.flush()
             self.mover.housekeeping(time.monotonic())
             self.tasks.pending()  # forget tasks whose task worker died
 

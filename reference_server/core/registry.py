@@ -317,17 +317,23 @@ class SessionTable:
     # -- writing ------------------------------------------------------------
 
     def _write(self, slot: int, **changes: object) -> None:
-        """Seqlock write of some fields of one record (caller is the slot's writer)."""
+        """Seqlock write of some fields of one record (caller is the slot's writer).
+
+        The new record is packed before the record is marked: a value that does not fit its
+        field (``struct.error``) leaves the record as it was, never marked mid-write (a mark
+        that stays makes every reader wait ``READ_PATIENCE`` for a writer that is not there).
+        """
         off = self._offset(slot)
         f = list(_RECORD.unpack_from(self._buf, off))
         seq = f[0]
         if seq & 1:  # a previous writer died mid-write; we are its successor
             seq += 1
-        _SEQ.pack_into(self._buf, off, seq + 1)
         for name, value in changes.items():
             f[_FIELD_INDEX[name]] = value
         f[0] = seq + 1
-        _RECORD.pack_into(self._buf, off, *f)
+        packed = _RECORD.pack(*f)  # raises before anything is written
+        _SEQ.pack_into(self._buf, off, seq + 1)
+        self._buf[off : off + _RECORD.size] = packed
         _SEQ.pack_into(self._buf, off, seq + 2)
 
     def _owned(self, sid: int) -> int:

@@ -61,6 +61,7 @@ class Worker:
             handshake_timeout=rt.config.handshake_timeout_ms / 1000.0,
             handler=handler,
             refuse=(refuse[0], ErrorCode(refuse[0]).name, refuse[1]) if refuse else None,
+            max_output_bytes=rt.config.output_buffer_bytes,
         )
         rt.sessions[sid] = sess
         try:
@@ -120,6 +121,8 @@ class Worker:
         rt.counters["sessions_closed"] += 1
         if sess.close_cause == CloseCause.PROTOCOL_ERROR:
             rt.counters["protocol_errors"] += 1
+        if sess.close_cause == CloseCause.SLOW_CONSUMER:
+            rt.counters["slow_closed"] += 1
         if sess.close_cause == CloseCause.REFUSED:
             rt.counters["handshakes_refused"] += 1
         elif not sess.established:

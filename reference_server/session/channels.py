@@ -35,9 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.broadcast import ALL, Run, group_runs
 from ..core.proctable import ProcKind, ProcState
-from ..errors import CloseCode, ErrorCode, ServerError
+from ..errors import ErrorCode, ServerError
 from ..ipc import messages as msg
-from .session import CloseCause
 
 if TYPE_CHECKING:
     from ..child.context import ChildContext
@@ -377,10 +376,8 @@ class Channels:
         stream = sess.stream
         if stream is None or sess.closing or stream.buffered <= self.limit:
             return
-        self.rt.counters["bc_slow_closed"] += 1
-        queued = stream.buffered
-        stream.discard_queued()
-        sess.close(CloseCode.SLOW_CONSUMER, f"slow consumer: {queued} bytes queued", cause=CloseCause.SLOW_CONSUMER)
+        if sess.close_slow():
+            self.rt.counters["bc_slow_closed"] += 1
 
     def status(self) -> dict[str, Any]:
         return {

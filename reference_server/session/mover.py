@@ -385,6 +385,7 @@ class Mover:
             max_message_size=cfg.max_message_size,
             close_timeout=cfg.close_timeout_ms / 1000.0,
             handshake_timeout=cfg.handshake_timeout_ms / 1000.0,
+            max_output_bytes=cfg.output_buffer_bytes,
         )
         try:
             rt.table.set_owner(sid, rt.index, os.getpid())

@@ -29,8 +29,9 @@ close handshake), ``protocol_error``, ``handshake_failed``,
 ``handshake_timeout``, ``close_timeout`` (the client did not answer our close
 frame in time), ``refused`` (the handshake was answered with an HTTP 503 on
 the master's word: the port was at its connection limit, or removed),
-``slow_consumer`` (closed with 4429: more broadcast output waited than
-``broadcast_buffer_bytes``).
+``slow_consumer`` (closed with 4429: more output waited to be written than
+``output_buffer_bytes``, or more broadcast output than ``broadcast_buffer_bytes``;
+what was queued is dropped and the close frame follows whole frames).
 
 A session's broadcast channels (:attr:`Session.channels`: channel -> the
 position of the last message it was given) are part of the snapshot too; the
@@ -62,6 +63,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from ..core.wsframes import FrameSplitter, Mode
+from ..errors import CloseCode
 from .stream import SocketStream
 
 _QUIET = logging.getLogger("reference_server.websockets")
@@ -144,8 +146,11 @@ class Session:
         handshake_timeout: float,
         handler: int = 0,
         refuse: tuple[int, str, str] | None = None,
+        max_output_bytes: int = 0,
     ) -> None:
         self.sid = sid
+        #: More than this queued to be written (a client that does not read): closed with 4429. 0: no bound.
+        self.max_output_bytes = max_output_bytes
         self.handler = handler
         self.refuse = refuse  # (code, name, message): answer the handshake 503 with it
         self.host = host
@@ -193,6 +198,7 @@ class Session:
         max_message_size: int,
         close_timeout: float,
         handshake_timeout: float,
+        max_output_bytes: int = 0,
     ) -> Session:
         """Adopt a session another process detached; it resumes reading at once.
 
@@ -206,6 +212,7 @@ class Session:
             close_timeout=close_timeout,
             handshake_timeout=handshake_timeout,
             handler=snap.handler,
+            max_output_bytes=max_output_bytes,
         )
         self._loop = loop
         self.proto = ServerProtocol(state=State.OPEN, max_size=max_message_size, logger=_QUIET)
@@ -451,7 +458,23 @@ class Session:
         else:
             self.proto.send_binary(data)
         self._flush()
+        stream = self.stream
+        if self.max_output_bytes and stream is not None and stream.buffered > self.max_output_bytes:
+            self.close_slow()
         return True
+
+    def close_slow(self) -> int:
+        """Close a session that does not read what it is sent: drop what waits, close with 4429.
+
+        Returns the bytes that were queued (0 if the session was already closing).
+        """
+        stream = self.stream
+        if stream is None or self.closing or self.lost or self.detached:
+            return 0
+        queued = stream.buffered
+        stream.discard_queued()
+        self.close(CloseCode.SLOW_CONSUMER, f"slow consumer: {queued} bytes queued", cause=CloseCause.SLOW_CONSUMER)
+        return queued
 
     def ping(self, payload: bytes) -> bool:
         if not self.is_open:

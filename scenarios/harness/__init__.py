@@ -19,5 +19,5 @@ The comparison over several targets (matrix, pages) is :mod:`scenarios.compare`.
 """
 
 #: The version results are reported under, and the manifest versions this harness runs.
-CONTRACT_VERSION = "1.1"
-CONTRACT_VERSIONS = ("1", "1.1")
+CONTRACT_VERSION = "1.2"
+CONTRACT_VERSIONS = ("1", "1.1", "1.2")

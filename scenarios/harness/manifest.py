@@ -57,7 +57,7 @@ class ManifestError(ValueError):
 class Manifest:
     path: Path
     name: str
-    contract: str  # "1" or "1.1": 1.1 only writes down what 1 left open, so both are judged alike
+    contract: str  # "1", "1.1" or "1.2": every version is judged by the same rules (contract: Versioning)
     description: str
     command: list[str]
     cwd: Path
@@ -82,6 +82,8 @@ class Manifest:
     broadcast_buffer_bytes: int = 1 << 20
     #: heartbeat (1.1): the step of the target's heartbeat settings (1000: whole seconds, as Swoole's).
     heartbeat_granularity_ms: int = 1
+    #: [limits] (1.2, section 12.2): the output a session may have waiting before it is closed with 4429.
+    output_bytes: int = 16 << 20
     #: [install] (1.1): a command that exits 0 when the target can start here, and how to install it.
     install_check: list[str] = field(default_factory=list)
     install_hint: str = ""
@@ -136,7 +138,7 @@ def load_manifest(path: str | Path) -> Manifest:
         return value
 
     if "contract" not in data:
-        raise ManifestError(f"{path}: missing contract (the version the target implements: 1 or \"1.1\")")
+        raise ManifestError(f"{path}: missing contract (the version the target implements: 1, \"1.1\" or \"1.2\")")
     contract = str(data["contract"])
     if contract not in CONTRACT_VERSIONS:
         raise ManifestError(
@@ -176,6 +178,10 @@ def load_manifest(path: str | Path) -> Manifest:
     granularity = get(beat, "granularity_ms", int, "heartbeat.", 1)
     if not 1 <= granularity <= 10_000:
         raise ManifestError(f"{path}: heartbeat.granularity_ms must be 1..10000, got {granularity}")
+    limits = get(data, "limits", dict, "", {})
+    output_bytes = get(limits, "output_bytes", int, "limits.", 16 << 20)
+    if not 65536 <= output_bytes <= 256 << 20:
+        raise ManifestError(f"{path}: limits.output_bytes must be 65536..268435456, got {output_bytes}")
     install = get(data, "install", dict, "", {})
     check = get(install, "check", list, "install.", [])
     if not all(isinstance(p, str) for p in check):
@@ -201,6 +207,7 @@ def load_manifest(path: str | Path) -> Manifest:
         broadcast_modes=tuple(modes),
         broadcast_buffer_bytes=buffer_bytes,
         heartbeat_granularity_ms=granularity,
+        output_bytes=output_bytes,
         install_check=check,
         install_hint=get(install, "hint", str, "install.", ""),
     )

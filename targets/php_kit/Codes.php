@@ -39,6 +39,7 @@ final class Codes
         'METHOD_NOT_ALLOWED' => 4405,
         'LENGTH_REQUIRED' => 4411,
         'TOO_LARGE' => 4413,
+        'LIMIT_REACHED' => 4429,
         'INTERNAL' => 4500,
         'UNSUPPORTED' => 4501,
         'BROADCAST_OFF' => 5001,

@@ -1,0 +1,37 @@
+"""Bounds on what a caller may ask of the server: pure checks, one place (contract 12).
+
+Every value a client or an operator can hand the server is checked here before anything is
+written (the shared session table, a close frame): a check answers ``None`` or a sentence
+naming what is wrong, which the caller turns into ``BAD_REQUEST``.
+"""
+
+from __future__ import annotations
+
+#: The session table stores uids and groups as signed 64-bit integers.
+INT64_MAX = 2**63 - 1
+#: RFC 6455 5.5: a control frame's payload is at most 125 bytes, two of them the close code.
+MAX_CLOSE_REASON_BYTES = 123
+
+
+def close_problem(code: object, reason: object) -> str | None:
+    """Why ``close(code, reason)`` cannot be sent, or None: 1000 or 3000..4999, UTF-8 of at most 123 bytes."""
+    if not isinstance(code, int) or isinstance(code, bool) or not (code == 1000 or 3000 <= code <= 4999):
+        return f"close code {code!r} is not 1000 or 3000..4999"
+    if not isinstance(reason, str):
+        return "the close reason must be a string"
+    try:
+        size = len(reason.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "the close reason is not valid UTF-8 (it holds a lone surrogate)"
+    if size > MAX_CLOSE_REASON_BYTES:
+        return f"the close reason is {size} bytes of UTF-8; at most {MAX_CLOSE_REASON_BYTES}"
+    return None
+
+
+def int64_problem(name: str, value: object, *, low: int = 0) -> str | None:
+    """Why ``value`` cannot be stored as ``name`` in the session table, or None."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return f"{name} must be an integer"
+    if not low <= value <= INT64_MAX:
+        return f"{name} must be in {low}..{INT64_MAX}"
+    return None
