@@ -31,9 +31,13 @@ _HELP = {
     "admin_host": "address of the admin API",
     "admin_port": "admin API port (0: no admin API)",
     "admin_token": "bearer token the admin API requires",
+    "admin_idle_ms": "close an admin connection that sends no complete request for this long",
+    "admin_max_connections": "admin connections open at once (past it: closed at once)",
     "log_level": "lowest level logged",
     "log_format": "json (one object per line) or text",
     "app": "application as module:attribute",
+    "app_admin_ops": "let clients use the contract application's administrative ops (listen, unlisten, reload, "
+    "block): the scenario suite needs them; never on a server others can reach",
     "max_connections": "size of the session table",
     "max_message_size": "largest message accepted from a client, in bytes (larger: close 1009)",
     "heartbeat_idle_ms": "close sessions that sent nothing for this long (0: off)",

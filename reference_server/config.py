@@ -42,10 +42,17 @@ class Config:
     admin_host: str = "127.0.0.1"
     admin_port: int = 0  # 0: no admin API
     admin_token: str = ""
+    #: An admin connection that sends no complete request for this long is closed.
+    admin_idle_ms: int = 30_000
+    #: Admin connections open at once; past it a new one is closed at once.
+    admin_max_connections: int = 64
     log_level: str = "info"
     log_format: str = "json"  # json | text
     #: Application: ``module:attribute`` naming an Application instance or class.
     app: str = "reference_server.apps.contract:app"
+    #: The contract application's administrative ops (listen, unlisten, reload, block) are for the
+    #: scenarios: off, any client could close the main port or stall a worker (contract 12).
+    app_admin_ops: bool = False
     max_connections: int = 65536
     max_message_size: int = 1024 * 1024
     #: Heartbeat (Swoole semantics): close sessions that sent nothing for this long.
@@ -118,6 +125,13 @@ class Config:
             "output_buffer_bytes",
             self.output_buffer_bytes,
             "must be 65536..1073741824",
+        )
+        need(100 <= self.admin_idle_ms <= 3_600_000, "admin_idle_ms", self.admin_idle_ms, "must be 100..3600000")
+        need(
+            1 <= self.admin_max_connections <= 65536,
+            "admin_max_connections",
+            self.admin_max_connections,
+            "must be 1..65536",
         )
         need(1 <= self.broadcast_ring <= 1_000_000, "broadcast_ring", self.broadcast_ring, "must be 1..1000000")
         need(

@@ -58,18 +58,38 @@ class ContractError(Exception):
         return {"code": self.code, "name": self.name, "message": self.message}
 
 
+#: Contract 12.1: the bounds of the application protocol's values.
+MAX_INT = 2**53 - 1
+MAX_INTERVAL_MS = 3_600_000
+MAX_SLEEP_MS = 60_000
+#: Contract 12.2: what one session may hold.
+MAX_TIMERS = 100
+MAX_TASKS = 100
+
+
 def ok(req_id: Any, **fields: Any) -> str:
-    return json.dumps({"re": req_id, "ok": True, **fields})
+    return json.dumps({"re": req_id, "ok": True, **fields}, allow_nan=False)
 
 
 def fail(req_id: Any, code: int, message: str) -> str:
-    return json.dumps({"re": req_id, "ok": False, "error": {"code": code, "name": NAMES.get(code, "ERROR"), "message": message}})
+    error = {"code": code, "name": NAMES.get(code, "ERROR"), "message": message}
+    return json.dumps({"re": req_id, "ok": False, "error": error}, allow_nan=False)
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def parse_request(text: str | bytes) -> tuple[Any, str, dict[str, Any]]:
-    """``(id, op, message)`` of a request; :class:`ContractError` (id in ``.req_id``) if malformed."""
+    """``(id, op, message)`` of a request; :class:`ContractError` (id in ``.req_id``) if malformed.
+
+    Strict JSON (contract 12.1): ``NaN`` and ``Infinity`` are malformed, and so is nesting
+    deeper than the parser goes.
+    """
     try:
-        msg = json.loads(text)
+        msg = json.loads(text, parse_constant=_not_json)
+    except RecursionError:
+        raise _bad(None, "the message is nested too deep") from None
     except (ValueError, UnicodeDecodeError):
         raise _bad(None, "the message is not JSON") from None
     if not isinstance(msg, dict):
@@ -87,13 +107,22 @@ def _bad(req_id: Any, message: str) -> ContractError:
     return err
 
 
-def int_field(msg: dict[str, Any], key: str, default: int | None = None, *, low: int | None = None) -> int:
+def int_field(
+    msg: dict[str, Any], key: str, default: int | None = None, *, low: int | None = None, high: int = MAX_INT
+) -> int:
     value = msg.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool):
         raise ContractError("BAD_REQUEST", f"{key!r} must be an integer")
     if low is not None and value < low:
         raise ContractError("BAD_REQUEST", f"{key!r} must be >= {low}")
+    if value > high:
+        raise ContractError("BAD_REQUEST", f"{key!r} must be <= {high}")
     return value
+
+
+def limit(what: str, bound: int) -> ContractError:
+    """The refusal of a request past a per-session bound (contract 12.2)."""
+    return ContractError("LIMIT_REACHED", f"a session holds at most {bound} {what}")
 
 
 def close_args(msg: dict[str, Any]) -> tuple[int, str]:
@@ -102,8 +131,14 @@ def close_args(msg: dict[str, Any]) -> tuple[int, str]:
     if not (code == 1000 or 3000 <= code <= 4999):
         raise ContractError("BAD_REQUEST", f"close code {code} is not 1000 or 3000..4999")
     reason = msg.get("reason", "")
-    if not isinstance(reason, str) or len(reason.encode()) > 123:
-        raise ContractError("BAD_REQUEST", "'reason' must be a string of at most 123 bytes")
+    if not isinstance(reason, str):
+        raise ContractError("BAD_REQUEST", "'reason' must be a string")
+    try:
+        size = len(reason.encode())
+    except UnicodeEncodeError:
+        raise ContractError("BAD_REQUEST", "'reason' is not valid UTF-8 (a lone surrogate)") from None
+    if size > 123:
+        raise ContractError("BAD_REQUEST", "'reason' must be at most 123 bytes of UTF-8")
     return code, reason
 
 

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from reference_server.config import Config
 from reference_server.core.framing import Decoder, FrameTooLarge, encode
+from reference_server.core.limits import INT64_MAX, close_problem, int64_problem
 from reference_server.core.metrics import render_prometheus
 from reference_server.core.proctable import ProcKind, ProcState, ProcTable, proctable_size
 from reference_server.core.ratelimit import OncePerKey, Summariser
-from reference_server.core.limits import INT64_MAX, close_problem, int64_problem
 from reference_server.core.registry import SessionTable, TableFull, table_size
 from reference_server.errors import ConfigError
 

@@ -41,6 +41,9 @@ def start_target(
         i = cmd.index(option)
         del cmd[i : i + 2]
     cmd += ["--no-embedded-broker", *extra]
+    if "--no-app-admin-ops" in extra:
+        cmd.remove("--app-admin-ops")
+        cmd.remove("--no-app-admin-ops")
     target.start()
     return target
 
@@ -98,6 +101,49 @@ def test_sigterm_closes_every_client_with_1001_and_everything_exits(tmp_path):
     assert report.exit_code == 0 and not report.forced and not report.leftover_pids, report
     assert all(c.close_frame == (1001, "server shutting down") for c in clients), [c.close_frame for c in clients]
     assert took < 5.0
+
+
+def test_administrative_app_ops_are_off_unless_asked_for(tmp_path):
+    """Without --app-admin-ops any client could unlisten the main port or stall a worker: refused."""
+    target = start_target(tmp_path, "no-admin-ops", ("--no-app-admin-ops",), workers=1)
+    try:
+
+        async def ask() -> dict[str, dict]:
+            client = await ScenarioClient.connect(target.ws_url, "asker")
+            try:
+                return {op: await client.request(op, **fields) for op, fields in (
+                    ("unlisten", {"port": target.port}), ("listen", {"port": 1}), ("reload", {}),
+                    ("block", {"ms": 10}), ("ping", {}))}
+            finally:
+                await client.dispose()
+
+        answers = asyncio.run(ask())
+        for op in ("unlisten", "listen", "reload", "block"):
+            assert answers[op]["error"]["code"] == 4501 and "--app-admin-ops" in answers[op]["error"]["message"], answers
+        assert answers["ping"]["ok"] is True
+    finally:
+        report = target.stop()
+    assert report.exit_code == 0 and not report.forced, report
+
+
+def test_admin_connections_are_bounded_and_idle_ones_closed(tmp_path):
+    """An admin connection that sends nothing is closed after --admin-idle-ms; past
+    --admin-max-connections a new one is closed at once; the API keeps answering."""
+    target = start_target(tmp_path, "admin-bounds", ("--admin-idle-ms", "300", "--admin-max-connections", "4"), workers=1)
+    try:
+        port = int(target.admin_url.rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
+        extra = socket.create_connection(("127.0.0.1", port), timeout=10)
+        assert extra.recv(1) == b""  # closed at once: four are open
+        extra.close()
+        for s in idle:  # each closed by the server (EOF), not by our timeout
+            assert s.recv(1) == b""
+            s.close()
+        stats = asyncio.run(admin_of(target).stats())
+        assert int(stats["counters"]["admin_refused"]) == 1
+    finally:
+        report = target.stop()
+    assert report.exit_code == 0 and not report.forced, report
 
 
 def test_admin_api_rejects_garbage_clearly_and_keeps_serving(server):

@@ -97,6 +97,8 @@ class EchoHandlers(HandlerSet):
 MAX_INT = 2**53 - 1  # the largest integer every JSON implementation keeps exact
 MAX_INTERVAL_MS = 3_600_000
 MAX_SLEEP_MS = 60_000
+#: Ops that let any client change the server itself: refused unless ``--app-admin-ops``.
+ADMIN_OPS = frozenset({"listen", "unlisten", "reload", "block"})
 #: Contract 12.2: what one session may hold.
 MAX_TIMERS = 100  # timers it started that are still running
 MAX_TASKS = 100  # tasks it submitted whose result it has not had
@@ -158,6 +160,10 @@ class ContractApp(Sweeper, Application):
             return
         req_id = msg.get("id")
         handler = getattr(self, "op_" + msg["op"], None)
+        if handler is not None and msg["op"] in ADMIN_OPS and not server.config.app_admin_ops:
+            self._reply(server, session, req_id, error=(
+                ErrorCode.UNSUPPORTED, f"op {msg['op']!r} is off: the server runs without --app-admin-ops"))
+            return
         if handler is None:
             self._reply(server, session, req_id, error=(ErrorCode.UNSUPPORTED, f"unsupported op {msg['op'][:64]!r}"))
             return

@@ -19,7 +19,6 @@ import os
 import re
 import socket
 import time
-import traceback
 from typing import TYPE_CHECKING, Any
 
 from ..core.metrics import merge, render_prometheus
@@ -115,6 +114,7 @@ class AdminApi:
         self.rt = rt
         self.api = rt.api
         self.token = rt.config.admin_token.encode()
+        self.open_connections = 0
         self.routes: list[tuple[str, re.Pattern[str], Any, bool]] = [
             ("GET", re.compile(r"/ready"), self.ready, False),
             ("GET", re.compile(r"/metrics"), self.metrics, False),
@@ -145,19 +145,28 @@ class AdminApi:
     # -- HTTP plumbing ------------------------------------------------------------
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection's requests; bounded: ``admin_max_connections`` at once, each closed
+        when it sends no complete request (head and body) within ``admin_idle_ms``."""
+        if self.open_connections >= self.rt.config.admin_max_connections:
+            self.rt.counters["admin_refused"] += 1
+            writer.close()
+            return
+        self.open_connections += 1
         try:
             while True:
                 keep_alive = await self._one_request(reader, writer)
                 if not keep_alive:
                     break
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
         finally:
+            self.open_connections -= 1
             writer.close()
 
     async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        idle = self.rt.config.admin_idle_ms / 1000.0
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), idle)
         except asyncio.IncompleteReadError as exc:
             if exc.partial.strip():
                 await self._send(writer, 400, error_body(ErrorCode.BAD_REQUEST, "incomplete request"), False)
@@ -172,16 +181,20 @@ class AdminApi:
             return False
         keep_alive = headers.get("connection", "").lower() != "close"
         try:
-            body = await self._read_body(reader, method, headers)
+            body = await asyncio.wait_for(self._read_body(reader, method, headers), idle)
+        except TimeoutError:
+            return False  # the body never came: closed, as an idle connection is
+        except HttpError as exc:
+            await self._send(writer, exc.status, error_body(exc.code, exc.message), False)
+            return False
+        try:
             status, payload = await self.dispatch(method, path, headers, body)
         except HttpError as exc:
             status, payload = exc.status, error_body(exc.code, exc.message)
-            if exc.status in (411, 413):
-                keep_alive = False
         except ServerError as exc:
             status, payload = _HTTP_STATUS.get(exc.code, 400), error_body(exc.code, exc.message)
         except Exception as exc:
-            self.rt.log.error("admin.failed", path=path, error=repr(exc), trace=traceback.format_exc())
+            self.rt.log_failure("admin.failed", exc, path=path[:200])
             status, payload = 500, error_body(ErrorCode.INTERNAL, "internal error (logged)")
         await self._send(writer, status, payload, keep_alive)
         return keep_alive

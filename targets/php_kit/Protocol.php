@@ -31,6 +31,19 @@ final class ContractError extends \Exception
 final class Protocol
 {
     public const JSON = JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE | JSON_PRESERVE_ZERO_FRACTION;
+    /** Contract 12.1: the largest integer any field takes (2^53 - 1). */
+    public const MAX_INT = 9007199254740991;
+    public const MAX_INTERVAL_MS = 3_600_000;
+    public const MAX_SLEEP_MS = 60_000;
+    /** Contract 12.2: what one session may hold (past it: 4429 LIMIT_REACHED). */
+    public const MAX_TIMERS = 100;
+    public const MAX_TASKS = 100;
+
+    /** The refusal of a request past a per-session bound (contract 12.2). */
+    public static function limit(string $what, int $bound): ContractError
+    {
+        return new ContractError('LIMIT_REACHED', "a session holds at most $bound $what");
+    }
 
     public static function encode(mixed $value): string
     {
@@ -72,9 +85,10 @@ final class Protocol
         return [$id, $fields['op'], $fields];
     }
 
-    /** An integer field (``$default`` when absent), at least ``$low`` and at most ``$high``. */
+    /** An integer field (``$default`` when absent), at least ``$low`` and at most ``$high`` (2^53 - 1 by default). */
     public static function int(array $msg, string $key, ?int $default = null, ?int $low = null, ?int $high = null): int
     {
+        $high ??= self::MAX_INT;
         $value = array_key_exists($key, $msg) ? $msg[$key] : $default;
         if (!is_int($value)) {
             throw new ContractError('BAD_REQUEST', "'$key' must be an integer");

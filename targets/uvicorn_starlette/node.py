@@ -262,6 +262,8 @@ class Node(Cluster):
     def bus_task_result(self, sid: int, task: int, re: Any, result: Any) -> None:
         self.counters["tasks_finished"] += 1
         session = self.sessions.get(sid)
+        if session is not None:
+            session.tasks_out -= 1
         if session is not None and not session.closing:  # never a result to a gone session
             self.write(session, json.dumps({"ev": "task_result", "task": task, "re": re, "result": result}))
 
@@ -303,7 +305,7 @@ class Node(Cluster):
         return {"pong": True}
 
     async def op_bind(self, s: Session, msg: dict) -> dict:
-        s.uid = kit.int_field(msg, "uid")
+        s.uid = kit.int_field(msg, "uid", low=0)
         await self.list_record(s)  # a task process sees the uid once the reply is sent
         return {}
 
@@ -330,11 +332,13 @@ class Node(Cluster):
     # timers: one asyncio task each, in the worker that owns the session that started it
 
     def op_timer_start(self, s: Session, msg: dict) -> dict:
-        interval = kit.int_field(msg, "interval_ms", low=1)
+        interval = kit.int_field(msg, "interval_ms", low=1, high=kit.MAX_INTERVAL_MS)
         to = kit.int_field(msg, "to", s.id)
         count = msg.get("count")
         if count is not None:
             count = kit.int_field(msg, "count", low=1)
+        if len(s.timers) >= kit.MAX_TIMERS:
+            raise kit.limit("timers", kit.MAX_TIMERS)
         timer = Timer(s.next_timer, s.id, to, interval, count)
         s.next_timer += 1
         s.timers[timer.id] = timer
@@ -388,7 +392,10 @@ class Node(Cluster):
         return self._own_timer(s, msg).status()
 
     async def op_task(self, s: Session, msg: dict) -> dict:
-        sleep_ms = kit.int_field(msg, "sleep_ms", 0, low=0)
+        sleep_ms = kit.int_field(msg, "sleep_ms", 0, low=0, high=kit.MAX_SLEEP_MS)
+        if s.tasks_out >= kit.MAX_TASKS:
+            raise kit.limit("tasks outstanding", kit.MAX_TASKS)
+        s.tasks_out += 1
         task_id = int(await self.redis.incr(self.keys.task_ids))
         job = {"task": task_id, "worker": self.name, "session": s.id, "re": msg.get("id"), "data": msg.get("data"), "sleep_ms": sleep_ms}
         await self.redis.lpush(self.keys.tasks, json.dumps(job))

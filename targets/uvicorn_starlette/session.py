@@ -47,6 +47,7 @@ class Session:
     closing: bool = False
     timers: dict[int, Timer] = field(default_factory=dict)
     next_timer: int = 1
+    tasks_out: int = 0  # tasks submitted whose result has not come back
     channels: set[str] = field(default_factory=set)
     outbox: deque[str] = field(default_factory=deque)
     out_bytes: int = 0

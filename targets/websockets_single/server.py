@@ -65,6 +65,7 @@ class Session:
     next_timer: int = 1
     channels: set[str] = field(default_factory=set)
     warned_dead: bool = False
+    tasks_out: int = 0  # tasks submitted whose result has not been sent
 
     def record(self) -> dict[str, Any]:
         sock = self.conn.transport.get_extra_info("socket")
@@ -210,7 +211,19 @@ class SingleServer:
     # -- writing ------------------------------------------------------------------------
 
     def write(self, session: Session, text: str) -> None:
-        """Write one text frame now (in call order); a non-OPEN connection is skipped."""
+        """Write one text frame now (in call order); a non-OPEN connection is skipped.
+
+        A session whose write buffer already holds more than ``broadcast_buffer_bytes`` (the one
+        output bound of this target, contract 12.2) is closed with 4429 instead: the close frame
+        follows what is queued, so the buffer stays within the bound and one message.
+        """
+        transport = session.conn.transport
+        if transport is not None and transport.get_write_buffer_size() > self.opts.broadcast_buffer_bytes:
+            if self.close(session, kit.SLOW_CONSUMER, "slow consumer"):
+                self.counters["slow_closed"] += 1
+                log.warning("session %d closed as a slow consumer (over %d bytes queued)", session.id,
+                            self.opts.broadcast_buffer_bytes)
+            return
         broadcast([session.conn], text)
 
     def push(self, to: int, text: str) -> int | None:
@@ -276,7 +289,7 @@ class SingleServer:
         return {"pong": True}
 
     def op_bind(self, s: Session, msg: dict) -> dict:
-        s.uid = kit.int_field(msg, "uid")
+        s.uid = kit.int_field(msg, "uid", low=0)
         return {}
 
     def op_protect(self, s: Session, msg: dict) -> dict:
@@ -299,11 +312,13 @@ class SingleServer:
         self.close(s, code, reason)
 
     def op_timer_start(self, s: Session, msg: dict) -> dict:
-        interval = kit.int_field(msg, "interval_ms", low=1)
+        interval = kit.int_field(msg, "interval_ms", low=1, high=kit.MAX_INTERVAL_MS)
         to = kit.int_field(msg, "to", s.id)
         count = msg.get("count")
         if count is not None:
             count = kit.int_field(msg, "count", low=1)
+        if len(s.timers) >= kit.MAX_TIMERS:
+            raise kit.limit("timers", kit.MAX_TIMERS)
         timer = Timer(s.next_timer, s.id, to, interval, count)
         s.next_timer += 1
         s.timers[timer.id] = timer
@@ -357,7 +372,10 @@ class SingleServer:
         return self._own_timer(s, msg).status()
 
     def op_task(self, s: Session, msg: dict) -> dict:
-        sleep_ms = kit.int_field(msg, "sleep_ms", 0, low=0)
+        sleep_ms = kit.int_field(msg, "sleep_ms", 0, low=0, high=kit.MAX_SLEEP_MS)
+        if s.tasks_out >= kit.MAX_TASKS:
+            raise kit.limit("tasks outstanding", kit.MAX_TASKS)
+        s.tasks_out += 1
         task_id = next(self.task_ids)
         self.counters["tasks_dispatched"] += 1
         future = asyncio.get_running_loop().run_in_executor(self.pool, run_task, msg.get("data"), sleep_ms)
@@ -369,6 +387,8 @@ class SingleServer:
         self.counters["tasks_done"] += 1
         self.counters["tasks_finished"] += 1
         session = self.sessions.get(sid)
+        if session is not None:
+            session.tasks_out -= 1
         if session is not None and not session.closing:  # never push a result to a gone session
             self.write(session, json.dumps({"ev": "task_result", "task": task_id, "re": req_id, "result": result}))
 

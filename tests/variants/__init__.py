@@ -204,6 +204,20 @@ VARIANTS += [
         "a message added right after the subscribe reply to a channel new to the worker arrives",
     ),
 ]
+VARIANTS += [
+    Variant(
+        "output_unbounded",
+        "a client that does not read is never closed: its output queues without bound",
+        "scenarios/test_hostile.py",
+        "a client that does not read is closed with 4429",
+    ),
+    Variant(
+        "uid_unchecked",
+        "bind passes any integer to the session table, which marks the record before packing it",
+        "scenarios/test_hostile.py",
+        "every bad request gets exactly one reply",
+    ),
+]
 BY_NAME = {v.name: v for v in VARIANTS}
 
 #: The case (scenario id, with its parameter if any) each variant must fail, as reports name it.
@@ -234,6 +248,8 @@ EXPECTED_CASE = {
     "durable_fresh_from_dollar": "broadcast_history",
     "closing_is_gone": "closing_session",
     "own_timer_pushes_closing": "closing_session",
+    "output_unbounded": "hostile_client",
+    "uid_unchecked": "hostile_client",
 }
 
 

@@ -2,9 +2,11 @@
 
 Pure: a :class:`HostileHistory` in, named checks out. The bounds are the contract's (12.2):
 100 timers, 100 tasks outstanding, the manifest's ``output_bytes``. Task answers are judged in
-the order the attacker received them: replies and ``task_result`` events travel on one session,
-in order, so the tasks outstanding when the target judged request *k* are the ones accepted
-before it less the results that arrived before its reply.
+counts, not order (a target may answer refusals before the acceptances it is still
+completing): the first 100 requests find fewer than 100 outstanding, so at least 100 are
+accepted; each acceptance past 100 needs a slot freed by a result, and a result is sent on the
+same session before any reply that follows it, so at most 100 plus the results received before
+the last reply are accepted.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ class BadAnswer:
             return f"re {reply.get('re')!r} (no id could be read: null)"
         if reply.get("ok") is True:
             return None if "ok" in self.answers else "answered ok"
-        error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
-        code = error.get("code")
+        error = reply.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
         return None if code in self.answers else f"code {code}"
 
 
@@ -93,18 +95,19 @@ class HostileHistory:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
-def judge_tasks(storm: Storm) -> tuple[list[dict[str, Any]], int]:
-    """Task answers against the bound, in arrival order: the wrong ones, and how many were refused."""
-    wrong, accepted, refused = [], 0, 0
-    for k, answer in enumerate(storm.answers):
-        outstanding = accepted - (storm.results_before[k] if k < len(storm.results_before) else 0)
-        expected = "ok" if outstanding < MAX_TASKS else LIMIT_REACHED
-        if answer != expected:
-            wrong.append({"request": k + 1, "outstanding": outstanding, "expected": expected, "got": answer})
-        if answer == "ok":
-            accepted += 1
-        elif answer == LIMIT_REACHED:
-            refused += 1
+def judge_tasks(storm: Storm) -> tuple[list[str], int]:
+    """Task answers against the bound (module docstring): what is wrong, and how many were refused."""
+    accepted = storm.answers.count("ok")
+    refused = storm.answers.count(LIMIT_REACHED)
+    freed = storm.results_before[-1] if storm.results_before else 0
+    wrong = []
+    others = [a for a in storm.answers if a not in ("ok", LIMIT_REACHED)]
+    if others:
+        wrong.append(f"answers other than ok and 4429: {others[:5]}")
+    if accepted < min(storm.sent, MAX_TASKS):
+        wrong.append(f"{accepted} accepted: fewer than {MAX_TASKS} (refused before the bound)")
+    if accepted > MAX_TASKS + freed:
+        wrong.append(f"{accepted} accepted: more than {MAX_TASKS} + {freed} results received meanwhile")
     return wrong, refused
 
 
@@ -148,7 +151,7 @@ def check_hostile(h: HostileHistory) -> list[Check]:
             "and every accepted task's result arrives",
             h.tasks.sent > MAX_TASKS and len(h.tasks.answers) == h.tasks.sent and not task_wrong and task_refused > 0
             and h.tasks.results == task_ok,
-            expected=f"ok while fewer than {MAX_TASKS} are outstanding, else 4429 (at least one); a result per ok",
+            expected=f"{MAX_TASKS} ok (more only as results came back), the rest 4429 (at least one); a result per ok",
             observed={"ok": task_ok, "refused": task_refused, "results": h.tasks.results,
                       "unanswered": h.tasks.sent - len(h.tasks.answers), "wrong": task_wrong[:5]},
         ),

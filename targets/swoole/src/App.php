@@ -45,8 +45,6 @@ use Swoole\WebSocket\Server;
 
 final class App
 {
-    /** The most timers one session may have running. */
-    public const MAX_TIMERS_PER_SESSION = 64;
     /** The longest task sleep accepted, and the longest pause of a sweep per session. */
     public const MAX_SLEEP_MS = 60_000;
 
@@ -58,6 +56,8 @@ final class App
     private array $timers = [];
     /** @var array<int,array<int,true>> timer ids by the session that started them */
     private array $timersOf = [];
+    /** @var array<int,int> tasks submitted from a session whose result has not come back (contract 12.2) */
+    private array $tasksOf = [];
     /** @var array<int,callable> outcomes awaited from another worker (SWOOLE_BASE), by request number */
     private array $pending = [];
     private int $nextRequest = 0;
@@ -172,6 +172,7 @@ final class App
             }
             unset($this->timersOf[$fd]);
         }
+        unset($this->tasksOf[$fd]);
         if ($state === null) {
             return;
         }
@@ -438,14 +439,14 @@ final class App
 
     private function startTimer(int $fd, array $msg): int
     {
-        $interval = Protocol::int($msg, 'interval_ms', null, 1, 3_600_000);
+        $interval = Protocol::int($msg, 'interval_ms', null, 1, Protocol::MAX_INTERVAL_MS);
         $to = Protocol::int($msg, 'to', $fd, 1);
         $count = array_key_exists('count', $msg) ? Protocol::int($msg, 'count', null, 1) : null;
-        if (count($this->timersOf[$fd] ?? []) >= self::MAX_TIMERS_PER_SESSION) {
-            throw new ContractError('BAD_REQUEST', 'a session may run at most ' . self::MAX_TIMERS_PER_SESSION . ' timers');
+        if (count($this->timersOf[$fd] ?? []) >= Protocol::MAX_TIMERS) {
+            throw Protocol::limit('timers', Protocol::MAX_TIMERS);
         }
         if ($this->shared->timers->count() >= Shared::MAX_TIMERS) { // the shared table is the bound of the server
-            throw new ContractError('BAD_REQUEST', 'the server runs at most ' . Shared::MAX_TIMERS . ' timers');
+            throw new ContractError('LIMIT_REACHED', 'the server runs at most ' . Shared::MAX_TIMERS . ' timers');
         }
         $tid = $this->shared->ids->add(1);
         $this->timers[$tid] = [
@@ -612,15 +613,19 @@ final class App
 
     private function dispatchTask(int $fd, array $msg, mixed $id): int
     {
-        $sleep = Protocol::int($msg, 'sleep_ms', 0, 0, self::MAX_SLEEP_MS);
+        $sleep = Protocol::int($msg, 'sleep_ms', 0, 0, Protocol::MAX_SLEEP_MS);
         if ($this->options->taskWorkers === 0) {
             throw new ContractError('NO_TASK_WORKER', 'this server runs no task worker');
+        }
+        if (($this->tasksOf[$fd] ?? 0) >= Protocol::MAX_TASKS) {
+            throw Protocol::limit('tasks outstanding', Protocol::MAX_TASKS);
         }
         $tid = $this->shared->ids->add(1);
         $job = ['t' => 'task', 'task' => $tid, 'fd' => $fd, 're' => $id, 'data' => $msg['data'] ?? null, 'sleep_ms' => $sleep];
         if ($this->server->task($job) === false) {
             throw new ContractError('NO_TASK_WORKER', 'no task worker took the task');
         }
+        $this->tasksOf[$fd] = ($this->tasksOf[$fd] ?? 0) + 1;
         $this->shared->count('tasks_dispatched');
         return $tid;
     }
@@ -648,6 +653,10 @@ final class App
             return;
         }
         $this->shared->count('tasks_finished');
+        $fd = (int) $job['fd'];
+        if (isset($this->tasksOf[$fd]) && --$this->tasksOf[$fd] <= 0) {
+            unset($this->tasksOf[$fd]);
+        }
         $text = Protocol::encode([
             'ev' => 'task_result', 'task' => $job['task'], 're' => $job['re'],
             'result' => ['data' => $job['data'], 'task_worker' => $job['task_worker']],

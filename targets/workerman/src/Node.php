@@ -42,8 +42,6 @@ final class Node
     private const RELOAD_OPS = ['reload'];
     /** How long a close waits for the client's close frame before dropping the connection. */
     private const CLOSE_WAIT_S = 1.0;
-    /** Timers one session may run at once. */
-    private const MAX_TIMERS = 1000;
 
     public ?Link $link = null;
     /** @var array<int,Session> by session id */
@@ -341,18 +339,22 @@ final class Node
 
     private function opTask(Session $s, array $msg, mixed $id): string
     {
-        $sleep = Protocol::int($msg, 'sleep_ms', 0, 0, 600_000);
+        $sleep = Protocol::int($msg, 'sleep_ms', 0, 0, Protocol::MAX_SLEEP_MS);
+        if ($s->tasksOut >= Protocol::MAX_TASKS) {
+            throw Protocol::limit('tasks outstanding', Protocol::MAX_TASKS);
+        }
+        $s->tasksOut++; // before the call: its result may come back while we wait for the answer
         $s->inflight++;
         try {
             $reply = $this->link?->call(['op' => 'task', 'sid' => $s->id, 're' => $id, 'data' => $msg['data'] ?? null, 'sleep_ms' => $sleep]);
         } finally {
             $s->inflight--;
         }
-        if ($reply === null) {
-            return Protocol::fail($id, 2001, 'the hub did not answer');
-        }
-        if (isset($reply['code'])) {
-            return Protocol::fail($id, $reply['code'], 'no task worker is running');
+        if ($reply === null || isset($reply['code'])) {
+            $s->tasksOut = max(0, $s->tasksOut - 1);
+            return $reply === null
+                ? Protocol::fail($id, 2001, 'the hub did not answer')
+                : Protocol::fail($id, $reply['code'], 'no task worker is running');
         }
         $this->count('tasks_dispatched');
         return Protocol::ok($id, ['task' => $reply['task']]);
@@ -405,11 +407,11 @@ final class Node
 
     private function startTimer(Session $s, array $msg): int
     {
-        $interval = Protocol::int($msg, 'interval_ms', null, 1, 86_400_000);
+        $interval = Protocol::int($msg, 'interval_ms', null, 1, Protocol::MAX_INTERVAL_MS);
         $to = Protocol::int($msg, 'to', $s->id, 1);
         $count = array_key_exists('count', $msg) ? Protocol::int($msg, 'count', null, 1) : null;
-        if (count($s->timers) >= self::MAX_TIMERS) {
-            throw new ContractError('BAD_REQUEST', 'this session runs ' . self::MAX_TIMERS . ' timers already');
+        if (count($s->timers) >= Protocol::MAX_TIMERS) {
+            throw Protocol::limit('timers', Protocol::MAX_TIMERS);
         }
         $tid = (getmypid() << 24) | ++$this->nextTimer;
         $this->timers[$tid] = ['timer' => $tid, 'owner' => $s->id, 'to' => $to, 'interval' => $interval, 'count' => $count,
@@ -513,6 +515,9 @@ final class Node
             case 'push':
                 return ['code' => $this->push($s, (string) $m['text'])];
             case 'event':   // a task's result: not a push, no counter
+                if ($s !== null && $s->tasksOut > 0) {
+                    $s->tasksOut--;
+                }
                 if ($s !== null && $s->exists()) {
                     $s->conn->send((string) $m['text']);
                     $this->count('tasks_finished');

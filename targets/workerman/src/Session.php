@@ -31,6 +31,8 @@ final class Session
     public float $lastRecv;
     /** Requests of this session waiting for another process's answer (a move waits for none). */
     public int $inflight = 0;
+    /** Tasks submitted whose result has not come back (contract 12.2). */
+    public int $tasksOut = 0;
     /** Timer ids this session started (they live in Node::$timers). @var array<int,true> */
     public array $timers = [];
     /** Socket inode, to find the OS fd under /proc/self/fd. */

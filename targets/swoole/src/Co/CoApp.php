@@ -31,6 +31,8 @@ final class CoSession
     public float $lastRecv;
     /** @var array<int,true> */
     public array $timers = [];
+    /** Tasks submitted whose result has not been pushed (contract 12.2). */
+    public int $tasksOut = 0;
 
     public function __construct(public readonly int $id, public readonly Response $resp, public readonly Listener $listener, public readonly string $remoteAddr, public readonly int $remotePort)
     {
@@ -43,7 +45,6 @@ final class CoApp
     private const OPS = ['whoami', 'echo', 'ping', 'timer_start', 'timer_stop', 'timer_status', 'push', 'task',
         'bind', 'protect', 'close', 'listen', 'unlisten', 'listeners'];
     private const CLOSE_WAIT_S = 1.0;
-    private const MAX_TIMERS = 1000;
 
     /** @var array<int,CoSession> */
     public array $sessions = [];
@@ -281,7 +282,11 @@ final class CoApp
     /** A task: a coroutine of this process (task worker 0) that holds it for sleep_ms. */
     private function task(CoSession $s, array $msg, mixed $id): int
     {
-        $sleep = Protocol::int($msg, 'sleep_ms', 0, 0, 600_000);
+        $sleep = Protocol::int($msg, 'sleep_ms', 0, 0, Protocol::MAX_SLEEP_MS);
+        if ($s->tasksOut >= Protocol::MAX_TASKS) {
+            throw Protocol::limit('tasks outstanding', Protocol::MAX_TASKS);
+        }
+        $s->tasksOut++;
         $task = ++$this->nextTask;
         $this->count('tasks_dispatched');
         $data = $msg['data'] ?? null;
@@ -290,6 +295,7 @@ final class CoApp
                 Coroutine::sleep($sleep / 1000);
             }
             $this->count('tasks_done');
+            $s->tasksOut--;
             if (!$s->closing) {
                 $s->resp->push(Protocol::encode(['ev' => 'task_result', 'task' => $task, 're' => $id, 'result' => ['data' => $data, 'task_worker' => 0]]));
                 $this->count('tasks_finished');
@@ -302,11 +308,11 @@ final class CoApp
 
     private function startTimer(CoSession $s, array $msg): int
     {
-        $interval = Protocol::int($msg, 'interval_ms', null, 1, 86_400_000);
+        $interval = Protocol::int($msg, 'interval_ms', null, 1, Protocol::MAX_INTERVAL_MS);
         $to = Protocol::int($msg, 'to', $s->id, 1);
         $count = array_key_exists('count', $msg) ? Protocol::int($msg, 'count', null, 1) : null;
-        if (count($s->timers) >= self::MAX_TIMERS) {
-            throw new ContractError('BAD_REQUEST', 'this session runs ' . self::MAX_TIMERS . ' timers already');
+        if (count($s->timers) >= Protocol::MAX_TIMERS) {
+            throw Protocol::limit('timers', Protocol::MAX_TIMERS);
         }
         $tid = ++$this->nextTimer;
         $this->timers[$tid] = ['timer' => $tid, 'owner' => $s->id, 'to' => $to, 'count' => $count, 'seq' => 0, 'sent' => 0,
