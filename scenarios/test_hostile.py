@@ -45,9 +45,9 @@ TASK_SLEEP_MS = 100
 STORM_BOUND_S = 15.0
 RESULTS_BOUND_S = 60.0
 PUSH_CHUNK = 256 * 1024
-PUSH_BOUND_S = 10.0  # one push's answer
+PUSH_BOUND_S = 5.0  # one push's answer
 FLOOD_BUDGET_S = 90.0
-CLOSE_BOUND_S = 20.0
+CLOSE_BOUND_S = 8.0  # after it reads again: what waits is read in about a second
 
 
 def _answer(value: Any) -> Any:
