@@ -123,13 +123,21 @@ def test_a_value_that_does_not_fit_leaves_the_record_unmarked():
         (4000, 5, "must be a string"),
         (1001, "", "not 1000 or 3000..4999"),
         (5000, "", "not 1000 or 3000..4999"),
-        (True, "", "not 1000"),
+        (True, "", "not an integer"),
         (2**70, "", "not 1000"),
     ],
 )
 def test_close_problem(code, reason, problem):
     got = close_problem(code, reason)
     assert got is None if problem is None else problem in got
+
+
+def test_the_server_may_close_with_its_own_codes_but_never_reserved_ones():
+    assert close_problem(1001, "port removed", client=False) is None
+    assert close_problem(1011, "", client=False) is None
+    assert "1001 is not 1000" in close_problem(1001, "")
+    for reserved in (1004, 1005, 1006, 1015, 999, 5000):
+        assert "may not be sent" in close_problem(reserved, "", client=False), reserved
 
 
 def test_int64_problem():

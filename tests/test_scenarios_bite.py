@@ -64,7 +64,8 @@ def test_declaring_nothing_is_unsupported_but_caught_by_the_honesty_probe(tmp_pa
 
     The reference with an empty declaration still answers the ops and routes
     of every capability, so the probe reports each capability that has ops or
-    routes of its own as failed; the core still passes.
+    routes of its own as failed; the core still passes, and so do the scenarios
+    every target owes whatever it declares (contract 12: ``hostile_client``).
     """
     text, replaced = re.subn(r"(?m)^declared = \[.*\]$", "declared = []", REFERENCE.read_text())
     assert replaced == 1
@@ -74,6 +75,8 @@ def test_declaring_nothing_is_unsupported_but_caught_by_the_honesty_probe(tmp_pa
     code, results, output = run_suite(["scenarios/"], manifest, tmp_path / "reports")
     assert code == 1, output
     verdicts = {r["case"]: r["verdict"] for r in results["scenarios"]}
+    owed = {k: verdicts.pop(k) for k in ("hostile_client",)}
+    assert owed == {"hostile_client": "passed"}, owed
     scenarios = {k: v for k, v in verdicts.items() if not k.startswith("contract_probe")}
     assert {"task_sweep", "dead_session_push", "heartbeat", "migration_stream", "migration_errors", "reload_ticks"} <= set(
         scenarios

@@ -154,7 +154,7 @@ class Server(SessionMoves, Broadcasting):
         gives no such guarantee, since the owner may run its own timers between
         the two routed operations.
         """
-        problem = close_problem(int(code), reason)
+        problem = close_problem(int(code), reason, client=False)
         if problem is not None:
             raise ServerError(ErrorCode.BAD_REQUEST, problem)
         info = self._rt.table.get_client_info(session)

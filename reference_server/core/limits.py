@@ -13,10 +13,23 @@ INT64_MAX = 2**63 - 1
 MAX_CLOSE_REASON_BYTES = 123
 
 
-def close_problem(code: object, reason: object) -> str | None:
-    """Why ``close(code, reason)`` cannot be sent, or None: 1000 or 3000..4999, UTF-8 of at most 123 bytes."""
-    if not isinstance(code, int) or isinstance(code, bool) or not (code == 1000 or 3000 <= code <= 4999):
-        return f"close code {code!r} is not 1000 or 3000..4999"
+#: Close codes a server may send (RFC 6455 7.4): 1004-1006 and 1015 are reserved, never sent.
+SERVER_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015), *range(3000, 5000)})
+
+
+def close_problem(code: object, reason: object, *, client: bool = True) -> str | None:
+    """Why ``close(code, reason)`` cannot be sent, or None; the reason is UTF-8 of at most 123 bytes.
+
+    ``client``: the code comes from a client or an operator (the ``close`` op, the admin API):
+    1000 or 3000..4999 (contract 3.1). Otherwise (the server's own API) any code a server may
+    send: 1001 for a removed port, 4408 for the heartbeat, ...
+    """
+    if not isinstance(code, int) or isinstance(code, bool):
+        return f"close code {code!r} is not an integer"
+    if client and not (code == 1000 or 3000 <= code <= 4999):
+        return f"close code {code} is not 1000 or 3000..4999"
+    if code not in SERVER_CLOSE_CODES:
+        return f"close code {code} may not be sent (RFC 6455 7.4)"
     if not isinstance(reason, str):
         return "the close reason must be a string"
     try:

@@ -21,6 +21,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..core.limits import close_problem
 from ..core.metrics import merge, render_prometheus
 from ..core.proctable import ProcKind, ProcState
 from ..errors import CloseCode, ErrorCode, ServerError
@@ -291,6 +292,9 @@ class AdminApi:
     async def close(self, body: Any, sid: str) -> tuple[int, Any]:
         code = optional(body, "code", int, int(CloseCode.NORMAL))
         reason = optional(body, "reason", str, "")
+        problem = close_problem(code, reason)
+        if problem is not None:
+            raise ServerError(ErrorCode.BAD_REQUEST, problem)
         if not self.api.close(int(sid), code, reason):
             raise ServerError(self.api.last_error, f"close of session {sid} failed")
         return 200, {"ok": True}
