@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 from collections import Counter
 from collections.abc import Awaitable
@@ -80,6 +81,13 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"the number {text[:40]} is past a double's range")
+    return value
+
+
 def parse_request(text: str | bytes) -> tuple[Any, str, dict[str, Any]]:
     """``(id, op, message)`` of a request; :class:`ContractError` (id in ``.req_id``) if malformed.
 
@@ -87,7 +95,7 @@ def parse_request(text: str | bytes) -> tuple[Any, str, dict[str, Any]]:
     deeper than the parser goes.
     """
     try:
-        msg = json.loads(text, parse_constant=_not_json)
+        msg = json.loads(text, parse_constant=_not_json, parse_float=_finite)
     except RecursionError:
         raise _bad(None, "the message is nested too deep") from None
     except (ValueError, UnicodeDecodeError):

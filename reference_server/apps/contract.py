@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -108,14 +109,22 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"the number {text[:40]} is past a double's range")
+    return value
+
+
 def parse_request(data: str) -> dict[str, Any]:
     """A request as contract 3 and 12.1 define it: strict JSON, an object with a string ``op``.
 
-    Raises :class:`BadRequest` naming what is wrong: not JSON, ``NaN``/``Infinity``, nesting
-    too deep for the parser, not an object.
+    Raises :class:`BadRequest` naming what is wrong: not JSON, ``NaN``/``Infinity``, a number
+    past a double's range (``1e400``, which would make the reply unencodable), nesting too deep
+    for the parser, not an object.
     """
     try:
-        msg = json.loads(data, parse_constant=_reject_constant)
+        msg = json.loads(data, parse_constant=_reject_constant, parse_float=_finite)
     except RecursionError:
         raise BadRequest("nested too deep") from None
     except ValueError as exc:

@@ -111,6 +111,7 @@ BAD_REQUESTS: tuple[BadRequest, ...] = (
     BadRequest("a field nested 5,000 deep", '{"op":"echo","id":"d1","seq":1,"data":' + "[" * DEEP + "]" * DEEP + "}",
                answers=(4400, "ok")),
     BadRequest("interval_ms of 1e400", '{"op":"timer_start","id":"i1","interval_ms":1e400}'),
+    BadRequest("a number past a double's range in a field", '{"op":"echo","id":"n1","seq":1,"data":1e400}'),
     BadRequest("interval_ms past an hour", _req("timer_start", "i2", interval_ms=3_600_001)),
     BadRequest("count as a string", _req("timer_start", "i3", interval_ms=1000, count="3")),
     BadRequest("sleep_ms past a minute", _req("task", "s1", sleep_ms=60_001)),

@@ -77,12 +77,30 @@ final class Protocol
         if (!$msg instanceof \stdClass) {
             throw new ContractError('BAD_REQUEST', 'a request must be a JSON object');
         }
+        if (self::hasNonFinite($msg)) { // 1e400 decodes to INF, which no reply could encode
+            throw new ContractError('BAD_REQUEST', "a number past a double's range");
+        }
         $fields = get_object_vars($msg);
         $id = $fields['id'] ?? null;
         if (!is_string($fields['op'] ?? null)) {
             throw new ContractError('BAD_REQUEST', "'op' must be a string", $id);
         }
         return [$id, $fields['op'], $fields];
+    }
+
+    private static function hasNonFinite(mixed $value): bool
+    {
+        if (is_float($value)) {
+            return !is_finite($value);
+        }
+        if (is_array($value) || $value instanceof \stdClass) {
+            foreach ((array) $value as $item) {
+                if (self::hasNonFinite($item)) {
+                    return true;
+                }
+            }
+        }
+        return false;
     }
 
     /** An integer field (``$default`` when absent), at least ``$low`` and at most ``$high`` (2^53 - 1 by default). */
