@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,15 @@ class HostileClient(LeanClient):
     def __init__(self, host: str, port: int, name: str = "") -> None:
         super().__init__(host, port, name)
         self.received: list[Received] = []
+        self.last_data = 0.0  # time.monotonic() of the last bytes received
+
+    def data_received(self, data: bytes) -> None:
+        self.last_data = time.monotonic()
+        super().data_received(data)
+
+    def quiet_for(self) -> float:
+        """Seconds since the last bytes arrived."""
+        return time.monotonic() - self.last_data
 
     def on_text(self, payload: bytes, now_ns: int) -> None:
         value, invalid = strict_json(payload)
