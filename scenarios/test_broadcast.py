@@ -506,8 +506,7 @@ def test_broadcast_slow_consumer(target_factory, scenario_run, evidence, run_asy
     mode = offered_mode(scenario_run.manifest)
     target = target_factory({"workers": 2, "broadcast_mode": mode}, "slow-consumer")
     history, facts = run_async(drive_slow_consumer(target, scenario_run, mode), timeout=120)
-    for name, value in facts.items():
-        evidence.fact(name, value)
+    evidence.add_facts(facts)
     evidence.record(check_slow(history))
     evidence.verdict()
 

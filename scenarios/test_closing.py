@@ -114,7 +114,6 @@ async def _gone(admin, sid: int) -> bool:
 @pytest.mark.requires("dead_session_stats")
 def test_closing_session(target, admin, evidence, run_async) -> None:
     history = run_async(drive(target, admin), timeout=60)
-    for name, value in history.facts.items():
-        evidence.fact(name, value)
+    evidence.add_facts(history.facts)
     evidence.record(check(history))
     evidence.verdict()

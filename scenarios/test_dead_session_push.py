@@ -135,7 +135,6 @@ async def _none_listed(admin, sids: set[int]) -> bool:
 @pytest.mark.requires("dead_session_stats")
 def test_dead_session_push(target, admin, evidence, run_async):
     history, facts = run_async(drive(target, admin))
-    for name, value in facts.items():
-        evidence.fact(name, value)
+    evidence.add_facts(facts)
     evidence.record(check(history))
     evidence.verdict()

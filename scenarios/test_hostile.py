@@ -239,7 +239,6 @@ def test_hostile_client(target_factory, evidence, run_async) -> None:
     target = target_factory(PROFILE, "hostile")
     admin = AdminClient(target.admin_url, target.admin_token)
     history = run_async(drive(target, admin), timeout=300)
-    for name, value in history.facts.items():
-        evidence.fact(name, value)
+    evidence.add_facts(history.facts)
     evidence.record(check_hostile(history))
     evidence.verdict()

@@ -277,8 +277,7 @@ def test_port_churn(target_factory, evidence, run_async) -> None:
     admin = AdminClient(target.admin_url, target.admin_token)
     seed = evidence.rng().randrange(1 << 30)
     history = run_async(drive_churn(target, admin, seed), timeout=240)
-    for name, value in history.facts.items():
-        evidence.fact(name, value)
+    evidence.add_facts(history.facts)
     evidence.record(check_churn(history, attempt_bound_s=ATTEMPT_BOUND_S))
     evidence.verdict()
 
@@ -353,8 +352,7 @@ def test_port_errors(target_factory, evidence, run_async) -> None:
     target = target_factory(PROFILE, "port-errors")
     admin = AdminClient(target.admin_url, target.admin_token)
     history = run_async(drive_errors(target, admin), timeout=120)
-    for name, value in history.facts.items():
-        evidence.fact(name, value)
+    evidence.add_facts(history.facts)
     evidence.record(check_port_errors(history))
     evidence.verdict()
 

@@ -369,8 +369,7 @@ def test_reload_disconnects(target_factory, evidence, run_async) -> None:
 def test_reload_repeated(target_factory, evidence, run_async) -> None:
     target = target_factory({**PROFILE, "workers": 2, "task_workers": 1}, "reload_repeated")
     history, facts = run_async(drive_repeated(target), timeout=150)
-    for name, value in facts.items():
-        evidence.fact(name, value)
+    evidence.add_facts(facts)
     tick_facts(evidence, history.clients, history.windows)
     evidence.record(check_repeated(history))
     evidence.verdict()

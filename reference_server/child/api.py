@@ -154,9 +154,7 @@ class Server(SessionMoves, Broadcasting):
         gives no such guarantee, since the owner may run its own timers between
         the two routed operations.
         """
-        problem = close_problem(int(code), reason, client=False)
-        if problem is not None:
-            raise ServerError(ErrorCode.BAD_REQUEST, problem)
+        _refuse(close_problem(int(code), reason, client=False))
         info = self._rt.table.get_client_info(session)
         if info is None:
             lookup = self._rt.table.lookup(session)
@@ -196,16 +194,12 @@ class Server(SessionMoves, Broadcasting):
 
     def bind(self, session: int, uid: int) -> bool:
         """Attach an application user id to a session (shown in ``get_client_info``)."""
-        problem = int64_problem("uid", uid)
-        if problem is not None:
-            raise ServerError(ErrorCode.BAD_REQUEST, problem)
+        _refuse(int64_problem("uid", uid))
         return self._owner_op(session, msg.Bind, int(uid))
 
     def set_group(self, session: int, group: int) -> bool:
         """Put a session in an application group (a room, say): see :meth:`affinity`."""
-        problem = int64_problem("group", group)
-        if problem is not None:
-            raise ServerError(ErrorCode.BAD_REQUEST, problem)
+        _refuse(int64_problem("group", group))
         return self._owner_op(session, msg.Group, int(group))
 
     # -- tasks and messages ---------------------------------------------------
@@ -373,3 +367,9 @@ class Server(SessionMoves, Broadcasting):
 
     def worker_pids(self) -> dict[str, int]:
         return {e.name: e.pid for e in self._rt.procs.entries() if e.kind is ProcKind.WORKER}
+
+
+def _refuse(problem: str | None) -> None:
+    """A bad argument (``core/limits.py`` named the problem): BAD_REQUEST before anything is done."""
+    if problem is not None:
+        raise ServerError(ErrorCode.BAD_REQUEST, problem)

@@ -79,6 +79,10 @@ class Evidence:
     def fact(self, name: str, value: Any) -> None:
         self.facts[name] = value
 
+    def add_facts(self, facts: dict[str, Any]) -> None:
+        """Record every fact a history gathered (name -> value)."""
+        self.facts.update(facts)
+
     @property
     def failed(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]
