@@ -12,6 +12,7 @@ from typing import Any
 
 from ..app import Application, ProcessSpec
 from ..config import Config
+from ..core.countertable import CounterTable
 from ..core.proctable import ProcKind, ProcTable
 from ..core.registry import SessionTable
 from ..logs import Log
@@ -37,6 +38,8 @@ class ChildBoot:
     extra_socket: socket.socket | None = None  # admin listener / broker listener
     broker_url: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
+    counters: CounterTable | None = None  # every process's counters, kept across deaths
+    counter_row: int = 0  # this child's row of it
 
 
 def load_app(spec: str) -> Application:

@@ -42,7 +42,7 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..core.metrics import Counters
+from ..core.countertable import SharedCounters
 from ..core.placement import running
 from ..core.proctable import ProcEntry, ProcKind, ProcState
 from ..errors import CloseCode, ErrorCode, ServerError
@@ -96,7 +96,8 @@ class Runtime:
         self.log = boot.log
         self.app = boot.app
         self.loop = loop
-        self.counters = Counters()
+        table = boot.counters
+        self.counters = SharedCounters(table.row_view(boot.counter_row) if table and boot.counter_row else None)
         #: Failures of application code (hooks, ops): the trace once per place, then summaries.
         self.failures = RateLimitedLog(self.log, self.counters)
         self.links = ipc.PeerLinks(boot.token, loop, on_gone=self._peer_gone)

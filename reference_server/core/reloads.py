@@ -29,7 +29,7 @@ from typing import Any
 
 #: How many finished reloads the book remembers.
 HISTORY = 32
-#: How many retired processes' final counters are remembered by pid (to avoid double counting).
+#: How many retired processes are remembered by pid (their last report came: no more listed).
 RECENT_PIDS = 256
 
 
@@ -111,7 +111,6 @@ class ReloadBook:
         self.counters: Counter[str] = Counter()
         self.generation = 1  # of the newest processes started by any reload
         self._next_id = 1
-        self.retired_counters: Counter[str] = Counter()
         self.retired_pids: deque[int] = deque(maxlen=RECENT_PIDS)
 
     def request(self, scope: ReloadScope, source: str, *, now: float | None = None, mono: float | None = None) -> Ticket:
@@ -140,10 +139,9 @@ class ReloadBook:
             self.current.forced_kills += 1
 
     def note_retired(self, pid: int, report: dict[str, Any]) -> None:
-        """An old process's last report; its counters join the retired totals."""
+        """An old process's last report (its counters are kept by the shared counter table)."""
         if self.current is not None:
             self.current.retired.append(report)
-        self.retired_counters.update(report.get("counters", {}))
         self.retired_pids.append(pid)
 
     def finish(self, *, now: float | None = None, mono: float | None = None) -> Reload:
@@ -174,5 +172,5 @@ class ReloadBook:
         }
 
     def retired_totals(self) -> dict[str, Any]:
-        """Counters of processes that have retired, and the pids recently folded in."""
-        return {"counters": dict(self.retired_counters), "pids": list(self.retired_pids)}
+        """The pids of processes that have sent their last report (no more listed as running)."""
+        return {"pids": list(self.retired_pids)}

@@ -387,6 +387,7 @@ class Master:
 
     def spawn(self, slot: Slot) -> None:
         parent_end, child_end = ipc.ctl_pair()
+        counter_row = self.shared.counters.allocate()
         boot = ChildBoot(
             kind=slot.kind,
             index=slot.index,
@@ -404,6 +405,8 @@ class Master:
             extra_socket=slot.extra_socket,
             broker_url=self.broker_url,
             extras={"master_stats": self.shared.master_stats},
+            counters=self.shared.counters,
+            counter_row=counter_row,
         )
         pid = os.fork()
         if pid == 0:  # child
@@ -417,7 +420,7 @@ class Master:
         child_end.close()
         parent_end.setblocking(False)
         now = time.monotonic()
-        child = Child(pid, slot.kind, slot.index, slot.name, parent_end, now, spec=slot.spec)
+        child = Child(pid, slot.kind, slot.index, slot.name, parent_end, now, spec=slot.spec, counter_row=counter_row)
         self.children[pid] = child
         self._slot_of[pid] = slot
         self.procs.put(
@@ -476,6 +479,7 @@ class Master:
                 self._free(sid)
         child.ctl.close()
         self.procs.remove(pid)
+        self.shared.counters.harvest(child.counter_row)  # what it counted still counts (contract 4.2)
         lost = self.table.free_owned_by(pid)
         for sid in lost:
             self.ports.book.closed(sid)

@@ -10,7 +10,8 @@ import struct
 from dataclasses import dataclass, field
 
 from ..app import ProcessSpec
-from ..core.proctable import ProcKind, ProcTable, proctable_size
+from ..core.countertable import CounterTable, countertable_size
+from ..core.proctable import MAX_PROCESSES, ProcKind, ProcTable, proctable_size
 from ..core.registry import SessionTable, table_size
 
 # master stats block: accepted, refused, respawns, sessions_lost, started_at, ready
@@ -19,16 +20,18 @@ MSTATS_SIZE = 64
 
 
 class SharedState:
-    """The one shared mapping: process directory, master stats, session table."""
+    """The one shared mapping: process directory, master stats, counters, session table."""
 
     def __init__(self, capacity: int) -> None:
-        self.size = proctable_size() + MSTATS_SIZE + table_size(capacity)
+        p = proctable_size()
+        c = countertable_size(MAX_PROCESSES)
+        self.size = p + MSTATS_SIZE + c + table_size(capacity)
         self.mem = mmap.mmap(-1, self.size, flags=mmap.MAP_SHARED)
         view = memoryview(self.mem)
-        p = proctable_size()
         self.procs = ProcTable(view[:p])
         self._mstats = view[p : p + MSTATS_SIZE]
-        self.table = SessionTable(view[p + MSTATS_SIZE :], capacity, create=True)
+        self.counters = CounterTable(view[p + MSTATS_SIZE : p + MSTATS_SIZE + c], MAX_PROCESSES)
+        self.table = SessionTable(view[p + MSTATS_SIZE + c :], capacity, create=True)
 
     def write_master_stats(self, accepted, refused, respawns, lost, started, ready) -> None:
         _MSTATS.pack_into(self._mstats, 0, accepted, refused, respawns, lost, started, ready)
@@ -57,6 +60,7 @@ class Child:
     started: float
     spec: ProcessSpec | None = None
     ready: bool = False
+    counter_row: int = 0  # its row of the shared counter table (0: none)
     # (message bytes, connection or None, session id or None) waiting for room
     pending: collections.deque = field(default_factory=collections.deque)
 

@@ -21,6 +21,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..core.countertable import unkept
 from ..core.limits import close_problem
 from ..core.metrics import merge, render_prometheus
 from ..core.proctable import ProcKind, ProcState
@@ -342,14 +343,18 @@ class AdminApi:
             self.api.gather_stats(), self.api.reload_status(), self.api.listeners()
         )
         retired = reloads.pop("retired")
-        # A process that retired has folded its counters into the master's totals: count it once.
+        # A process that retired has sent its last report: list it no more.
         gone = set(retired["pids"])
         live = [p for p in per_process if p.get("pid") not in gone]
         sessions = self.api.sessions()
         by_worker: dict[str, int] = {}
         for info in sessions:
             by_worker[str(info.worker)] = by_worker.get(str(info.worker), 0) + 1
-        counters = merge([STANDARD_COUNTERS, *(p.get("counters", {}) for p in live), retired["counters"]])
+        # Counters come from the shared table, which keeps those of processes that died or do
+        # not answer (contract 4.2: none decreases); an application's own, from the running ones.
+        table = self.rt.boot.counters
+        kept = table.totals() if table is not None else merge(p.get("counters", {}) for p in per_process)
+        counters = merge([STANDARD_COUNTERS, kept, unkept(p.get("counters", {}) for p in per_process)])
         master = self.rt.boot.extras.get("master_stats", lambda: {})()
         # The master accepts every connection: its count is the standard counter (section 4.2).
         counters["connections_accepted"] = counters.get("connections_accepted", 0) + int(master.get("connections_accepted", 0))
