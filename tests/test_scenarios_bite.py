@@ -59,13 +59,17 @@ def test_reference_passes_every_scenario(tmp_path: Path) -> None:
     assert all(s["exit_code"] == 0 and not s["forced"] for s in results["target_stops"]), results["target_stops"]
 
 
+#: Scenarios that need no capability (contract 12, 13).
+OWED_BY_EVERY_TARGET = ("hostile_client", "fault_worker_kill")
+
+
 def test_declaring_nothing_is_unsupported_but_caught_by_the_honesty_probe(tmp_path: Path) -> None:
     """A target cannot pass by declaring nothing: its scenarios are unsupported, and the probe fails.
 
     The reference with an empty declaration still answers the ops and routes
     of every capability, so the probe reports each capability that has ops or
     routes of its own as failed; the core still passes, and so do the scenarios
-    every target owes whatever it declares (contract 12: ``hostile_client``).
+    every target owes whatever it declares (contract 12 and 13: hostile clients, faults).
     """
     text, replaced = re.subn(r"(?m)^declared = \[.*\]$", "declared = []", REFERENCE.read_text())
     assert replaced == 1
@@ -75,8 +79,8 @@ def test_declaring_nothing_is_unsupported_but_caught_by_the_honesty_probe(tmp_pa
     code, results, output = run_suite(["scenarios/"], manifest, tmp_path / "reports")
     assert code == 1, output
     verdicts = {r["case"]: r["verdict"] for r in results["scenarios"]}
-    owed = {k: verdicts.pop(k) for k in ("hostile_client",)}
-    assert owed == {"hostile_client": "passed"}, owed
+    owed = {k: verdicts.pop(k) for k in OWED_BY_EVERY_TARGET}
+    assert owed == dict.fromkeys(OWED_BY_EVERY_TARGET, "passed"), owed
     scenarios = {k: v for k, v in verdicts.items() if not k.startswith("contract_probe")}
     assert {"task_sweep", "dead_session_push", "heartbeat", "migration_stream", "migration_errors", "reload_ticks"} <= set(
         scenarios

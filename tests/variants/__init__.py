@@ -163,7 +163,7 @@ VARIANTS += [
 VARIANTS += [
     Variant(
         "reload_forgets_counters",
-        "/v1/stats forgets the counters of processes a reload retired: counters go down",
+        "the counters of processes a reload retired die with them: /v1/stats goes down",
         "scenarios/test_reload.py::test_reload_ticks",
         "no standard counter ever decreases across a reload",
     ),
@@ -217,6 +217,18 @@ VARIANTS += [
         "scenarios/test_hostile.py",
         "every bad request gets exactly one reply",
     ),
+    Variant(
+        "kill_forgets_counters",
+        "the counters of a worker killed by a signal die with it: /v1/stats goes down",
+        "scenarios/test_faults.py::test_fault_worker_kill",
+        "no standard counter decreases",
+    ),
+    Variant(
+        "worker_death_ghosts",
+        "a dead worker's sessions stay in the session table: ghosts listed by /v1/sessions",
+        "scenarios/test_faults.py::test_fault_worker_kill",
+        "each session of the killed worker is kept",
+    ),
 ]
 BY_NAME = {v.name: v for v in VARIANTS}
 
@@ -250,6 +262,8 @@ EXPECTED_CASE = {
     "own_timer_pushes_closing": "closing_session",
     "output_unbounded": "hostile_client",
     "uid_unchecked": "hostile_client",
+    "kill_forgets_counters": "fault_worker_kill",
+    "worker_death_ghosts": "fault_worker_kill",
 }
 
 

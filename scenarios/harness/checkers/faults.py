@@ -1,0 +1,184 @@
+"""The checks of the fault scenarios (scenarios/test_faults.py; contract section 13).
+
+Pure: a history in, named checks out.
+
+``fault_worker_kill`` (13.1). One worker is killed with SIGKILL while every session ticks.
+Each session of the killed worker (a *victim*) must end in one of two legitimate outcomes:
+
+* **kept**: its connection stays open and the echoes sent after the kill are answered (a
+  target whose connections live in another process, like Swoole's PROCESS mode);
+* **closed**: the client sees its connection end within ``VICTIM_BOUND_S`` of the kill, and
+  the session is gone from ``/v1/sessions`` within the same bound (no ghost).
+
+Anything in between (open but silent, closed but still listed) fails. The other sessions must
+not notice: no tick gap over ``BYSTANDER_GAP_S``, every echo answered. A replacement worker of
+the same id serves new connections within ``REPLACEMENT_BOUND_S``; no other process exits; no
+standard counter decreases.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..evidence import Check
+from ..spec import Leftovers, check_leftovers, named
+
+#: Longest tick gap of a session on another worker (ticks every 50 ms).
+BYSTANDER_GAP_S = 2.0
+#: A victim's connection ends (closed) or its echo is answered (kept) within this of the kill;
+#: a closed victim is gone from /v1/sessions within it too.
+VICTIM_BOUND_S = 5.0
+#: A worker of the killed one's id, with a new pid, is listed within this of the kill.
+REPLACEMENT_BOUND_S = 10.0
+#: The counters contract 4.2 names; none may decrease.
+STANDARD_COUNTERS = (
+    "connections_accepted", "sessions_opened", "sessions_closed", "messages_received", "pushes", "push_failed",
+    "dead_session_pushes", "closes_requested", "heartbeat_closes", "sweep_closes", "tasks_dispatched",
+    "tasks_done", "tasks_finished", "timers_created", "timers_cleared",
+)
+
+
+class Outcome(enum.Enum):
+    """What became of a session of the killed worker."""
+
+    KEPT = "kept"  # open, and its echoes after the kill answered
+    CLOSED = "closed"  # its connection ended in time and it left /v1/sessions in time
+    GHOST = "ghost"  # its connection ended, but the target still lists it past the bound
+    SILENT = "silent"  # still open, but an echo after the kill got no answer in time
+    DROPPED_LATE = "dropped late"  # its echo was answered, then its connection ended anyway
+    CLOSED_LATE = "closed late"  # its connection ended, but after the bound
+
+
+@dataclass
+class Victim:
+    """One session of the killed worker, as the client and the admin API saw it after the kill."""
+
+    session: int
+    closed_after_s: float | None = None  # when the client saw its connection end (from the kill)
+    close_code: int | None = None  # the close frame's code, None if the TCP connection just ended
+    echo_after_s: float | None = None  # when the first echo after the kill was answered
+    echo_again: bool | None = None  # a second echo, at the end, was answered (kept sessions)
+    unlisted_after_s: float | None = None  # when /v1/sessions stopped listing it (from the kill)
+
+    def outcome(self) -> Outcome:
+        if self.closed_after_s is None:
+            return Outcome.KEPT if self.echo_after_s is not None and self.echo_again else Outcome.SILENT
+        if self.echo_after_s is not None:
+            return Outcome.DROPPED_LATE
+        if self.closed_after_s > VICTIM_BOUND_S:
+            return Outcome.CLOSED_LATE
+        if self.unlisted_after_s is None or self.unlisted_after_s > VICTIM_BOUND_S:
+            return Outcome.GHOST
+        return Outcome.CLOSED
+
+
+@dataclass
+class Bystander:
+    """A session of another worker: its ticks around the kill, and its echoes."""
+
+    session: int
+    worker: int
+    ticks: int = 0
+    max_gap_s: float = 0.0
+    echoes: int = 0
+    echo_failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WorkerKillHistory:
+    workers: int = 0
+    victim_worker: int | None = None
+    victim_pid: int | None = None
+    killed_at: float | None = None  # Unix seconds
+    victims: list[Victim] = field(default_factory=list)
+    bystanders: list[Bystander] = field(default_factory=list)
+    replacement_pid: int | None = None
+    replacement_after_s: float | None = None
+    new_clients: int = 0
+    new_served: int = 0  # new connections whose echo was answered
+    new_on_replacement: int = 0  # of those, owned by the replacement (record's worker == its id)
+    new_failures: list[str] = field(default_factory=list)
+    others_before: list[Any] = field(default_factory=list)  # (name, pid) of every other process
+    others_after: list[Any] = field(default_factory=list)
+    counters_before: dict[str, int] = field(default_factory=dict)
+    counters_after: dict[str, int] = field(default_factory=dict)
+    leftovers: Leftovers = field(default_factory=Leftovers)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def judge_victims(victims: list[Victim]) -> dict[str, list[int]]:
+    """Session ids by outcome."""
+    out: dict[str, list[int]] = {}
+    for v in victims:
+        out.setdefault(v.outcome().value, []).append(v.session)
+    return out
+
+
+def decreased(before: dict[str, int], after: dict[str, int]) -> dict[str, list[int]]:
+    """Standard counters that went down (or vanished), with [before, after]."""
+    return {
+        name: [before[name], after.get(name)]
+        for name in STANDARD_COUNTERS
+        if name in before and (after.get(name) is None or after[name] < before[name])
+    }
+
+
+def check_worker_kill(h: WorkerKillHistory) -> list[Check]:
+    outcomes = judge_victims(h.victims)
+    bad = {k: v for k, v in outcomes.items() if k not in (Outcome.KEPT.value, Outcome.CLOSED.value)}
+    gaps = {b.session: round(b.max_gap_s, 3) for b in h.bystanders}
+    slow = {s: g for s, g in gaps.items() if g > BYSTANDER_GAP_S}
+    unanswered = {b.session: b.echo_failures[:3] for b in h.bystanders if b.echo_failures}
+    went_down = decreased(h.counters_before, h.counters_after)
+    return [
+        named(
+            "the killed worker had sessions, and other workers had sessions too",
+            bool(h.victims) and bool(h.bystanders) and h.killed_at is not None,
+            expected=">= 1 of each",
+            observed={"victims": len(h.victims), "others": len(h.bystanders), "killed": h.victim_pid},
+        ),
+        named(
+            "each session of the killed worker is kept (still answered) or closed and gone within 5 s",
+            bool(h.victims) and not bad,
+            expected="kept or closed",
+            observed=outcomes,
+            victims=[{"session": v.session, "outcome": v.outcome().value, "closed_after_s": v.closed_after_s,
+                      "close_code": v.close_code, "echo_after_s": v.echo_after_s,
+                      "unlisted_after_s": v.unlisted_after_s} for v in h.victims[:8]],
+        ),
+        named(
+            "sessions on the other workers see no gap over 2 s and every echo answered",
+            bool(h.bystanders) and all(b.ticks for b in h.bystanders) and not slow and not unanswered,
+            expected=f"tick gaps <= {BYSTANDER_GAP_S} s, echoes answered",
+            observed={"longest_gap_s": max(gaps.values(), default=None), "over": slow, "unanswered": unanswered},
+        ),
+        named(
+            "a replacement worker of the same id is listed within 10 s and serves new connections",
+            h.replacement_pid is not None
+            and h.replacement_pid != h.victim_pid
+            and h.replacement_after_s is not None
+            and h.replacement_after_s <= REPLACEMENT_BOUND_S
+            and h.new_clients > 0
+            and h.new_served == h.new_clients
+            and h.new_on_replacement > 0,
+            expected="a new pid for the id; every new connection answered, at least one owned by the replacement",
+            observed={"pid": h.replacement_pid, "after_s": h.replacement_after_s, "new": h.new_clients,
+                      "served": h.new_served, "on_replacement": h.new_on_replacement,
+                      "failures": h.new_failures[:3]},
+        ),
+        named(
+            "no other process exits",
+            bool(h.others_before) and h.others_before == h.others_after,
+            expected=h.others_before,
+            observed=h.others_after,
+        ),
+        named(
+            "no standard counter decreases (what the killed worker counted still counts)",
+            bool(h.counters_before) and not went_down,
+            expected="after >= before for every standard counter",
+            observed=went_down or "none decreased",
+        ),
+        *check_leftovers(h.leftovers),
+    ]
