@@ -18,6 +18,7 @@ checks are pure, in ``scenarios/harness/checkers/faults.py`` (unit tests:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 from typing import Any
@@ -85,7 +86,7 @@ def longest_gap(times: list[float], start: float, end: float) -> float:
     if not inside:
         return float("inf")
     points = [start, *inside, end]
-    return max(b - a for a, b in zip(points, points[1:], strict=False))
+    return max(b - a for a, b in itertools.pairwise(points))
 
 
 async def open_spread(target: Any, workers: set[int]) -> dict[int, tuple[HostileClient, int]]:

@@ -21,6 +21,7 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from ..config import Config
+from ..core.countertable import CounterTable
 from ..core.metrics import Counters
 from ..core.proctable import ProcEntry, ProcKind, ProcTable
 from ..core.registry import SessionTable
@@ -37,6 +38,7 @@ class BootView(Protocol):
 
     broker_url: str
     extras: dict[str, Any]
+    counters: CounterTable | None
 
 
 class AppHooks(Protocol):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping
 
-from .metrics import Counters, STANDARD_COUNTERS
+from .metrics import STANDARD_COUNTERS, Counters
 
 #: Counters the reference keeps besides the standard ones, also kept across a process's death.
 EXTRA_COUNTERS: tuple[str, ...] = (

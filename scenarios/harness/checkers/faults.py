@@ -116,7 +116,7 @@ def judge_victims(victims: list[Victim]) -> dict[str, list[int]]:
     return out
 
 
-def decreased(before: dict[str, int], after: dict[str, int]) -> dict[str, list[int]]:
+def decreased(before: dict[str, int], after: dict[str, int]) -> dict[str, list[int | None]]:
     """Standard counters that went down (or vanished), with [before, after]."""
     return {
         name: [before[name], after.get(name)]

@@ -1,0 +1,129 @@
+"""The fault checks on synthetic histories: each outcome judged, each check able to fail."""
+
+from __future__ import annotations
+
+import pytest
+
+from scenarios.harness.checkers.faults import (
+    Bystander,
+    Outcome,
+    Victim,
+    WorkerKillHistory,
+    check_worker_kill,
+    decreased,
+    judge_victims,
+)
+from scenarios.harness.spec import Leftovers
+
+
+def _good(**changes) -> WorkerKillHistory:
+    h = WorkerKillHistory(
+        workers=3,
+        victim_worker=0,
+        victim_pid=100,
+        killed_at=1000.0,
+        victims=[Victim(7, closed_after_s=0.01, unlisted_after_s=0.05), Victim(8, closed_after_s=0.02, unlisted_after_s=0.05)],
+        bystanders=[Bystander(9, 1, ticks=60, max_gap_s=0.06, echoes=30), Bystander(10, 2, ticks=60, max_gap_s=0.05, echoes=30)],
+        replacement_pid=200,
+        replacement_after_s=0.03,
+        new_clients=12,
+        new_served=12,
+        new_on_replacement=4,
+        others_before=[("master", 1), ("worker-1", 101)],
+        others_after=[("master", 1), ("worker-1", 101)],
+        counters_before={"sessions_opened": 9, "pushes": 0},
+        counters_after={"sessions_opened": 21, "pushes": 0},
+        leftovers=Leftovers(baseline_fds={"master": 10}, fds={"master": 10}),
+    )
+    for k, v in changes.items():
+        setattr(h, k, v)
+    return h
+
+
+def _failed(h: WorkerKillHistory) -> list[str]:
+    return [c.name for c in check_worker_kill(h) if not c.passed]
+
+
+def test_a_clean_run_passes() -> None:
+    assert _failed(_good()) == []
+
+
+def test_kept_sessions_pass_too() -> None:
+    h = _good(victims=[Victim(7, echo_after_s=0.2, echo_again=True)])
+    assert _failed(h) == []
+
+
+@pytest.mark.parametrize(
+    ("victim", "outcome"),
+    [
+        (Victim(1, closed_after_s=0.1, unlisted_after_s=0.2), Outcome.CLOSED),
+        (Victim(1, echo_after_s=0.1, echo_again=True), Outcome.KEPT),
+        (Victim(1), Outcome.SILENT),
+        (Victim(1, echo_after_s=0.1, echo_again=False), Outcome.SILENT),
+        (Victim(1, closed_after_s=0.1), Outcome.GHOST),
+        (Victim(1, closed_after_s=0.1, unlisted_after_s=6.0), Outcome.GHOST),
+        (Victim(1, closed_after_s=6.0, unlisted_after_s=6.1), Outcome.CLOSED_LATE),
+        (Victim(1, closed_after_s=2.0, echo_after_s=0.1, unlisted_after_s=2.1), Outcome.DROPPED_LATE),
+    ],
+)
+def test_each_victim_outcome(victim: Victim, outcome: Outcome) -> None:
+    assert victim.outcome() is outcome
+    failed = _failed(_good(victims=[victim]))
+    bad = any(n.startswith("each session of the killed worker") for n in failed)
+    assert bad is (outcome not in (Outcome.KEPT, Outcome.CLOSED))
+
+
+def test_outcomes_are_grouped_by_session() -> None:
+    victims = [Victim(1, closed_after_s=0.1, unlisted_after_s=0.1), Victim(2), Victim(3, closed_after_s=0.1)]
+    assert judge_victims(victims) == {"closed": [1], "silent": [2], "ghost": [3]}
+
+
+def test_nothing_to_judge_fails() -> None:
+    failed = _failed(_good(victims=[], killed_at=None))
+    assert "the killed worker had sessions, and other workers had sessions too" in failed
+    assert any(n.startswith("each session of the killed worker") for n in failed)
+
+
+@pytest.mark.parametrize(
+    "bystander",
+    [
+        Bystander(9, 1, ticks=60, max_gap_s=2.5, echoes=30),
+        Bystander(9, 1, ticks=0, max_gap_s=float("inf")),
+        Bystander(9, 1, ticks=60, max_gap_s=0.05, echoes=29, echo_failures=["TimeoutError()"]),
+    ],
+)
+def test_a_disturbed_bystander_fails(bystander: Bystander) -> None:
+    assert _failed(_good(bystanders=[bystander])) == ["sessions on the other workers see no gap over 2 s and every echo answered"]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"replacement_pid": None, "replacement_after_s": None},
+        {"replacement_pid": 100},  # the same pid: nothing replaced it
+        {"replacement_after_s": 12.0},
+        {"new_served": 11},
+        {"new_on_replacement": 0},
+        {"new_clients": 0, "new_served": 0},
+    ],
+)
+def test_the_replacement_must_serve(changes: dict) -> None:
+    assert _failed(_good(**changes)) == [
+        "a replacement worker of the same id is listed within 10 s and serves new connections"
+    ]
+
+
+def test_another_process_exiting_fails() -> None:
+    assert _failed(_good(others_after=[("master", 1), ("worker-1", 102)])) == ["no other process exits"]
+
+
+def test_a_counter_going_down_fails() -> None:
+    h = _good(counters_after={"sessions_opened": 6, "pushes": 0})
+    assert _failed(h) == ["no standard counter decreases (what the killed worker counted still counts)"]
+    assert decreased({"sessions_opened": 9, "my_own": 3}, {"sessions_opened": 9}) == {}
+    assert decreased({"pushes": 2}, {}) == {"pushes": [2, None]}
+
+
+def test_leftovers_fail() -> None:
+    h = _good(leftovers=Leftovers(baseline_fds={"master": 10}, fds={"master": 12}, sessions=[{"session": 7}]))
+    assert len(_failed(h)) == 2
