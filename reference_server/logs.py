@@ -94,7 +94,8 @@ class RateLimitedLog:
 
     def once(self, level: str, event: str, key: object, **fields: Any) -> None:
         if self._once.first((event, key)):
-            self.log.emit(level, event, **fields, note="logged once per session; later ones are summarised")
+            fields.setdefault("note", "logged once per session; later ones are summarised")
+            self.log.emit(level, event, **fields)
         else:
             self.counters["log_suppressed"] += 1
             self._summary.suppressed(event, key)

@@ -18,7 +18,6 @@ checks are pure, in ``scenarios/harness/checkers/faults.py`` (unit tests:
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections import Counter
 from typing import Any
@@ -27,6 +26,7 @@ import pytest
 
 from scenarios.harness import nemesis
 from scenarios.harness.admin import AdminClient
+from scenarios.harness.bystanders import Watch, tick_times
 from scenarios.harness.checkers.faults import (
     BYSTANDER_GAP_S,
     REPLACEMENT_BOUND_S,
@@ -55,38 +55,6 @@ OBSERVE_S = BYSTANDER_GAP_S + 1.0
 
 async def _connect(target: Any, name: str) -> HostileClient:
     return await HostileClient.connect("127.0.0.1", target.port, name)
-
-
-async def echo_loop(records: list[tuple[HostileClient, Bystander]], stop: asyncio.Event) -> None:
-    """Echo on every bystander every ECHO_EVERY_S until stopped; failures are recorded."""
-    n = 0
-    while not stop.is_set():
-        n += 1
-        for client, rec in records:
-            try:
-                reply = await client.request("echo", seq=n, data="bystander", timeout=REPLY_BOUND_S)
-                rec.echoes += 1
-                if reply.get("ok") is not True:
-                    rec.echo_failures.append(str(reply)[:120])
-            except (ConnectionError, TimeoutError) as exc:
-                rec.echo_failures.append(repr(exc)[:120])
-        try:
-            await asyncio.wait_for(stop.wait(), ECHO_EVERY_S)
-        except TimeoutError:
-            pass
-
-
-def tick_times(client: HostileClient) -> list[float]:
-    return [r.at for r in client.received if isinstance(r.value, dict) and r.value.get("ev") == "tick"]
-
-
-def longest_gap(times: list[float], start: float, end: float) -> float:
-    """The longest stretch without a tick between ``start`` and ``end`` (inf with no tick at all)."""
-    inside = [t for t in times if start <= t <= end]
-    if not inside:
-        return float("inf")
-    points = [start, *inside, end]
-    return max(b - a for a, b in itertools.pairwise(points))
 
 
 async def open_spread(target: Any, workers: set[int]) -> dict[int, tuple[HostileClient, int]]:
@@ -135,8 +103,8 @@ async def drive_worker_kill(target: Any, admin: AdminClient) -> WorkerKillHistor
     if h.workers < 2:
         return h
     clients: list[HostileClient] = []
-    stop = asyncio.Event()
-    echoes: asyncio.Task | None = None
+    watch: Watch | None = None
+    killed = 0.0
     try:
         sessions = await open_spread(target, set(workers))
         clients += [c for c, _ in sessions.values()]
@@ -157,7 +125,8 @@ async def drive_worker_kill(target: Any, admin: AdminClient) -> WorkerKillHistor
         h.counters_before = dict((await admin.stats()).get("counters", {}))
         h.others_before = sorted((p.get("name"), p["pid"]) for p in await admin.processes()
                                  if not (p.get("kind") == "worker" and int(p["id"]) == h.victim_worker))
-        echoes = asyncio.create_task(echo_loop(bystanders, stop))
+        watch = Watch(bystanders, ECHO_EVERY_S)
+        watch.start()
         window = await nemesis.kill(victim_name, h.victim_pid)
         h.killed_at = killed = window.start
 
@@ -199,21 +168,15 @@ async def drive_worker_kill(target: Any, admin: AdminClient) -> WorkerKillHistor
                 except (ConnectionError, TimeoutError):
                     v.echo_again = False
         # Watch the others long enough after the kill that a stall past the gap bound shows.
-        await settle(lambda: all(tick_times(c)[-1:] > [killed + OBSERVE_S] or c.is_closed for c, _ in bystanders),
+        await settle(lambda: watch.ticked_after(killed + OBSERVE_S),
                      timeout=max(0.0, killed + OBSERVE_S + REPLY_BOUND_S - time.time()), interval=0.05)
     finally:
-        stop.set()
-        if echoes is not None:
-            await echoes
-        end = time.time()
+        if watch is not None:
+            await watch.stop(since=killed - 1.0 if killed else time.time())
     for client, v in victims.values():
         if client.is_closed:
             v.closed_after_s = round(client.closed_at - killed, 3)
             v.close_code = client.close_code
-    for client, b in bystanders:
-        times = tick_times(client)
-        b.ticks = len(times)
-        b.max_gap_s = longest_gap(times, max(killed - 1.0, times[0] if times else killed), end)
     h.others_after = sorted((p.get("name"), p["pid"]) for p in await admin.processes()
                             if not (p.get("kind") == "worker" and int(p["id"]) == h.victim_worker))
     h.counters_after = dict((await admin.stats()).get("counters", {}))

@@ -371,6 +371,14 @@ class Runtime:
                 received = ipc.ctl_recv(self.boot.ctl)
             except BlockingIOError:
                 return
+            except ipc.FdsTruncated as exc:  # at the open-file limit: refuse what came, stay up
+                if isinstance(exc.message, msg.Accept):
+                    self.worker.shed(exc.message.sid, "no descriptor left to receive it")
+                else:
+                    self.failures.once("warning", "ctl.fds_truncated", type(exc.message).__name__,
+                                       kind=type(exc.message).__name__, error=str(exc),
+                                       note="logged once per kind; later ones are counted and summarised")
+                continue
             except OSError as exc:
                 self.log.error("ctl.recv_failed", error=repr(exc))
                 self.request_stop("ctl failure")
@@ -527,15 +535,18 @@ class Runtime:
         return await self.rpc.gather_stats(timeout)
 
     def local_stats(self) -> dict[str, Any]:
+        # Either read needs a descriptor: at the open-file limit they fail, and the figure is left out.
+        fds: int | None = None
+        rss: int | None = None
         try:
             fds = len(os.listdir("/proc/self/fd"))
         except OSError:
-            fds = -1
+            pass
         try:
             with open("/proc/self/statm") as f:
                 rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except OSError:
-            rss = -1
+            pass
         return {
             "name": self.name,
             "kind": self.kind.label,
@@ -546,8 +557,8 @@ class Runtime:
             "phase": self.phase.value,
             "sessions": len(self.sessions),
             "timers": len(self.timers),
-            "fds": fds,
-            "rss_bytes": rss,
+            **({"fds": fds} if fds is not None else {}),
+            **({"rss_bytes": rss} if rss is not None else {}),
             "ipc_pending_bytes": self.links.pending_bytes(),
             "counters": self.counters.snapshot(),
             **({"broadcast": self.broadcaster.status()} if self.broadcaster is not None else {}),

@@ -31,7 +31,7 @@ from .metrics import STANDARD_COUNTERS, Counters
 
 #: Counters the reference keeps besides the standard ones, also kept across a process's death.
 EXTRA_COUNTERS: tuple[str, ...] = (
-    "slow_closed", "handshakes_refused", "admin_refused",
+    "slow_closed", "handshakes_refused", "admin_refused", "connections_shed",
     "bc_batches", "bc_catchup_incomplete", "bc_deliveries", "bc_forwarded", "bc_outages", "bc_received",
     "bc_reconnect_attempts", "bc_reconnects", "bc_register_timeouts", "bc_rejected", "bc_slow_closed",
     "bc_sync_timeouts", "bc_unrouted", "bc_writes",

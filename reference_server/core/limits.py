@@ -48,3 +48,23 @@ def int64_problem(name: str, value: object, *, low: int = 0) -> str | None:
     if not low <= value <= INT64_MAX:
         return f"{name} must be in {low}..{INT64_MAX}"
     return None
+
+
+#: Descriptors a process keeps for what it opens itself (peer links, /proc reads, logs, the
+#: descriptor a handed-over connection arrives in): at least this many, or 1/16 of its limit.
+FD_RESERVE_MIN = 48
+
+
+def descriptor_capacity(limit: int, in_use: int) -> int:
+    """How many connections a process may hold with ``limit`` descriptors and ``in_use`` open already.
+
+    Past it a worker refuses new connections (closes them at once) instead of running out of
+    descriptors, which would break what it needs to serve the connections it has. At least 1.
+    """
+    reserve = max(FD_RESERVE_MIN, limit // 16)
+    return max(1, limit - in_use - reserve)
+
+
+def room_again(capacity: int) -> int:
+    """A full worker takes connections again once it holds this many or fewer (hysteresis: 90 %)."""
+    return max(0, capacity - max(1, capacity // 10))

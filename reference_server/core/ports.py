@@ -53,6 +53,8 @@ class RefusalReason(enum.Enum):
     NO_WORKER = "no_worker"  # no worker was ready to take it
     TABLE_FULL = "table_full"  # the server's max_connections is reached
     REMOVED = "removed"  # in the backlog when the port was removed with policy close
+    AT_CAPACITY = "at_capacity"  # every ready worker holds all the connections its descriptors allow
+    NO_DESCRIPTOR = "no_descriptor"  # the master itself is at its open-file limit
 
 
 class PortError(Exception):

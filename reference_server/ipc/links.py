@@ -55,6 +55,15 @@ def ctl_encode(message: Any) -> bytes:
     return data
 
 
+class FdsTruncated(OSError):
+    """A ctl message came whole, but the descriptors it carried did not: this process is at its
+    open-file limit (the kernel dropped them). ``message`` is the message, to be refused or ignored."""
+
+    def __init__(self, message: Any) -> None:
+        super().__init__(errno.EMFILE, "ctl message arrived without its descriptors (open-file limit)")
+        self.message = message
+
+
 def ctl_recv(sock: socket.socket) -> tuple[Any, list[int]] | None:
     """Receive one ctl message and any fds with it; None on EOF.
 
@@ -71,7 +80,7 @@ def ctl_recv(sock: socket.socket) -> tuple[Any, list[int]] | None:
     if flags & socket.MSG_CTRUNC:
         for fd in fds:
             os.close(fd)
-        raise OSError(errno.EMSGSIZE, "ctl message arrived with truncated fds")
+        raise FdsTruncated(pickle.loads(data))
     return pickle.loads(data), fds
 
 

@@ -98,6 +98,12 @@ class Call(NamedTuple):
     args: Any
 
 
+class Load(NamedTuple):
+    """Worker -> master: it is ``full`` (no descriptor to spare for another connection) or has room again."""
+
+    full: bool
+
+
 class Closed(NamedTuple):
     """Worker -> master: session ``sid`` has ended; its id and registry row may be freed."""
 

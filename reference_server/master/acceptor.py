@@ -3,8 +3,9 @@
 The listening sockets live only in the master (``listeners.py``). For each connection
 accepted (up to 64 per wake-up of a listener), the acceptor:
 
-1. picks a worker: round robin over the ready workers that are not retired, by index;
-   with none, the connection is closed and counted refused (``no worker ready``);
+1. picks a worker: round robin over the ready workers that are not retired and not full
+   (a worker that holds all the connections its descriptors allow says so); with none, the
+   connection is closed at once and counted refused (``no_worker``, ``at_capacity``);
 2. draws a session id from the shared table, with the handler set of the port (a full
    table: closed and counted refused);
 3. sends the socket to the worker with :class:`~reference_server.ipc.messages.Accept`
@@ -14,10 +15,18 @@ A connection over its port's limit, or that arrives while its port is removed un
 policy ``close``, still gets a session id and goes to a worker, with a refusal: the worker
 answers its handshake with HTTP 503 naming the error (``PORT_LIMIT``, ``PORT_REMOVED``).
 The client gets an answer it can read, and a slow client cannot hold the master.
+
+At its own open-file limit (``accept`` fails with EMFILE), the master sheds: it closes a
+descriptor it keeps spare for this, accepts one connection and closes it at once, and takes
+the spare back; it then stops accepting on that listener for ``EMFILE_PAUSE`` (no busy loop).
+Every refusal is logged once per reason and then summarised (no log storm under a flood).
 """
 
 from __future__ import annotations
 
+import collections
+import errno
+import os
 import socket
 import time
 from typing import Any, Protocol
@@ -28,7 +37,7 @@ from ..core.proctable import ProcKind
 from ..core.registry import SessionTable, TableFull, TornRecord
 from ..errors import ErrorCode
 from ..ipc import messages as msg
-from ..logs import Log
+from ..logs import Log, RateLimitedLog
 from .children import Child
 from .listeners import ListenerSet
 
@@ -39,6 +48,8 @@ REFUSALS = {
 }
 #: Connections accepted from one listener per wake-up of the loop.
 ACCEPT_BATCH = 64
+#: How long a listener is not accepted from after the master ran out of descriptors.
+EMFILE_PAUSE = 0.05
 
 
 class AcceptorHost(Protocol):
@@ -63,6 +74,35 @@ class Acceptor:
         self.accepted = 0
         self.refused = 0
         self._turn = 0
+        self.refusals = RateLimitedLog(host.log, collections.Counter())
+        self._spare: int | None = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self.paused_until = 0.0  # monotonic: no accepting before this (EMFILE back-off)
+
+    def tick(self, now: float) -> None:
+        """From the master's loop: summaries of suppressed refusal logs."""
+        self.refusals.flush(now)
+
+    def _refuse(self, port: int, reason: RefusalReason, **fields: Any) -> None:
+        self.refused += 1
+        self.ports.book.refused(port, reason)
+        self.refusals.once("warning", "accept.refused", reason.value, port=port, reason=reason.value,
+                           note="logged once per reason; later ones are counted and summarised", **fields)
+
+    def _shed_one(self, lsock: socket.socket, port: int) -> None:
+        """Out of descriptors: free the spare, accept one connection and close it, take the spare back."""
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
+        try:
+            conn, _ = lsock.accept()
+            conn.close()
+            self._refuse(port, RefusalReason.NO_DESCRIPTOR)
+        except OSError:
+            pass
+        try:
+            self._spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._spare = None  # taken again on a later shed
 
     @property
     def ports(self) -> ListenerSet:
@@ -75,24 +115,39 @@ class Acceptor:
 
     def accept(self, lsock: socket.socket, port: int) -> None:
         """Accept what is queued on ``lsock`` (at most ACCEPT_BATCH) and dispatch it."""
+        if time.monotonic() < self.paused_until:
+            return
         for _ in range(ACCEPT_BATCH):
             try:
                 conn, addr = lsock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                self.host.log.warning("accept.failed", port=port, error=repr(exc))
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self._shed_one(lsock, port)
+                    self.paused_until = time.monotonic() + EMFILE_PAUSE
+                else:
+                    self.refusals.once("warning", "accept.failed", exc.errno, port=port, error=repr(exc))
                 return
             self.dispatch(conn, addr, port, self.ports.book.admit(port))
 
     def pick_worker(self) -> Child | None:
+        """The next ready worker with room, round robin by index; None if there is none."""
         host = self.host
         ready = sorted(
-            (c for c in host.children.values() if c.kind is ProcKind.WORKER and c.ready and not host.retired(c.pid)),
+            (
+                c
+                for c in host.children.values()
+                if c.kind is ProcKind.WORKER and c.ready and not c.full and not host.retired(c.pid)
+            ),
             key=lambda c: c.index,
         )
         self._turn += 1
         return round_robin(ready, self._turn)
+
+    def _any_worker_ready(self) -> bool:
+        host = self.host
+        return any(c.kind is ProcKind.WORKER and c.ready and not host.retired(c.pid) for c in host.children.values())
 
     def dispatch(self, conn: socket.socket, addr: Any, port: int, refusal: RefusalReason | None = None) -> None:
         """Hand a connection to a worker: to be served, or (``refusal``) to be answered 503."""
@@ -100,9 +155,7 @@ class Acceptor:
         book = self.ports.book
         worker = self.pick_worker()
         if worker is None:
-            self.refused += 1
-            book.refused(port, RefusalReason.NO_WORKER)
-            host.log.warning("accept.refused", port=port, reason="no worker ready")
+            self._refuse(port, RefusalReason.AT_CAPACITY if self._any_worker_ready() else RefusalReason.NO_WORKER)
             conn.close()
             return
         handler = self.ports.handler_id(port)
@@ -117,9 +170,7 @@ class Acceptor:
                 handler=handler,
             )
         except TableFull as exc:
-            self.refused += 1
-            book.refused(port, RefusalReason.TABLE_FULL)
-            host.log.warning("accept.refused", port=port, reason=str(exc))
+            self._refuse(port, RefusalReason.TABLE_FULL, detail=str(exc))
             conn.close()
             return
         refuse = None

@@ -194,6 +194,7 @@ class Master:
                 slot.respawn_at = 0.0
                 self.spawn(slot)
         self.reloader.kill_overdue(now)
+        self.acceptor.tick(now)
         if not self.stopping:
             self.ports.poll_file(now)
         if self.stopping and now >= self.stop_deadline and self.children:
@@ -325,6 +326,7 @@ class Master:
         msg.Shutdown: lambda self, child, m: self.begin_shutdown(f"requested by {child.name}"),
         msg.Call: lambda self, child, m: self._serve_call(child, m.token, m.method, m.args),
         msg.Retired: lambda self, child, m: self._on_retired(child, m),
+        msg.Load: lambda self, child, m: setattr(child, "full", bool(m.full)),
     }
 
     def _on_ready(self, child: Child) -> None:

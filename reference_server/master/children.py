@@ -60,6 +60,7 @@ class Child:
     started: float
     spec: ProcessSpec | None = None
     ready: bool = False
+    full: bool = False  # it said it holds all the connections its descriptors allow (Load)
     counter_row: int = 0  # its row of the shared counter table (0: none)
     # (message bytes, connection or None, session id or None) waiting for room
     pending: collections.deque = field(default_factory=collections.deque)

@@ -15,17 +15,25 @@ Counting rules kept here:
   ``pushes_lost_in_flight`` instead (the sender checked the session before sending);
 * a refused handshake counts in ``handshakes_refused`` and is logged at debug level only
   (a flood over a port's limit makes no log storm); a handshake that fails otherwise
-  counts in ``handshake_failed``.
+  counts in ``handshake_failed``;
+* a connection refused for want of descriptors (the worker holds its
+  :func:`~reference_server.core.limits.descriptor_capacity`, or the descriptor did not
+  arrive) is closed at once and counts in ``connections_shed``, logged once and then
+  summarised. While full, the worker tells the master (:class:`~reference_server.ipc.messages.Load`),
+  which sends new connections elsewhere or refuses them itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import socket
 import time
 from typing import TYPE_CHECKING, Any
 
 from ..child.api import DEAD_CODES
+from ..core.limits import descriptor_capacity, room_again
 from ..errors import ErrorCode
 from ..ipc import messages as msg
 from ..logs import RateLimitedLog
@@ -42,6 +50,37 @@ class Worker:
         self.handler_sets = handler_sets
         self.dead_log = RateLimitedLog(rt.log, rt.counters)
         self.session_gone = asyncio.Event()
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        try:
+            in_use = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            in_use = 64
+        #: Connections this worker holds at most (its open-file limit, less what it needs itself).
+        self.capacity = descriptor_capacity(limit, in_use)
+        self.full = False
+
+    def shed(self, sid: int, why: str) -> None:
+        """Refuse a connection the master handed over (its descriptor is closed, or never came)."""
+        rt = self.rt
+        try:
+            rt.table.set_closed(sid)
+        except KeyError:
+            pass
+        rt.ctl_send(msg.Closed(sid))
+        rt.counters["connections_shed"] += 1
+        self.dead_log.once("warning", "accept.shed", "shed", reason=why, capacity=self.capacity,
+                           note="logged once; later ones are counted and summarised")
+        self._note_load()
+
+    def _note_load(self) -> None:
+        """Tell the master when this worker becomes full, and when it has room again."""
+        held = len(self.rt.sessions)
+        if not self.full and held >= self.capacity:
+            self.full = True
+            self.rt.ctl_send(msg.Load(True))
+        elif self.full and held <= room_again(self.capacity):
+            self.full = False
+            self.rt.ctl_send(msg.Load(False))
 
     def accept(self, sid: int, fd: int, local_port: int, handler: int, refuse: tuple[int, str] | None) -> None:
         """Serve a connection the master accepted (its handshake comes first).
@@ -51,6 +90,10 @@ class Worker:
         limit, or was removed with policy close).
         """
         rt = self.rt
+        if len(rt.sessions) >= self.capacity:
+            os.close(fd)
+            self.shed(sid, "at its connection capacity")
+            return
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
         sess = Session(
@@ -70,6 +113,7 @@ class Worker:
             pass
         rt.log.debug("session.accept", sid=sid, fd=fd, local_port=local_port)
         sess.attach(rt.loop, sock)
+        self._note_load()
 
     # -- SessionHost ----------------------------------------------------------------------
 
@@ -118,6 +162,8 @@ class Worker:
         except KeyError:
             info = None
         rt.ctl_send(msg.Closed(sess.sid))
+        if self.full:
+            self._note_load()
         rt.counters["sessions_closed"] += 1
         if sess.close_cause == CloseCause.PROTOCOL_ERROR:
             rt.counters["protocol_errors"] += 1

@@ -45,6 +45,7 @@ PLACEHOLDERS = {
     "ports_file",
     "broadcast_mode",
     "log_level",
+    "open_files",
 }
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 

@@ -9,6 +9,7 @@ stop signal and the manifest's timeout, the whole group is killed, and
 from __future__ import annotations
 
 import os
+import resource
 import secrets
 import select
 import signal
@@ -32,7 +33,23 @@ DEFAULT_PROFILE: dict[str, Any] = {
     "max_wait_ms": 3000,
     "broadcast_mode": "pubsub",
     "log_level": "info",
+    "open_files": None,  # None: the harness's own limit; a number: the target runs under ulimit -n that
 }
+
+
+def under_open_files_limit(command: list[str], limit: int | None) -> list[str]:
+    """``command`` run under ``ulimit -n limit`` (soft and hard), through ``/bin/sh``; as is for None.
+
+    The limit is set by a shell that then execs the command (same pid), not by a pre-exec hook,
+    which would not be safe in the harness: it has threads.
+    """
+    if limit is None:
+        return command
+    return ["/bin/sh", "-c", 'ulimit -n "$1" && shift && exec "$@"', "sh", str(int(limit)), *command]
+
+
+def own_open_files_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 class TargetStartError(RuntimeError):
@@ -97,6 +114,7 @@ class Target:
         self.port, self.admin_port = free_port(), free_port()
         values = {
             **self.profile,
+            "open_files": self.profile["open_files"] or own_open_files_limit(),
             "python": sys.executable,
             "manifest_dir": str(self.manifest.path.parent),
             "port": self.port,
@@ -108,6 +126,7 @@ class Target:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.ports_file.write_text("# ports file of this target (written by the scenarios)\n")
         command, ready_url = self.manifest.render(values)
+        command = under_open_files_limit(command, self.profile["open_files"])
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         env = {**os.environ, **self.manifest.env}

@@ -38,7 +38,7 @@ from .. import kit
 from ..kit import ContractError
 from .bus import Unreachable
 from .cluster import Cluster
-from .node import ask_reload, fd_count
+from .node import ask_reload, fds_of
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -214,7 +214,7 @@ class Admin:
                 "by_worker": {str(w["id"]): w["sessions"] for w in workers},
             },
             "counters": dict(counters),
-            "processes": [*({**m, "fds": fd_count(m["pid"])} for m in master), *(p["process"] for p in parts)],
+            "processes": [*({**m, **fds_of(m["pid"])} for m in master), *(p["process"] for p in parts)],
             "broadcast": {"mode": "pubsub", "connected": bool(brokers) and all(b["connected"] for b in brokers), "outages": outages},
             "reloads": reloads["counters"],
             "generation": reloads["generation"],

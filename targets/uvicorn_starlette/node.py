@@ -46,11 +46,13 @@ from .settings import Settings
 log = logging.getLogger("uvs.node")
 
 
-def fd_count(pid: int) -> int:
+def fds_of(pid: int) -> dict[str, int]:
+    """``{"fds": n}`` for a process's stats entry; empty when it cannot be read (at the open-file
+    limit the read itself needs a descriptor): the contract's ``fds`` is optional, never -1."""
     try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
+        return {"fds": len(os.listdir(f"/proc/{pid}/fd"))}
     except OSError:
-        return -1
+        return {}
 
 
 class Node(Cluster):
@@ -254,7 +256,7 @@ class Node(Cluster):
             "process": {
                 "kind": "worker", "id": self.worker, "name": self.name, "pid": self.pid, "generation": self.generation,
                 "sessions": len(live), "established": sum(1 for s in live if s.established),
-                "timers": sum(len(s.timers) for s in self.sessions.values()), "fds": fd_count(self.pid),
+                "timers": sum(len(s.timers) for s in self.sessions.values()), **fds_of(self.pid),
             },
             "broadcast": self.broadcast.status() if self.broadcast is not None else None,
         }

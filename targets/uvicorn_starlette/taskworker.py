@@ -139,13 +139,13 @@ class TaskWorker:
             self.running_task = None
 
     def bus_stats(self) -> dict[str, Any]:
-        from .node import fd_count
+        from .node import fds_of
 
         return {
             "counters": dict(self.counters),
             "process": {
                 "kind": "task_worker", "id": self.index, "name": self.name, "pid": self.pid,
-                "generation": self.generation, "sessions": 0, "timers": 0, "fds": fd_count(self.pid),
+                "generation": self.generation, "sessions": 0, "timers": 0, **fds_of(self.pid),
                 "running_task": self.running_task is not None,
             },
             "broadcast": None,

@@ -229,6 +229,12 @@ VARIANTS += [
         "scenarios/test_faults.py::test_fault_worker_kill",
         "each session of the killed worker is kept",
     ),
+    Variant(
+        "fd_limit_fatal",
+        "workers take connections until they run out of descriptors, then stop on the first that arrives without one",
+        "scenarios/test_fd_exhaustion.py",
+        "no process exits",
+    ),
 ]
 BY_NAME = {v.name: v for v in VARIANTS}
 
@@ -264,6 +270,7 @@ EXPECTED_CASE = {
     "uid_unchecked": "hostile_client",
     "kill_forgets_counters": "fault_worker_kill",
     "worker_death_ghosts": "fault_worker_kill",
+    "fd_limit_fatal": "fd_exhaustion",
 }
 
 
