@@ -26,15 +26,20 @@ import pytest
 
 from scenarios.harness import nemesis
 from scenarios.harness.admin import AdminClient
-from scenarios.harness.bystanders import Watch, tick_times
+from scenarios.harness.bystanders import AdminWatch, Watch, tick_times
 from scenarios.harness.checkers.faults import (
+    ADMIN_BOUND_S,
     BYSTANDER_GAP_S,
+    NEW_BOUND_S,
     REPLACEMENT_BOUND_S,
+    STALL_NOTICE_S,
     VICTIM_BOUND_S,
     Bystander,
     Victim,
     WorkerKillHistory,
+    WorkerStallHistory,
     check_worker_kill,
+    check_worker_stall,
 )
 from scenarios.harness.common import warm_up
 from scenarios.harness.hostile import HostileClient
@@ -42,6 +47,7 @@ from scenarios.harness.spec import observe_leftovers
 from scenarios.harness.waiting import settle
 
 SEED = "Swoole BASE mode / Workerman: a worker's death takes its connections; ghosts and counters that go back"
+SEED_STALL = "a stopped (SIGSTOP) worker keeps getting a share of new connections, which hang"
 PROFILE = {"workers": 3, "task_workers": 1}
 PER_WORKER = 3  # sessions wanted on every worker before the kill
 MAX_CONNECTS = 40  # connections opened at most to get them (a target may place them unevenly)
@@ -49,6 +55,8 @@ TICK_MS = 50
 ECHO_EVERY_S = 0.1
 NEW_PER_WORKER = 4  # new connections after the replacement, per worker
 REPLY_BOUND_S = 5.0
+#: How long a worker is stopped in fault_worker_stall.
+STALL_S = 4.5
 #: How long the other sessions are watched after the kill (longer than the gap bound).
 OBSERVE_S = BYSTANDER_GAP_S + 1.0
 
@@ -95,6 +103,43 @@ async def serve_new(target: Any, admin: AdminClient, h: WorkerKillHistory, clien
             h.new_failures.append(str(reply)[:120])
 
 
+async def others(admin: AdminClient, worker: int | None) -> list[tuple[Any, Any]]:
+    """(name, pid) of every process but the worker(s) of id ``worker``."""
+    return sorted((p.get("name"), p["pid"]) for p in await admin.processes()
+                  if not (p.get("kind") == "worker" and int(p["id"]) == worker))
+
+
+class Spread:
+    """Ticking sessions on every worker, and the worker chosen for the fault (the one with the most)."""
+
+    sessions: dict[int, tuple[HostileClient, int]]
+    victims: dict[int, tuple[HostileClient, Victim]]
+    bystanders: list[tuple[HostileClient, Bystander]]
+    victim_worker: int
+    victim_pid: int
+    victim_name: str
+
+    @classmethod
+    async def open(cls, target: Any, admin: AdminClient, workers: dict[int, dict[str, Any]],
+                   clients: list[HostileClient]) -> Spread:
+        self = cls()
+        self.sessions = await open_spread(target, set(workers))
+        clients += [c for c, _ in self.sessions.values()]
+        for client, _ in self.sessions.values():
+            await client.request("timer_start", interval_ms=TICK_MS, timeout=REPLY_BOUND_S)
+        per_worker = Counter(w for _, w in self.sessions.values())
+        self.victim_worker = max(sorted(per_worker), key=lambda w: per_worker[w])
+        victim = workers[self.victim_worker]
+        self.victim_pid = int(victim["pid"])
+        self.victim_name = str(victim.get("name") or victim["pid"])
+        self.bystanders = [(c, Bystander(sid, w)) for sid, (c, w) in self.sessions.items() if w != self.victim_worker]
+        self.victims = {sid: (c, Victim(sid)) for sid, (c, w) in self.sessions.items() if w == self.victim_worker}
+        # Ticks flow on every session before the fault.
+        await settle(lambda: all(len(tick_times(c)) >= 3 for c, _ in self.sessions.values()), timeout=REPLY_BOUND_S,
+                     interval=0.02)
+        return self
+
+
 async def drive_worker_kill(target: Any, admin: AdminClient) -> WorkerKillHistory:
     h = WorkerKillHistory()
     baseline = await warm_up(target, admin)
@@ -106,25 +151,13 @@ async def drive_worker_kill(target: Any, admin: AdminClient) -> WorkerKillHistor
     watch: Watch | None = None
     killed = 0.0
     try:
-        sessions = await open_spread(target, set(workers))
-        clients += [c for c, _ in sessions.values()]
-        for client, _ in sessions.values():
-            await client.request("timer_start", interval_ms=TICK_MS, timeout=REPLY_BOUND_S)
-        per_worker = Counter(w for _, w in sessions.values())
-        h.victim_worker = max(sorted(per_worker), key=lambda w: per_worker[w])
-        victim = workers[h.victim_worker]
-        h.victim_pid = int(victim["pid"])
-        victim_name = str(victim.get("name") or victim["pid"])
-        bystanders = [(c, Bystander(sid, w)) for sid, (c, w) in sessions.items() if w != h.victim_worker]
-        victims = {sid: (c, Victim(sid)) for sid, (c, w) in sessions.items() if w == h.victim_worker}
+        spread = await Spread.open(target, admin, workers, clients)
+        sessions, victims, bystanders = spread.sessions, spread.victims, spread.bystanders
+        h.victim_worker, h.victim_pid, victim_name = spread.victim_worker, spread.victim_pid, spread.victim_name
         h.bystanders = [b for _, b in bystanders]
         h.victims = [v for _, v in victims.values()]
-        # Ticks flow on every session before the fault.
-        await settle(lambda: all(len(tick_times(c)) >= 3 for c, _ in sessions.values()), timeout=REPLY_BOUND_S,
-                     interval=0.02)
         h.counters_before = dict((await admin.stats()).get("counters", {}))
-        h.others_before = sorted((p.get("name"), p["pid"]) for p in await admin.processes()
-                                 if not (p.get("kind") == "worker" and int(p["id"]) == h.victim_worker))
+        h.others_before = await others(admin, h.victim_worker)
         watch = Watch(bystanders, ECHO_EVERY_S)
         watch.start()
         window = await nemesis.kill(victim_name, h.victim_pid)
@@ -177,8 +210,7 @@ async def drive_worker_kill(target: Any, admin: AdminClient) -> WorkerKillHistor
         if client.is_closed:
             v.closed_after_s = round(client.closed_at - killed, 3)
             v.close_code = client.close_code
-    h.others_after = sorted((p.get("name"), p["pid"]) for p in await admin.processes()
-                            if not (p.get("kind") == "worker" and int(p["id"]) == h.victim_worker))
+    h.others_after = await others(admin, h.victim_worker)
     h.counters_after = dict((await admin.stats()).get("counters", {}))
     h.facts["timeline"] = {
         "windows": [window.as_dict()],
@@ -196,6 +228,121 @@ async def drive_worker_kill(target: Any, admin: AdminClient) -> WorkerKillHistor
     h.facts["replacement"] = {"pid": h.replacement_pid, "after_s": h.replacement_after_s,
                               "new_on_replacement": h.new_on_replacement, "new": h.new_clients}
     return h
+
+
+async def serve_during_stall(target: Any, h: WorkerStallHistory, clients: list[HostileClient]) -> None:
+    """New connections while a worker is stopped: each must be served within NEW_BOUND_S."""
+    for i in range(NEW_PER_WORKER * h.workers):
+        h.new_clients += 1
+        try:
+            client = await asyncio.wait_for(HostileClient.connect("127.0.0.1", target.port, f"during{i}"), NEW_BOUND_S)
+            clients.append(client)
+            reply = await client.request("echo", seq=1, data="during the stall", timeout=NEW_BOUND_S)
+        except (ConnectionError, OSError, TimeoutError) as exc:
+            h.new_failures.append(f"connection {i}: {exc!r}"[:160])
+            continue
+        if reply.get("ok") is True:
+            h.new_served += 1
+        else:
+            h.new_failures.append(str(reply)[:120])
+
+
+async def drive_worker_stall(target: Any, admin: AdminClient) -> WorkerStallHistory:
+    h = WorkerStallHistory()
+    baseline = await warm_up(target, admin)
+    workers = {int(p["id"]): p for p in await admin.processes() if p.get("kind") == "worker"}
+    h.workers = len(workers)
+    if h.workers < 2:
+        return h
+    clients: list[HostileClient] = []
+    watch: Watch | None = None
+    answered: dict[int, float] = {}  # victim session -> when its echo sent during the stall was answered
+
+    async def late_echo(client: HostileClient, v: Victim) -> None:
+        try:
+            reply = await client.request("echo", seq=1, data="during the stall", timeout=STALL_S + VICTIM_BOUND_S + 1.0)
+            if reply.get("ok") is True:
+                answered[v.session] = time.time()
+        except (ConnectionError, TimeoutError):
+            pass
+
+    try:
+        spread = await Spread.open(target, admin, workers, clients)
+        victims, bystanders = spread.victims, spread.bystanders
+        h.victim_worker, h.victim_pid = spread.victim_worker, spread.victim_pid
+        h.bystanders = [b for _, b in bystanders]
+        h.victims = [v for _, v in victims.values()]
+        h.counters_before = dict((await admin.stats()).get("counters", {}))
+        h.others_before = await others(admin, None)
+        watch = Watch(bystanders, ECHO_EVERY_S)
+        watch.start()
+        admin_watch = AdminWatch(admin, routes=("/v1/sessions", "/v1/stats"), every_s=0.2, bound_s=2 * ADMIN_BOUND_S)
+        async with nemesis.stopped(spread.victim_name, spread.victim_pid) as window:
+            admin_watch.start()
+            probes = [asyncio.create_task(late_echo(c, v)) for c, v in victims.values()]
+            await settle(lambda: watch.ticked_after(window.start + STALL_NOTICE_S),
+                         timeout=STALL_NOTICE_S + REPLY_BOUND_S, interval=0.05)
+            await serve_during_stall(target, h, clients)
+            await settle(lambda: watch.ticked_after(window.start + STALL_S), timeout=STALL_S + REPLY_BOUND_S,
+                         interval=0.05)
+            h.admin = await admin_watch.stop()
+        assert window.end is not None
+        resumed = window.end
+        h.stall_s = resumed - window.start
+        await asyncio.gather(*probes)
+        for sid, (client, v) in victims.items():
+            if sid in answered:
+                v.echo_after_s = round(answered[sid] - resumed, 3)
+                try:
+                    again = await client.request("echo", seq=2, data="again", timeout=REPLY_BOUND_S)
+                    v.echo_again = again.get("ok") is True
+                except (ConnectionError, TimeoutError):
+                    v.echo_again = False
+
+        async def victims_unlisted() -> bool:
+            listed = {int(x["session"]) for x in await admin.sessions()}
+            for c, v in victims.values():
+                if c.is_closed and v.unlisted_after_s is None and v.session not in listed:
+                    v.unlisted_after_s = round(time.time() - resumed, 3)
+            return all(v.unlisted_after_s is not None for c, v in victims.values() if c.is_closed)
+
+        await settle(victims_unlisted, timeout=max(0.0, resumed + VICTIM_BOUND_S + 0.5 - time.time()), interval=0.05)
+        await settle(lambda: watch.ticked_after(resumed + 0.5), timeout=REPLY_BOUND_S, interval=0.05)
+    finally:
+        if watch is not None:
+            await watch.stop(since=time.time() - 60.0)
+    for client, v in victims.values():
+        if client.is_closed:
+            v.closed_after_s = round(client.closed_at - resumed, 3)
+            v.close_code = client.close_code
+    h.others_after = await others(admin, None)
+    h.counters_after = dict((await admin.stats()).get("counters", {}))
+    h.facts["timeline"] = {
+        "windows": [window.as_dict()],
+        "sessions": {
+            str(sid): {"worker": w, "ticks_ms": [round((t - window.start) * 1000) for t in tick_times(c)],
+                       "closed_ms": round((c.closed_at - window.start) * 1000) if c.is_closed else None}
+            for sid, (c, w) in spread.sessions.items()
+        },
+    }
+    h.facts["outcomes"] = {str(v.session): v.outcome().value for v in h.victims}
+    h.facts["admin_slowest_s"] = max((a[2] for a in h.admin), default=None)
+    for c in clients:
+        c.abort()
+    h.leftovers = await observe_leftovers(admin, baseline)
+    return h
+
+
+@pytest.mark.scenario("fault_worker_stall", seed=SEED_STALL)
+def test_fault_worker_stall(target_factory, evidence, run_async) -> None:
+    target = target_factory(PROFILE, "fault_worker_stall")
+    admin = AdminClient(target.admin_url, target.admin_token)
+    history = run_async(drive_worker_stall(target, admin), timeout=120)
+    if history.workers < 2:
+        pytest.skip(f"unsupported: the target lists {history.workers} worker(s); a stalled worker needs another")
+    evidence.add_facts(history.facts)
+    evidence.record(check_worker_stall(history))
+    evidence.verdict()
 
 
 @pytest.mark.scenario("fault_worker_kill", seed=SEED)

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from scenarios.harness.admin import AdminClient
-from scenarios.harness.bystanders import Watch
+from scenarios.harness.bystanders import AdminWatch, Watch
 from scenarios.harness.checkers.flood import ANSWER_BOUND_S, FLOOD_FACTOR, FloodHistory, check_flood
 from scenarios.harness.common import warm_up
 from scenarios.harness.flood import flood
@@ -41,23 +41,6 @@ HOLD_S = 2.5  # the flood is held this long, so that a stall of the sessions sho
 ADMIN_EVERY_S = 0.2
 RECOVERY_CLIENTS = 6
 RECOVERY_BOUND_S = 10.0
-
-
-async def sample_admin(admin: AdminClient, h: FloodHistory, stop: asyncio.Event) -> None:
-    """GET /ready and /v1/stats every ADMIN_EVERY_S until stopped: (route, status, seconds)."""
-    while not stop.is_set():
-        for route in ("/ready", "/v1/stats"):
-            start = time.monotonic()
-            try:
-                status, _ = await asyncio.wait_for(admin.request("GET", route), ANSWER_BOUND_S * 2)
-            except (TimeoutError, OSError) as exc:
-                status = 0
-                h.facts.setdefault("admin_errors", []).append(repr(exc)[:120])
-            h.admin.append((route, status, round(time.monotonic() - start, 3)))
-        try:
-            await asyncio.wait_for(stop.wait(), ADMIN_EVERY_S)
-        except TimeoutError:
-            pass
 
 
 async def try_client(port: int, name: str) -> tuple[str, str]:
@@ -102,8 +85,8 @@ async def drive(target: Any, admin: AdminClient) -> FloodHistory:
     watch = await Watch.open(target.port, BYSTANDERS)
     watch.start()
     log_mark = len(target.log_lines())
-    stop = asyncio.Event()
-    sampler = asyncio.create_task(sample_admin(admin, h, stop))
+    sampler = AdminWatch(admin, every_s=ADMIN_EVERY_S, bound_s=2 * ANSWER_BOUND_S)
+    sampler.start()
     started = time.time()
     bare = half = None
     try:
@@ -117,8 +100,9 @@ async def drive(target: Any, admin: AdminClient) -> FloodHistory:
         for f in (bare, half):
             if f is not None:
                 f.release()
-        stop.set()
-        await sampler
+        h.admin = await sampler.stop()
+        if sampler.errors:
+            h.facts["admin_errors"] = sampler.errors[:5]
     for name, f in (("bare", bare), ("half_open", half)):
         setattr(h, name, {"attempted": f.attempted, "connected": f.connected, "refused": f.refused,
                           "timed_out": f.timed_out, "errors": f.errors})

@@ -9,7 +9,9 @@ from scenarios.harness.checkers.faults import (
     Outcome,
     Victim,
     WorkerKillHistory,
+    WorkerStallHistory,
     check_worker_kill,
+    check_worker_stall,
     decreased,
     judge_victims,
 )
@@ -127,3 +129,60 @@ def test_a_counter_going_down_fails() -> None:
 def test_leftovers_fail() -> None:
     h = _good(leftovers=Leftovers(baseline_fds={"master": 10}, fds={"master": 12}, sessions=[{"session": 7}]))
     assert len(_failed(h)) == 2
+
+
+# -- fault_worker_stall -------------------------------------------------------------------------
+
+def _stall(**changes) -> WorkerStallHistory:
+    h = WorkerStallHistory(
+        workers=3,
+        victim_worker=0,
+        victim_pid=100,
+        stall_s=4.6,
+        victims=[Victim(7, echo_after_s=0.01, echo_again=True)],
+        bystanders=[Bystander(9, 1, ticks=90, max_gap_s=0.06, echoes=40)],
+        admin=[("/v1/sessions", 200, 0.01), ("/v1/stats", 200, 1.01)],
+        new_clients=12,
+        new_served=12,
+        others_before=[("master", 1), ("worker-0", 100)],
+        others_after=[("master", 1), ("worker-0", 100)],
+        counters_before={"sessions_opened": 9},
+        counters_after={"sessions_opened": 21},
+        leftovers=Leftovers(baseline_fds={"master": 10}, fds={"master": 10}),
+    )
+    for k, v in changes.items():
+        setattr(h, k, v)
+    return h
+
+
+def _stall_failed(h: WorkerStallHistory) -> list[str]:
+    return [c.name for c in check_worker_stall(h) if not c.passed]
+
+
+def test_a_clean_stall_passes() -> None:
+    assert _stall_failed(_stall()) == []
+    assert _stall_failed(_stall(victims=[Victim(7, closed_after_s=0.3, unlisted_after_s=0.4)])) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "check"),
+    [
+        ({"stall_s": 1.0}, "the stalled worker had sessions, other workers had sessions too, and the stall lasted"),
+        ({"victims": [Victim(7)]}, "each session of the stalled worker is kept (answered once it runs again) or closed and gone"),
+        ({"victims": [Victim(7, echo_after_s=0.1, echo_again=True, closed_after_s=0.5, unlisted_after_s=0.6)]},
+         "each session of the stalled worker is kept (answered once it runs again) or closed and gone"),
+        ({"bystanders": [Bystander(9, 1, ticks=90, max_gap_s=2.2)]},
+         "sessions on the other workers see no gap over 2 s and every echo answered"),
+        ({"admin": [("/v1/stats", 200, 2.5)]}, "the admin API answers within 2 s during the stall"),
+        ({"admin": [("/v1/stats", 500, 0.1)]}, "the admin API answers within 2 s during the stall"),
+        ({"new_served": 8}, "new connections made during the stall are served (none is sent to the stalled worker)"),
+        ({"new_clients": 0, "new_served": 0}, "new connections made during the stall are served (none is sent to the stalled worker)"),
+        ({"others_after": [("master", 1), ("worker-0", 101)]}, "no other process exits"),
+        ({"counters_after": {"sessions_opened": 3}}, "no standard counter decreases"),
+    ],
+)
+def test_each_stall_check_can_fail(changes: dict, check: str) -> None:
+    failed = _stall_failed(_stall(**changes))
+    assert check in failed, failed
+    if "victims" not in changes and "stall_s" not in changes:
+        assert failed == [check]

@@ -244,7 +244,7 @@ class Server(SessionMoves, Broadcasting):
         self.last_error = ErrorCode.OK if found is not None else ErrorCode.UNKNOWN_PROCESS
         return found
 
-    async def gather_stats(self, timeout: float = 2.0) -> list[dict[str, Any]]:
+    async def gather_stats(self, timeout: float = 1.0) -> list[dict[str, Any]]:
         """Each running process's own stats, collected over IPC."""
         return await self._rt.gather_stats(timeout)
 

@@ -405,6 +405,7 @@ class Runtime:
             msg.Stop: lambda m, _: self.request_stop(m.reason),
             msg.Retire: lambda m, _: self.spawn(self._retire(m.reload_id, m.max_wait_ms)),
             msg.Reply: lambda m, _: self._settle(self._master_calls.get(m.token), m.ok, m.value),
+            msg.Ping: lambda m, _: self.ctl_send(msg.Pong(m.n)),
         }
 
     @staticmethod

@@ -69,6 +69,12 @@ class Retire(NamedTuple):
     max_wait_ms: int
 
 
+class Ping(NamedTuple):
+    """Master -> worker: answer :class:`Pong` with the same ``n`` at once (it proves the worker's loop runs)."""
+
+    n: int
+
+
 class Reply(NamedTuple):
     """Master -> child: the answer to its :class:`Call` ``token``; ``value`` is (code, message) when not ``ok``."""
 
@@ -96,6 +102,12 @@ class Call(NamedTuple):
     token: int
     method: str
     args: Any
+
+
+class Pong(NamedTuple):
+    """Worker -> master: the answer to :class:`Ping` ``n`` (``master/liveness.py``)."""
+
+    n: int
 
 
 class Load(NamedTuple):
@@ -334,8 +346,8 @@ class BcUnregister(NamedTuple):
 
 
 #: What travels on the ctl channel, by direction, and on the peer links.
-TO_CHILD: tuple[type, ...] = (Accept, CloseSessions, Stop, Retire, Reply)
-TO_MASTER: tuple[type, ...] = (Ready, Retired, Call, Closed, Shutdown)
+TO_CHILD: tuple[type, ...] = (Accept, CloseSessions, Stop, Retire, Ping, Reply)
+TO_MASTER: tuple[type, ...] = (Ready, Retired, Call, Closed, Load, Pong, Shutdown)
 PEER: tuple[type, ...] = (
     *SESSION_OPS, Forwarded, Adopt, Adopted, Drained, Barrier, BarrierAck, Sync, SyncAck,
     Task, Finish, TaskDone, TaskMoved, Pipe, Rpc, RpcReply,

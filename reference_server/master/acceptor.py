@@ -3,8 +3,9 @@
 The listening sockets live only in the master (``listeners.py``). For each connection
 accepted (up to 64 per wake-up of a listener), the acceptor:
 
-1. picks a worker: round robin over the ready workers that are not retired and not full
-   (a worker that holds all the connections its descriptors allow says so); with none, the
+1. picks a worker: round robin over the ready workers that are not retired, not full (a
+   worker that holds all the connections its descriptors allow says so) and not stalled
+   (``liveness.py``: it did not answer the master's ping in time); with none, the
    connection is closed at once and counted refused (``no_worker``, ``at_capacity``);
 2. draws a session id from the shared table, with the handler set of the port (a full
    table: closed and counted refused);
@@ -138,7 +139,7 @@ class Acceptor:
             (
                 c
                 for c in host.children.values()
-                if c.kind is ProcKind.WORKER and c.ready and not c.full and not host.retired(c.pid)
+                if c.kind is ProcKind.WORKER and c.ready and not c.full and not c.stalled and not host.retired(c.pid)
             ),
             key=lambda c: c.index,
         )

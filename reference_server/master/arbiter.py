@@ -51,6 +51,7 @@ from ..logs import Log
 from .acceptor import Acceptor
 from .children import Child, SharedState, Slot
 from .listeners import ListenerSet, open_listener
+from .liveness import Liveness
 from .reloader import Reloader
 
 
@@ -81,6 +82,7 @@ class Master:
         self.handlers = [name for name, _ in app.handler_table()]
         self.acceptor = Acceptor(self)
         self.reloader = Reloader(self)
+        self.liveness: Liveness = Liveness(log, self.send_ctl)
         self.ports = ListenerSet(
             config, self.selector, log, self.handlers, self.acceptor.dispatch, self.acceptor.close_port_sessions
         )
@@ -165,6 +167,9 @@ class Master:
             timeout = max(0.0, min(timeout, self.stop_deadline - now))
         waiting = [s.respawn_at for s in self.slots if s.respawn_at]
         waiting += self.reloader.deadlines()
+        ping = self.liveness.deadline(self.children.values())
+        if ping is not None and not self.stopping:
+            waiting.append(ping)
         if self.ports.file is not None and not self.stopping:
             waiting.append(self.ports.next_poll)
         if waiting:
@@ -195,6 +200,8 @@ class Master:
                 self.spawn(slot)
         self.reloader.kill_overdue(now)
         self.acceptor.tick(now)
+        if not self.stopping:
+            self.liveness.tick(self.children.values(), now)
         if not self.stopping:
             self.ports.poll_file(now)
         if self.stopping and now >= self.stop_deadline and self.children:
@@ -327,6 +334,7 @@ class Master:
         msg.Call: lambda self, child, m: self._serve_call(child, m.token, m.method, m.args),
         msg.Retired: lambda self, child, m: self._on_retired(child, m),
         msg.Load: lambda self, child, m: setattr(child, "full", bool(m.full)),
+        msg.Pong: lambda self, child, m: self.liveness.pong(child, time.monotonic()),
     }
 
     def _on_ready(self, child: Child) -> None:

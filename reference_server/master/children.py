@@ -61,6 +61,9 @@ class Child:
     spec: ProcessSpec | None = None
     ready: bool = False
     full: bool = False  # it said it holds all the connections its descriptors allow (Load)
+    stalled: bool = False  # it did not answer a ping in time (master/liveness.py)
+    ping_at: float = 0.0  # monotonic time of the ping it has not answered yet (0: none)
+    next_ping: float = 0.0
     counter_row: int = 0  # its row of the shared counter table (0: none)
     # (message bytes, connection or None, session id or None) waiting for room
     pending: collections.deque = field(default_factory=collections.deque)

@@ -355,6 +355,7 @@ class AdminApi:
         table = self.rt.boot.counters
         kept = table.totals() if table is not None else merge(p.get("counters", {}) for p in per_process)
         counters = merge([STANDARD_COUNTERS, kept, unkept(p.get("counters", {}) for p in per_process)])
+        counters = {k: v for k, v in counters.items() if v or k in STANDARD_COUNTERS}  # the others once they count
         master = self.rt.boot.extras.get("master_stats", lambda: {})()
         # The master accepts every connection: its count is the standard counter (section 4.2).
         counters["connections_accepted"] = counters.get("connections_accepted", 0) + int(master.get("connections_accepted", 0))

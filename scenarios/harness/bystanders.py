@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import time
 
+from .admin import AdminClient
 from .checkers.faults import Bystander
 from .hostile import HostileClient
 from .waiting import settle
@@ -93,3 +94,42 @@ class Watch:
     def abort(self) -> None:
         for client, _ in self.clients:
             client.abort()
+
+
+class AdminWatch:
+    """``GET`` some admin routes every ``every_s`` while running: (route, status, seconds) each."""
+
+    def __init__(self, admin: AdminClient, routes: tuple[str, ...] = ("/ready", "/v1/stats"), every_s: float = 0.2,
+                 bound_s: float = 10.0) -> None:
+        self.admin = admin
+        self.routes = routes
+        self.every_s = every_s
+        self.bound_s = bound_s
+        self.answers: list[tuple[str, int, float]] = []
+        self.errors: list[str] = []
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            for route in self.routes:
+                start = time.monotonic()
+                try:
+                    status, _ = await asyncio.wait_for(self.admin.request("GET", route), self.bound_s)
+                except (TimeoutError, OSError) as exc:
+                    status = 0
+                    self.errors.append(repr(exc)[:120])
+                self.answers.append((route, status, round(time.monotonic() - start, 3)))
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.every_s)
+            except TimeoutError:
+                pass
+
+    async def stop(self) -> list[tuple[str, int, float]]:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        return self.answers

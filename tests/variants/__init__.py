@@ -230,6 +230,12 @@ VARIANTS += [
         "each session of the killed worker is kept",
     ),
     Variant(
+        "stall_blind",
+        "the master does not notice a stopped worker and keeps sending it a share of new connections",
+        "scenarios/test_faults.py::test_fault_worker_stall",
+        "new connections made during the stall are served",
+    ),
+    Variant(
         "fd_limit_fatal",
         "workers take connections until they run out of descriptors, then stop on the first that arrives without one",
         "scenarios/test_fd_exhaustion.py",
@@ -271,6 +277,7 @@ EXPECTED_CASE = {
     "kill_forgets_counters": "fault_worker_kill",
     "worker_death_ghosts": "fault_worker_kill",
     "fd_limit_fatal": "fd_exhaustion",
+    "stall_blind": "fault_worker_stall",
 }
 
 

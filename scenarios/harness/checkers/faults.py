@@ -182,3 +182,94 @@ def check_worker_kill(h: WorkerKillHistory) -> list[Check]:
         ),
         *check_leftovers(h.leftovers),
     ]
+
+
+# -- fault_worker_stall (13.2) ------------------------------------------------------------------
+
+#: New connections are made this long into the stall (the target had time to notice it).
+STALL_NOTICE_S = 2.0
+#: Each of them is served (handshake and echo) within this.
+NEW_BOUND_S = 2.0
+#: An admin answer during the stall comes within this.
+ADMIN_BOUND_S = 2.0
+
+
+@dataclass
+class WorkerStallHistory:
+    """A worker stopped (SIGSTOP) for ``stall_s``; victims' times are measured from its resume (SIGCONT)."""
+
+    workers: int = 0
+    victim_worker: int | None = None
+    victim_pid: int | None = None
+    stall_s: float = 0.0
+    victims: list[Victim] = field(default_factory=list)
+    bystanders: list[Bystander] = field(default_factory=list)
+    admin: list[tuple[str, int, float]] = field(default_factory=list)  # (route, status, seconds) during the stall
+    new_clients: int = 0
+    new_served: int = 0
+    new_failures: list[str] = field(default_factory=list)
+    others_before: list[Any] = field(default_factory=list)
+    others_after: list[Any] = field(default_factory=list)
+    counters_before: dict[str, int] = field(default_factory=dict)
+    counters_after: dict[str, int] = field(default_factory=dict)
+    leftovers: Leftovers = field(default_factory=Leftovers)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def check_worker_stall(h: WorkerStallHistory) -> list[Check]:
+    outcomes = judge_victims(h.victims)
+    bad = {k: v for k, v in outcomes.items() if k not in (Outcome.KEPT.value, Outcome.CLOSED.value)}
+    gaps = {b.session: round(b.max_gap_s, 3) for b in h.bystanders}
+    slow = {s: g for s, g in gaps.items() if g > BYSTANDER_GAP_S}
+    unanswered = {b.session: b.echo_failures[:3] for b in h.bystanders if b.echo_failures}
+    slow_admin = [a for a in h.admin if a[1] != 200 or a[2] > ADMIN_BOUND_S]
+    went_down = decreased(h.counters_before, h.counters_after)
+    return [
+        named(
+            "the stalled worker had sessions, other workers had sessions too, and the stall lasted",
+            bool(h.victims) and bool(h.bystanders) and h.stall_s >= STALL_NOTICE_S + NEW_BOUND_S,
+            expected=f">= 1 of each, a stall of >= {STALL_NOTICE_S + NEW_BOUND_S} s",
+            observed={"victims": len(h.victims), "others": len(h.bystanders), "stall_s": round(h.stall_s, 3)},
+        ),
+        named(
+            "each session of the stalled worker is kept (answered once it runs again) or closed and gone",
+            bool(h.victims) and not bad,
+            expected="kept or closed, within 5 s of the resume",
+            observed=outcomes,
+            victims=[{"session": v.session, "outcome": v.outcome().value, "echo_after_resume_s": v.echo_after_s,
+                      "closed_after_resume_s": v.closed_after_s, "unlisted_after_resume_s": v.unlisted_after_s}
+                     for v in h.victims[:8]],
+        ),
+        named(
+            "sessions on the other workers see no gap over 2 s and every echo answered",
+            bool(h.bystanders) and all(b.ticks for b in h.bystanders) and not slow and not unanswered,
+            expected=f"tick gaps <= {BYSTANDER_GAP_S} s, echoes answered",
+            observed={"longest_gap_s": max(gaps.values(), default=None), "over": slow, "unanswered": unanswered},
+        ),
+        named(
+            "the admin API answers within 2 s during the stall",
+            bool(h.admin) and not slow_admin,
+            expected=f"200 within {ADMIN_BOUND_S} s",
+            observed={"answers": len(h.admin), "slowest_s": max((a[2] for a in h.admin), default=None),
+                      "failed": slow_admin[:5]},
+        ),
+        named(
+            "new connections made during the stall are served (none is sent to the stalled worker)",
+            h.new_clients > 0 and h.new_served == h.new_clients,
+            expected=f"{h.new_clients} served within {NEW_BOUND_S} s each",
+            observed={"served": h.new_served, "failures": h.new_failures[:3]},
+        ),
+        named(
+            "no other process exits",
+            bool(h.others_before) and h.others_before == h.others_after,
+            expected=h.others_before,
+            observed=h.others_after,
+        ),
+        named(
+            "no standard counter decreases",
+            bool(h.counters_before) and not went_down,
+            expected="after >= before for every standard counter",
+            observed=went_down or "none decreased",
+        ),
+        *check_leftovers(h.leftovers),
+    ]
