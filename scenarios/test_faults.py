@@ -31,6 +31,7 @@ from scenarios.harness.checkers.faults import (
     ADMIN_BOUND_S,
     BYSTANDER_GAP_S,
     NEW_BOUND_S,
+    RELOAD_SLACK_S,
     REPLACEMENT_BOUND_S,
     STALL_NOTICE_S,
     VICTIM_BOUND_S,
@@ -48,6 +49,7 @@ from scenarios.harness.waiting import settle
 
 SEED = "Swoole BASE mode / Workerman: a worker's death takes its connections; ghosts and counters that go back"
 SEED_STALL = "a stopped (SIGSTOP) worker keeps getting a share of new connections, which hang"
+SEED_STALL_RELOAD = "a reload while a worker is stopped also force-kills a healthy worker (its sessions lost)"
 PROFILE = {"workers": 3, "task_workers": 1}
 PER_WORKER = 3  # sessions wanted on every worker before the kill
 MAX_CONNECTS = 40  # connections opened at most to get them (a target may place them unevenly)
@@ -103,10 +105,10 @@ async def serve_new(target: Any, admin: AdminClient, h: WorkerKillHistory, clien
             h.new_failures.append(str(reply)[:120])
 
 
-async def others(admin: AdminClient, worker: int | None) -> list[tuple[Any, Any]]:
-    """(name, pid) of every process but the worker(s) of id ``worker``."""
+async def others(admin: AdminClient, worker: int | None, *, but_kinds: tuple[str, ...] = ()) -> list[tuple[Any, Any]]:
+    """(name, pid) of every process but the worker(s) of id ``worker`` and the kinds ``but_kinds``."""
     return sorted((p.get("name"), p["pid"]) for p in await admin.processes()
-                  if not (p.get("kind") == "worker" and int(p["id"]) == worker))
+                  if not (p.get("kind") == "worker" and int(p["id"]) == worker) and p.get("kind") not in but_kinds)
 
 
 class Spread:
@@ -247,8 +249,10 @@ async def serve_during_stall(target: Any, h: WorkerStallHistory, clients: list[H
             h.new_failures.append(str(reply)[:120])
 
 
-async def drive_worker_stall(target: Any, admin: AdminClient) -> WorkerStallHistory:
-    h = WorkerStallHistory()
+async def drive_worker_stall(target: Any, admin: AdminClient, *, reload: bool = False) -> WorkerStallHistory:
+    """A worker stopped for STALL_S; with ``reload``, a reload of scope all is asked for during the stall."""
+    h = WorkerStallHistory(max_wait_ms=int(target.profile["max_wait_ms"]))
+    replaced = ("worker", "task_worker") if reload else ()
     baseline = await warm_up(target, admin)
     workers = {int(p["id"]): p for p in await admin.processes() if p.get("kind") == "worker"}
     h.workers = len(workers)
@@ -273,18 +277,23 @@ async def drive_worker_stall(target: Any, admin: AdminClient) -> WorkerStallHist
         h.bystanders = [b for _, b in bystanders]
         h.victims = [v for _, v in victims.values()]
         h.counters_before = dict((await admin.stats()).get("counters", {}))
-        h.others_before = await others(admin, None)
+        h.others_before = await others(admin, None, but_kinds=replaced)
         watch = Watch(bystanders, ECHO_EVERY_S)
         watch.start()
         admin_watch = AdminWatch(admin, routes=("/v1/sessions", "/v1/stats"), every_s=0.2, bound_s=2 * ADMIN_BOUND_S)
         async with nemesis.stopped(spread.victim_name, spread.victim_pid) as window:
             admin_watch.start()
             probes = [asyncio.create_task(late_echo(c, v)) for c, v in victims.values()]
-            await settle(lambda: watch.ticked_after(window.start + STALL_NOTICE_S),
-                         timeout=STALL_NOTICE_S + REPLY_BOUND_S, interval=0.05)
+            await nemesis.hold_until(window.start + STALL_NOTICE_S)
             await serve_during_stall(target, h, clients)
-            await settle(lambda: watch.ticked_after(window.start + STALL_S), timeout=STALL_S + REPLY_BOUND_S,
-                         interval=0.05)
+            if reload:
+                asked = time.monotonic()
+                h.reload = await asyncio.wait_for(
+                    admin.call("POST", "/v1/reload", {"scope": "all", "wait": True}),
+                    h.max_wait_ms / 1000.0 + RELOAD_SLACK_S + REPLY_BOUND_S,
+                )
+                h.reload_s = round(time.monotonic() - asked, 3)
+            await nemesis.hold_until(window.start + STALL_S)
             h.admin = await admin_watch.stop()
         assert window.end is not None
         resumed = window.end
@@ -315,8 +324,11 @@ async def drive_worker_stall(target: Any, admin: AdminClient) -> WorkerStallHist
         if client.is_closed:
             v.closed_after_s = round(client.closed_at - resumed, 3)
             v.close_code = client.close_code
-    h.others_after = await others(admin, None)
+    h.others_after = await others(admin, None, but_kinds=replaced)
     h.counters_after = dict((await admin.stats()).get("counters", {}))
+    h.bystanders_closed = [b.session for c, b in bystanders if c.is_closed]
+    if h.reload is not None:
+        h.facts["reload"] = {k: h.reload.get(k) for k in ("reload", "state", "duration_ms", "forced_kills", "sessions_lost")}
     h.facts["timeline"] = {
         "windows": [window.as_dict()],
         "sessions": {
@@ -338,6 +350,19 @@ def test_fault_worker_stall(target_factory, evidence, run_async) -> None:
     target = target_factory(PROFILE, "fault_worker_stall")
     admin = AdminClient(target.admin_url, target.admin_token)
     history = run_async(drive_worker_stall(target, admin), timeout=120)
+    if history.workers < 2:
+        pytest.skip(f"unsupported: the target lists {history.workers} worker(s); a stalled worker needs another")
+    evidence.add_facts(history.facts)
+    evidence.record(check_worker_stall(history))
+    evidence.verdict()
+
+
+@pytest.mark.scenario("fault_worker_stall_reload", seed=SEED_STALL_RELOAD)
+@pytest.mark.requires("reload")
+def test_fault_worker_stall_reload(target_factory, evidence, run_async) -> None:
+    target = target_factory(PROFILE, "fault_worker_stall_reload")
+    admin = AdminClient(target.admin_url, target.admin_token)
+    history = run_async(drive_worker_stall(target, admin, reload=True), timeout=120)
     if history.workers < 2:
         pytest.skip(f"unsupported: the target lists {history.workers} worker(s); a stalled worker needs another")
     evidence.add_facts(history.facts)

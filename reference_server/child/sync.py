@@ -5,7 +5,8 @@ A retiring process (``roles/retiring.py``) asks every other process that may add
 each answers :class:`~reference_server.ipc.messages.SyncAck` on its own link to us, behind
 everything it sent before, and links are FIFO. A process that exits counts as having
 answered once what it sent has been handled. A silent one delays the round by at most its
-timeout, and is logged (``sync.timeout``).
+timeout, and is logged (``sync.timeout``); one the master already found stalled
+(``master/liveness.py``) is not asked at all, since it could only time out.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class SyncRounds:
         me = os.getpid()
         waiting: set[int] = set()
         for entry in rt.procs.entries():
-            if entry.pid == me or entry.state is ProcState.EMPTY or entry.kind in QUIET_KINDS:
+            if entry.pid == me or entry.state is ProcState.EMPTY or entry.kind in QUIET_KINDS or entry.stalled:
                 continue
             if rt.links.send(entry.pid, msg.Sync(token, me)):
                 waiting.add(entry.pid)

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 
 _ENTRY = struct.Struct("<IBBhiId32s")
 ENTRY_SIZE = 64
-assert _ENTRY.size <= ENTRY_SIZE
+#: One byte after the entry, outside its seqlock: 1 while the master finds the process stalled
+#: (``master/liveness.py``). A single byte is written and read whole.
+_STALLED_AT = _ENTRY.size
+assert _ENTRY.size < ENTRY_SIZE
 _SEQ = struct.Struct("<I")
 _HWM = struct.Struct("<I")  # header: one past the highest slot ever used
 HEADER_SIZE = 64
@@ -60,6 +63,7 @@ class ProcEntry:
     generation: int
     started: float
     name: str
+    stalled: bool = False  # the master found it not answering (it is not waited for)
 
     def as_dict(self) -> dict[str, object]:
         """The entry of ``GET /v1/processes``. A process that is stopping (its successor of a
@@ -117,6 +121,7 @@ class ProcTable:
                     generation=f[5],
                     started=f[6],
                     name=f[7].rstrip(b"\0").decode(),
+                    stalled=bool(self._buf[HEADER_SIZE + slot * ENTRY_SIZE + _STALLED_AT]),
                 )
 
     def find(self, kind: ProcKind, index: int | None = None) -> list[ProcEntry]:
@@ -156,6 +161,11 @@ class ProcTable:
         if e is not None:
             self._write(e.slot, state, e.kind, e.index, e.pid, e.generation, e.started, e.name)
 
+    def set_stalled(self, pid: int, stalled: bool) -> None:
+        e = self.by_pid(pid)
+        if e is not None:
+            self._buf[HEADER_SIZE + e.slot * ENTRY_SIZE + _STALLED_AT] = int(stalled)
+
     def remove(self, pid: int) -> None:
         e = self.by_pid(pid)
         if e is not None:
@@ -177,4 +187,6 @@ class ProcTable:
             started,
             name.encode()[:32],
         )
+        if state is ProcState.EMPTY or state is ProcState.STARTING:
+            self._buf[off + _STALLED_AT] = 0
         _SEQ.pack_into(self._buf, off, seq + 2)

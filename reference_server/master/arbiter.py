@@ -82,7 +82,7 @@ class Master:
         self.handlers = [name for name, _ in app.handler_table()]
         self.acceptor = Acceptor(self)
         self.reloader = Reloader(self)
-        self.liveness: Liveness = Liveness(log, self.send_ctl)
+        self.liveness: Liveness = Liveness(log, self.send_ctl, self.procs)
         self.ports = ListenerSet(
             config, self.selector, log, self.handlers, self.acceptor.dispatch, self.acceptor.close_port_sessions
         )

@@ -5,8 +5,10 @@ succeeds, and the connection then waits, unanswered, for as long as the worker d
 The master therefore pings every ready worker over ctl (:class:`~reference_server.ipc.messages.Ping`,
 every ``PING_EVERY`` seconds, one at a time); a worker whose answer
 (:class:`~reference_server.ipc.messages.Pong`) is ``STALL_AFTER`` seconds late is **stalled**:
-the acceptor sends it no new connection, and a reload does not wait for it (it is killed at
-its deadline like any retiree that does not go). Its answer, when it comes, ends the stall.
+the acceptor sends it no new connection, the process directory marks it (``ProcEntry.stalled``)
+so that sync and barrier rounds do not wait for it (they would only time out), and a reload does
+not wait for it (it is killed at its deadline like any retiree that does not go). Its answer,
+when it comes, ends the stall.
 
 Both transitions are logged (``process.stalled``, ``process.resumed`` with how long it lasted).
 A worker blocked by a long synchronous hook is stalled too, for the same reason: it cannot
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from ..core.proctable import ProcKind
+from ..core.proctable import ProcKind, ProcTable
 from ..ipc import messages as msg
 from ..logs import Log
 from .children import Child
@@ -31,9 +33,10 @@ STALL_AFTER = 1.0
 class Liveness:
     """Pings workers and marks the ones that do not answer (``Child.stalled``)."""
 
-    def __init__(self, log: Log, send: Callable[[Child, tuple], None]) -> None:
+    def __init__(self, log: Log, send: Callable[[Child, tuple], None], procs: ProcTable) -> None:
         self.log = log
         self.send = send
+        self.procs = procs
         self._n = 0
 
     def tick(self, children: Iterable[Child], now: float) -> None:
@@ -48,6 +51,7 @@ class Liveness:
                     self.send(child, msg.Ping(self._n))
             elif not child.stalled and now - child.ping_at > STALL_AFTER:
                 child.stalled = True
+                self.procs.set_stalled(child.pid, True)
                 self.log.warning("process.stalled", name=child.name, pid=child.pid, late_s=round(now - child.ping_at, 3),
                                  note="no new connection goes to it until it answers")
 
@@ -55,6 +59,7 @@ class Liveness:
         """Its answer came: it runs."""
         if child.stalled:
             child.stalled = False
+            self.procs.set_stalled(child.pid, False)
             self.log.info("process.resumed", name=child.name, pid=child.pid, stalled_s=round(now - child.ping_at, 3))
         child.ping_at = 0.0
         child.next_ping = now + PING_EVERY

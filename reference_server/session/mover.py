@@ -316,7 +316,13 @@ class Mover:
         token = next(self._tokens)
         asked = set()
         for entry in rt.procs.entries():
-            if entry.pid == me or entry.pid in targets or entry.state is ProcState.EMPTY or entry.kind in QUIET_KINDS:
+            if (
+                entry.pid == me
+                or entry.pid in targets
+                or entry.state is ProcState.EMPTY
+                or entry.kind in QUIET_KINDS
+                or entry.stalled  # the master found it not answering: it could only time out
+            ):
                 continue
             if rt.links.send(entry.pid, msg.Barrier(token, me)):
                 asked.add(entry.pid)

@@ -10,6 +10,7 @@ harness stopped (SIGSTOP) is always continued before the scenario ends (:func:`s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -57,6 +58,15 @@ async def kill(name: str, pid: int, *, timeout: float = 5.0) -> Window:
     os.kill(pid, signal.SIGKILL)
     await settle(lambda: is_dead(pid), timeout=timeout, interval=0.005)
     return window
+
+
+async def hold_until(when: float) -> None:
+    """Keep a fault on until ``when`` (Unix seconds). The fault's length is a parameter of the
+    scenario, like Jepsen's nemesis schedule: this waits for no event, so it is not a stand-in
+    for synchronisation (what the scenario observes meanwhile is waited for on its own)."""
+    delay = when - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
 
 
 @contextlib.asynccontextmanager

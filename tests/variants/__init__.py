@@ -236,6 +236,12 @@ VARIANTS += [
         "new connections made during the stall are served",
     ),
     Variant(
+        "retire_waits_for_stalled",
+        "old workers of a reload wait for a stopped peer without limit: the healthy ones are killed at their deadline",
+        "scenarios/test_faults.py::test_fault_worker_stall_reload",
+        "no session of a running worker is closed by the reload",
+    ),
+    Variant(
         "fd_limit_fatal",
         "workers take connections until they run out of descriptors, then stop on the first that arrives without one",
         "scenarios/test_fd_exhaustion.py",
@@ -278,6 +284,7 @@ EXPECTED_CASE = {
     "worker_death_ghosts": "fault_worker_kill",
     "fd_limit_fatal": "fd_exhaustion",
     "stall_blind": "fault_worker_stall",
+    "retire_waits_for_stalled": "fault_worker_stall_reload",
 }
 
 

@@ -192,6 +192,8 @@ STALL_NOTICE_S = 2.0
 NEW_BOUND_S = 2.0
 #: An admin answer during the stall comes within this.
 ADMIN_BOUND_S = 2.0
+#: A reload during the stall is done within max_wait_ms and this (its old processes must go by then).
+RELOAD_SLACK_S = 3.0
 
 
 @dataclass
@@ -214,6 +216,41 @@ class WorkerStallHistory:
     counters_after: dict[str, int] = field(default_factory=dict)
     leftovers: Leftovers = field(default_factory=Leftovers)
     facts: dict[str, Any] = field(default_factory=dict)
+    #: With a reload during the stall (fault_worker_stall_reload): its record, how long the
+    #: request took, max_wait_ms, and the sessions of running workers that the reload closed.
+    reload: dict[str, Any] | None = None
+    reload_s: float | None = None
+    max_wait_ms: int = 0
+    bystanders_closed: list[int] = field(default_factory=list)
+
+
+def check_stall_reload(h: WorkerStallHistory) -> list[Check]:
+    """What a reload during the stall must do: finish, retire the running workers' sessions to the
+    new generation (none closed, ticks paused at most max_wait_ms), and kill no more than the stopped one."""
+    record = h.reload or {}
+    bound_s = h.max_wait_ms / 1000.0 + RELOAD_SLACK_S
+    gaps = {b.session: round(b.max_gap_s, 3) for b in h.bystanders}
+    over = {s: g for s, g in gaps.items() if g > h.max_wait_ms / 1000.0}
+    return [
+        named(
+            "a reload during the stall is done within max_wait_ms (and a little)",
+            record.get("state") == "done" and h.reload_s is not None and h.reload_s <= bound_s,
+            expected=f"done within {bound_s} s",
+            observed={"state": record.get("state"), "took_s": h.reload_s, "duration_ms": record.get("duration_ms")},
+        ),
+        named(
+            "no session of a running worker is closed by the reload, and its ticks pause at most max_wait_ms",
+            bool(h.bystanders) and not h.bystanders_closed and not over,
+            expected=f"none closed, tick gaps <= {h.max_wait_ms} ms",
+            observed={"closed": h.bystanders_closed, "longest_gap_s": max(gaps.values(), default=None), "over": over},
+        ),
+        named(
+            "the reload kills no process but the stopped one",
+            int(record.get("forced_kills", 0) or 0) <= 1,
+            expected="forced_kills <= 1",
+            observed={"forced_kills": record.get("forced_kills"), "sessions_lost": record.get("sessions_lost")},
+        ),
+    ]
 
 
 def check_worker_stall(h: WorkerStallHistory) -> list[Check]:
@@ -242,8 +279,9 @@ def check_worker_stall(h: WorkerStallHistory) -> list[Check]:
         ),
         named(
             "sessions on the other workers see no gap over 2 s and every echo answered",
-            bool(h.bystanders) and all(b.ticks for b in h.bystanders) and not slow and not unanswered,
-            expected=f"tick gaps <= {BYSTANDER_GAP_S} s, echoes answered",
+            bool(h.bystanders) and all(b.ticks for b in h.bystanders) and (h.reload is not None or not slow)
+            and not unanswered,
+            expected=f"tick gaps <= {BYSTANDER_GAP_S} s (with a reload: its own bound), echoes answered",
             observed={"longest_gap_s": max(gaps.values(), default=None), "over": slow, "unanswered": unanswered},
         ),
         named(
@@ -271,5 +309,6 @@ def check_worker_stall(h: WorkerStallHistory) -> list[Check]:
             expected="after >= before for every standard counter",
             observed=went_down or "none decreased",
         ),
+        *(check_stall_reload(h) if h.reload is not None else []),
         *check_leftovers(h.leftovers),
     ]
