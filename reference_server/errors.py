@@ -30,6 +30,8 @@ class ErrorCode(enum.IntEnum):
     NO_TASK_WORKER = 2002
     #: A destination process (worker id, task worker id) does not exist.
     UNKNOWN_PROCESS = 2003
+    #: A task's task worker died before its result came (the task may have run in part).
+    TASK_LOST = 2004
     #: ``migrate``: the session already belongs to the requested worker.
     ALREADY_THERE = 2010
     #: ``migrate``: another migration of this session is under way.

@@ -34,11 +34,15 @@ from scenarios.harness.checkers.faults import (
     RELOAD_SLACK_S,
     REPLACEMENT_BOUND_S,
     STALL_NOTICE_S,
+    TASK_OUTCOME_BOUND_S,
     VICTIM_BOUND_S,
     Bystander,
+    TaskFate,
+    TaskKillHistory,
     Victim,
     WorkerKillHistory,
     WorkerStallHistory,
+    check_task_worker_kill,
     check_worker_kill,
     check_worker_stall,
 )
@@ -50,7 +54,13 @@ from scenarios.harness.waiting import settle
 SEED = "Swoole BASE mode / Workerman: a worker's death takes its connections; ghosts and counters that go back"
 SEED_STALL = "a stopped (SIGSTOP) worker keeps getting a share of new connections, which hang"
 SEED_STALL_RELOAD = "a reload while a worker is stopped also force-kills a healthy worker (its sessions lost)"
+SEED_TASK = "a killed task worker takes its running and queued tasks with it, and nobody tells the submitter"
 PROFILE = {"workers": 3, "task_workers": 1}
+PROFILE_TASK = {"workers": 2, "task_workers": 1}
+LONG_TASK_MS = 4000  # running when its task worker is killed
+QUEUED_TASK_MS = 100
+QUEUED_TASKS = 5
+TASK_RUNS_S = 0.5  # the kill comes this long after the tasks were accepted
 PER_WORKER = 3  # sessions wanted on every worker before the kill
 MAX_CONNECTS = 40  # connections opened at most to get them (a target may place them unevenly)
 TICK_MS = 50
@@ -367,6 +377,104 @@ def test_fault_worker_stall_reload(target_factory, evidence, run_async) -> None:
         pytest.skip(f"unsupported: the target lists {history.workers} worker(s); a stalled worker needs another")
     evidence.add_facts(history.facts)
     evidence.record(check_worker_stall(history))
+    evidence.verdict()
+
+
+def task_outcomes(client: HostileClient, request: Any, since: float) -> list[tuple[str, int | None, float]]:
+    """The task_result / task_failed events for request id ``request``: (kind, code, seconds after ``since``)."""
+    out = []
+    for r in client.received:
+        v = r.value
+        if isinstance(v, dict) and v.get("ev") in ("task_result", "task_failed") and v.get("re") == request:
+            error = v.get("error") if isinstance(v.get("error"), dict) else {}
+            out.append((str(v["ev"]), error.get("code"), round(r.at - since, 3)))
+    return out
+
+
+async def drive_task_worker_kill(target: Any, admin: AdminClient) -> TaskKillHistory:
+    h = TaskKillHistory()
+    baseline = await warm_up(target, admin)
+    task_workers = sorted((p for p in await admin.processes() if p.get("kind") == "task_worker"), key=lambda p: p["id"])
+    h.task_workers = len(task_workers)
+    if not task_workers:
+        return h
+    victim = task_workers[0]
+    h.victim_pid = int(victim["pid"])
+    victim_name = str(victim.get("name") or victim["pid"])
+    watch = await Watch.open(target.port, 2, tick_ms=TICK_MS, echo_every_s=ECHO_EVERY_S)
+    submitter = await HostileClient.connect("127.0.0.1", target.port, "submitter")
+    killed = 0.0
+    try:
+        h.counters_before = dict((await admin.stats()).get("counters", {}))
+        h.others_before = await others(admin, None, but_kinds=("task_worker",))
+        watch.start()
+        requests = []
+        for i, sleep_ms in enumerate([LONG_TASK_MS] + [QUEUED_TASK_MS] * QUEUED_TASKS):
+            reply = await submitter.request("task", data=i, sleep_ms=sleep_ms, timeout=REPLY_BOUND_S)
+            if reply.get("ok") is True:
+                requests.append((submitter._ids, sleep_ms))
+        submitted = time.time()
+        await nemesis.hold_until(submitted + TASK_RUNS_S)  # the long task runs, the others wait behind it
+        window = await nemesis.kill(victim_name, h.victim_pid)
+        killed = window.start
+        # In flight: nothing had come for the long task before the signal (what came after is the kill's doing).
+        h.in_flight_at_kill = bool(requests) and not [o for o in task_outcomes(submitter, requests[0][0], killed)
+                                                      if o[2] < 0]
+        h.tasks = [TaskFate(req, sleep_ms) for req, sleep_ms in requests]
+
+        def settled() -> bool:
+            return all(task_outcomes(submitter, t.request, killed) for t in h.tasks)
+
+        async def replaced() -> bool:
+            for p in await admin.processes():
+                if p.get("kind") == "task_worker" and p["id"] == victim["id"] and int(p["pid"]) != h.victim_pid:
+                    h.replacement_pid = int(p["pid"])
+                    h.replacement_after_s = round(time.time() - killed, 3)
+                    return True
+            return False
+
+        # Both at once: the replacement is timed from the kill, not from the last outcome.
+        await asyncio.gather(
+            settle(settled, timeout=TASK_OUTCOME_BOUND_S, interval=0.05),
+            settle(replaced, timeout=REPLACEMENT_BOUND_S + 1.0, interval=0.05),
+        )
+        await settle(lambda: _ready(admin), timeout=REPLACEMENT_BOUND_S, interval=0.05)
+        for i in range(2):
+            reply = await submitter.request("task", data=f"after-{i}", sleep_ms=0, timeout=REPLY_BOUND_S)
+            if reply.get("ok") is not True:
+                h.after.append(f"refused: {str(reply)[:160]}")
+                continue
+            req = submitter._ids
+            await settle(lambda req=req: task_outcomes(submitter, req, killed), timeout=REPLY_BOUND_S, interval=0.02)
+            got = task_outcomes(submitter, req, killed)
+            h.after.append(got[0][0] if got else "no outcome")
+        # One more moment for duplicates: a second outcome for a task would arrive behind these.
+        await settle(lambda: watch.ticked_after(time.time() + 0.2), timeout=REPLY_BOUND_S, interval=0.05)
+    finally:
+        h.bystanders = await watch.stop(since=killed - 1.0 if killed else time.time())
+        watch.abort()
+        submitter.abort()
+    for t in h.tasks:
+        t.outcomes = task_outcomes(submitter, t.request, killed)
+    h.others_after = await others(admin, None, but_kinds=("task_worker",))
+    h.counters_after = dict((await admin.stats()).get("counters", {}))
+    baseline.pop(victim_name, None)
+    h.leftovers = await observe_leftovers(admin, baseline)
+    h.facts["tasks"] = {str(t.request): {"sleep_ms": t.sleep_ms, "outcomes": t.outcomes} for t in h.tasks}
+    h.facts["timeline"] = {"windows": [window.as_dict()]}
+    h.facts["replacement"] = {"pid": h.replacement_pid, "after_s": h.replacement_after_s, "new_tasks": h.after}
+    return h
+
+
+@pytest.mark.scenario("fault_task_worker_kill", seed=SEED_TASK)
+def test_fault_task_worker_kill(target_factory, evidence, run_async) -> None:
+    target = target_factory(PROFILE_TASK, "fault_task_worker_kill")
+    admin = AdminClient(target.admin_url, target.admin_token)
+    history = run_async(drive_task_worker_kill(target, admin), timeout=120)
+    if history.task_workers < 1:
+        pytest.skip("unsupported: the target lists no task worker")
+    evidence.add_facts(history.facts)
+    evidence.record(check_task_worker_kill(history))
     evidence.verdict()
 
 

@@ -7,12 +7,16 @@ import pytest
 from scenarios.harness.checkers.faults import (
     Bystander,
     Outcome,
+    TaskFate,
+    TaskKillHistory,
     Victim,
     WorkerKillHistory,
     WorkerStallHistory,
+    check_task_worker_kill,
     check_worker_kill,
     check_worker_stall,
     decreased,
+    judge_tasks_after_kill,
     judge_victims,
 )
 from scenarios.harness.spec import Leftovers
@@ -186,3 +190,63 @@ def test_each_stall_check_can_fail(changes: dict, check: str) -> None:
     assert check in failed, failed
     if "victims" not in changes and "stall_s" not in changes:
         assert failed == [check]
+
+
+# -- fault_task_worker_kill ------------------------------------------------------------------------
+
+def _tasks(**changes) -> TaskKillHistory:
+    h = TaskKillHistory(
+        task_workers=1,
+        victim_pid=50,
+        in_flight_at_kill=True,
+        tasks=[TaskFate(1, 4000, [("task_failed", 2004, 0.01)]), TaskFate(2, 100, [("task_result", None, 0.3)])],
+        replacement_pid=51,
+        replacement_after_s=0.02,
+        after=["task_result", "task_result"],
+        bystanders=[Bystander(9, 0, ticks=50, max_gap_s=0.06, echoes=20)],
+        others_before=[("master", 1)],
+        others_after=[("master", 1)],
+        counters_before={"tasks_dispatched": 6},
+        counters_after={"tasks_dispatched": 8},
+        leftovers=Leftovers(baseline_fds={"master": 10}, fds={"master": 10}),
+    )
+    for k, v in changes.items():
+        setattr(h, k, v)
+    return h
+
+
+def test_a_clean_task_worker_kill_passes() -> None:
+    assert [c.name for c in check_task_worker_kill(_tasks()) if not c.passed] == []
+
+
+@pytest.mark.parametrize(
+    ("fates", "problem"),
+    [
+        ([TaskFate(1, 4000)], "no outcome"),
+        ([TaskFate(1, 4000, [("task_failed", 2004, 0.1), ("task_result", None, 0.2)])], "more than one outcome"),
+        ([TaskFate(1, 4000, [("task_failed", 2004, 11.0)])], "late"),
+        ([TaskFate(1, 4000, [("task_failed", 4500, 0.1)])], "wrong code"),
+    ],
+)
+def test_each_task_problem_is_named(fates: list[TaskFate], problem: str) -> None:
+    assert list(judge_tasks_after_kill(fates)) == [problem]
+    failed = [c.name for c in check_task_worker_kill(_tasks(tasks=[*fates, TaskFate(2, 100, [("task_result", None, 1)])]))
+              if not c.passed]
+    assert failed == ["every task accepted before the kill gets exactly one task_result or task_failed (2004) within 10 s"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "check"),
+    [
+        ({"in_flight_at_kill": False}, "a task was running when its task worker was killed, with more queued behind it"),
+        ({"replacement_pid": None}, "a replacement task worker of the same id runs new tasks"),
+        ({"replacement_after_s": 10.5}, "a replacement task worker of the same id runs new tasks"),
+        ({"after": ["task_result", "no outcome"]}, "a replacement task worker of the same id runs new tasks"),
+        ({"after": []}, "a replacement task worker of the same id runs new tasks"),
+        ({"bystanders": [Bystander(9, 0, ticks=50, max_gap_s=3.0)]}, "sessions see no gap over 2 s and every echo answered"),
+        ({"others_after": [("master", 2)]}, "no other process exits"),
+        ({"counters_after": {"tasks_dispatched": 5}}, "no standard counter decreases"),
+    ],
+)
+def test_each_task_check_can_fail(changes: dict, check: str) -> None:
+    assert [c.name for c in check_task_worker_kill(_tasks(**changes)) if not c.passed] == [check]

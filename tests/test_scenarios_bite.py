@@ -60,7 +60,9 @@ def test_reference_passes_every_scenario(tmp_path: Path) -> None:
 
 
 #: Scenarios that need no capability (contract 12, 13).
-OWED_BY_EVERY_TARGET = ("hostile_client", "fault_worker_kill", "fault_worker_stall", "fd_exhaustion")
+OWED_BY_EVERY_TARGET = (
+    "hostile_client", "fault_worker_kill", "fault_worker_stall", "fault_task_worker_kill", "fd_exhaustion",
+)
 
 
 def test_declaring_nothing_is_unsupported_but_caught_by_the_honesty_probe(tmp_path: Path) -> None:

@@ -479,15 +479,30 @@ class ContractApp(Sweeper, Application):
             await asyncio.sleep(data["sleep_ms"] / 1000.0)
         return {"data": data.get("data"), "task_worker": server.worker_id}
 
-    def on_finish(self, server: Server, task_id: int, data: Any) -> None:
+    def _settled(self, task_id: int) -> tuple[int, Any] | None:
+        """The task's (session, request id), once: it no longer counts against the session's bound."""
         pending = self.pending_tasks.pop(task_id, None)
         if pending is None:
-            return
-        session, req_id = pending
+            return None
+        session = pending[0]
         self.tasks_of[session] -= 1
         if self.tasks_of[session] <= 0:
             del self.tasks_of[session]
-        server.push(session, json.dumps({"ev": "task_result", "task": task_id, "re": req_id, "result": data}))
+        return pending
+
+    def on_finish(self, server: Server, task_id: int, data: Any) -> None:
+        pending = self._settled(task_id)
+        if pending is not None:
+            session, req_id = pending
+            server.push(session, json.dumps({"ev": "task_result", "task": task_id, "re": req_id, "result": data}))
+
+    def on_task_lost(self, server: Server, task_id: int, code: int, message: str) -> None:
+        """Contract 13.4: the submitter learns that its task will never finish."""
+        pending = self._settled(task_id)
+        if pending is not None:
+            session, req_id = pending
+            error = {"code": code, "name": ErrorCode(code).name, "message": message}
+            server.push(session, json.dumps({"ev": "task_failed", "task": task_id, "re": req_id, "error": error}))
 
 
 app = ContractApp()

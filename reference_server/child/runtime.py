@@ -288,6 +288,13 @@ class Runtime:
             self.inbox.drain_from(pid)
         self.mover.peer_gone(pid)
         self.syncs.peer_gone(pid)
+        self.tasks.lost(pid)
+
+    def task_worker_gone(self, pid: int) -> None:
+        """A task worker with some of our tasks no longer runs: handle what it sent, then report the rest lost."""
+        if self.inbox is not None:
+            self.inbox.drain_from(pid)
+        self.tasks.lost(pid)
 
     async def master_call(self, method: str, args: Any, timeout: float = 10.0) -> Any:
         """Ask the master (``reload``, ``reload_status``); raises ServerError."""
@@ -450,7 +457,7 @@ class Runtime:
             self.worker.dead_log.flush()
             self.failures.flush()
             self.mover.housekeeping(time.monotonic())
-            self.tasks.pending()  # forget tasks whose task worker died
+            self.tasks.pending()  # tasks whose task worker died without a word: reported lost
 
     # -- peer messages ----------------------------------------------------------------
 

@@ -2,7 +2,11 @@
 
 A submitter picks a task worker (the one asked for, else round robin over the ready ones),
 sends it a :class:`~reference_server.ipc.messages.Task`, and remembers which process has it
-until a :class:`~reference_server.ipc.messages.TaskDone` comes back. The task worker sends
+until a :class:`~reference_server.ipc.messages.TaskDone` comes back. A task worker that dies
+first (killed, crashed) takes its running and queued tasks with it: once everything it sent
+has been handled, each of its tasks is reported lost, once, to the application
+(``on_task_lost`` with ``TASK_LOST``, counted in ``tasks_lost``), never forgotten in silence.
+The task worker sends
 :class:`~reference_server.ipc.messages.Finish` (the application's ``on_finish`` runs here)
 before ``TaskDone`` on the same link, so no result arrives after the task is forgotten. A
 task worker that retires hands its queued tasks to its successor and says so with
@@ -70,9 +74,29 @@ class TaskBook:
         if task_id in self.awaiting:
             self.awaiting[task_id] = pid
 
+    def lost(self, pid: int) -> int:
+        """Task worker ``pid`` is gone and what it sent has been handled: its tasks never finish.
+
+        Each is reported once to the application (``on_task_lost``); the number reported.
+        """
+        gone = [task_id for task_id, owner in self.awaiting.items() if owner == pid]
+        for task_id in gone:
+            del self.awaiting[task_id]
+            self.rt.counters["tasks_lost"] += 1
+            self.rt.call_hook(
+                "on_task_lost", self.rt.api, task_id, int(ErrorCode.TASK_LOST),
+                f"task {task_id}: its task worker (pid {pid}) exited before the result came",
+            )
+        if gone:
+            self.rt.log.warning("task.lost", tasks=len(gone), task_worker_pid=pid)
+        return len(gone)
+
+    def dead_owners(self) -> set[int]:
+        """Task workers that have some of our tasks and no longer run."""
+        return {pid for pid in set(self.awaiting.values()) if not self.rt.process_alive(pid)}
+
     def pending(self) -> bool:
-        """Whether a result may still come (tasks whose task worker died are forgotten here)."""
-        for task_id, pid in list(self.awaiting.items()):
-            if not self.rt.process_alive(pid):
-                del self.awaiting[task_id]
+        """Whether a result may still come (the tasks of a dead task worker are reported lost first)."""
+        for pid in self.dead_owners():
+            self.rt.task_worker_gone(pid)
         return bool(self.awaiting)

@@ -37,6 +37,7 @@ STANDARD_COUNTERS: dict[str, str] = {
     "migrations_failed": "Moves that failed; the session went on in its source",
     "migration_forwards": "Operations forwarded to a session's new owner while or after it moved",
     "tasks_handed_back": "Queued tasks a retiring task worker handed to its successor",
+    "tasks_lost": "Tasks whose task worker died before their result came (reported to the submitter)",
 }
 
 #: Counters kept by the master about reloads (added to the above in /metrics).

@@ -69,7 +69,7 @@ class HostileClient(LeanClient):
                 value = json.loads(payload)
             except (ValueError, RecursionError):
                 return
-        if isinstance(value, dict) and "re" in value:
+        if isinstance(value, dict) and "re" in value and "ev" not in value:  # a task_result's re is not a reply
             try:
                 self.take_reply(value)
             except TypeError:  # an id that cannot be a key (a list...)

@@ -20,6 +20,7 @@ final class Codes
         'OWNER_UNREACHABLE' => 2001,
         'NO_TASK_WORKER' => 2002,
         'UNKNOWN_PROCESS' => 2003,
+        'TASK_LOST' => 2004,
         'ALREADY_THERE' => 2010,
         'MIGRATION_IN_PROGRESS' => 2011,
         'MIGRATION_FAILED' => 2012,

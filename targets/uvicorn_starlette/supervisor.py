@@ -149,6 +149,10 @@ class Supervisor(Multiprocess):
         for index, proc in enumerate(self.task_procs):
             if not proc.is_alive():
                 log.warning("task worker %d (pid=%s) died with %s: restarted", index, proc.pid, proc.exitcode)
+                try:  # a dead process did not unregister: its entry would list a second task-<index>
+                    self.redis.hdel(self.keys.procs, f"task-{index}-{proc.pid}")
+                except RedisError as exc:
+                    log.warning("could not unregister dead task worker %d: %r", index, exc)
                 proc.close()
                 self.task_procs[index] = self.start_task_worker(index, self.book.generation)
 

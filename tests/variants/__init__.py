@@ -242,6 +242,12 @@ VARIANTS += [
         "no session of a running worker is closed by the reload",
     ),
     Variant(
+        "tasks_lost_silently",
+        "the tasks of a task worker that died are forgotten without a word to the submitter",
+        "scenarios/test_faults.py::test_fault_task_worker_kill",
+        "every task accepted before the kill gets exactly one",
+    ),
+    Variant(
         "fd_limit_fatal",
         "workers take connections until they run out of descriptors, then stop on the first that arrives without one",
         "scenarios/test_fd_exhaustion.py",
@@ -285,6 +291,7 @@ EXPECTED_CASE = {
     "fd_limit_fatal": "fd_exhaustion",
     "stall_blind": "fault_worker_stall",
     "retire_waits_for_stalled": "fault_worker_stall_reload",
+    "tasks_lost_silently": "fault_task_worker_kill",
 }
 
 

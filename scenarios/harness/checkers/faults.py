@@ -312,3 +312,106 @@ def check_worker_stall(h: WorkerStallHistory) -> list[Check]:
         *(check_stall_reload(h) if h.reload is not None else []),
         *check_leftovers(h.leftovers),
     ]
+
+
+# -- fault_task_worker_kill (13.4) -----------------------------------------------------------------
+
+#: Every task accepted before the kill has its outcome (task_result or task_failed) within this of the kill.
+TASK_OUTCOME_BOUND_S = 10.0
+TASK_LOST = 2004
+
+
+@dataclass
+class TaskFate:
+    """One task accepted before the kill: what came for it (kind, error code, seconds after the kill)."""
+
+    request: Any
+    sleep_ms: int
+    outcomes: list[tuple[str, int | None, float]] = field(default_factory=list)
+
+
+@dataclass
+class TaskKillHistory:
+    task_workers: int = 0
+    victim_pid: int | None = None
+    in_flight_at_kill: bool = False  # the long task had no outcome yet when its task worker was killed
+    tasks: list[TaskFate] = field(default_factory=list)
+    replacement_pid: int | None = None
+    replacement_after_s: float | None = None
+    after: list[str] = field(default_factory=list)  # outcomes of tasks submitted once the replacement runs
+    bystanders: list[Bystander] = field(default_factory=list)
+    others_before: list[Any] = field(default_factory=list)
+    others_after: list[Any] = field(default_factory=list)
+    counters_before: dict[str, int] = field(default_factory=dict)
+    counters_after: dict[str, int] = field(default_factory=dict)
+    leftovers: Leftovers = field(default_factory=Leftovers)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def judge_tasks_after_kill(tasks: list[TaskFate]) -> dict[str, list[Any]]:
+    """Problems by kind: no outcome, several, late, a failure with another code than TASK_LOST."""
+    problems: dict[str, list[Any]] = {}
+    for t in tasks:
+        if not t.outcomes:
+            problems.setdefault("no outcome", []).append(t.request)
+        elif len(t.outcomes) > 1:
+            problems.setdefault("more than one outcome", []).append([t.request, [o[0] for o in t.outcomes]])
+        else:
+            kind, code, after = t.outcomes[0]
+            if after > TASK_OUTCOME_BOUND_S:
+                problems.setdefault("late", []).append([t.request, after])
+            if kind == "task_failed" and code != TASK_LOST:
+                problems.setdefault("wrong code", []).append([t.request, code])
+    return problems
+
+
+def check_task_worker_kill(h: TaskKillHistory) -> list[Check]:
+    problems = judge_tasks_after_kill(h.tasks)
+    gaps = {b.session: round(b.max_gap_s, 3) for b in h.bystanders}
+    slow = {s: g for s, g in gaps.items() if g > BYSTANDER_GAP_S}
+    unanswered = {b.session: b.echo_failures[:3] for b in h.bystanders if b.echo_failures}
+    went_down = decreased(h.counters_before, h.counters_after)
+    return [
+        named(
+            "a task was running when its task worker was killed, with more queued behind it",
+            h.in_flight_at_kill and len(h.tasks) >= 2,
+            expected="the long task without an outcome at the kill, >= 1 task queued",
+            observed={"in_flight": h.in_flight_at_kill, "tasks": len(h.tasks)},
+        ),
+        named(
+            "every task accepted before the kill gets exactly one task_result or task_failed (2004) within 10 s",
+            bool(h.tasks) and not problems,
+            expected="one outcome each, task_failed with TASK_LOST",
+            observed=problems or {"outcomes": [[t.request, t.outcomes[0][0]] for t in h.tasks]},
+        ),
+        named(
+            "a replacement task worker of the same id runs new tasks",
+            h.replacement_pid is not None
+            and h.replacement_pid != h.victim_pid
+            and h.replacement_after_s is not None
+            and h.replacement_after_s <= REPLACEMENT_BOUND_S
+            and bool(h.after)
+            and all(a == "task_result" for a in h.after),
+            expected="a new pid within 10 s; new tasks answered with task_result",
+            observed={"pid": h.replacement_pid, "after_s": h.replacement_after_s, "new_tasks": h.after},
+        ),
+        named(
+            "sessions see no gap over 2 s and every echo answered",
+            bool(h.bystanders) and all(b.ticks for b in h.bystanders) and not slow and not unanswered,
+            expected=f"tick gaps <= {BYSTANDER_GAP_S} s, echoes answered",
+            observed={"longest_gap_s": max(gaps.values(), default=None), "over": slow, "unanswered": unanswered},
+        ),
+        named(
+            "no other process exits",
+            bool(h.others_before) and h.others_before == h.others_after,
+            expected=h.others_before,
+            observed=h.others_after,
+        ),
+        named(
+            "no standard counter decreases",
+            bool(h.counters_before) and not went_down,
+            expected="after >= before for every standard counter",
+            observed=went_down or "none decreased",
+        ),
+        *check_leftovers(h.leftovers),
+    ]
