@@ -32,6 +32,7 @@ import time
 
 import pytest
 
+from scenarios.harness import nemesis
 from scenarios.harness.admin import AdminClient
 from scenarios.harness.broadcast import (
     ALL,
@@ -287,8 +288,26 @@ def test_broadcast_fanout(target_factory, scenario_run, evidence, run_async, mod
 # -- outage --------------------------------------------------------------------------------------
 
 
-async def drive_outage(target, scenario_run, mode: str) -> OutageHistory:
-    """Clients subscribed while a publisher runs; the broker restarts; the history."""
+async def _kill_broadcaster(admin: AdminClient) -> tuple[float, float]:
+    """SIGKILL the target's broadcaster; (killed at, a replacement listed at): the fault's window."""
+    victim = next(p for p in await admin.processes() if p.get("kind") == "broadcaster")
+    window = await nemesis.kill(str(victim.get("name") or victim["pid"]), int(victim["pid"]))
+
+    listed: list[float] = []
+
+    async def replaced() -> bool:
+        for p in await admin.processes():
+            if p.get("kind") == "broadcaster" and int(p["pid"]) != int(victim["pid"]):
+                listed.append(time.time())
+                return True
+        return False
+
+    await settle(replaced, timeout=15, interval=0.05)
+    return window.start, (listed[0] if listed else time.time())
+
+
+async def drive_outage(target, scenario_run, mode: str, *, fault: str = "broker") -> OutageHistory:
+    """Clients subscribed while a publisher runs; the broker restarts (or the broadcaster is killed); the history."""
     manifest = scenario_run.manifest
     admin = AdminClient(target.admin_url, target.admin_token)
     clients = await _connect_many("o", target, "A", 30)
@@ -305,7 +324,10 @@ async def drive_outage(target, scenario_run, mode: str) -> OutageHistory:
 
         task = asyncio.ensure_future(publish())
         await settle(lambda: len([p for p in publisher.log if p.ok]) >= 60, timeout=10)
-        down_at, up_at = await asyncio.to_thread(scenario_run.broker.restart, 0.6)
+        if fault == "broker":
+            down_at, up_at = await asyncio.to_thread(scenario_run.broker.restart, 0.6)
+        else:
+            down_at, up_at = await _kill_broadcaster(admin)
         ok_after = len([p for p in publisher.log if p.ok])
         await settle(lambda: len([p for p in publisher.log if p.ok]) >= ok_after + 60, timeout=15)
         stop.set()
@@ -354,6 +376,27 @@ def test_broadcast_outage(target_factory, scenario_run, evidence, run_async, mod
     history = run_async(drive_outage(target, scenario_run, mode), timeout=90)
     evidence.fact("mode", mode)
     evidence.fact("restart", {"down_at": history.down_at, "up_at": history.up_at, "windows": history.windows})
+    evidence.fact("histories", history.verdict.summary())
+    evidence.record(check_outage(history))
+    evidence.verdict()
+
+
+@pytest.mark.scenario("fault_broadcaster", seed="the process that hears Redis dies: messages lost with no outage reported")
+@pytest.mark.requires("redis_broadcast")
+@pytest.mark.parametrize("mode", ["pubsub", "durable"])
+def test_fault_broadcaster(target_factory, scenario_run, evidence, run_async, mode):
+    """Contract 13.5: as broadcast_outage, but the broadcaster process is killed instead of Redis restarted."""
+    _mode_or_skip(scenario_run.manifest, mode)
+    target = target_factory({"workers": 2, "broadcast_mode": mode}, f"fault-broadcaster-{mode}")
+    admin = AdminClient(target.admin_url, target.admin_token)
+    kinds = {p.get("kind") for p in run_async(admin.processes(), timeout=10)}
+    if "broadcaster" not in kinds:
+        pytest.skip("unsupported: the target lists no broadcaster process (its workers hear Redis themselves)")
+    history = run_async(drive_outage(target, scenario_run, mode, fault="broadcaster"), timeout=90)
+    evidence.fact("mode", mode)
+    evidence.fact("timeline", {"windows": [{"fault": "kill", "process": "broadcaster", "start": history.down_at,
+                                            "end": None}], "replacement_listed_at": history.up_at,
+                               "reported": history.windows})
     evidence.fact("histories", history.verdict.summary())
     evidence.record(check_outage(history))
     evidence.verdict()

@@ -298,6 +298,10 @@ class Server(SessionMoves, Broadcasting):
         args = {"scope": scope, "source": self.name, "wait": wait}
         return await self._rt.master_call("reload", args, timeout)
 
+    async def broadcaster_outages(self) -> list[dict[str, Any]]:
+        """Outages of broadcasters that died (the master keeps them; contract 13.5)."""
+        return await self._rt.master_call("broadcast_outages", None, 5.0)
+
     async def reload_status(self) -> dict[str, Any]:
         """The running reload, the last ones, the counters and the newest generation."""
         return await self._rt.master_call("reload_status", None, 5.0)

@@ -39,6 +39,7 @@ from ..app import Application
 from ..child.boot import ChildBoot
 from ..child.main import child_main
 from ..config import Config
+from ..core.broadcast import Outage
 from ..core.placement import respawn_delay
 from ..core.ports import OnRemove, PortError
 from ..core.proctable import ProcKind, ProcState, ProcTable
@@ -99,6 +100,9 @@ class Master:
         self._respawns = self._lost = 0
         self._started = time.time()
         self._announced_ready = False
+        #: Outages of the broadcaster's death (contract 13.5): from the last time it had forwarded
+        #: all it heard until its replacement's subscription is confirmed (its Ready).
+        self.broadcaster_outages: collections.deque[Outage] = collections.deque(maxlen=50)
 
     # -- start-up -----------------------------------------------------------------
 
@@ -339,6 +343,10 @@ class Master:
 
     def _on_ready(self, child: Child) -> None:
         child.ready = True
+        if child.kind is ProcKind.BROADCASTER:  # its subscription is confirmed: an outage of its death ends
+            for outage in self.broadcaster_outages:
+                if not outage.end:
+                    outage.end = time.time()
         self.procs.set_state(child.pid, ProcState.READY)
         slot = self._slot_of.get(child.pid)
         if slot is not None and time.monotonic() - child.started > 1.0:
@@ -359,6 +367,8 @@ class Master:
             self.reloader.serve_call(child, token, args, reply)
         elif method == "reload_status":
             reply(True, self.reloader.status())
+        elif method == "broadcast_outages":
+            reply(True, [o.as_dict() for o in self.broadcaster_outages])
         elif method in ("listen", "unlisten", "listeners", "ports_file", "ports_file_apply"):
             try:
                 reply(True, self._serve_ports_call(method, args, child))
@@ -414,7 +424,7 @@ class Master:
             spec=slot.spec,
             extra_socket=slot.extra_socket,
             broker_url=self.broker_url,
-            extras={"master_stats": self.shared.master_stats},
+            extras={"master_stats": self.shared.master_stats, "broadcast_heard": self.shared.write_heard},
             counters=self.shared.counters,
             counter_row=counter_row,
         )
@@ -499,6 +509,12 @@ class Master:
         if self.stopping:
             self.log.info("process.exit", name=child.name, pid=pid, cause=cause)
             return
+        if child.kind is ProcKind.BROADCASTER:
+            # Nobody hears Redis until a replacement subscribes: what was published since the dead
+            # one last had forwarded everything may be lost (pub/sub), so it is an outage.
+            heard = self.shared.heard_at()
+            start = heard if 0.0 < heard <= time.time() else time.time()
+            self.broadcaster_outages.append(Outage(start=start, error=f"broadcaster {cause}", attempts=1))
         self.log.error(
             "process.died",
             name=child.name,

@@ -17,6 +17,9 @@ from ..core.registry import SessionTable, table_size
 # master stats block: accepted, refused, respawns, sessions_lost, started_at, ready
 _MSTATS = struct.Struct("<QQQQdB")
 MSTATS_SIZE = 64
+# in the same block, written by the broadcaster: when it last had forwarded all it had heard
+_HEARD = struct.Struct("<d")
+_HEARD_AT = 48
 
 
 class SharedState:
@@ -35,6 +38,14 @@ class SharedState:
 
     def write_master_stats(self, accepted, refused, respawns, lost, started, ready) -> None:
         _MSTATS.pack_into(self._mstats, 0, accepted, refused, respawns, lost, started, ready)
+
+    def write_heard(self, when: float) -> None:
+        """The broadcaster: everything Redis published before ``when`` has reached the workers."""
+        _HEARD.pack_into(self._mstats, _HEARD_AT, when)
+
+    def heard_at(self) -> float:
+        """The master: the broadcaster's last ``write_heard`` (0.0: never)."""
+        return _HEARD.unpack_from(self._mstats, _HEARD_AT)[0]
 
     def master_stats(self) -> dict[str, object]:
         a, r, s, lost, started, ready = _MSTATS.unpack_from(self._mstats, 0)

@@ -339,8 +339,8 @@ class AdminApi:
         return 200, await self.collect_stats()
 
     async def collect_stats(self) -> dict[str, Any]:
-        per_process, reloads, ports = await asyncio.gather(
-            self.api.gather_stats(), self.api.reload_status(), self.api.listeners()
+        per_process, reloads, ports, deaths = await asyncio.gather(
+            self.api.gather_stats(), self.api.reload_status(), self.api.listeners(), self.api.broadcaster_outages()
         )
         retired = reloads.pop("retired")
         # A process that retired has sent its last report: list it no more.
@@ -375,9 +375,22 @@ class AdminApi:
                 str(p["port"]): {k: p[k] for k in ("connections", "accepted", "refused", "refused_by_reason")}
                 for p in ports["listeners"]
             },
-            "broadcast": next((p["broadcast"] for p in live if "broadcast" in p), {"mode": "off"}),
+            "broadcast": self._broadcast(live, deaths),
             "processes": live,
         }
+
+    def _broadcast(self, live: list[dict[str, Any]], deaths: list[dict[str, Any]]) -> dict[str, Any]:
+        """``broadcast`` of /v1/stats (contract 10.5): the broadcaster's own status, with the outages of
+        broadcasters that died (kept by the master); while none runs, not connected."""
+        mode = self.rt.config.broadcast_mode
+        status = next((p["broadcast"] for p in live if "broadcast" in p), None)
+        if status is None:
+            if mode == "off" or not self.rt.boot.broker_url:
+                return {"mode": "off"}
+            status = {"mode": mode, "connected": False, "outages": []}
+        outages = sorted([*deaths, *status.get("outages", [])], key=lambda o: o["start"])
+        open_death = any(o.get("end") is None for o in deaths)
+        return {**status, "connected": bool(status.get("connected")) and not open_death, "outages": outages}
 
     async def metrics(self, body: Any) -> tuple[int, Any]:
         stats = await self.collect_stats()

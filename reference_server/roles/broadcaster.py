@@ -68,6 +68,8 @@ if TYPE_CHECKING:
     from ..child.context import ChildContext
 
 SYNC_PING = b"bc-sync"  # the PING payload of an unsubscribe barrier
+#: What was published this long before the broadcaster looked may still have been on its way to it.
+HEARD_MARGIN = 0.1
 SYNC_TIMEOUT = 2.0
 READ_BATCH = 512  # messages read before a batch goes out
 BLOCK_MS = 100  # XREAD BLOCK: also how long a channel new to the node may wait for its first read
@@ -201,6 +203,8 @@ class Broadcaster:
                         break
                     msg = await pubsub.get_message(timeout=0)
                 self.flush()
+                if msg is None:  # drained: all that Redis published before we looked has gone to the workers
+                    self._forwarded(self.heard - HEARD_MARGIN)
         finally:
             self._pubsub = None
             await pubsub.aclose()
@@ -222,6 +226,7 @@ class Broadcaster:
                 except TimeoutError:
                     await client.ping()
                 self.heard = time.time()
+                self._forwarded(self.heard - HEARD_MARGIN)
                 continue
             result = await client.xread(keys, count=READ_BATCH, block=BLOCK_MS)
             self.heard = time.time()
@@ -230,6 +235,14 @@ class Broadcaster:
                 for entry_id, fields in entries:
                     self._take(channel, entry_id, fields.get(b"data", b""))
             self.flush()
+            self._forwarded(self.heard - HEARD_MARGIN)
+
+    def _forwarded(self, when: float) -> None:
+        """Tell the master (shared memory) that what was published before ``when`` reached the workers:
+        if this process dies, the outage of its death starts there (contract 13.5)."""
+        writer = self.rt.boot.extras.get("broadcast_heard")
+        if writer is not None:
+            writer(when)
 
     # -- one message --------------------------------------------------------------------------
 

@@ -248,6 +248,12 @@ VARIANTS += [
         "every task accepted before the kill gets exactly one",
     ),
     Variant(
+        "broadcaster_death_unreported",
+        "the broadcaster's death is no outage: what pub/sub loses meanwhile is unexplained",
+        "scenarios/test_broadcast.py::test_fault_broadcaster[pubsub]",
+        "the target reports the outage window",
+    ),
+    Variant(
         "fd_limit_fatal",
         "workers take connections until they run out of descriptors, then stop on the first that arrives without one",
         "scenarios/test_fd_exhaustion.py",
@@ -292,6 +298,7 @@ EXPECTED_CASE = {
     "stall_blind": "fault_worker_stall",
     "retire_waits_for_stalled": "fault_worker_stall_reload",
     "tasks_lost_silently": "fault_task_worker_kill",
+    "broadcaster_death_unreported": "fault_broadcaster[pubsub]",
 }
 
 
