@@ -62,6 +62,7 @@ def test_reference_passes_every_scenario(tmp_path: Path) -> None:
 #: Scenarios that need no capability (contract 12, 13).
 OWED_BY_EVERY_TARGET = (
     "hostile_client", "fault_worker_kill", "fault_worker_stall", "fault_task_worker_kill", "fd_exhaustion",
+    "protocol_conformance",
 )
 
 

@@ -85,6 +85,7 @@ class Manifest:
     heartbeat_granularity_ms: int = 1
     #: [limits] (1.2, section 12.2): the output a session may have waiting before it is closed with 4429.
     output_bytes: int = 16 << 20
+    message_bytes: int = 1 << 20  # the largest message the target takes (1.2: [limits] message_bytes)
     #: [install] (1.1): a command that exits 0 when the target can start here, and how to install it.
     install_check: list[str] = field(default_factory=list)
     install_hint: str = ""
@@ -183,6 +184,9 @@ def load_manifest(path: str | Path) -> Manifest:
     output_bytes = get(limits, "output_bytes", int, "limits.", 16 << 20)
     if not 65536 <= output_bytes <= 256 << 20:
         raise ManifestError(f"{path}: limits.output_bytes must be 65536..268435456, got {output_bytes}")
+    message_bytes = get(limits, "message_bytes", int, "limits.", 1 << 20)
+    if not 65536 <= message_bytes <= 64 << 20:
+        raise ManifestError(f"{path}: limits.message_bytes must be 65536..67108864, got {message_bytes}")
     install = get(data, "install", dict, "", {})
     check = get(install, "check", list, "install.", [])
     if not all(isinstance(p, str) for p in check):
@@ -209,6 +213,7 @@ def load_manifest(path: str | Path) -> Manifest:
         broadcast_buffer_bytes=buffer_bytes,
         heartbeat_granularity_ms=granularity,
         output_bytes=output_bytes,
+        message_bytes=message_bytes,
         install_check=check,
         install_hint=get(install, "hint", str, "install.", ""),
     )

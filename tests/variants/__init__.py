@@ -254,6 +254,12 @@ VARIANTS += [
         "the target reports the outage window",
     ),
     Variant(
+        "utf8_unchecked",
+        "invalid UTF-8 in text messages is replaced and served instead of failing the connection with 1007",
+        "scenarios/test_protocol.py",
+        "UTF-8: valid text taken whole",
+    ),
+    Variant(
         "fd_limit_fatal",
         "workers take connections until they run out of descriptors, then stop on the first that arrives without one",
         "scenarios/test_fd_exhaustion.py",
@@ -299,6 +305,7 @@ EXPECTED_CASE = {
     "retire_waits_for_stalled": "fault_worker_stall_reload",
     "tasks_lost_silently": "fault_task_worker_kill",
     "broadcaster_death_unreported": "fault_broadcaster[pubsub]",
+    "utf8_unchecked": "protocol_conformance",
 }
 
 
