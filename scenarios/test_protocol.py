@@ -26,11 +26,18 @@ from scenarios.harness.admin import AdminClient
 from scenarios.harness.checkers.protocol import CaseResult, ProtocolHistory, check_protocol
 from scenarios.harness.common import warm_up
 from scenarios.harness.spec import observe_leftovers
+from scenarios.harness.waiting import settle
 from scenarios.harness.wsprotocol import Case, cases, judge, run_case
 
 SEED = "RFC 6455 conformance (Autobahn categories 1-7, 9) next to the multi-process behaviour"
 PROFILE = {"workers": 2, "task_workers": 1}
 CONCURRENT_CASES = 16
+READY_BOUND_S = 10.0
+
+
+async def _ready(admin: AdminClient) -> bool:
+    status, _ = await admin.request("GET", "/ready")
+    return status == 200
 
 
 async def drive(target: Any, admin: AdminClient) -> ProtocolHistory:
@@ -50,7 +57,15 @@ async def drive(target: Any, admin: AdminClient) -> ProtocolHistory:
 
     # Each case has its own connection, so they run side by side: a target that leaves a connection
     # open where it should fail it costs the case's bound once per batch, not once per case.
-    h.results = list(await asyncio.gather(*(play(c) for c in cases(target.manifest.message_bytes))))
+    all_cases = cases(target.manifest.message_bytes)
+    h.results = list(await asyncio.gather(*(play(c) for c in all_cases)))
+    if sorted((p.get("name"), p["pid"]) for p in await admin.processes()) != h.processes_before:
+        # A case killed a process, and with it the other cases' connections to it: play every case
+        # again, one at a time, so that each verdict is the case's own ("no process exits" fails anyway).
+        h.facts["replayed_one_at_a_time"] = "a process exited while the cases ran side by side"
+        await settle(lambda: _ready(admin), timeout=READY_BOUND_S, interval=0.05)
+        gate = asyncio.Semaphore(1)
+        h.results = [await play(c) for c in all_cases]
     h.processes_after = sorted((p.get("name"), p["pid"]) for p in await admin.processes())
     h.leftovers = await observe_leftovers(admin, baseline)
     h.facts["cases"] = {r.id: (r.problem or ("passed (non-strict)" if r.non_strict else "passed")) for r in h.results}

@@ -35,6 +35,8 @@ from .rawclient import cut_server_frames, upgrade_request
 CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 #: How long the server has to answer a case (a reply, a pong, its close frame, the end of TCP).
 CASE_BOUND_S = 5.0
+#: How long a connection the server must fail may stay open (failing takes it microseconds).
+FAIL_BOUND_S = 2.0
 
 
 def frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0, mask: bool = True,
@@ -260,7 +262,7 @@ async def run_case(host: str, port: int, case: Case) -> Observed:
                 await writer.drain()
         except (ConnectionError, OSError) as exc:  # the server may fail the connection before all is written
             seen.write_error = repr(exc)
-        deadline = start + CASE_BOUND_S
+        deadline = start + (FAIL_BOUND_S if case.expect is Expect.FAIL else CASE_BOUND_S)
         want_reply = case.expect is Expect.REPLY
         answered = False
         while True:
