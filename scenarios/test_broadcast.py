@@ -338,7 +338,9 @@ async def drive_outage(target, scenario_run, mode: str, *, fault: str = "broker"
             outages = (await admin.stats())["broadcast"].get("outages", [])
             return len(outages) > len(stats0["broadcast"].get("outages", [])) and all(w.get("end") for w in outages)
 
-        await settle(reported, timeout=15, interval=0.1)
+        # A broker restart may take the target several reconnect attempts; a replacement broadcaster,
+        # already listed, only has to subscribe.
+        await settle(reported, timeout=15 if fault == "broker" else 5, interval=0.1)
         stats = await admin.stats()
         windows = [(w["start"], w["end"]) for w in stats["broadcast"].get("outages", []) if w.get("end")]
         excuse = windows if mode == "pubsub" else []
@@ -346,7 +348,7 @@ async def drive_outage(target, scenario_run, mode: str, *, fault: str = "broker"
         async def all_in() -> bool:
             return not check_histories(clients, publisher.log, end=end, outages=excuse).missing
 
-        await settle(all_in, timeout=15, interval=0.2)
+        await settle(all_in, timeout=15 if fault == "broker" else 8, interval=0.2)
         verdict = check_histories(clients, publisher.log, end=end, outages=excuse)
     finally:
         _dispose(clients)

@@ -232,7 +232,7 @@ def test_each_task_problem_is_named(fates: list[TaskFate], problem: str) -> None
     assert list(judge_tasks_after_kill(fates)) == [problem]
     failed = [c.name for c in check_task_worker_kill(_tasks(tasks=[*fates, TaskFate(2, 100, [("task_result", None, 1)])]))
               if not c.passed]
-    assert failed == ["every task accepted before the kill gets exactly one task_result or task_failed (2004) within 10 s"]
+    assert failed == ["every task accepted before the kill gets exactly one task_result or task_failed (2004) within 5 s"]
 
 
 @pytest.mark.parametrize(

@@ -317,7 +317,7 @@ def check_worker_stall(h: WorkerStallHistory) -> list[Check]:
 # -- fault_task_worker_kill (13.4) -----------------------------------------------------------------
 
 #: Every task accepted before the kill has its outcome (task_result or task_failed) within this of the kill.
-TASK_OUTCOME_BOUND_S = 10.0
+TASK_OUTCOME_BOUND_S = 5.0
 TASK_LOST = 2004
 
 
@@ -379,7 +379,7 @@ def check_task_worker_kill(h: TaskKillHistory) -> list[Check]:
             observed={"in_flight": h.in_flight_at_kill, "tasks": len(h.tasks)},
         ),
         named(
-            "every task accepted before the kill gets exactly one task_result or task_failed (2004) within 10 s",
+            "every task accepted before the kill gets exactly one task_result or task_failed (2004) within 5 s",
             bool(h.tasks) and not problems,
             expected="one outcome each, task_failed with TASK_LOST",
             observed=problems or {"outcomes": [[t.request, t.outcomes[0][0]] for t in h.tasks]},
