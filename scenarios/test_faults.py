@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from scenarios.harness import nemesis
-from scenarios.harness.admin import AdminClient
+from scenarios.harness.admin import AdminClient, AdminError
 from scenarios.harness.bystanders import AdminWatch, Watch, tick_times
 from scenarios.harness.checkers.faults import (
     ADMIN_BOUND_S,
@@ -298,11 +298,16 @@ async def drive_worker_stall(target: Any, admin: AdminClient, *, reload: bool = 
             await serve_during_stall(target, h, clients)
             if reload:
                 asked = time.monotonic()
-                h.reload = await asyncio.wait_for(
-                    admin.call("POST", "/v1/reload", {"scope": "all", "wait": True}),
-                    h.max_wait_ms / 1000.0 + RELOAD_SLACK_S + REPLY_BOUND_S,
-                )
-                h.reload_s = round(time.monotonic() - asked, 3)
+                bound = h.max_wait_ms / 1000.0 + RELOAD_SLACK_S + REPLY_BOUND_S
+                try:
+                    h.reload = await asyncio.wait_for(
+                        admin.call("POST", "/v1/reload", {"scope": "all", "wait": True}), bound
+                    )
+                    h.reload_s = round(time.monotonic() - asked, 3)
+                except TimeoutError:
+                    h.reload = {"state": f"no answer within {bound} s"}
+                except AdminError as exc:
+                    h.reload = {"state": f"refused: {exc}"[:200]}
             await nemesis.hold_until(window.start + STALL_S)
             h.admin = await admin_watch.stop()
         assert window.end is not None

@@ -23,6 +23,23 @@ from scenarios.harness.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = sorted(p for d in ("swoole", "workerman") for p in (REPO / "targets" / d).glob("*.toml"))
+#: Scenarios about the engine (Swoole's, Workerman's), not the application: a seed variant
+#: (``naive-*.toml``, the same engine with one application pattern changed) answers them as its
+#: target's own manifest does, so this test runs them once per engine and mode, not once per seed
+#: variant (about seven minutes of CI). ``./run compare`` still runs every scenario on every manifest.
+ENGINE_LEVEL = ("scenarios/test_faults.py", "scenarios/test_fd_exhaustion.py", "scenarios/test_protocol.py")
+ENGINE_CASES = {
+    "fault_worker_kill", "fault_worker_stall", "fault_worker_stall_reload", "fault_task_worker_kill",
+    "fd_exhaustion", "protocol_conformance",
+}
+SEED_SELECTION = ",".join(
+    str(p.relative_to(REPO)) for p in sorted((REPO / "scenarios").glob("test_*.py"))
+    if str(p.relative_to(REPO)) not in ENGINE_LEVEL
+)
+
+
+def _spec(path: Path) -> str:
+    return f"{path}@{SEED_SELECTION}" if path.stem.startswith("naive") else str(path)
 
 
 @pytest.mark.timeout(1500)
@@ -31,7 +48,7 @@ def test_php_targets_pass_what_they_declare_in_the_comparison(tmp_path: Path) ->
     if not installed:
         pytest.skip("; ".join(sorted({load_manifest(p).install_problem() or "" for p in MANIFESTS})))
     proc = subprocess.run(
-        [sys.executable, "-m", "scenarios.compare", *map(str, installed), "--out", str(tmp_path)],
+        [sys.executable, "-m", "scenarios.compare", *map(_spec, installed), "--out", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=1500,
     )
     doc = json.loads((tmp_path / "index.json").read_text())
@@ -40,7 +57,10 @@ def test_php_targets_pass_what_they_declare_in_the_comparison(tmp_path: Path) ->
     assert len(targets) == len(installed), sorted(targets)
     for name, t in targets.items():
         assert t["group"] in ("swoole", "workerman"), t["group"]
-        assert not t["known_failures_unmatched"] and not t["forced_stops"] and not t["crashed"], (name, t)
+        unmatched = set(t["known_failures_unmatched"])
+        if "naive" in name:  # the engine-level cases were not selected for a seed variant
+            unmatched -= ENGINE_CASES
+        assert not unmatched and not t["forced_stops"] and not t["crashed"], (name, t)
     cells = [(row["case"], name, cell) for g in doc["groups"] for row in g["rows"] for name, cell in row["cells"].items()]
     for case, name, cell in cells:
         assert cell["verdict"] in {"passed", "unsupported", "known_deviation"}, (name, case, cell["verdict"], cell["message"][:500])
