@@ -68,7 +68,7 @@ ECHO_EVERY_S = 0.1
 NEW_PER_WORKER = 4  # new connections after the replacement, per worker
 REPLY_BOUND_S = 5.0
 #: How long a worker is stopped in fault_worker_stall.
-STALL_S = 4.5
+STALL_S = 3.0
 #: How long the other sessions are watched after the kill (longer than the gap bound).
 OBSERVE_S = BYSTANDER_GAP_S + 1.0
 
@@ -375,7 +375,7 @@ def test_fault_worker_stall(target_factory, evidence, run_async) -> None:
 @pytest.mark.scenario("fault_worker_stall_reload", seed=SEED_STALL_RELOAD)
 @pytest.mark.requires("reload")
 def test_fault_worker_stall_reload(target_factory, evidence, run_async) -> None:
-    target = target_factory(PROFILE, "fault_worker_stall_reload")
+    target = target_factory({**PROFILE, "max_wait_ms": 2000}, "fault_worker_stall_reload")
     admin = AdminClient(target.admin_url, target.admin_token)
     history = run_async(drive_worker_stall(target, admin, reload=True), timeout=120)
     if history.workers < 2:
@@ -454,7 +454,8 @@ async def drive_task_worker_kill(target: Any, admin: AdminClient) -> TaskKillHis
             got = task_outcomes(submitter, req, killed)
             h.after.append(got[0][0] if got else "no outcome")
         # One more moment for duplicates: a second outcome for a task would arrive behind these.
-        await settle(lambda: watch.ticked_after(time.time() + 0.2), timeout=REPLY_BOUND_S, interval=0.05)
+        later = time.time() + 0.2
+        await settle(lambda: watch.ticked_after(later), timeout=REPLY_BOUND_S, interval=0.05)
     finally:
         h.bystanders = await watch.stop(since=killed - 1.0 if killed else time.time())
         watch.abort()

@@ -264,8 +264,8 @@ def check_worker_stall(h: WorkerStallHistory) -> list[Check]:
     return [
         named(
             "the stalled worker had sessions, other workers had sessions too, and the stall lasted",
-            bool(h.victims) and bool(h.bystanders) and h.stall_s >= STALL_NOTICE_S + NEW_BOUND_S,
-            expected=f">= 1 of each, a stall of >= {STALL_NOTICE_S + NEW_BOUND_S} s",
+            bool(h.victims) and bool(h.bystanders) and h.stall_s >= STALL_NOTICE_S + 0.5,
+            expected=f">= 1 of each, a stall of >= {STALL_NOTICE_S + 0.5} s",
             observed={"victims": len(h.victims), "others": len(h.bystanders), "stall_s": round(h.stall_s, 3)},
         ),
         named(
