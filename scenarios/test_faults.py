@@ -70,7 +70,7 @@ REPLY_BOUND_S = 5.0
 #: How long a worker is stopped in fault_worker_stall.
 STALL_S = 3.0
 #: How long the other sessions are watched after the kill (longer than the gap bound).
-OBSERVE_S = BYSTANDER_GAP_S + 1.0
+OBSERVE_S = BYSTANDER_GAP_S + 0.5
 
 
 async def _connect(target: Any, name: str) -> HostileClient:
