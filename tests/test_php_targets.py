@@ -63,6 +63,9 @@ def test_php_targets_pass_what_they_declare_in_the_comparison(tmp_path: Path) ->
         assert not unmatched and not t["forced_stops"] and not t["crashed"], (name, t)
     cells = [(row["case"], name, cell) for g in doc["groups"] for row in g["rows"] for name, cell in row["cells"].items()]
     for case, name, cell in cells:
+        if "naive" in name and case in ENGINE_CASES:  # not selected for a seed variant (above)
+            assert cell["verdict"] == "not_run", (name, case, cell["verdict"])
+            continue
         assert cell["verdict"] in {"passed", "unsupported", "known_deviation"}, (name, case, cell["verdict"], cell["message"][:500])
         assert CHECK_NAME not in cell["failed_checks"], (name, case)
         if case == "contract_probe[core]":
