@@ -125,13 +125,39 @@ def decreased(before: dict[str, int], after: dict[str, int]) -> dict[str, list[i
     }
 
 
+def check_bystanders(name: str, bystanders: list[Bystander], *, gap_bound: bool = True) -> Check:
+    """Every watched session ticked, none with a gap over BYSTANDER_GAP_S (unless ``gap_bound`` is
+    off: another check bounds it), and every echo answered."""
+    gaps = {b.session: round(b.max_gap_s, 3) for b in bystanders}
+    over = {s: g for s, g in gaps.items() if g > BYSTANDER_GAP_S}
+    unanswered = {b.session: b.echo_failures[:3] for b in bystanders if b.echo_failures}
+    return named(
+        name,
+        bool(bystanders) and all(b.ticks for b in bystanders) and (not gap_bound or not over) and not unanswered,
+        expected=f"tick gaps <= {BYSTANDER_GAP_S} s" + ("" if gap_bound else " (with a reload: its own bound)")
+        + ", echoes answered",
+        observed={"longest_gap_s": max(gaps.values(), default=None), "over": over, "unanswered": unanswered},
+    )
+
+
+def check_others(before: list[Any], after: list[Any]) -> Check:
+    """The processes the fault was not about kept their pids."""
+    return named("no other process exits", bool(before) and before == after, expected=before, observed=after)
+
+
+def check_counters(name: str, before: dict[str, int], after: dict[str, int]) -> Check:
+    went_down = decreased(before, after)
+    return named(
+        name,
+        bool(before) and not went_down,
+        expected="after >= before for every standard counter",
+        observed=went_down or "none decreased",
+    )
+
+
 def check_worker_kill(h: WorkerKillHistory) -> list[Check]:
     outcomes = judge_victims(h.victims)
     bad = {k: v for k, v in outcomes.items() if k not in (Outcome.KEPT.value, Outcome.CLOSED.value)}
-    gaps = {b.session: round(b.max_gap_s, 3) for b in h.bystanders}
-    slow = {s: g for s, g in gaps.items() if g > BYSTANDER_GAP_S}
-    unanswered = {b.session: b.echo_failures[:3] for b in h.bystanders if b.echo_failures}
-    went_down = decreased(h.counters_before, h.counters_after)
     return [
         named(
             "the killed worker had sessions, and other workers had sessions too",
@@ -148,12 +174,7 @@ def check_worker_kill(h: WorkerKillHistory) -> list[Check]:
                       "close_code": v.close_code, "echo_after_s": v.echo_after_s,
                       "unlisted_after_s": v.unlisted_after_s} for v in h.victims[:8]],
         ),
-        named(
-            "sessions on the other workers see no gap over 2 s and every echo answered",
-            bool(h.bystanders) and all(b.ticks for b in h.bystanders) and not slow and not unanswered,
-            expected=f"tick gaps <= {BYSTANDER_GAP_S} s, echoes answered",
-            observed={"longest_gap_s": max(gaps.values(), default=None), "over": slow, "unanswered": unanswered},
-        ),
+        check_bystanders("sessions on the other workers see no gap over 2 s and every echo answered", h.bystanders),
         named(
             "a replacement worker of the same id is listed within 10 s and serves new connections",
             h.replacement_pid is not None
@@ -168,18 +189,9 @@ def check_worker_kill(h: WorkerKillHistory) -> list[Check]:
                       "served": h.new_served, "on_replacement": h.new_on_replacement,
                       "failures": h.new_failures[:3]},
         ),
-        named(
-            "no other process exits",
-            bool(h.others_before) and h.others_before == h.others_after,
-            expected=h.others_before,
-            observed=h.others_after,
-        ),
-        named(
-            "no standard counter decreases (what the killed worker counted still counts)",
-            bool(h.counters_before) and not went_down,
-            expected="after >= before for every standard counter",
-            observed=went_down or "none decreased",
-        ),
+        check_others(h.others_before, h.others_after),
+        check_counters("no standard counter decreases (what the killed worker counted still counts)",
+                       h.counters_before, h.counters_after),
         *check_leftovers(h.leftovers),
     ]
 
@@ -256,11 +268,7 @@ def check_stall_reload(h: WorkerStallHistory) -> list[Check]:
 def check_worker_stall(h: WorkerStallHistory) -> list[Check]:
     outcomes = judge_victims(h.victims)
     bad = {k: v for k, v in outcomes.items() if k not in (Outcome.KEPT.value, Outcome.CLOSED.value)}
-    gaps = {b.session: round(b.max_gap_s, 3) for b in h.bystanders}
-    slow = {s: g for s, g in gaps.items() if g > BYSTANDER_GAP_S}
-    unanswered = {b.session: b.echo_failures[:3] for b in h.bystanders if b.echo_failures}
     slow_admin = [a for a in h.admin if a[1] != 200 or a[2] > ADMIN_BOUND_S]
-    went_down = decreased(h.counters_before, h.counters_after)
     return [
         named(
             "the stalled worker had sessions, other workers had sessions too, and the stall lasted",
@@ -277,13 +285,8 @@ def check_worker_stall(h: WorkerStallHistory) -> list[Check]:
                       "closed_after_resume_s": v.closed_after_s, "unlisted_after_resume_s": v.unlisted_after_s}
                      for v in h.victims[:8]],
         ),
-        named(
-            "sessions on the other workers see no gap over 2 s and every echo answered",
-            bool(h.bystanders) and all(b.ticks for b in h.bystanders) and (h.reload is not None or not slow)
-            and not unanswered,
-            expected=f"tick gaps <= {BYSTANDER_GAP_S} s (with a reload: its own bound), echoes answered",
-            observed={"longest_gap_s": max(gaps.values(), default=None), "over": slow, "unanswered": unanswered},
-        ),
+        check_bystanders("sessions on the other workers see no gap over 2 s and every echo answered", h.bystanders,
+                         gap_bound=h.reload is None),
         named(
             "the admin API answers within 2 s during the stall",
             bool(h.admin) and not slow_admin,
@@ -297,18 +300,8 @@ def check_worker_stall(h: WorkerStallHistory) -> list[Check]:
             expected=f"{h.new_clients} served within {NEW_BOUND_S} s each",
             observed={"served": h.new_served, "failures": h.new_failures[:3]},
         ),
-        named(
-            "no other process exits",
-            bool(h.others_before) and h.others_before == h.others_after,
-            expected=h.others_before,
-            observed=h.others_after,
-        ),
-        named(
-            "no standard counter decreases",
-            bool(h.counters_before) and not went_down,
-            expected="after >= before for every standard counter",
-            observed=went_down or "none decreased",
-        ),
+        check_others(h.others_before, h.others_after),
+        check_counters("no standard counter decreases", h.counters_before, h.counters_after),
         *(check_stall_reload(h) if h.reload is not None else []),
         *check_leftovers(h.leftovers),
     ]
@@ -367,10 +360,6 @@ def judge_tasks_after_kill(tasks: list[TaskFate]) -> dict[str, list[Any]]:
 
 def check_task_worker_kill(h: TaskKillHistory) -> list[Check]:
     problems = judge_tasks_after_kill(h.tasks)
-    gaps = {b.session: round(b.max_gap_s, 3) for b in h.bystanders}
-    slow = {s: g for s, g in gaps.items() if g > BYSTANDER_GAP_S}
-    unanswered = {b.session: b.echo_failures[:3] for b in h.bystanders if b.echo_failures}
-    went_down = decreased(h.counters_before, h.counters_after)
     return [
         named(
             "a task was running when its task worker was killed, with more queued behind it",
@@ -395,23 +384,8 @@ def check_task_worker_kill(h: TaskKillHistory) -> list[Check]:
             expected="a new pid within 10 s; new tasks answered with task_result",
             observed={"pid": h.replacement_pid, "after_s": h.replacement_after_s, "new_tasks": h.after},
         ),
-        named(
-            "sessions see no gap over 2 s and every echo answered",
-            bool(h.bystanders) and all(b.ticks for b in h.bystanders) and not slow and not unanswered,
-            expected=f"tick gaps <= {BYSTANDER_GAP_S} s, echoes answered",
-            observed={"longest_gap_s": max(gaps.values(), default=None), "over": slow, "unanswered": unanswered},
-        ),
-        named(
-            "no other process exits",
-            bool(h.others_before) and h.others_before == h.others_after,
-            expected=h.others_before,
-            observed=h.others_after,
-        ),
-        named(
-            "no standard counter decreases",
-            bool(h.counters_before) and not went_down,
-            expected="after >= before for every standard counter",
-            observed=went_down or "none decreased",
-        ),
+        check_bystanders("sessions see no gap over 2 s and every echo answered", h.bystanders),
+        check_others(h.others_before, h.others_after),
+        check_counters("no standard counter decreases", h.counters_before, h.counters_after),
         *check_leftovers(h.leftovers),
     ]
