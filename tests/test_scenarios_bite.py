@@ -35,10 +35,24 @@ def run_suite(scenario_files: list[str], manifest: Path, report_dir: Path) -> tu
     return proc.returncode, results, proc.stdout[-3000:] + proc.stderr[-2000:]
 
 
+def run_judged(scenario_files: list[str], manifest: Path, report_dir: Path) -> tuple[int, dict, str]:
+    """``run_suite``, run once more if a case was inconclusive (contract 11.4: the machine was too
+    busy to judge its timing); skipped, with the conditions, if it is inconclusive twice."""
+    code, results, output = run_suite(scenario_files, manifest, report_dir)
+    for attempt in (2, 3):
+        starved = [r for r in results.get("scenarios", []) if r["verdict"] == "inconclusive"]
+        if not starved:
+            return code, results, output
+        if attempt == 3:
+            pytest.skip(f"inconclusive twice, the machine too busy to judge: {[r['conditions']['why'] for r in starved]}")
+        code, results, output = run_suite(scenario_files, manifest, report_dir.with_name(f"{report_dir.name}-{attempt}"))
+    return code, results, output
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
 def test_scenario_catches_broken_variant(variant: Variant, tmp_path: Path) -> None:
     manifest = write_manifest(variant.name, tmp_path)
-    code, results, output = run_suite([variant.scenario], manifest, tmp_path / "reports")
+    code, results, output = run_judged([variant.scenario], manifest, tmp_path / "reports")
     assert code == 1, f"the scenario did not fail on {variant.name}:\n{output}"
     (record,) = results["scenarios"]
     assert record["verdict"] == "failed", record
@@ -52,7 +66,7 @@ def test_scenario_catches_broken_variant(variant: Variant, tmp_path: Path) -> No
 
 def test_reference_passes_every_scenario(tmp_path: Path) -> None:
     scenario_files = sorted({v.scenario for v in VARIANTS})
-    code, results, output = run_suite(scenario_files, REFERENCE, tmp_path / "reports")
+    code, results, output = run_judged(scenario_files, REFERENCE, tmp_path / "reports")
     assert code == 0, output
     verdicts = {r["id"]: r["verdict"] for r in results["scenarios"]}
     assert verdicts and set(verdicts.values()) == {"passed"}, verdicts

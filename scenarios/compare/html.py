@@ -20,6 +20,7 @@ LABELS = {
     "passed": "passed",
     "failed": "FAILED",
     "known_deviation": "known deviation",
+    "inconclusive": "inconclusive",
     "unsupported": "unsupported",
     "error": "ERROR",
     "skipped": "skipped",
@@ -51,6 +52,8 @@ tr.seed th { background: #f6f7f9; font-weight: 600; color: #39414b; padding-top:
 .cell small { font-weight: 400; opacity: .8; margin-left: 4px; }
 .v-passed { background: var(--pass-bg); color: var(--pass); } .v-failed, .v-error { background: var(--fail-bg); color: var(--fail); }
 .v-known_deviation { background: var(--known-bg); color: var(--known); }
+.v-inconclusive { background: repeating-linear-gradient(135deg, #eef0f3 0 6px, #fff 6px 12px); color: #39414b;
+  outline: 1px dashed #9aa3ad; }
 .v-unsupported, .v-skipped { background: var(--unsup-bg); color: var(--unsup); font-weight: 400; }
 .v-not_run { color: #b0b6be; font-weight: 400; }
 .why { font-size: 12px; color: #5b1a1a; font-weight: 400; margin-top: 2px; }
@@ -166,7 +169,13 @@ def _cell_html(cell: dict[str, Any], target: str, case: str) -> str:
     inner = f"{escape(label)}{duration}"
     body = f'<a {attrs} href="{escape(cell["link"])}">{inner}</a>' if cell.get("link") else f"<span {attrs}>{inner}</span>"
     why = ""
-    if verdict in ("failed", "error", "known_deviation"):
+    if verdict == "inconclusive":
+        cond = cell.get("conditions") or {}
+        why = (
+            f'<div class="why">machine busy: noise {cond.get("noise_cpus_max")} CPUs, '
+            f'loop lag {cond.get("loop_lag_max_ms")} ms</div>'
+        )
+    elif verdict in ("failed", "error", "known_deviation"):
         reason = cell["failed_checks"][0] if cell["failed_checks"] else cell["message"]
         if reason:
             why = f'<div class="why">{escape(reason[:140])}</div>'

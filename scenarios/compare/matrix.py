@@ -15,9 +15,11 @@ wrote (or nothing, if the run crashed). Output: the document written as
 Verdicts: ``passed``; ``failed`` (including a stale known failure: a case the
 manifest lists that passed); ``known_deviation`` (a listed case that
 failed); ``unsupported`` (the target does not declare what the case needs);
-``error`` (the case broke before its checks); ``skipped``; ``not_run`` (the
-case was not selected for that target, e.g. a broken variant runs only the
-scenario it is about).
+``error`` (the case broke before its checks); ``inconclusive`` (only checks
+with a time bound failed, while the harness measured CPU starvation: the
+machine was too busy to judge; the cell carries the measured ``conditions``);
+``skipped``; ``not_run`` (the case was not selected for that target, e.g. a
+broken variant runs only the scenario it is about).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-VERDICTS = ("passed", "failed", "known_deviation", "unsupported", "error", "skipped", "not_run")
+VERDICTS = ("passed", "failed", "known_deviation", "inconclusive", "unsupported", "error", "skipped", "not_run")
 #: Verdicts that make the comparison fail.
 BAD = frozenset({"failed", "error"})
 
@@ -137,6 +139,7 @@ def _cell(record: dict[str, Any], link: str) -> dict[str, Any]:
         "message": _first_line(record.get("message", "")),
         "stale": "stale known failure" in record.get("message", ""),
         "link": link,
+        **({"conditions": record.get("conditions")} if verdict == "inconclusive" else {}),
     }
 
 

@@ -33,6 +33,8 @@ class Check:
     expected: Any = None
     observed: Any = None
     details: dict[str, Any] = field(default_factory=dict)
+    #: The check has a time bound: under CPU starvation its failure is ``inconclusive`` (contract 11.4).
+    timing: bool = False
 
     def describe(self) -> str:
         text = f"[FAIL] {self.name}: expected {self.expected!r}, observed {self.observed!r}"
@@ -64,16 +66,21 @@ class Evidence:
         """A random stream of this case (one per ``label``), from the run seed: same seed, same choices."""
         return random.Random(f"{self.run_seed}/{self.scenario}/{label}")
 
-    def check(self, name: str, passed: bool, *, expected: Any = None, observed: Any = None, **details: Any) -> bool:
-        """Record one check; details should be small excerpts (lists are cut)."""
+    def check(
+        self, name: str, passed: bool, *, expected: Any = None, observed: Any = None, timing: bool = False, **details: Any
+    ) -> bool:
+        """Record one check; details should be small excerpts (lists are cut).
+
+        ``timing``: the check has a time bound (see :attr:`Check.timing`).
+        """
         trimmed = {k: (v[:MAX_EXCERPT] if isinstance(v, list) else v) for k, v in details.items()}
-        self.checks.append(Check(name, bool(passed), expected, observed, trimmed))
+        self.checks.append(Check(name, bool(passed), expected, observed, trimmed, bool(timing)))
         return bool(passed)
 
     def record(self, checks: list[Check]) -> bool:
         """Record the checks a checker made (``scenarios/harness/checkers/``); whether all passed."""
         for c in checks:
-            self.check(c.name, c.passed, expected=c.expected, observed=c.observed, **c.details)
+            self.check(c.name, c.passed, expected=c.expected, observed=c.observed, timing=c.timing, **c.details)
         return all(c.passed for c in checks)
 
     def fact(self, name: str, value: Any) -> None:

@@ -29,9 +29,15 @@ from .target import count_fds
 from .waiting import settle
 
 
-def named(name: str, passed: bool, *, expected: Any = None, observed: Any = None, **details: Any) -> Check:
-    """One named check (details are small excerpts; the evidence cuts long lists)."""
-    return Check(name, bool(passed), expected, observed, details)
+def named(
+    name: str, passed: bool, *, expected: Any = None, observed: Any = None, timing: bool = False, **details: Any
+) -> Check:
+    """One named check (details are small excerpts; the evidence cuts long lists).
+
+    ``timing=True`` marks a check whose bound is a time (a gap, a deadline, a latency): if it
+    fails while the harness measured CPU starvation, the case is ``inconclusive``, not failed.
+    """
+    return Check(name, bool(passed), expected, observed, details, bool(timing))
 
 
 async def fd_snapshot(admin: AdminClient) -> dict[str, int]:

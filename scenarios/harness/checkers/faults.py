@@ -133,7 +133,8 @@ def check_bystanders(name: str, bystanders: list[Bystander], *, gap_bound: bool 
     unanswered = {b.session: b.echo_failures[:3] for b in bystanders if b.echo_failures}
     return named(
         name,
-        bool(bystanders) and all(b.ticks for b in bystanders) and (not gap_bound or not over) and not unanswered,
+        timing=True,
+        passed=bool(bystanders) and all(b.ticks for b in bystanders) and (not gap_bound or not over) and not unanswered,
         expected=f"tick gaps <= {BYSTANDER_GAP_S} s" + ("" if gap_bound else " (with a reload: its own bound)")
         + ", echoes answered",
         observed={"longest_gap_s": max(gaps.values(), default=None), "over": over, "unanswered": unanswered},
@@ -168,6 +169,7 @@ def check_worker_kill(h: WorkerKillHistory) -> list[Check]:
         named(
             "each session of the killed worker is kept (still answered) or closed and gone within 5 s",
             bool(h.victims) and not bad,
+            timing=True,
             expected="kept or closed",
             observed=outcomes,
             victims=[{"session": v.session, "outcome": v.outcome().value, "closed_after_s": v.closed_after_s,
@@ -184,6 +186,7 @@ def check_worker_kill(h: WorkerKillHistory) -> list[Check]:
             and h.new_clients > 0
             and h.new_served == h.new_clients
             and h.new_on_replacement > 0,
+            timing=True,
             expected="a new pid for the id; every new connection answered, at least one owned by the replacement",
             observed={"pid": h.replacement_pid, "after_s": h.replacement_after_s, "new": h.new_clients,
                       "served": h.new_served, "on_replacement": h.new_on_replacement,
@@ -247,12 +250,14 @@ def check_stall_reload(h: WorkerStallHistory) -> list[Check]:
         named(
             "a reload during the stall is done within max_wait_ms (and a little)",
             record.get("state") == "done" and h.reload_s is not None and h.reload_s <= bound_s,
+            timing=True,
             expected=f"done within {bound_s} s",
             observed={"state": record.get("state"), "took_s": h.reload_s, "duration_ms": record.get("duration_ms")},
         ),
         named(
             "no session of a running worker is closed by the reload, and its ticks pause at most max_wait_ms",
             bool(h.bystanders) and not h.bystanders_closed and not over,
+            timing=True,
             expected=f"none closed, tick gaps <= {h.max_wait_ms} ms",
             observed={"closed": h.bystanders_closed, "longest_gap_s": max(gaps.values(), default=None), "over": over},
         ),
@@ -279,6 +284,7 @@ def check_worker_stall(h: WorkerStallHistory) -> list[Check]:
         named(
             "each session of the stalled worker is kept (answered once it runs again) or closed and gone",
             bool(h.victims) and not bad,
+            timing=True,
             expected="kept or closed, within 5 s of the resume",
             observed=outcomes,
             victims=[{"session": v.session, "outcome": v.outcome().value, "echo_after_resume_s": v.echo_after_s,
@@ -290,6 +296,7 @@ def check_worker_stall(h: WorkerStallHistory) -> list[Check]:
         named(
             "the admin API answers within 2 s during the stall",
             bool(h.admin) and not slow_admin,
+            timing=True,
             expected=f"200 within {ADMIN_BOUND_S} s",
             observed={"answers": len(h.admin), "slowest_s": max((a[2] for a in h.admin), default=None),
                       "failed": slow_admin[:5]},
@@ -297,6 +304,7 @@ def check_worker_stall(h: WorkerStallHistory) -> list[Check]:
         named(
             "new connections made during the stall are served (none is sent to the stalled worker)",
             h.new_clients > 0 and h.new_served == h.new_clients,
+            timing=True,
             expected=f"{h.new_clients} served within {NEW_BOUND_S} s each",
             observed={"served": h.new_served, "failures": h.new_failures[:3]},
         ),
@@ -370,6 +378,7 @@ def check_task_worker_kill(h: TaskKillHistory) -> list[Check]:
         named(
             "every task accepted before the kill gets exactly one task_result or task_failed (2004) within 5 s",
             bool(h.tasks) and not problems,
+            timing=True,
             expected="one outcome each, task_failed with TASK_LOST",
             observed=problems or {"outcomes": [[t.request, t.outcomes[0][0]] for t in h.tasks]},
         ),
@@ -381,6 +390,7 @@ def check_task_worker_kill(h: TaskKillHistory) -> list[Check]:
             and h.replacement_after_s <= REPLACEMENT_BOUND_S
             and bool(h.after)
             and all(a == "task_result" for a in h.after),
+            timing=True,
             expected="a new pid within 10 s; new tasks answered with task_result",
             observed={"pid": h.replacement_pid, "after_s": h.replacement_after_s, "new_tasks": h.after},
         ),

@@ -70,6 +70,7 @@ def check_flood(h: FloodHistory) -> list[Check]:
         named(
             "the admin API answers during the flood",
             bool(h.admin) and not slow_admin,
+            timing=True,
             expected=f"200 within {ANSWER_BOUND_S} s",
             observed={"answers": len(h.admin), "slowest_s": max((a[2] for a in h.admin), default=None),
                       "failed": slow_admin[:5]},
@@ -77,6 +78,7 @@ def check_flood(h: FloodHistory) -> list[Check]:
         named(
             "a client that connects during the flood is served or refused within 5 s, not left hanging",
             h.newcomer in ("served", "refused"),
+            timing=True,
             expected="served or refused",
             observed=h.newcomer or "not tried",
             detail=h.newcomer_detail,

@@ -74,18 +74,21 @@ def check(h: HeartbeatHistory) -> list[Check]:
         named(
             "idle sessions close within the tolerance of the idle time",
             not early_late and bool(judged),
+            timing=True,
             expected=f"every idle client ended {h.idle_ms}..{h.latest_ms} ms after its last message",
             observed=early_late or f"all {len(judged)} within",
         ),
         named(
             "ping-only clients did ping through the whole window",
             bool(h.pings) and all(n >= min_pings for n in h.pings.values()),
+            timing=True,
             expected=f">= {int(min_pings)} pings each",
             observed=h.pings,
         ),
         named(
             "chatty, ping-only and protected clients stay open",
             not h.survivors_closed,
+            timing=True,
             expected="open for the whole window",
             observed=h.survivors_closed or "all open",
         ),

@@ -171,6 +171,7 @@ def check_hostile(h: HostileHistory) -> list[Check]:
         named(
             "the other sessions are served throughout (ticks without a gap over 2 s, every echo answered)",
             bool(h.bystanders) and not stalled,
+            timing=True,
             expected=f"ticks every 50 ms (gap <= {BYSTANDER_GAP_S} s), echoes answered",
             observed=stalled or [{"name": b.name, "ticks": b.ticks, "max_gap_s": round(b.max_gap_s, 3)}
                                  for b in h.bystanders],

@@ -159,6 +159,7 @@ def check_churn(h: ChurnHistory, *, attempt_bound_s: float) -> list[Check]:
         named(
             "no connection attempt hangs",
             bool(h.attempts) and not hangs,
+            timing=True,
             expected=f"every attempt concluded within {attempt_bound_s}s",
             observed=f"{len(hangs)} hung" if hangs else f"none of {len(h.attempts)}",
             hung=hangs[:10],

@@ -74,6 +74,7 @@ def check_ticks(clients: list[Ticking], windows: list[ReloadWindow], max_wait_ms
         named(
             "the longest silence in a session's ticks during a reload is below max_wait_ms",
             worst * 1000 < max_wait_ms,
+            timing=True,
             expected=f"< {max_wait_ms} ms",
             observed=f"{worst * 1000:.1f} ms",
             per_reload=gap_report,
@@ -103,6 +104,7 @@ def check_retired(records: list[dict[str, Any]], expect_processes: bool = True) 
         named(
             "no old process had to be killed and no session was lost",
             not lost,
+            timing=True,
             expected="forced_kills == 0 and sessions_lost == 0 in every reload",
             observed=lost or "none",
         ),

@@ -1,0 +1,181 @@
+"""The harness's measure of its own conditions (scenarios/harness/starvation.py), and its verdict.
+
+The pure judge on synthetic samples; the sampler on this machine, with a CPU hog inside the
+harness's process tree (never noise: a target that starves itself fails) and one outside it
+(noise); and the plugin's rule: only a case that failed by timing checks alone while starved is
+``inconclusive``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scenarios.harness import starvation as st
+from scenarios.harness.starvation import Sample, judge, tree_cpu
+
+
+def samples(noise_per_s: list[float], *, tree_per_s: float = 0.5, steal_per_s: float = 0.0, step: float = 0.25) -> list[Sample]:
+    """Cumulative readings every ``step`` s; ``noise_per_s`` gives the noise (CPUs) of each second."""
+    out, busy, tree, steal, t = [], 10.0, 5.0, 0.0, 1000.0
+    out.append(Sample(t, busy, tree, steal))
+    for noise in noise_per_s:
+        for _ in range(round(1 / step)):
+            t += step
+            tree += tree_per_s * step
+            steal += steal_per_s * step
+            busy += (tree_per_s + noise + steal_per_s) * step
+            out.append(Sample(t, busy, tree, steal))
+    return out
+
+
+def test_a_quiet_case_is_not_starved_whatever_the_target_itself_uses() -> None:
+    got = judge(samples([0.1, 0.2, 0.1], tree_per_s=1.9), [(1001.0, 0.003)], 1000.0, 1003.0)
+    assert not got.starved, got
+    assert got.noise_cpus_max is not None and got.noise_cpus_max < 0.3
+    assert got.loop_lag_max_s == 0.003
+    assert got.windows == []
+
+
+def test_one_busy_second_of_other_processes_starves_the_case() -> None:
+    got = judge(samples([0.1, 1.6, 0.1]), [], 1000.0, 1003.0)
+    assert got.starved and "other processes" in got.why
+    assert got.noise_cpus_max == pytest.approx(1.6, abs=0.01)
+    assert len(got.windows) == 1 and got.windows[0]["noise_cpus"] == pytest.approx(1.6, abs=0.01)
+
+
+def test_noise_outside_the_case_does_not_count() -> None:
+    data = samples([1.8, 1.8, 0.1, 0.1, 1.8])  # the case runs in seconds 2..4 only
+    assert not judge(data, [], 1002.0, 1004.0).starved
+    assert judge(data, [], 1000.0, 1002.0).starved
+
+
+def test_steal_alone_starves_the_case() -> None:
+    got = judge(samples([0.0, 0.0], steal_per_s=0.3), [], 1000.0, 1002.0)
+    assert got.starved and "stole" in got.why
+
+
+def test_a_late_loop_starves_the_case_and_only_its_own_lags_count() -> None:
+    lags = [(1000.5, 0.01), (1001.5, 0.7), (1010.0, 2.0)]
+    got = judge([], lags, 1000.0, 1002.0)
+    assert got.starved and "event loop" in got.why
+    assert got.loop_lag_max_s == 0.7
+    assert not judge([], [(1000.5, 0.01), (1010.0, 2.0)], 1000.0, 1002.0).starved
+
+
+def test_no_readings_means_nothing_is_known_and_nothing_is_excused() -> None:
+    got = judge([], [], 1000.0, 1002.0)
+    assert not got.starved and got.noise_cpus_max is None and got.loop_lag_max_s is None
+
+
+def test_tree_cpu_sums_a_process_and_its_descendants_only() -> None:
+    stats = {1: (0, 100.0), 10: (1, 1.0), 11: (10, 2.0), 12: (11, 4.0), 20: (1, 50.0)}
+    assert tree_cpu(10, stats) == 7.0
+    assert tree_cpu(12, stats) == 4.0
+    assert tree_cpu(99, stats) == 0.0
+
+
+HOG = "import time\nend = time.time() + {secs}\nwhile time.time() < end: pass\n"
+
+
+def start_hogs(n: int, secs: float, *, outside: bool) -> list[int]:
+    """``n`` busy loops; ``outside``: not in this process's tree (setsid -f: its parent exits at once)."""
+    code = HOG.format(secs=secs)
+    if not outside:
+        return [subprocess.Popen([sys.executable, "-c", code]).pid for _ in range(n)]
+    pids = []
+    for _ in range(n):
+        out = subprocess.run(
+            ["setsid", "-f", sys.executable, "-c", f"import os; print(os.getpid(), flush=True); os.close(1)\n{code}"],
+            stdout=subprocess.PIPE, text=True, timeout=10,
+        )
+        pids.append(int(out.stdout.split()[0]))
+    return pids
+
+
+def stop(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in pids:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # not our child (outside the tree): init reaps it
+            pass
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc")
+
+
+@needs_proc
+def test_the_sampler_sees_a_hog_outside_the_tree_as_noise_and_one_inside_as_ours() -> None:
+    sampler = st.Sampler()
+    pids = start_hogs(2, 5, outside=False)
+    try:
+        t0 = time.time()
+        for _ in range(8):
+            sampler.sample()
+            time.sleep(st.SAMPLE_S)
+        inside = sampler.conditions(t0, time.time())
+    finally:
+        stop(pids)
+    pids = start_hogs(2, 5, outside=True)
+    try:
+        t0 = time.time()
+        for _ in range(8):
+            sampler.sample()
+            time.sleep(st.SAMPLE_S)
+        outside = sampler.conditions(t0, time.time())
+    finally:
+        stop(pids)
+    # Two busy loops on this machine's cores: about 2 CPUs between them, less what others take.
+    assert outside.noise_cpus_max is not None and outside.noise_cpus_max >= st.NOISE_BOUND_CPUS, outside
+    assert outside.starved
+    assert inside.noise_cpus_max is not None and inside.noise_cpus_max < outside.noise_cpus_max - 0.5, (inside, outside)
+
+
+# -- the verdicts beside a CPU hog ----------------------------------------------------------
+
+
+@needs_proc
+def test_beside_a_cpu_hog_timing_failures_are_inconclusive_and_other_failures_stay_failed(tmp_path: Path) -> None:
+    """Three busy loops outside the harness's tree (more than this machine's two cores) while:
+
+    * the reference runs ``fault_worker_stall``: passed or inconclusive, never failed;
+    * ``stall_blind`` runs it (its bug fails a check with a time bound: new connections hang):
+      inconclusive, with the noise recorded; quiet, it fails (tests/test_scenarios_bite.py);
+    * ``utf8_unchecked`` runs ``protocol_conformance`` (its bug fails checks with no time bound):
+      failed, however busy the machine.
+    """
+    from tests.test_scenarios_bite import REFERENCE, run_suite
+    from tests.variants import write_manifest
+
+    stall = "scenarios/test_faults.py::test_fault_worker_stall"
+    runs = {
+        "reference": (stall, REFERENCE),
+        "stall_blind": (stall, write_manifest("stall_blind", tmp_path)),
+        "utf8_unchecked": ("scenarios/test_protocol.py", write_manifest("utf8_unchecked", tmp_path)),
+    }
+    hogs = start_hogs(3, 120, outside=True)
+    records = {}
+    try:
+        for name, (scenario, manifest) in runs.items():
+            _code, results, _output = run_suite([scenario], manifest, tmp_path / name)
+            (records[name],) = results["scenarios"]
+    finally:
+        stop(hogs)
+    verdicts = {name: r["verdict"] for name, r in records.items()}
+    conditions = {name: r["conditions"] for name, r in records.items()}
+    assert all(c["starved"] and c["noise_cpus_max"] >= 1.0 for c in conditions.values()), conditions
+    assert verdicts["reference"] in ("passed", "inconclusive"), records["reference"]
+    assert verdicts["stall_blind"] == "inconclusive", records["stall_blind"]
+    assert "other processes used" in records["stall_blind"]["message"]
+    assert verdicts["utf8_unchecked"] == "failed", records["utf8_unchecked"]
