@@ -70,9 +70,12 @@ class World:
     def send(self, src: str, dst: str, message: tuple[Any, ...]) -> None:
         self.links[(src, dst)].append(message)
 
-    def handle_op(self, p: Proc, op: Op, forwarded: bool) -> None:
-        route = p.book.route(SID, op, forwarded=forwarded, owned=p.owned)
+    def handle_op(self, p: Proc, op: Op, forwarded: bool, local: bool = False) -> None:
+        held = p.book.holding(SID)
+        route = p.book.route(SID, op, forwarded=forwarded, owned=p.owned, local=local)
         self.routes[route] += 1
+        if local and held and route is Route.APPLY:
+            self.routes["local_through_hold"] += 1
         if route is Route.FORWARD:
             self.send(p.name, p.book.where(SID), ("op", op, True))
         elif route is Route.APPLY:
@@ -87,8 +90,9 @@ class World:
         self.issued.append(op)
         self.trace.append(f"{name} issues {op} (registry: {self.owner})")
         if self.owner == name:
-            self.handle_op(p, op, forwarded=False)
+            self.handle_op(p, op, forwarded=False, local=True)
         else:
+            p.book.sent(SID, float("inf"))  # as Mover.send_to_owner does
             self.send(name, self.owner, ("op", op, False))
 
     def can_move(self, name: str) -> bool:
@@ -211,28 +215,39 @@ def test_the_simulation_exercises_every_rule() -> None:
         world = simulate(random.Random(seed).randrange)
         assert not world.check(), seed
         seen.update(world.routes)
-    assert all(seen[k] > 10 for k in (Route.QUEUE, Route.FORWARD, Route.HOLD, Route.APPLY, "drained")), seen
+    assert all(
+        seen[k] > 10 for k in (Route.QUEUE, Route.FORWARD, Route.HOLD, Route.APPLY, "drained", "local_through_hold")
+    ), seen
 
 
 class NoHold(Handover[Op]):
     """A mutant: the target applies direct operations at once instead of holding them."""
 
-    def route(self, sid: int, op: Op, *, forwarded: bool, owned: bool) -> Route:
+    def route(self, sid: int, op: Op, *, forwarded: bool, owned: bool, local: bool = False) -> Route:
         if not forwarded and sid in self.holds:
             return Route.APPLY
-        return super().route(sid, op, forwarded=forwarded, owned=owned)
+        return super().route(sid, op, forwarded=forwarded, owned=owned, local=local)
 
 
 class NoQueue(Handover[Op]):
     """A mutant: the source applies operations that reach it while the session is leaving (it is gone)."""
 
-    def route(self, sid: int, op: Op, *, forwarded: bool, owned: bool) -> Route:
+    def route(self, sid: int, op: Op, *, forwarded: bool, owned: bool, local: bool = False) -> Route:
         if self.leaving(sid) is MovePhase.QUEUEING:
             return Route.APPLY
-        return super().route(sid, op, forwarded=forwarded, owned=owned)
+        return super().route(sid, op, forwarded=forwarded, owned=owned, local=local)
 
 
-@pytest.mark.parametrize("mutant", [NoHold, NoQueue], ids=lambda m: m.__name__)
+class LocalForgetsSent(Handover[Op]):
+    """A mutant: a local operation passes the hold even when this process sent one elsewhere before."""
+
+    def route(self, sid: int, op: Op, *, forwarded: bool, owned: bool, local: bool = False) -> Route:
+        if local and not forwarded and sid in self.holds:
+            return Route.APPLY
+        return super().route(sid, op, forwarded=forwarded, owned=owned, local=local)
+
+
+@pytest.mark.parametrize("mutant", [NoHold, NoQueue, LocalForgetsSent], ids=lambda m: m.__name__)
 def test_the_simulation_catches_a_broken_rule(mutant: type[Handover[Op]]) -> None:
     """Fixed seeds: among 500 runs of a mutant, at least one breaks a check (so the checks can fail)."""
     caught = []

@@ -59,7 +59,7 @@ def test_a_record_crosses_a_peer_link_with_its_socket() -> None:
         links = ipc.PeerLinks(token, loop, on_gone=lambda pid: None)
         a, b = socket.socketpair()
         try:
-            sent = msg.Adopt({"sid": 5}, 12.5, os.getpid(), 1)
+            sent = msg.Adopt(({"sid": 5},), 12.5, os.getpid(), 1)
             assert links.send(os.getpid(), sent, fds=[a.fileno()])
             return await asyncio.wait_for(got, 5)
         finally:
@@ -70,7 +70,7 @@ def test_a_record_crosses_a_peer_link_with_its_socket() -> None:
 
     message, fds = asyncio.run(main())
     try:
-        assert isinstance(message, msg.Adopt) and message.snapshot == {"sid": 5} and message.src_worker == 1
+        assert isinstance(message, msg.Adopt) and message.snapshots == ({"sid": 5},) and message.src_worker == 1
         assert len(fds) == 1
     finally:
         for fd in fds:

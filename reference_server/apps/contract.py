@@ -51,6 +51,8 @@ class AppTimer:
     sent: int = 0
     failed: Counter = field(default_factory=Counter)
     last_error: str = ""
+    #: When its next tick was due (time.monotonic()) as it was disarmed: the next owner keeps the phase.
+    due: float | None = None
 
     def status(self) -> dict[str, Any]:
         return {
@@ -66,7 +68,7 @@ class AppTimer:
         return {
             "id": self.id, "owner": self.owner, "to": self.to, "interval_ms": self.interval_ms,
             "remaining": self.remaining, "seq": self.seq, "sent": self.sent,
-            "failed": dict(self.failed), "last_error": self.last_error,
+            "failed": dict(self.failed), "last_error": self.last_error, "due": self.due,
         }
 
 
@@ -215,6 +217,7 @@ class ContractApp(Sweeper, Application):
     def _disarm(self, server: Server, mine: SessionTimers) -> None:
         for timer in mine.timers.values():
             if timer.tid:
+                timer.due = server.timer_due(timer.tid)
                 server.clear(timer.tid)
                 self.by_tid.pop(timer.tid, None)
                 timer.tid = 0
@@ -246,6 +249,7 @@ class ContractApp(Sweeper, Application):
             timer = AppTimer(
                 raw["id"], raw["owner"], raw["to"], raw["interval_ms"], raw["remaining"],
                 seq=raw["seq"], sent=raw["sent"], failed=Counter(raw["failed"]), last_error=raw["last_error"],
+                due=raw.get("due"),
             )
             self._arm(server, mine, timer)
 
@@ -254,7 +258,11 @@ class ContractApp(Sweeper, Application):
         if self.exiting:  # this worker is on its way out: the session's next owner arms it
             timer.tid = 0
             return
-        timer.tid = server.tick(timer.interval_ms, self._fire, label=f"session {timer.owner} -> {timer.to}")
+        first_ms = None if timer.due is None else max(0.0, (timer.due - time.monotonic()) * 1000.0)
+        timer.due = None
+        timer.tid = server.tick(
+            timer.interval_ms, self._fire, label=f"session {timer.owner} -> {timer.to}", first_ms=first_ms
+        )
         self.by_tid[timer.tid] = timer
 
     def on_worker_exit(self, server: Server) -> None:
@@ -264,6 +272,10 @@ class ContractApp(Sweeper, Application):
         travel with it to its new worker (``on_migrate_out``).
         """
         self.exiting = True
+        for mine in self.by_owner.values():  # each session's next owner keeps its ticks' phase
+            for timer in mine.timers.values():
+                if timer.tid:
+                    timer.due = server.timer_due(timer.tid)
         server.clear_all()
         self.by_tid.clear()
         for mine in self.by_owner.values():

@@ -122,11 +122,11 @@ class Server(SessionMoves, Broadcasting):
             return self._push_failed(session, code)
         assert info is not None
         if info.owner_pid == os.getpid():
-            code = self._rt.deliver(msg.Push(session, data))
+            code = self._rt.deliver(msg.Push(session, data), local=True)
             if code is not ErrorCode.OK:
                 self.last_error = code  # counted by deliver()
                 return False
-        elif not self._rt.links.send(info.owner_pid, msg.Push(session, data)):
+        elif not self._rt.mover.send_to_owner(info.owner_pid, msg.Push(session, data)):
             self._rt.counters["ipc_send_failed"] += 1
             return self._push_failed(session, ErrorCode.OWNER_UNREACHABLE)
         self._rt.counters["pushes"] += 1
@@ -163,11 +163,11 @@ class Server(SessionMoves, Broadcasting):
             )
             return False
         if info.owner_pid == os.getpid():
-            result = self._rt.deliver(msg.Close(session, int(code), reason, last_message))
+            result = self._rt.deliver(msg.Close(session, int(code), reason, last_message), local=True)
             if result is not ErrorCode.OK:
                 self.last_error = result
                 return False
-        elif not self._rt.links.send(info.owner_pid, msg.Close(session, int(code), reason, last_message)):
+        elif not self._rt.mover.send_to_owner(info.owner_pid, msg.Close(session, int(code), reason, last_message)):
             self._rt.counters["ipc_send_failed"] += 1
             self.last_error = ErrorCode.OWNER_UNREACHABLE
             return False
@@ -181,8 +181,8 @@ class Server(SessionMoves, Broadcasting):
             self.last_error = ErrorCode.SESSION_NOT_EXIST
             return False
         if info.owner_pid == os.getpid():
-            self._rt.deliver(op(session, value))
-        elif not self._rt.links.send(info.owner_pid, op(session, value)):
+            self._rt.deliver(op(session, value), local=True)
+        elif not self._rt.mover.send_to_owner(info.owner_pid, op(session, value)):
             self.last_error = ErrorCode.OWNER_UNREACHABLE
             return False
         self.last_error = ErrorCode.OK
@@ -250,9 +250,20 @@ class Server(SessionMoves, Broadcasting):
 
     # -- timers -----------------------------------------------------------------
 
-    def tick(self, ms: float, callback: Callable[..., Any], *args: Any, label: str = "") -> int:
-        """Call ``callback(timer_id, *args)`` every ``ms`` milliseconds in this process."""
-        return self._rt.timers.tick(ms, callback, *args, label=label)
+    def tick(
+        self, ms: float, callback: Callable[..., Any], *args: Any, label: str = "", first_ms: float | None = None
+    ) -> int:
+        """Call ``callback(timer_id, *args)`` every ``ms`` milliseconds in this process.
+
+        ``first_ms``: the first call comes after this many ms (0: at once) instead of ``ms``;
+        a timer that moved with its session keeps its phase this way (see :meth:`timer_due`).
+        """
+        return self._rt.timers.tick(ms, callback, *args, label=label, first_ms=first_ms)
+
+    def timer_due(self, timer_id: int) -> float | None:
+        """When this process's timer fires next, as a ``time.monotonic()`` value (the same clock
+        in every process of the machine), or None if it does not exist."""
+        return self._rt.timers.due(timer_id)
 
     def after(self, ms: float, callback: Callable[..., Any], *args: Any, label: str = "") -> int:
         return self._rt.timers.after(ms, callback, *args, label=label)

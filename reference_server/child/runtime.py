@@ -439,8 +439,10 @@ class Runtime:
         """The host of this process's sessions."""
         return self.worker
 
-    def deliver(self, op: msg.SessionOp, forwarded: bool = False, in_flight: bool = False) -> ErrorCode:
-        return self.worker.deliver(op, forwarded, in_flight)
+    def deliver(
+        self, op: msg.SessionOp, forwarded: bool = False, in_flight: bool = False, *, local: bool = False
+    ) -> ErrorCode:
+        return self.worker.deliver(op, forwarded, in_flight, local=local)
 
     def note_push_failed(self, sid: int, code: ErrorCode, *, in_flight: bool = False) -> None:
         self.worker.note_push_failed(sid, code, in_flight=in_flight)
@@ -490,9 +492,9 @@ class Runtime:
         table: dict[type, Handler] = {
             **{op: lambda m, _: self.deliver(m, in_flight=True) for op in msg.SESSION_OPS},
             msg.Forwarded: lambda m, _: self.deliver(m.op, forwarded=True, in_flight=True),
-            msg.Adopt: lambda m, fds: self.mover.adopt(m.snapshot, m.deadline, m.src_pid, m.src_worker, fds),
-            msg.Adopted: lambda m, _: self.mover.on_adopted(m.sid, m.ok, m.code, m.why),
-            msg.Drained: lambda m, _: self.mover.on_drained(m.sid),
+            msg.Adopt: lambda m, fds: self.mover.adopt(m.snapshots, m.deadline, m.src_pid, m.src_worker, fds),
+            msg.Adopted: lambda m, _: self.mover.on_adopted(m.answers),
+            msg.Drained: lambda m, _: self.mover.on_drained(m.sids),
             msg.Barrier: lambda m, _: self.links.send(m.src_pid, msg.BarrierAck(m.token, me)),
             msg.BarrierAck: lambda m, _: self.mover.on_barrier_ack(m.token, m.pid),
             msg.Task: lambda m, _: self._on_task(m),

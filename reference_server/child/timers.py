@@ -47,20 +47,34 @@ class Timers:
             for t in self._timers.values()
         ]
 
-    def tick(self, ms: float, callback: Callable[..., Any], *args: Any, label: str = "") -> int:
-        return self._add(ms, True, callback, args, label)
+    def tick(
+        self, ms: float, callback: Callable[..., Any], *args: Any, label: str = "", first_ms: float | None = None
+    ) -> int:
+        """Every ``ms``; the first call after ``first_ms`` (>= 0) if given, else after ``ms``."""
+        return self._add(ms, True, callback, args, label, first_ms)
 
     def after(self, ms: float, callback: Callable[..., Any], *args: Any, label: str = "") -> int:
         return self._add(ms, False, callback, args, label)
 
-    def _add(self, ms: float, repeat: bool, callback, args, label: str) -> int:
+    def due(self, tid: int) -> float | None:
+        """When timer ``tid`` fires next, on ``time.monotonic()``'s clock (shared by every process
+        of the machine); None if there is no such timer."""
+        timer = self._timers.get(tid)
+        if timer is None or timer.handle is None:
+            return None
+        return timer.handle.when()
+
+    def _add(self, ms: float, repeat: bool, callback, args, label: str, first_ms: float | None = None) -> int:
         if ms <= 0:
             raise ValueError(f"timer interval must be > 0 ms, got {ms}")
+        if first_ms is not None and first_ms < 0:
+            raise ValueError(f"first_ms must be >= 0, got {first_ms}")
         tid = self._next_id
         self._next_id += 1
         timer = Timer(tid, ms / 1000.0, repeat, callback, args, label)
         self._timers[tid] = timer
-        timer.handle = self._loop.call_later(timer.interval, self._fire, timer)
+        first = timer.interval if first_ms is None else first_ms / 1000.0
+        timer.handle = self._loop.call_later(first, self._fire, timer)
         self._counters["timers_created"] += 1
         self._log.debug("timer.create", timer=tid, interval_ms=ms, repeat=repeat, label=label)
         return tid

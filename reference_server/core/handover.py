@@ -23,7 +23,12 @@ A session's phases at its **source** (:class:`MovePhase`):
 At its **target**, an adopted session is *held* (:class:`Hold`) until ``drained``:
 operations sent to it directly wait, in arrival order, while operations forwarded by the
 source are applied at once (they were issued before the held ones, or concurrently from
-another sender). ``drained`` releases the held ones.
+another sender). ``drained`` releases the held ones. One exception: an operation the target
+issues itself (*local*: the session's own timer, say) is applied at once if this process has
+sent no operation on that session to another process recently (:meth:`Handover.sent`, kept
+until an expiry): nothing of its own can then be on its way through the source, so no
+earlier operation of the same sender can be overtaken. A session's ticks resume the moment
+it lands, without waiting for the barrier round.
 
 Barrier rounds: a move that reaches ``FORWARDING`` joins the round under way if there is
 none, else the next one (a round that began before the switch cannot vouch for it). A round
@@ -99,14 +104,21 @@ class Handover(Generic[Op]):
         self.tombstones: dict[int, tuple[int, float]] = {}  # sid -> (new owner, expiry)
         self.round: Round | None = None
         self.next_round: list[int] = []
+        #: sid -> until when this process counts as having sent an operation on it elsewhere.
+        self.sent_away: dict[int, float] = {}
 
     # -- routing ----------------------------------------------------------------------------
 
-    def route(self, sid: int, op: Op, *, forwarded: bool, owned: bool) -> Route:
+    def sent(self, sid: int, expiry: float) -> None:
+        """This process sent an operation on ``sid`` to another process; remember it until ``expiry``
+        (long enough for it to have been applied or forwarded)."""
+        self.sent_away[sid] = expiry
+
+    def route(self, sid: int, op: Op, *, forwarded: bool, owned: bool, local: bool = False) -> Route:
         """Where ``op`` on session ``sid`` goes; QUEUE and HOLD keep it here.
 
         ``forwarded``: it came from the session's previous owner. ``owned``: the session
-        is attached to this process now.
+        is attached to this process now. ``local``: this process issued it.
         """
         out = self.outbound.get(sid)
         if out is not None:
@@ -117,6 +129,8 @@ class Handover(Generic[Op]):
         if not forwarded:
             hold = self.holds.get(sid)
             if hold is not None:
+                if local and sid not in self.sent_away:
+                    return Route.APPLY  # none of this sender's operations can be behind it
                 hold.held.append(op)
                 return Route.HOLD
         if sid in self.tombstones and not owned:
@@ -231,6 +245,9 @@ class Handover(Generic[Op]):
         for sid, (_, expiry) in list(self.tombstones.items()):
             if now > expiry:
                 del self.tombstones[sid]
+        for sid, until in list(self.sent_away.items()):
+            if now > until:
+                del self.sent_away[sid]
 
     def _outbound(self, sid: int, phase: MovePhase) -> Outbound[Op]:
         out = self.outbound.get(sid)
@@ -244,6 +261,7 @@ class Handover(Generic[Op]):
             "outbound": {sid: out.phase.value for sid, out in self.outbound.items()},
             "holds": sorted(self.holds),
             "tombstones": len(self.tombstones),
+            "sent_away": len(self.sent_away),
             "round": None if self.round is None else {"token": self.round.token, "waiting": sorted(self.round.waiting)},
             "next_round": list(self.next_round),
         }

@@ -85,7 +85,7 @@ def ctl_recv(sock: socket.socket) -> tuple[Any, list[int]] | None:
 
 
 _FDS = "+fds"  # envelope of a message that carries file descriptors
-MAX_FDS = 16
+MAX_FDS = 64  # per message: a batch of sessions handed over at once (session/mover.py BATCH_MAX)
 
 
 class _InboxConn:

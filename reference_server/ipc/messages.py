@@ -181,27 +181,27 @@ class Forwarded(NamedTuple):
 
 
 class Adopt(NamedTuple):
-    """Source worker -> target worker: take this session (its socket rides along), before ``deadline``."""
+    """Source worker -> target worker: take these sessions (their sockets ride along, in the
+    same order), before ``deadline``. One session for a migration; up to ``BATCH_MAX`` when a
+    retiring worker hands its sessions over."""
 
-    snapshot: Any  # a SessionSnapshot as Mover.transfer_snapshot() prepares it
+    snapshots: tuple[Any, ...]  # SessionSnapshots as Mover.transfer_snapshot() prepares them
     deadline: float
     src_pid: int
     src_worker: int
 
 
 class Adopted(NamedTuple):
-    """Target -> source: the :class:`Adopt` of ``sid`` succeeded, or failed with ``code`` and ``why``."""
+    """Target -> source: for each session of one :class:`Adopt`, ``(sid, ok, code, why)``."""
 
-    sid: int
-    ok: bool
-    code: int
-    why: str
+    answers: tuple[tuple[int, bool, int, str], ...]
 
 
 class Drained(NamedTuple):
-    """Source -> target: every operation addressed to ``sid`` at the source has arrived; apply what you held."""
+    """Source -> target: every operation addressed to these sessions at the source has arrived;
+    apply what you held (one message per barrier round)."""
 
-    sid: int
+    sids: tuple[int, ...]
 
 
 class Barrier(NamedTuple):

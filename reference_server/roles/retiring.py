@@ -4,15 +4,17 @@ The master sends :class:`~reference_server.ipc.messages.Retire` when the process
 successor is ready, and sends it nothing new from then on. The steps, in order:
 
 1. ``on_worker_exit`` runs; timers it left are cleared with one warning naming them.
-2. A sync round (every process answers on its own link) makes sure that no task or
-   message addressed to this process before it was marked stopping is still on its way.
-3. A task worker hands its queued, unstarted tasks to its successor (and any that still
-   arrive); the task it is running finishes here.
-4. A worker hands every live session to the new generation by migration
-   (``session/mover.py``): its successor with the same id, else the next ready new worker.
+2. A worker starts handing every live session to the new generation by migration
+   (``session/mover.py``, in batches: one adopt message and one barrier round for up to
+   ``BATCH_MAX`` sessions): its successor with the same id, else the next ready new worker.
    Sessions still in their handshake are handed over once established; a move that fails
    is retried after 50 ms. The application's ``on_migrate_out``/``on_migrate_in`` carry
-   per-session state.
+   per-session state (the contract app's timers keep their phase). Meanwhile:
+3. A sync round (every process answers on its own link) makes sure that no task or
+   message addressed to this process before it was marked stopping is still on its way
+   (one for a session that has left is forwarded to it).
+4. A task worker hands its queued, unstarted tasks to its successor (and any that still
+   arrive); the task it is running finishes here.
 5. It waits for the results of tasks it dispatched (their ``on_finish`` runs here) and for
    its migrations' barrier rounds, then stops; its last ctl message to the master is the
    report (:class:`~reference_server.ipc.messages.Retired`: sessions handed over, timers
@@ -37,6 +39,7 @@ from ..child.sync import SYNC_TIMEOUT
 from ..core.placement import worker_successor
 from ..core.proctable import ProcEntry, ProcKind
 from ..errors import CloseCode, ErrorCode, ServerError
+from ..session.mover import BATCH_MAX
 from ..session.session import CloseCause
 
 if TYPE_CHECKING:
@@ -45,8 +48,8 @@ if TYPE_CHECKING:
     from ..session.mover import Mover
     from .taskworker import TaskWorker
 
-#: Sessions a retiring worker hands over at once.
-HANDOVER_CONCURRENCY = 32
+#: Batches of sessions a retiring worker hands over at once (each up to ``BATCH_MAX`` sessions).
+HANDOVER_BATCHES = 4
 #: Share of ``max_wait_ms`` after which a retiring process closes what it could not hand over.
 RETIRE_BUDGET = 0.9
 #: While retiring, the share of ``max_wait_ms`` a sync or barrier round waits for a silent peer.
@@ -102,18 +105,34 @@ class Retirer:
         rt.log.info("reload.retiring", reload=reload_id, sessions=len(rt.sessions), timers=len(rt.timers))
         patience = min(SYNC_TIMEOUT, SILENT_PEER_SHARE * max_wait_ms / 1000.0)
         host.mover.barrier_timeout = min(host.mover.barrier_timeout, patience)
+        phases: dict[str, float] = {}
+        mark = [started]
+
+        def phase(name: str) -> None:
+            now = time.monotonic()
+            phases[name] = round((now - mark[0]) * 1000.0, 3)
+            mark[0] = now
+
         if rt.kind in (ProcKind.WORKER, ProcKind.TASK):
             await host.run_exit_hook()
             report["timers_after_exit_hook"] = len(rt.timers)
             host.clear_leftover_timers()
+            phase("exit_hook")
+            # The sessions leave at once (their clients wait); the sync round runs meanwhile:
+            # a message that reaches this process for a session that left is forwarded.
+            handover = rt.spawn(self.hand_over_sessions(budget))
             await host.sync_peers(patience)
+            phase("sync")
             worker = host.task_worker
             if worker is not None:
                 worker.hand_back_queued()
-            await self.hand_over_sessions(budget)
+            await handover
+            phase("handover")
             await host.wait_for(lambda: not (worker is not None and worker.running) and not host.tasks.pending())
+            phase("tasks")
             if worker is not None:
                 report["tasks_handed_back"] = worker.handed_back
+        report["phases_ms"] = phases
         report["timers_at_exit"] = len(rt.timers)
         report["duration_ms"] = round((time.monotonic() - started) * 1000.0, 3)
         rt.log.info("reload.handover_done", reload=reload_id, **{k: v for k, v in report.items() if k != "reload"})
@@ -125,39 +144,50 @@ class Retirer:
         return worker_successor(list(rt.procs.entries()), rt.index, os.getpid(), next(self._rr))
 
     async def hand_over_sessions(self, budget: float) -> None:
-        """Move every session to the new generation; close with 1001 what is left at ``budget``."""
+        """Move every session to the new generation; close with 1001 what is left at ``budget``.
+
+        Sessions go in batches (``Mover.move_many``: one adopt message and one barrier round
+        for up to ``BATCH_MAX`` sessions), at most :data:`HANDOVER_BATCHES` batches at once.
+        """
         rt, host, report = self.rt, self.host, self.report
-        moving: dict[int, asyncio.Task] = {}
+        moving: set[int] = set()
+        batches: set[asyncio.Task] = set()
         retry_at: dict[int, float] = {}
-        gate = asyncio.Semaphore(HANDOVER_CONCURRENCY)
         chosen: list[ProcEntry | None] = [None]  # the successor, looked up again after a failure
 
-        async def one(sid: int) -> None:
+        async def batch(sids: list[int]) -> None:
             try:
-                async with gate:
-                    target = chosen[0] = chosen[0] or self.successor()
-                    if target is None:
+                target = chosen[0] = chosen[0] or self.successor()
+                if target is None:
+                    for sid in sids:
                         retry_at[sid] = time.monotonic() + RETRY_AFTER
-                        return
-                    await host.mover.move_out(sid, target.index, target=target)
-                    report["handed_over"] += 1
-            except ServerError as exc:
-                if exc.code in (ErrorCode.MIGRATION_FAILED, ErrorCode.MIGRATION_IN_PROGRESS):
-                    report["handover_retries"] += 1
-                    retry_at[sid] = time.monotonic() + RETRY_AFTER
-                    chosen[0] = None
-                # otherwise it closed or left on its own: nothing to hand over
+                    return
+                results = await host.mover.move_many(sids, target)
+                for sid, result in results.items():
+                    if not isinstance(result, ServerError):
+                        report["handed_over"] += 1
+                    elif result.code in (ErrorCode.MIGRATION_FAILED, ErrorCode.MIGRATION_IN_PROGRESS):
+                        report["handover_retries"] += 1
+                        retry_at[sid] = time.monotonic() + RETRY_AFTER
+                        chosen[0] = None
+                    # otherwise it closed or left on its own: nothing to hand over
             finally:
-                moving.pop(sid, None)
+                moving.difference_update(sids)
                 rt.progressed()
 
         def settled() -> bool:
             now = time.monotonic()
-            for sid, sess in list(rt.sessions.items()):
-                if sid in moving or retry_at.get(sid, 0.0) > now:
-                    continue
-                if sess.established and sess.movable:
-                    moving[sid] = rt.spawn(one(sid))
+            ready = [
+                sid
+                for sid, sess in rt.sessions.items()
+                if sid not in moving and retry_at.get(sid, 0.0) <= now and sess.established and sess.movable
+            ]
+            while ready and len(batches) < HANDOVER_BATCHES:
+                sids, ready = ready[:BATCH_MAX], ready[BATCH_MAX:]
+                moving.update(sids)
+                task = rt.spawn(batch(sids))
+                batches.add(task)
+                task.add_done_callback(batches.discard)
             return not rt.sessions and not moving and host.mover.idle
 
         if await host.wait_for(settled, until=budget):

@@ -203,14 +203,16 @@ class Worker:
             self.note_push_failed(sid, ErrorCode.SESSION_CLOSED)
         return sess.close(code, reason, cause)
 
-    def deliver(self, op: msg.SessionOp, forwarded: bool = False, in_flight: bool = False) -> ErrorCode:
+    def deliver(
+        self, op: msg.SessionOp, forwarded: bool = False, in_flight: bool = False, *, local: bool = False
+    ) -> ErrorCode:
         """Apply an operation on a session this process owns (or let the mover route it).
 
         ``in_flight``: the operation was sent (routed, forwarded or held during a
         move) while the session was alive, so a failure means it closed meanwhile.
         """
         rt = self.rt
-        if rt.mover.intercept(op, forwarded):
+        if rt.mover.intercept(op, forwarded, local):
             return ErrorCode.OK
         sid = op.sid
         sess = rt.sessions.get(sid)

@@ -288,18 +288,32 @@ class Channels:
 
     def catch_up(self, sess: Session) -> None:
         """A session that missed frames (it arrived by migration, or its move failed)."""
-        if not self.enabled or not sess.channels:
+        self.catch_up_many([sess])
+
+    def catch_up_many(self, sessions: Iterable[Session]) -> None:
+        """Sessions that missed frames (a batch that arrived together): one registration asks
+        for each channel from the earliest position any of them has seen; each session is then
+        given only what came after its own position."""
+        if not self.enabled:
             return
-        wanted: dict[str, int | None] = dict(sess.channels)
-        for channel in wanted:
-            sess.catching.add(channel)
-            self.members.setdefault(channel, {})[sess.sid] = sess
+        wanted: dict[str, int | None] = {}
+        by_channel: dict[str, list[Session]] = {}
+        for sess in sessions:
+            for channel, pos in sess.channels.items():
+                known = wanted.get(channel, pos)
+                wanted[channel] = pos if known is None or pos is None else min(known, pos)
+                by_channel.setdefault(channel, []).append(sess)
+                sess.catching.add(channel)
+                self.members.setdefault(channel, {})[sess.sid] = sess
+        if not wanted:
+            return
         reg = self._register(wanted)
         if reg.done.done():  # no broadcaster: go on live
-            sess.catching.clear()
+            for members in by_channel.values():
+                for sess in members:
+                    sess.catching.clear()
             return
-        for channel in wanted:
-            reg.sessions[channel] = [sess]
+        reg.sessions.update(by_channel)
 
     # -- delivering ------------------------------------------------------------------------------
 

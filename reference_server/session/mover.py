@@ -82,6 +82,8 @@ BARRIER_TIMEOUT = 2.0
 DRAIN_TIMEOUT = 5.0
 #: How long a source keeps forwarding late operations for a session it gave away.
 TOMBSTONE_TTL = 30.0
+#: Sessions one ``adopt`` message may carry (their sockets ride with it; the kernel takes 253).
+BATCH_MAX = 64
 
 @dataclass
 class Outgoing:
@@ -114,13 +116,21 @@ class Mover:
 
     # -- routing of session operations ------------------------------------------------
 
-    def intercept(self, op: msg.SessionOp, forwarded: bool) -> bool:
-        """Take care of ``op`` if its session is moving or moved; True if taken."""
+    def intercept(self, op: msg.SessionOp, forwarded: bool, local: bool = False) -> bool:
+        """Take care of ``op`` if its session is moving or moved; True if taken.
+
+        ``local``: this process issued it (see ``core/handover.py`` on held sessions)."""
         sid = op.sid
-        route = self.book.route(sid, op, forwarded=forwarded, owned=sid in self.rt.sessions)
+        route = self.book.route(sid, op, forwarded=forwarded, owned=sid in self.rt.sessions, local=local)
         if route is Route.FORWARD:
             self._forward(self.book.where(sid), op)
         return route is not Route.APPLY
+
+    def send_to_owner(self, pid: int, op: msg.SessionOp) -> bool:
+        """Send an operation this process issued to the session's owner elsewhere (and remember
+        it, so that this process's later operations on the session never overtake it)."""
+        self.book.sent(op.sid, time.monotonic() + TOMBSTONE_TTL)
+        return self.rt.links.send(pid, op)
 
     def _forward(self, pid: int, op: msg.SessionOp) -> None:
         if self.rt.links.send(pid, msg.Forwarded(op)):
@@ -151,6 +161,46 @@ class Mover:
             except TimeoutError:
                 pass
             self._check_not_leaving(sid)
+        sess = self._movable(sid)
+        if target is None:
+            if to_worker == rt.index and rt.kind is ProcKind.WORKER and not rt.retiring:
+                raise ServerError(ErrorCode.ALREADY_THERE, f"session {sid} is already in worker {to_worker}")
+            target = rt.find_worker(to_worker)
+            if target is None:
+                raise ServerError(ErrorCode.UNKNOWN_PROCESS, f"no running worker {to_worker}")
+        out = await self._freeze(sid, sess, target, to_worker)
+        (result,) = await self._hand_over(target, [out])
+        if isinstance(result, ServerError):
+            raise result
+        return result
+
+    async def move_many(self, sids: list[int], target: ProcEntry) -> dict[int, dict[str, Any] | ServerError]:
+        """Move several sessions to ``target`` at once: one ``adopt`` message carries them all
+        (their sockets ride together, at most :data:`BATCH_MAX`), and one barrier round covers
+        them. A retiring worker hands its sessions over this way. Each session gets its own
+        outcome (what :meth:`move_out` returns, or the error it would raise); a session that
+        just arrived here and is still held is answered ``MIGRATION_IN_PROGRESS`` (try again).
+        """
+        if len(sids) > BATCH_MAX:
+            raise ValueError(f"at most {BATCH_MAX} sessions per batch")
+        results: dict[int, dict[str, Any] | ServerError] = {}
+        outs: list[Outgoing] = []
+        for sid in sids:
+            try:
+                self._check_not_leaving(sid)
+                if sid in self._arrivals:
+                    raise ServerError(ErrorCode.MIGRATION_IN_PROGRESS, f"session {sid} has just arrived")
+                outs.append(await self._freeze(sid, self._movable(sid), target, target.index))
+            except ServerError as exc:
+                results[sid] = exc
+        if outs:
+            for out, result in zip(outs, await self._hand_over(target, outs), strict=True):
+                results[out.sid] = result
+        return results
+
+    def _movable(self, sid: int) -> Session:
+        """The session ``sid`` if this process may move it now, else the error that says why."""
+        rt = self.rt
         sess = rt.sessions.get(sid)
         if sess is None:
             if sid in self.book.tombstones:
@@ -162,14 +212,11 @@ class Mover:
             raise ServerError(ErrorCode.NOT_ESTABLISHED, f"session {sid} has not completed its handshake")
         if not sess.movable:
             raise ServerError(ErrorCode.SESSION_CLOSED, f"session {sid} is closing")
-        if target is None:
-            if to_worker == rt.index and rt.kind is ProcKind.WORKER and not rt.retiring:
-                raise ServerError(ErrorCode.ALREADY_THERE, f"session {sid} is already in worker {to_worker}")
-            target = rt.find_worker(to_worker)
-            if target is None:
-                raise ServerError(ErrorCode.UNKNOWN_PROCESS, f"no running worker {to_worker}")
+        return sess
 
-        # 1. freeze
+    async def _freeze(self, sid: int, sess: Session, target: ProcEntry, to_worker: int) -> Outgoing:
+        """Step 1 up to the send: the application's hook, MIGRATING, detach; operations queue from here."""
+        rt = self.rt
         started = time.perf_counter()
         self._preparing.add(sid)  # the hook may await: a second request must see this move
         try:
@@ -197,30 +244,45 @@ class Mover:
         out.adopted = rt.loop.create_future()
         self.outgoing[sid] = out
         self.book.begin(sid, target.pid)
-        deadline = time.monotonic() + ADOPT_DEADLINE
-        sent = rt.links.send(
-            target.pid, msg.Adopt(self.transfer_snapshot(snap), deadline, os.getpid(), rt.index), fds=[sock.fileno()]
-        )
-        if not sent:
-            self._roll_back(out, "the target cannot be reached")
-        ok, code, message = await self._wait_adopted(out, deadline)
-        if not ok:
-            if code == ErrorCode.SESSION_NOT_EXIST:  # the session died while in flight
-                self._give_up(out)
-                raise ServerError(ErrorCode.SESSION_NOT_EXIST, message)
-            self._roll_back(out, message)
+        return out
 
-        # 3. forward, then the barrier (it completes in the background: the target owns
-        # the session now, and anything addressed to it is held there until step 4).
-        self.release_source_copy(out.sock)
-        for op in self.book.adopted(sid):
-            self._forward(out.target_pid, op)
-        if self.book.join_round(sid):
+    async def _hand_over(self, target: ProcEntry, outs: list[Outgoing]) -> list[dict[str, Any] | ServerError]:
+        """Steps 1 (the send) to 3 for frozen sessions, all in one ``adopt`` message to ``target``."""
+        rt = self.rt
+        deadline = time.monotonic() + ADOPT_DEADLINE
+        snaps = tuple(self.transfer_snapshot(out.snapshot) for out in outs)
+        sent = rt.links.send(
+            target.pid, msg.Adopt(snaps, deadline, os.getpid(), rt.index), fds=[out.sock.fileno() for out in outs]
+        )
+        if sent:
+            answers = await self._wait_adopted(outs, target.pid, deadline)
+        else:
+            answers = [(False, int(ErrorCode.MIGRATION_FAILED), "the target cannot be reached")] * len(outs)
+        results: list[dict[str, Any] | ServerError] = []
+        barrier = False
+        for out, (ok, code, message) in zip(outs, answers, strict=True):
+            if not ok:
+                if code == ErrorCode.SESSION_NOT_EXIST:  # the session died while in flight
+                    self._give_up(out)
+                    results.append(ServerError(ErrorCode.SESSION_NOT_EXIST, message))
+                else:
+                    results.append(self._roll_back(out, message))
+                continue
+            # 3. forward, then the barrier (it completes in the background: the target owns
+            # the session now, and anything addressed to it is held there until step 4).
+            self.release_source_copy(out.sock)
+            for op in self.book.adopted(out.sid):
+                self._forward(out.target_pid, op)
+            barrier = self.book.join_round(out.sid) or barrier
+            elapsed_ms = (time.perf_counter() - out.started) * 1000.0
+            rt.counters["migrations_out"] += 1
+            rt.log.debug("session.migrated", sid=out.sid, to_worker=out.target_worker, ms=round(elapsed_ms, 3))
+            results.append(
+                {"session": out.sid, "from": rt.index, "to": out.target_worker, "elapsed_ms": round(elapsed_ms, 3)}
+            )
+        if barrier:  # one round for the whole batch
             self._start_round()
-        elapsed_ms = (time.perf_counter() - started) * 1000.0
-        rt.counters["migrations_out"] += 1
-        rt.log.debug("session.migrated", sid=sid, to_worker=to_worker, ms=round(elapsed_ms, 3))
-        return {"session": sid, "from": rt.index, "to": to_worker, "elapsed_ms": round(elapsed_ms, 3)}
+        return results
 
     def _check_not_leaving(self, sid: int) -> None:
         if sid in self._preparing:
@@ -240,35 +302,42 @@ class Mover:
         """Drop this process's copy of a handed-over socket: close, never shutdown (no FIN)."""
         sock.close()
 
-    async def _wait_adopted(self, out: Outgoing, deadline: float) -> tuple[bool, int, str]:
+    async def _wait_adopted(self, outs: list[Outgoing], target_pid: int, deadline: float) -> list[tuple[bool, int, str]]:
+        """The target's answer for each move (one ``adopted`` message answers them all)."""
         rt = self.rt
-        assert out.adopted is not None
-        while True:
-            if out.adopted.done():
-                return out.adopted.result()
+        futures = [out.adopted for out in outs if out.adopted is not None]
+        while not all(f.done() for f in futures):
             now = time.monotonic()
-            if now > deadline + ADOPT_GRACE:
-                info = rt.table.lookup(out.sid)
-                if info is not None and info.owner_pid == out.target_pid:
-                    # It adopted and its answer is still on the way: wait for it.
-                    return await out.adopted
-                return False, int(ErrorCode.MIGRATION_FAILED), "the target did not adopt the session in time"
-            await asyncio.wait((out.adopted,), timeout=0.1)
-            if out.adopted.done():
-                continue
-            if not rt.process_alive(out.target_pid):
-                info = rt.table.lookup(out.sid)
-                if info is not None and info.owner_pid == out.target_pid:
-                    return False, int(ErrorCode.SESSION_NOT_EXIST), "the target died after adopting the session"
-                return False, int(ErrorCode.MIGRATION_FAILED), "the target died before adopting the session"
+            if now > deadline + ADOPT_GRACE or not rt.process_alive(target_pid):
+                dead = not rt.process_alive(target_pid)
+                for out in outs:
+                    assert out.adopted is not None
+                    if out.adopted.done():
+                        continue
+                    info = rt.table.lookup(out.sid)
+                    adopted = info is not None and info.owner_pid == target_pid
+                    if dead and adopted:
+                        answer = (False, int(ErrorCode.SESSION_NOT_EXIST), "the target died after adopting the session")
+                    elif dead:
+                        answer = (False, int(ErrorCode.MIGRATION_FAILED), "the target died before adopting the session")
+                    elif adopted:
+                        continue  # it adopted and its answer is still on the way: wait for it
+                    else:
+                        answer = (False, int(ErrorCode.MIGRATION_FAILED), "the target did not adopt the session in time")
+                    out.adopted.set_result(answer)
+                if all(f.done() for f in futures):
+                    break
+            await asyncio.wait([f for f in futures if not f.done()], timeout=0.1)
+        return [out.adopted.result() for out in outs if out.adopted is not None]
 
-    def on_adopted(self, sid: int, ok: bool, code: int, message: str) -> None:
-        out = self.outgoing.get(sid)
-        if out is not None and out.adopted is not None and not out.adopted.done():
-            out.adopted.set_result((ok, code, message))
+    def on_adopted(self, answers: tuple[tuple[int, bool, int, str], ...]) -> None:
+        for sid, ok, code, message in answers:
+            out = self.outgoing.get(sid)
+            if out is not None and out.adopted is not None and not out.adopted.done():
+                out.adopted.set_result((ok, code, message))
 
-    def _roll_back(self, out: Outgoing, why: str) -> None:
-        """The move failed before the adoption: the session goes on here. Raises MIGRATION_FAILED."""
+    def _roll_back(self, out: Outgoing, why: str) -> ServerError:
+        """The move failed before the adoption: the session goes on here. Returns MIGRATION_FAILED."""
         rt = self.rt
         del self.outgoing[out.sid]
         queued = self.book.failed(out.sid)
@@ -285,7 +354,7 @@ class Mover:
             rt.deliver(op, in_flight=True)
         rt.counters["migrations_failed"] += 1
         rt.log.warning("migration.failed", sid=out.sid, to_worker=out.target_worker, reason=why)
-        raise ServerError(ErrorCode.MIGRATION_FAILED, why)
+        return ServerError(ErrorCode.MIGRATION_FAILED, why)
 
     def _give_up(self, out: Outgoing) -> None:
         """The session was lost with a dead target: drop our copy and what was queued."""
@@ -352,35 +421,68 @@ class Mover:
         if self._round_timer is not None:
             self._round_timer.cancel()
             self._round_timer = None
+        drained: dict[int, list[int]] = {}
         for sid, target in self.book.end_round(time.monotonic() + TOMBSTONE_TTL):
-            self.rt.links.send(target, msg.Drained(sid))
+            drained.setdefault(target, []).append(sid)
             self.outgoing.pop(sid, None)
+        for target, sids in drained.items():  # one message per target for the whole round
+            self.rt.links.send(target, msg.Drained(tuple(sids)))
         if self.book.next_round:
             self._start_round()
         self.rt.progressed()
 
     # -- target side -------------------------------------------------------------------------
 
-    def adopt(self, snap: SessionSnapshot, deadline: float, src_pid: int, src_worker: int, fds: list[int]) -> None:
-        rt = self.rt
-        sid = snap.sid
+    def adopt(
+        self, snaps: tuple[SessionSnapshot, ...], deadline: float, src_pid: int, src_worker: int, fds: list[int]
+    ) -> None:
+        """Step 2 for every session of one ``adopt`` message (``fds[i]`` is ``snaps[i]``'s socket).
 
-        def refuse(code: ErrorCode, why: str) -> None:
-            for fd in fds:
+        One ``adopted`` message answers them all, sent before any of them resumes, so that the
+        source hears of each adoption before anything the session does here.
+        """
+        rt = self.rt
+        answers: list[tuple[int, bool, int, str]] = []
+        arrived: list[tuple[Session, SessionSnapshot]] = []
+
+        def refuse(sid: int, fd: int | None, code: ErrorCode, why: str) -> None:
+            if fd is not None:
                 os.close(fd)
-            rt.links.send(src_pid, msg.Adopted(sid, False, int(code), why))
+            answers.append((sid, False, int(code), why))
             rt.log.info("migration.refused", sid=sid, from_worker=src_worker, reason=why)
 
-        if len(fds) != 1:
-            refuse(ErrorCode.MIGRATION_FAILED, f"expected one socket, got {len(fds)}")
-            return
-        if rt.kind is not ProcKind.WORKER or rt.stopping.is_set() or rt.retiring:
-            refuse(ErrorCode.MIGRATION_FAILED, f"{rt.name} is not accepting sessions")
-            return
-        if time.monotonic() > deadline:
-            refuse(ErrorCode.MIGRATION_FAILED, "the adoption deadline had passed")
-            return
-        sock = socket.socket(fileno=fds[0])
+        if len(fds) != len(snaps):
+            for fd in fds:
+                os.close(fd)
+            for snap in snaps:
+                refuse(snap.sid, None, ErrorCode.MIGRATION_FAILED, f"expected {len(snaps)} sockets, got {len(fds)}")
+        elif rt.kind is not ProcKind.WORKER or rt.stopping.is_set() or rt.retiring:
+            for snap, fd in zip(snaps, fds, strict=True):
+                refuse(snap.sid, fd, ErrorCode.MIGRATION_FAILED, f"{rt.name} is not accepting sessions")
+        elif time.monotonic() > deadline:
+            for snap, fd in zip(snaps, fds, strict=True):
+                refuse(snap.sid, fd, ErrorCode.MIGRATION_FAILED, "the adoption deadline had passed")
+        else:
+            for snap, fd in zip(snaps, fds, strict=True):
+                sess = self._restore(snap, fd, src_pid)
+                if sess is None:
+                    refuse(snap.sid, fd, ErrorCode.SESSION_NOT_EXIST, f"session {snap.sid} is gone from the registry")
+                    continue
+                arrived.append((sess, snap))
+                answers.append((snap.sid, True, 0, ""))
+        rt.links.send(src_pid, msg.Adopted(tuple(answers)))
+        for sess, _ in arrived:
+            rt.counters["migrations_in"] += 1
+            sess.resume()
+        rt.channels.catch_up_many(sess for sess, _ in arrived)  # from the last message each was given
+        for _, snap in arrived:
+            self._call_in(snap.sid, snap.app_state)
+
+    def _restore(self, snap: SessionSnapshot, fd: int, src_pid: int) -> Session | None:
+        """Rebuild one session around its socket and make this process its owner (None: it is gone)."""
+        rt = self.rt
+        sid = snap.sid
+        sock = socket.socket(fileno=fd)
         sock.setblocking(False)
         cfg = rt.config
         sess = Session.restore(
@@ -395,32 +497,28 @@ class Mover:
         )
         try:
             rt.table.set_owner(sid, rt.index, os.getpid())
-            rt.table.set_os_fd(sid, fds[0])
+            rt.table.set_os_fd(sid, fd)
         except KeyError:
-            sock.detach()  # keep the fd number valid for refuse() to close
-            refuse(ErrorCode.SESSION_NOT_EXIST, f"session {sid} is gone from the registry")
-            return
+            sock.detach()  # keep the fd number valid for the refusal to close
+            return None
         rt.sessions[sid] = sess
         self.book.arrived(sid, src_pid, time.monotonic())
         self._arrivals[sid] = asyncio.Event()
-        rt.links.send(src_pid, msg.Adopted(sid, True, 0, ""))
-        rt.counters["migrations_in"] += 1
-        sess.resume()
-        rt.channels.catch_up(sess)  # its channels, from the last message it was given
-        self._call_in(sid, snap.app_state)
+        return sess
 
-    def on_drained(self, sid: int) -> None:
-        if not self.book.holding(sid):
-            return
-        for op in self.book.drained(sid):
-            self.rt.deliver(op, in_flight=True)
-        arrival = self._arrivals.pop(sid, None)
-        if arrival is not None:
-            arrival.set()
+    def on_drained(self, sids: tuple[int, ...]) -> None:
+        for sid in sids:
+            if not self.book.holding(sid):
+                continue
+            for op in self.book.drained(sid):
+                self.rt.deliver(op, in_flight=True)
+            arrival = self._arrivals.pop(sid, None)
+            if arrival is not None:
+                arrival.set()
 
     def housekeeping(self, now: float) -> None:
         """Release holds whose source went silent; expire tombstones."""
         for sid in self.book.overdue_holds(now, DRAIN_TIMEOUT):
             self.rt.log.warning("migration.drain_timeout", sid=sid, source_pid=self.book.holds[sid].source)
-            self.on_drained(sid)
+            self.on_drained((sid,))
         self.book.expire(now)

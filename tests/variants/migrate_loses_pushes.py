@@ -15,11 +15,11 @@ from tests.variants import patch
 def apply() -> None:
     original = Mover.intercept
 
-    def intercept(self, op, forwarded):
+    def intercept(self, op, forwarded, local=False):
         if self.book.leaving(op.sid) is MovePhase.QUEUEING:
             if isinstance(op, msg.Push):
                 self.rt.note_push_failed(op.sid, ErrorCode.SESSION_NOT_EXIST)
             return True
-        return original(self, op, forwarded)
+        return original(self, op, forwarded, local)
 
     patch(Mover, "intercept", intercept)
