@@ -1,6 +1,7 @@
 """Benchmark: reload under ticking sessions on the reference server (a benchmark, not a test).
 
-    python -m loadtests.bench_reload [--sessions 100 1000] [--tick-ms 10 100] [--reloads 5] [--json PATH]
+    python -m loadtests.bench_reload [--sessions 100 1000] [--tick-ms 10 100] [--reloads 5]
+                                     [--sweep 100 500 1000 2000 5000] [--out reports/bench_reload]
 
 For each session count (paired with its tick interval), it starts the
 reference server on loopback, connects the clients, subscribes each one to
@@ -10,7 +11,14 @@ its own tick, and runs ``--reloads`` full reloads one after the other
 * reload time: from the request to the last old process gone, as the
   requester saw it and as the server recorded it;
 * the longest silence in any session's ticks around the reload (and the
-  median session's longest), i.e. what a client notices.
+  median session's longest), i.e. what a client notices; and the *delay*:
+  that silence less the tick interval (how much later than due the next tick came).
+
+Then the **sweep** (``--sweep``, the session counts of the curve, as far as the open-file
+limit allows): each count with two reloads and a tick interval that keeps the machine's
+tick rate at 10,000 per second (every 100 ms, slower from 1,000 sessions up), and its peer.
+The curve (delay and the peer's gap against sessions) goes to ``--out`` ``.png``, the figures
+to ``.json``.
 
 As a peer measured in the same run: the silence a client sees when a reload
 drops it instead (close, reconnect, handshake, subscribe again, first tick),
@@ -27,13 +35,16 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from loadtests.bench_migration import pct
-from loadtests.reference import ReferenceServer
+from loadtests.curves import within_limit, write_curve
+from loadtests.reference import REPO, ReferenceServer
 from loadtests.tickclient import TickClient
 from scenarios.harness.waiting import until
 
@@ -90,6 +101,7 @@ async def one_size(n: int, tick_ms: int, reloads: int, workers: int) -> dict[str
                     "forced_kills": record["forced_kills"],
                     "sessions_lost": record["sessions_lost"],
                     "gap_max_ms": round(max(gaps) * 1000, 1),
+                    "delay_max_ms": round(max(gaps) * 1000 - tick_ms, 1),
                     "gap_median_session_ms": round(statistics.median(gaps) * 1000, 1),
                 }
             )
@@ -122,6 +134,8 @@ async def one_size(n: int, tick_ms: int, reloads: int, workers: int) -> dict[str
             "reload_ms_p50": round(pct([r["requester_ms"] for r in runs], 0.5), 1),
             "reload_ms_max": round(max(r["requester_ms"] for r in runs), 1),
             "gap_ms_max": max(r["gap_max_ms"] for r in runs),
+            "delay_ms_max": round(max(r["gap_max_ms"] for r in runs) - tick_ms, 1),
+            "gap_ms_p50_of_reloads": round(statistics.median(r["gap_max_ms"] for r in runs), 1),
             "gap_ms_median_session": round(statistics.median(r["gap_median_session_ms"] for r in runs), 1),
             "peer_drop_and_reconnect_gap_ms": round(drop_gap * 1000, 1),
             "problems": problems,
@@ -132,14 +146,17 @@ async def one_size(n: int, tick_ms: int, reloads: int, workers: int) -> dict[str
 
 def print_report(r: dict[str, Any]) -> None:
     print(f"\n{r['sessions']} sessions, tick every {r['tick_ms']} ms, {r['workers']} workers, {len(r['reloads'])} reloads")
-    print("  reload   requester ms   server ms   longest tick gap ms   median session's longest gap ms")
+    print("  reload   requester ms   server ms   longest tick gap ms   delay ms   median session's longest gap ms")
     for i, run in enumerate(r["reloads"], 1):
         print(
             f"  {i:>6}   {run['requester_ms']:>12.1f}   {run['server_ms']:>9.1f}   {run['gap_max_ms']:>19.1f}"
-            f"   {run['gap_median_session_ms']:>10.1f}"
+            f"   {run['delay_max_ms']:>8.1f}   {run['gap_median_session_ms']:>10.1f}"
         )
     peer = r["peer_drop_and_reconnect_gap_ms"]
-    print(f"  reload time p50 {r['reload_ms_p50']} ms, max {r['reload_ms_max']} ms; longest tick gap {r['gap_ms_max']} ms")
+    print(
+        f"  reload time p50 {r['reload_ms_p50']} ms, max {r['reload_ms_max']} ms; longest tick gap {r['gap_ms_max']} ms"
+        f" (delay {r['delay_ms_max']} ms past the {r['tick_ms']} ms interval)"
+    )
     print(
         f"  peer (drop, reconnect, resubscribe, first tick): {peer} ms;"
         f" ratio longest gap / peer = {r['gap_ms_max'] / peer:.2f}"
@@ -148,13 +165,23 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"  problems: {r['problems']}")
 
 
+#: The sweep keeps the machine's tick rate at this many ticks per second (or less).
+SWEEP_TICKS_PER_S = 10_000
+
+
+def sweep_tick_ms(sessions: int) -> int:
+    return max(100, sessions * 1000 // SWEEP_TICKS_PER_S)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--tick-ms", type=int, nargs="+", default=[10, 100], help="one per session count")
     parser.add_argument("--reloads", type=int, default=5)
     parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--json", default="", help="also write the figures here")
+    parser.add_argument("--sweep", type=int, nargs="*", default=[100, 500, 1000, 2000, 5000],
+                        help="session counts of the curve (none: no curve)")
+    parser.add_argument("--out", default=str(REPO / "reports" / "bench_reload"), help="writes .json and .png")
     args = parser.parse_args()
     if len(args.tick_ms) != len(args.sessions):
         parser.error("give one --tick-ms per --sessions value")
@@ -163,10 +190,36 @@ def main() -> None:
         result = asyncio.run(one_size(n, tick, args.reloads, args.workers))
         print_report(result)
         results.append(result)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-    bad = [r["problems"] for r in results if any(r["problems"].values())]
+    sweep, too_many = within_limit(args.sweep, per_unit_fds=2)  # a client and a server socket per session
+    if too_many:
+        print(f"\nsweep: {too_many} sessions left out: the open-file limit allows {sweep[-1] if sweep else 0}")
+    curve = []
+    for n in sweep:
+        result = asyncio.run(one_size(n, sweep_tick_ms(n), 2, args.workers))
+        print_report(result)
+        curve.append(result)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"cpus": os.cpu_count(), "goals": results, "sweep": curve, "sweep_left_out": too_many}
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+    written = [str(out.with_suffix(".json"))]
+    if curve:
+        png = write_curve(
+            out.with_suffix(".png"),
+            title=f"Reload: how much later than due a session's next tick comes ({args.workers} workers, {os.cpu_count()} CPUs)",
+            scale_label="sessions",
+            cost_label="ms (longest, over 2 reloads)",
+            series={
+                "reference reload: delay past the tick interval": [(r["sessions"], r["delay_ms_max"]) for r in curve],
+                "peer: drop, reconnect, first tick": [(r["sessions"], r["peer_drop_and_reconnect_gap_ms"]) for r in curve],
+            },
+            per_unit_label="ms per 1,000 sessions",
+            per_unit_factor=1000.0,
+            note="tick every 100 ms up to 1,000 sessions, then every sessions/10 ms (10,000 ticks/s in all)",
+        )
+        written.append(str(png))
+    print(f"\nwritten: {', '.join(written)}")
+    bad = [r["problems"] for r in results + curve if any(r["problems"].values())]
     sys.exit(1 if bad else 0)
 
 

@@ -122,7 +122,7 @@ async def drive(target, admin, rng) -> SweepHistory:
         for c in clients:
             h.clients.append(
                 SweptClient(
-                    c.name, group, c.session, c.worker, c.history[0].t, c.closed_at, c.close_frame,
+                    c.name, group, c.session, c.worker, c.history[0].t, c.closing_since, c.close_frame,
                     [e.get("ev") for e in c.events], tick_seqs(c), c.excerpt(6),
                 )
             )

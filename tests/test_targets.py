@@ -46,7 +46,8 @@ def test_alternative_target_passes_what_it_declares(manifest: Path, tmp_path: Pa
     results = json.loads((tmp_path / "latest" / "results.json").read_text())
     verdicts = {r["case"]: r["verdict"] for r in results["scenarios"]}
     assert proc.returncode == 0, proc.stdout[-4000:]
-    assert set(verdicts.values()) <= {"passed", "unsupported", "known_deviation"}, verdicts
+    # inconclusive: the machine was too busy to judge timing (contract 11.4), said with the figures
+    assert set(verdicts.values()) <= {"passed", "unsupported", "known_deviation", "inconclusive"}, verdicts
     # A known deviation must not hide a malformed answer: every answer of the run has the contract's shape.
     malformed = [r["case"] for r in results["scenarios"] if CHECK_NAME in r.get("failed_checks", [])]
     assert not malformed, malformed

@@ -49,6 +49,8 @@ class ScenarioClient:
         self.worker: int | None = None
         self.close_frame: tuple[int, str] | None = None  # received close frame, if any
         self.closed_at: float | None = None
+        #: When this client began to end the connection (its close frame or its RST), if it did.
+        self.leaving_at: float | None = None
         self.aborted = False
         self.non_json: list[str] = []
         self._ops: dict[Any, str] = {}  # request id -> op, to judge each reply by its op's schema
@@ -139,15 +141,25 @@ class ScenarioClient:
 
     # -- ending ---------------------------------------------------------------------------
 
+    @property
+    def closing_since(self) -> float | None:
+        """From when the server may count this session closing: the client's close frame or RST,
+        else the end of the connection (its close reply can come much later than the frame)."""
+        return self.leaving_at if self.leaving_at is not None else self.closed_at
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        self.history.append(Event(time.time(), "send", {"close": code}))
+        now = time.time()
+        self.leaving_at = self.leaving_at or now
+        self.history.append(Event(now, "send", {"close": code}))
         await self.ws.close(code, reason)
         await self.wait_closed()
 
     def abort(self) -> None:
         """End the TCP connection with a RST, no close frame (an abrupt client)."""
         self.aborted = True
-        self.history.append(Event(time.time(), "abort", None))
+        now = time.time()
+        self.leaving_at = self.leaving_at or now
+        self.history.append(Event(now, "abort", None))
         transport = self.ws.transport
         sock = transport.get_extra_info("socket")
         # The server may have closed the connection a moment ago (a sweep, a heartbeat): then the

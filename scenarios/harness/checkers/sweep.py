@@ -20,7 +20,7 @@ class SweptClient:
     session: int
     worker: int | None
     opened_at: float
-    closed_at: float | None
+    closed_at: float | None  # from when the server may count it closing: the client's close frame or RST
     close_frame: tuple[int, str] | None = None
     kinds: list[str] = field(default_factory=list)  # the "ev" of each event it received, in order
     tick_seqs: list[int] = field(default_factory=list)  # the sequence numbers of its own ticks
