@@ -121,7 +121,10 @@ class Application(HandlerSet):
     def on_migrate_in(self, server: Server, session: int, state: Any) -> Any:
         """The session now lives in this worker, with what ``on_migrate_out`` returned."""
 
-    def on_worker_exit(self, server: Server) -> Any: ...
+    def on_worker_exit(self, server: Server) -> Any:
+        """The process is leaving (a reload replaced it): clear its timers. A worker's sessions
+        have already been handed over by then (each with what :meth:`on_migrate_out` returned);
+        what is left of this process's own is the application's to clear."""
     def on_worker_stop(self, server: Server) -> Any: ...
     def on_admin(self, server: Server, op: str, body: dict[str, Any]) -> Any:
         """Application-specific admin operations (``POST /v1/app/{op}``).

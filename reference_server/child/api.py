@@ -46,6 +46,7 @@ class Server(SessionMoves, Broadcasting):
 
     def __init__(self, runtime: ChildContext) -> None:
         self._rt = runtime
+        self._pid = os.getpid()  # made in the child it serves
         self.last_error: ErrorCode = ErrorCode.OK
 
     # -- identity -------------------------------------------------------------
@@ -117,16 +118,15 @@ class Server(SessionMoves, Broadcasting):
 
     def push(self, session: int, data: str | bytes) -> bool:
         """Send one message to a session; see the module docstring for routing."""
-        code, info = self._rt.table.push_error(session)
+        code, owner = self._rt.table.push_error(session)
         if code is not ErrorCode.OK:
             return self._push_failed(session, code)
-        assert info is not None
-        if info.owner_pid == os.getpid():
+        if owner == self._pid:
             code = self._rt.deliver(msg.Push(session, data), local=True)
             if code is not ErrorCode.OK:
                 self.last_error = code  # counted by deliver()
                 return False
-        elif not self._rt.mover.send_to_owner(info.owner_pid, msg.Push(session, data)):
+        elif not self._rt.mover.send_to_owner(owner, msg.Push(session, data)):
             self._rt.counters["ipc_send_failed"] += 1
             return self._push_failed(session, ErrorCode.OWNER_UNREACHABLE)
         self._rt.counters["pushes"] += 1

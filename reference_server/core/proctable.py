@@ -92,6 +92,10 @@ class ProcTable:
         if len(buf) < proctable_size():
             raise ValueError("buffer too small for the process table")
         self._buf = buf
+        # The sequence numbers and the high-water mark are written with one aligned 4-byte
+        # store each: ``struct.pack_into`` zero-fills before it writes, and a reader that caught
+        # a zero there would take a half-written entry for a settled one (or see no process).
+        self._u32 = memoryview(buf)[: proctable_size()].cast("B").cast("I")
 
     @property
     def high_water(self) -> int:
@@ -152,7 +156,7 @@ class ProcTable:
             if self._read(slot)[1] == ProcState.EMPTY:
                 self._write(slot, state, kind, index, pid, generation, started, name)
                 if slot >= self.high_water:
-                    _HWM.pack_into(self._buf, 0, slot + 1)
+                    self._u32[0] = slot + 1
                 return slot
         raise RuntimeError(f"more than {MAX_PROCESSES} processes")
 
@@ -173,20 +177,11 @@ class ProcTable:
 
     def _write(self, slot, state, kind, index, pid, generation, started, name) -> None:
         off = HEADER_SIZE + slot * ENTRY_SIZE
-        (seq,) = _SEQ.unpack_from(self._buf, off)
-        _SEQ.pack_into(self._buf, off, seq + 1)
-        _ENTRY.pack_into(
-            self._buf,
-            off,
-            seq + 1,
-            int(state),
-            int(kind),
-            index,
-            pid,
-            generation,
-            started,
-            name.encode()[:32],
-        )
+        i = off // 4
+        seq = self._u32[i]
+        packed = _ENTRY.pack(seq + 1, int(state), int(kind), index, pid, generation, started, name.encode()[:32])
+        self._u32[i] = seq + 1  # odd: readers wait
+        self._buf[off + _SEQ.size : off + _ENTRY.size] = packed[_SEQ.size :]
         if state is ProcState.EMPTY or state is ProcState.STARTING:
             self._buf[off + _STALLED_AT] = 0
-        _SEQ.pack_into(self._buf, off, seq + 2)
+        self._u32[i] = seq + 2

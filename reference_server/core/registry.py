@@ -45,6 +45,9 @@ MAGIC = 0x52454653  # "REFS"
 LAYOUT_VERSION = 3
 
 _HEADER = struct.Struct("<IIIIQ")  # magic, layout, capacity, high-water mark, serial
+_HWM_INDEX = 3  # the high-water mark, as the header's 4th uint32
+_SERIAL_AT = 16
+_SERIAL = struct.Struct("<Q")
 HEADER_SIZE = 64
 
 # seq, state, flags, worker, owner_pid, sid, uid, connect, last_recv,
@@ -185,6 +188,9 @@ class SessionTable:
             magic, layout, cap, _, _ = _HEADER.unpack_from(buf, 0)
             if (magic, layout, cap) != (MAGIC, LAYOUT_VERSION, capacity):
                 raise ValueError("buffer does not hold a session table of this layout")
+        # Sequence numbers and the high-water mark are written with one aligned 4-byte store each
+        # (``struct.pack_into`` zero-fills before it writes: a reader could catch a 0 there).
+        self._u32 = memoryview(buf)[: table_size(capacity)].cast("B").cast("I")
         # Master-only bookkeeping (the single allocator): free slots, lowest first.
         self._free: list[int] | None = None
 
@@ -232,17 +238,22 @@ class SessionTable:
                     raise TornRecord(f"slot {slot} stayed mid-write for {READ_PATIENCE} s")
                 os.sched_yield()  # let a preempted writer finish
 
-    def lookup(self, sid: int) -> ClientInfo | None:
-        """The record of ``sid`` in any state but FREE, or None if the id is stale."""
+    def _record(self, sid: int) -> tuple | None:
+        """The raw fields of ``sid``'s record in any state but FREE, or None if the id is stale."""
         if sid <= 0:
             return None
-        slot = self.slot_of(sid)
+        slot = sid & self._slot_mask
         if slot >= self.capacity:
             return None
         f = self._read_raw(slot)
         if f[5] != sid or f[1] == SessionState.FREE:
             return None
-        return self._info(f)
+        return f
+
+    def lookup(self, sid: int) -> ClientInfo | None:
+        """The record of ``sid`` in any state but FREE, or None if the id is stale."""
+        f = self._record(sid)
+        return None if f is None else self._info(f)
 
     def get_client_info(self, sid: int) -> ClientInfo | None:
         """The record of a session that exists (connecting or established), else None."""
@@ -251,27 +262,32 @@ class SessionTable:
             return None
         return info
 
+    # The hot paths (every push and every exists() of a timer) read the state and the owner
+    # only: no ClientInfo is built for them.
+
     def exists(self, sid: int) -> bool:
-        return self.get_client_info(sid) is not None
+        f = self._record(sid)
+        return f is not None and f[1] in LIVE_STATES
 
     def is_established(self, sid: int) -> bool:
-        info = self.lookup(sid)
-        return info is not None and info.state is SessionState.ESTABLISHED
+        f = self._record(sid)
+        return f is not None and f[1] == SessionState.ESTABLISHED
 
-    def push_error(self, sid: int) -> tuple[ErrorCode, ClientInfo | None]:
-        """Why a push to ``sid`` cannot be delivered (``OK`` when it can).
+    def push_error(self, sid: int) -> tuple[ErrorCode, int]:
+        """Why a push to ``sid`` cannot be delivered (``OK`` when it can), and its owner's pid.
 
-        ``SESSION_NOT_EXIST`` for an unknown or stale id, ``SESSION_CLOSED``
-        while the session is closing, ``NOT_ESTABLISHED`` during the handshake.
+        ``SESSION_NOT_EXIST`` for an unknown or stale id (owner 0), ``SESSION_CLOSED`` while the
+        session is closing, ``NOT_ESTABLISHED`` during the handshake.
         """
-        info = self.lookup(sid)
-        if info is None:
-            return ErrorCode.SESSION_NOT_EXIST, None
-        if info.state is SessionState.ESTABLISHED:
-            return ErrorCode.OK, info
-        if info.state is SessionState.CONNECTING:
-            return ErrorCode.NOT_ESTABLISHED, info
-        return ErrorCode.SESSION_CLOSED, info
+        f = self._record(sid)
+        if f is None:
+            return ErrorCode.SESSION_NOT_EXIST, 0
+        state = f[1]
+        if state == SessionState.ESTABLISHED:
+            return ErrorCode.OK, f[4]
+        if state == SessionState.CONNECTING:
+            return ErrorCode.NOT_ESTABLISHED, f[4]
+        return ErrorCode.SESSION_CLOSED, f[4]
 
     def sessions(self, *, established_only: bool = False) -> Iterator[ClientInfo]:
         """Live scan of existing sessions, in slot order.
@@ -332,9 +348,9 @@ class SessionTable:
             f[_FIELD_INDEX[name]] = value
         f[0] = seq + 1
         packed = _RECORD.pack(*f)  # raises before anything is written
-        _SEQ.pack_into(self._buf, off, seq + 1)
-        self._buf[off : off + _RECORD.size] = packed
-        _SEQ.pack_into(self._buf, off, seq + 2)
+        self._u32[off // 4] = seq + 1
+        self._buf[off + _SEQ.size : off + _RECORD.size] = packed[_SEQ.size :]
+        self._u32[off // 4] = seq + 2
 
     def _owned(self, sid: int) -> int:
         slot = self.slot_of(sid)
@@ -368,7 +384,7 @@ class SessionTable:
         if not self._free:
             raise TableFull(f"all {self.capacity} session slots are in use")
         slot = heapq.heappop(self._free)
-        magic, layout, cap, hwm, serial = _HEADER.unpack_from(self._buf, 0)
+        _, _, _, hwm, serial = _HEADER.unpack_from(self._buf, 0)
         serial += 1
         sid = (serial << self.slot_bits) | slot
         family, packed = _pack_addr(remote_addr)
@@ -392,7 +408,8 @@ class SessionTable:
             migrations=0,
             handler=handler,
         )
-        _HEADER.pack_into(self._buf, 0, magic, layout, cap, max(hwm, slot + 1), serial)
+        self._buf[_SERIAL_AT : _SERIAL_AT + 8] = _SERIAL.pack(serial)  # read by the master only
+        self._u32[_HWM_INDEX] = max(hwm, slot + 1)  # read by every scan
         return sid
 
     def free(self, sid: int) -> bool:
@@ -438,11 +455,11 @@ class SessionTable:
         """Record that data was received from the client (heartbeat activity)."""
         slot = self._owned(sid)
         off = self._offset(slot)
-        (seq,) = _SEQ.unpack_from(self._buf, off)
+        seq = self._u32[off // 4]
         seq += seq & 1
-        _SEQ.pack_into(self._buf, off, seq + 1)
-        _LAST_RECV.pack_into(self._buf, off + _LAST_RECV_OFFSET, now)
-        _SEQ.pack_into(self._buf, off, seq + 2)
+        self._u32[off // 4] = seq + 1
+        self._buf[off + _LAST_RECV_OFFSET : off + _LAST_RECV_OFFSET + _LAST_RECV.size] = _LAST_RECV.pack(now)
+        self._u32[off // 4] = seq + 2
 
     def set_closing(self, sid: int) -> None:
         self._write(self._owned(sid), state=SessionState.CLOSING)

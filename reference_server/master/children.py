@@ -6,7 +6,6 @@ import collections
 import enum
 import mmap
 import socket
-import struct
 from dataclasses import dataclass, field
 
 from ..app import ProcessSpec
@@ -14,14 +13,11 @@ from ..core.countertable import CounterTable, countertable_size
 from ..core.proctable import MAX_PROCESSES, ProcKind, ProcTable, proctable_size
 from ..core.registry import SessionTable, table_size
 
-# master stats block: accepted, refused, respawns, sessions_lost, started_at, ready
-_MSTATS = struct.Struct("<QQQQdB")
+# The master stats block: eight aligned 8-byte slots, each written and read with one store or
+# load (as the counter table's rows are), never packed: ``struct.pack_into`` zero-fills what it
+# writes first, so a reader in another process could catch a counter at 0.
+_ACCEPTED, _REFUSED, _RESPAWNS, _LOST, _STARTED, _READY, _HEARD = range(7)  # slot numbers
 MSTATS_SIZE = 64
-# in the same block, written by the broadcaster: when it last had forwarded all it had heard
-_HEARD = struct.Struct("<d")
-_HEARD_AT = 48
-
-
 class SharedState:
     """The one shared mapping: process directory, master stats, counters, session table."""
 
@@ -32,30 +28,34 @@ class SharedState:
         self.mem = mmap.mmap(-1, self.size, flags=mmap.MAP_SHARED)
         view = memoryview(self.mem)
         self.procs = ProcTable(view[:p])
-        self._mstats = view[p : p + MSTATS_SIZE]
+        self._mq = view[p : p + MSTATS_SIZE].cast("Q")  # the integer slots
+        self._md = view[p : p + MSTATS_SIZE].cast("d")  # the same slots, as floats (times)
         self.counters = CounterTable(view[p + MSTATS_SIZE : p + MSTATS_SIZE + c], MAX_PROCESSES)
         self.table = SessionTable(view[p + MSTATS_SIZE + c :], capacity, create=True)
 
     def write_master_stats(self, accepted, refused, respawns, lost, started, ready) -> None:
-        _MSTATS.pack_into(self._mstats, 0, accepted, refused, respawns, lost, started, ready)
+        q = self._mq
+        q[_ACCEPTED], q[_REFUSED], q[_RESPAWNS], q[_LOST] = accepted, refused, respawns, lost
+        self._md[_STARTED] = started
+        q[_READY] = 1 if ready else 0
 
     def write_heard(self, when: float) -> None:
         """The broadcaster: everything Redis published before ``when`` has reached the workers."""
-        _HEARD.pack_into(self._mstats, _HEARD_AT, when)
+        self._md[_HEARD] = when
 
     def heard_at(self) -> float:
         """The master: the broadcaster's last ``write_heard`` (0.0: never)."""
-        return _HEARD.unpack_from(self._mstats, _HEARD_AT)[0]
+        return self._md[_HEARD]
 
     def master_stats(self) -> dict[str, object]:
-        a, r, s, lost, started, ready = _MSTATS.unpack_from(self._mstats, 0)
+        q = self._mq
         return {
-            "connections_accepted": a,
-            "connections_refused": r,
-            "respawns": s,
-            "sessions_lost": lost,
-            "started_at": started,
-            "ready": bool(ready),
+            "connections_accepted": q[_ACCEPTED],
+            "connections_refused": q[_REFUSED],
+            "respawns": q[_RESPAWNS],
+            "sessions_lost": q[_LOST],
+            "started_at": self._md[_STARTED],
+            "ready": bool(q[_READY]),
         }
 
 
@@ -117,3 +117,5 @@ class Retiree:
     reload_id: int
     phase: RetireePhase = RetireePhase.WAITING
     deadline: float = 0.0  # killed after this (monotonic), once retired
+    successor_ready: bool = False  # its successor serves: it may retire (one worker at a time)
+    retired_at: float = 0.0

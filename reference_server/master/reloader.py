@@ -136,25 +136,55 @@ class Reloader:
         return retiree is not None and retiree.phase is not RetireePhase.WAITING
 
     def successor_ready(self, slot: Slot | None) -> None:
-        """The child of ``slot`` is ready: the retiree it replaces retires now."""
+        """The child of ``slot`` is ready: the retiree it replaces may retire."""
         for retiree in list(self.retiring.values()):
             if retiree.phase is RetireePhase.WAITING and retiree.slot is slot:
-                self._retire(retiree)
+                retiree.successor_ready = True
+        self._retire_next()
+
+    def _retire_next(self) -> None:
+        """Retire what may go: task workers and custom processes at once; workers one at a time,
+        once every successor of the reload serves (no start-up competes with a hand-over), the
+        next when the previous has exited or has been at it for a quarter of ``max_wait_ms``;
+        a stalled worker at once (it hands nothing over until it runs again)."""
+        waiting = [r for r in self.retiring.values() if r.phase is RetireePhase.WAITING]
+        for r in waiting:
+            if r.successor_ready and (r.slot.kind is not ProcKind.WORKER or r.child.stalled):
+                self._retire(r)
+        workers = [r for r in waiting if r.slot.kind is ProcKind.WORKER and r.phase is RetireePhase.WAITING]
+        if not workers or not all(r.successor_ready for r in workers):
+            return
+        patience = self.host.config.max_wait_ms / 4000.0
+        now = time.monotonic()
+        busy = [
+            r for r in self.retiring.values()
+            if r.phase is RetireePhase.RETIRED and r.slot.kind is ProcKind.WORKER and not r.child.stalled
+            and now - r.retired_at < patience
+        ]
+        if not busy:
+            self._retire(workers[0])
 
     def _retire(self, retiree: Retiree) -> None:
         host = self.host
         retiree.phase = RetireePhase.RETIRED
         max_wait = host.config.max_wait_ms
-        retiree.deadline = time.monotonic() + max_wait / 1000.0
+        retiree.retired_at = time.monotonic()
+        retiree.deadline = retiree.retired_at + max_wait / 1000.0
         host.procs.set_state(retiree.child.pid, ProcState.STOPPING)
         host.log.info("reload.retire", name=retiree.child.name, pid=retiree.child.pid, reload=retiree.reload_id)
         host.send_ctl(retiree.child, msg.Retire(retiree.reload_id, max_wait))
 
     def deadlines(self) -> list[float]:
-        """When the loop must wake to kill an overdue retiree."""
-        return [r.deadline for r in self.retiring.values() if r.phase is RetireePhase.RETIRED]
+        """When the loop must wake: to kill an overdue retiree, or to retire the next worker."""
+        retired = [r for r in self.retiring.values() if r.phase is RetireePhase.RETIRED]
+        patience = self.host.config.max_wait_ms / 4000.0
+        now = time.monotonic()
+        return [r.deadline for r in retired] + [
+            r.retired_at + patience for r in retired if r.retired_at + patience > now  # past ones: acted on
+        ]
 
     def kill_overdue(self, now: float) -> None:
+        self._retire_next()
         host = self.host
         for retiree in self.retiring.values():
             if retiree.phase is not RetireePhase.RETIRED or now < retiree.deadline:
@@ -188,6 +218,7 @@ class Reloader:
         slot = retiree.slot
         if slot.kind is ProcKind.CUSTOM and not host.stopping and slot.respawn_at == 0.0:
             host.spawn(slot)
+        self._retire_next()
         self._maybe_finish()
         return True
 

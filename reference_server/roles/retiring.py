@@ -3,18 +3,21 @@
 The master sends :class:`~reference_server.ipc.messages.Retire` when the process's
 successor is ready, and sends it nothing new from then on. The steps, in order:
 
-1. ``on_worker_exit`` runs; timers it left are cleared with one warning naming them.
-2. A worker starts handing every live session to the new generation by migration
+1. A worker hands every live session to the new generation by migration
    (``session/mover.py``, in batches: one adopt message and one barrier round for up to
    ``BATCH_MAX`` sessions): its successor with the same id, else the next ready new worker.
    Sessions still in their handshake are handed over once established; a move that fails
    is retried after 50 ms. The application's ``on_migrate_out``/``on_migrate_in`` carry
-   per-session state (the contract app's timers keep their phase). Meanwhile:
-3. A sync round (every process answers on its own link) makes sure that no task or
+   per-session state: the contract app's tick timers stop as their session leaves and start
+   again at their phase where it lands, so a session's ticks pause only while it moves.
+   Meanwhile:
+2. A sync round (every process answers on its own link) makes sure that no task or
    message addressed to this process before it was marked stopping is still on its way
    (one for a session that has left is forwarded to it).
-4. A task worker hands its queued, unstarted tasks to its successor (and any that still
+3. A task worker hands its queued, unstarted tasks to its successor (and any that still
    arrive); the task it is running finishes here.
+4. ``on_worker_exit`` runs (the sessions are gone by then); timers it left are cleared with
+   one warning naming them.
 5. It waits for the results of tasks it dispatched (their ``on_finish`` runs here) and for
    its migrations' barrier rounds, then stops; its last ctl message to the master is the
    report (:class:`~reference_server.ipc.messages.Retired`: sessions handed over, timers
@@ -49,13 +52,24 @@ if TYPE_CHECKING:
     from .taskworker import TaskWorker
 
 #: Batches of sessions a retiring worker hands over at once (each up to ``BATCH_MAX`` sessions).
-HANDOVER_BATCHES = 4
+HANDOVER_BATCHES = 1
 #: Share of ``max_wait_ms`` after which a retiring process closes what it could not hand over.
 RETIRE_BUDGET = 0.9
 #: While retiring, the share of ``max_wait_ms`` a sync or barrier round waits for a silent peer.
 SILENT_PEER_SHARE = 0.25
 #: How long a failed hand-over waits before it is tried again.
 RETRY_AFTER = 0.05
+
+
+#: The smallest batch worth a message of its own.
+BATCH_MIN = 8
+
+
+def batch_size(waiting: int) -> int:
+    """Sessions per batch: the waiting ones spread over the batches in flight, so that the first
+    batch leaves after a few freezes (a session's clients wait from the exit hook on), within
+    ``BATCH_MIN`` .. ``BATCH_MAX``."""
+    return max(BATCH_MIN, min(BATCH_MAX, -(-waiting // HANDOVER_BATCHES)))
 
 
 class RetiringHost(Protocol):
@@ -114,12 +128,10 @@ class Retirer:
             mark[0] = now
 
         if rt.kind in (ProcKind.WORKER, ProcKind.TASK):
-            await host.run_exit_hook()
-            report["timers_after_exit_hook"] = len(rt.timers)
-            host.clear_leftover_timers()
-            phase("exit_hook")
-            # The sessions leave at once (their clients wait); the sync round runs meanwhile:
-            # a message that reaches this process for a session that left is forwarded.
+            # The sessions leave first, each with its own timers (on_migrate_out stops them as it
+            # goes, on_migrate_in starts them again at their phase): a session's ticks pause only
+            # while it moves, not for the whole hand-over. The sync round runs meanwhile: a
+            # message that reaches this process for a session that left is forwarded.
             handover = rt.spawn(self.hand_over_sessions(budget))
             await host.sync_peers(patience)
             phase("sync")
@@ -128,6 +140,10 @@ class Retirer:
                 worker.hand_back_queued()
             await handover
             phase("handover")
+            await host.run_exit_hook()
+            report["timers_after_exit_hook"] = len(rt.timers)
+            host.clear_leftover_timers()
+            phase("exit_hook")
             await host.wait_for(lambda: not (worker is not None and worker.running) and not host.tasks.pending())
             phase("tasks")
             if worker is not None:
@@ -182,8 +198,9 @@ class Retirer:
                 for sid, sess in rt.sessions.items()
                 if sid not in moving and retry_at.get(sid, 0.0) <= now and sess.established and sess.movable
             ]
+            size = batch_size(len(ready))
             while ready and len(batches) < HANDOVER_BATCHES:
-                sids, ready = ready[:BATCH_MAX], ready[BATCH_MAX:]
+                sids, ready = ready[:size], ready[size:]
                 moving.update(sids)
                 task = rt.spawn(batch(sids))
                 batches.add(task)

@@ -172,8 +172,8 @@ def _cell_html(cell: dict[str, Any], target: str, case: str) -> str:
     if verdict == "inconclusive":
         cond = cell.get("conditions") or {}
         why = (
-            f'<div class="why">machine busy: noise {cond.get("noise_cpus_max")} CPUs, '
-            f'loop lag {cond.get("loop_lag_max_ms")} ms</div>'
+            f'<div class="why">machine busy: other processes used {cond.get("noise_cpus_max")} CPUs'
+            f' in a second</div>'
         )
     elif verdict in ("failed", "error", "known_deviation"):
         reason = cell["failed_checks"][0] if cell["failed_checks"] else cell["message"]
