@@ -9,6 +9,7 @@ and bad reload requests.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 
@@ -159,3 +160,44 @@ def test_reload_with_nothing_in_scope_is_done_at_once(tmp_path):
         report = target.stop()
     assert status == 200 and record["state"] == "done" and record["retired"] == [], record
     assert report.exit_code == 0 and not report.leftover_pids, report
+
+
+def test_workers_retire_one_at_a_time_after_every_successor_serves(tmp_path):
+    """The reference's order (docs/architecture.md, "Reload"): every new worker is ready before
+    the first old one retires, and an old worker retires only once the one before has exited.
+    The sessions move in batches and keep ticking."""
+    target = start_target(tmp_path, "rolling", workers=3, task_workers=1, log_level="info")
+    admin = admin_of(target)
+
+    async def main():
+        clients = [await ScenarioClient.connect(target.ws_url, f"c{i}") for i in range(24)]
+        try:
+            await asyncio.gather(*(c.request("timer_start", interval_ms=20) for c in clients))
+            await admin.call("POST", "/v1/reload", {"wait": True})
+            before = [len(c.evs("tick")) for c in clients]
+            await until(lambda: all(len(c.evs("tick")) >= n + 3 for c, n in zip(clients, before, strict=True)),
+                        timeout=5, what="every session ticking after the reload")
+            return [c.is_closed for c in clients]
+        finally:
+            await dispose_all(clients)
+
+    try:
+        closed = asyncio.run(main())
+        events = [json.loads(line) for line in target.log_lines()]
+    finally:
+        report = target.stop()
+    assert not any(closed)
+    assert report.exit_code == 0 and not report.forced, report
+    ready = [
+        e["ts"] for e in events
+        if e.get("event") == "process.ready" and e.get("generation") == 2 and e["name"].startswith("worker")
+    ]
+    retire = [(e["ts"], e["name"]) for e in events if e.get("event") == "reload.retire"]
+    retired = {e["name"]: e["ts"] for e in events if e.get("event") == "reload.retired"}
+    workers = [(ts, name) for ts, name in retire if name.startswith("worker")]
+    assert len(workers) == 3 and len(ready) == 3, (workers, ready)
+    assert workers[0][0] >= max(ready), "a worker retired before every new worker served"
+    for (_, previous), (ts, _) in itertools.pairwise(workers):
+        assert ts >= retired[previous], f"a worker retired while {previous} was still handing over"
+    handed = [e for e in events if e.get("event") == "reload.handover_done" and e.get("kind") == "worker"]
+    assert sum(e["handed_over"] for e in handed) == 24 and all("phases_ms" in e for e in handed), handed

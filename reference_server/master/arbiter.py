@@ -349,6 +349,7 @@ class Master:
                     outage.end = time.time()
         self.procs.set_state(child.pid, ProcState.READY)
         slot = self._slot_of.get(child.pid)
+        self.log.info("process.ready", name=child.name, pid=child.pid, generation=slot.generation if slot else None)
         if slot is not None and time.monotonic() - child.started > 1.0:
             slot.quick_crashes = 0
         self.reloader.successor_ready(slot)

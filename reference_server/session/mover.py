@@ -34,6 +34,12 @@ session; the barrier completes in the background, and one barrier round
 covers every move that reached step 3 before it began (rounds batch under
 load). A new move of the same session waits for its drain.
 
+**Batches** (:meth:`Mover.move_many`, a retiring worker's hand-over): up to
+:data:`BATCH_MAX` sessions to one target are frozen one after the other and go
+in one ``adopt`` message (their sockets with it, in order); one ``adopted``
+answers each of them, one barrier round covers them and one ``drained``
+releases them. Each session succeeds or fails on its own, as in a single move.
+
 So, per sender, operations on a moving session are applied exactly once and
 in the order they were issued, whichever owner each one was sent to.
 
