@@ -66,6 +66,18 @@ def test_what_fails_a_comparison() -> None:
     assert matrix.build([fine, RunResult("ok2", "o.toml", results("o", [record("x", "skipped")]), 0)])["ok"]
 
 
+def test_an_inconclusive_case_does_not_fail_the_comparison_and_shows_the_machine_was_busy() -> None:
+    """Contract 11.4: shown on the matrix with what the harness measured, never a failure."""
+    cond = {"noise_cpus_max": 1.7, "starved": True, "why": "other processes used 1.7 CPUs in a 1 s window (bound 1.0)"}
+    run = RunResult("t", "t.toml", results("t", [record("x", "inconclusive", failed_checks=["gap"], conditions=cond)]), 0)
+    doc = matrix.build([run])
+    assert doc["ok"] and "inconclusive" in doc["verdicts"]
+    (cell,) = [r["cells"]["t"] for g in doc["groups"] for r in g["rows"]]
+    assert cell["verdict"] == "inconclusive" and cell["conditions"]["noise_cpus_max"] == 1.7
+    page = html.render_index(doc)
+    assert 'data-verdict="inconclusive"' in page and "other processes used 1.7 CPUs" in page
+
+
 def test_index_page_escapes_and_marks_every_cell() -> None:
     bad = record("<script>", "failed", seed="<b>seed</b>", failed_checks=["a <check>"])
     doc = matrix.build([RunResult("t<1>", "t.toml", results("t<1>", [bad, record("ok", "passed")]), 1, links={"ok": "cases/t/ok.html"})])
