@@ -310,6 +310,8 @@ async def drive_worker_stall(target: Any, admin: AdminClient, *, reload: bool = 
                     h.reload = {"state": f"no answer within {bound} s"}
                 except AdminError as exc:
                     h.reload = {"state": f"refused: {exc}"[:200]}
+                except ConnectionError as exc:  # the admin API dropped the request (its process restarted?)
+                    h.reload = {"state": f"no answer: the connection ended ({exc!r})"[:200]}
             await nemesis.hold_until(window.start + STALL_S)
             h.admin = await admin_watch.stop()
         assert window.end is not None

@@ -30,12 +30,14 @@ NOT_ENGINE = [
     str(p.relative_to(REPO)) for p in sorted((REPO / "scenarios").glob("test_*.py"))
     if str(p.relative_to(REPO)) not in ENGINE_LEVEL
 ]
-#: scenario id -> the file that defines it
-CASE_FILE = {
-    m.group(1): str(p.relative_to(REPO))
+#: scenario id -> the test (pytest node id) that runs it
+CASE_NODE = {
+    m.group(1): f"{p.relative_to(REPO)}::{m.group(2)}"
     for p in (REPO / "scenarios").glob("test_*.py")
-    for m in re.finditer(r'@pytest\.mark\.scenario\(\s*"([a-z_0-9]+)"', p.read_text())
+    for m in re.finditer(r'@pytest\.mark\.scenario\(\s*"([a-z_0-9]+)"[^\n]*\n(?:@[^\n]*\n)*def (test_[a-z_0-9]+)', p.read_text())
 }
+#: scenario id -> the file that defines it
+CASE_FILE = {case: node.split("::")[0] for case, node in CASE_NODE.items()}
 
 
 def selection(path: Path) -> list[str] | None:
@@ -43,7 +45,7 @@ def selection(path: Path) -> list[str] | None:
 
     Each engine's own manifest (Swoole's PROCESS mode, its coroutine server, Workerman) runs the
     whole suite. A seed variant (``naive-*.toml``: the same engine with one application pattern
-    changed) answers every other scenario as its engine's manifest does, so it runs the files of
+    changed) answers every other scenario as its engine's manifest does, so it runs the tests of
     the cases its seed adds to the engine's known failures, and the honesty probe. SWOOLE_BASE
     runs everything but the engine-level scenarios (its faults are PROCESS mode's). This keeps
     CI under its 30 minutes; ``./run compare`` still runs every scenario on every manifest.
@@ -54,8 +56,8 @@ def selection(path: Path) -> list[str] | None:
         return None
     base = set(load_manifest(path.parent / "process.toml").known_failures)
     seed = set(load_manifest(path).known_failures) - base
-    files = {CASE_FILE[case_id(k)] for k in seed if case_id(k) in CASE_FILE}
-    return sorted(files | {"scenarios/test_probe.py"}) if files else NOT_ENGINE
+    tests = {CASE_NODE[case_id(k)] for k in seed if case_id(k) in CASE_NODE}
+    return sorted(tests | {"scenarios/test_probe.py"}) if tests else NOT_ENGINE
 
 
 def case_id(case: str) -> str:
@@ -84,8 +86,11 @@ def test_php_targets_pass_what_they_declare_in_the_comparison(tmp_path: Path) ->
     chosen = {load_manifest(p).name: selection(p) for p in installed}
 
     def selected(name: str, case: str) -> bool:
-        files = chosen[name]
-        return files is None or CASE_FILE.get(case_id(case)) in files
+        chosen_tests = chosen[name]
+        if chosen_tests is None:
+            return True
+        node = CASE_NODE.get(case_id(case), "")
+        return node in chosen_tests or node.split("::")[0] in chosen_tests
 
     for name, t in targets.items():
         assert t["group"] in ("swoole", "workerman"), t["group"]

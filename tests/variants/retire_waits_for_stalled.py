@@ -3,7 +3,8 @@
 The seed: a reload while a worker is stopped also force-killed a healthy worker. Each old
 worker's sync round waits for every peer, the stopped one included, with no share of
 max_wait_ms as its limit, and the stall is not marked in the process directory: the healthy
-old workers are still waiting at their deadline, are killed, and their sessions are lost.
+old workers are still waiting at their deadline and are killed. (Their sessions survive since
+the reference hands them over while the sync round runs; before, they were lost with them.)
 Caught by scenarios/test_faults.py (fault_worker_stall_reload).
 """
 
