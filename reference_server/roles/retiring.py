@@ -51,8 +51,10 @@ if TYPE_CHECKING:
     from ..session.mover import Mover
     from .taskworker import TaskWorker
 
-#: Batches of sessions a retiring worker hands over at once (each up to ``BATCH_MAX`` sessions).
-HANDOVER_BATCHES = 1
+#: Batches of sessions a retiring worker has in flight at once: two, so that it freezes the next
+#: while its successor adopts one (each up to ``BATCH_MAX`` sessions). More only queue at the
+#: successor, which adopts them one after the other, and a frozen session waits meanwhile.
+HANDOVER_BATCHES = 2
 #: Share of ``max_wait_ms`` after which a retiring process closes what it could not hand over.
 RETIRE_BUDGET = 0.9
 #: While retiring, the share of ``max_wait_ms`` a sync or barrier round waits for a silent peer.
@@ -66,10 +68,11 @@ BATCH_MIN = 8
 
 
 def batch_size(waiting: int) -> int:
-    """Sessions per batch: the waiting ones spread over the batches in flight, so that the first
-    batch leaves after a few freezes (a session's clients wait from the exit hook on), within
-    ``BATCH_MIN`` .. ``BATCH_MAX``."""
-    return max(BATCH_MIN, min(BATCH_MAX, -(-waiting // HANDOVER_BATCHES)))
+    """Sessions per batch: small while few wait (a session's ticks pause from its freeze to its
+    adoption, so the first batches leave after a few freezes), larger as more wait (fewer
+    messages and rounds, so that thousands leave well within ``max_wait_ms``): an eighth of
+    those waiting, within ``BATCH_MIN`` .. ``BATCH_MAX``."""
+    return max(BATCH_MIN, min(BATCH_MAX, waiting // 8))
 
 
 class RetiringHost(Protocol):

@@ -89,7 +89,7 @@ DRAIN_TIMEOUT = 5.0
 #: How long a source keeps forwarding late operations for a session it gave away.
 TOMBSTONE_TTL = 30.0
 #: Sessions one ``adopt`` message may carry (their sockets ride with it; the kernel takes 253).
-BATCH_MAX = 32
+BATCH_MAX = 64
 
 @dataclass
 class Outgoing:
