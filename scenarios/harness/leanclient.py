@@ -48,10 +48,13 @@ class LeanClient(asyncio.Protocol):
 
     @classmethod
     async def connect(cls: type[C], host: str, port: int, name: str = "", *, timeout: float = 10.0) -> C:
-        """Connect and complete the handshake within ``timeout`` seconds."""
+        """Connect and complete the handshake within ``timeout`` seconds, the TCP connect included
+        (a server that no longer accepts fills its backlog, and a connect then waits for the
+        kernel's SYN retries: about two minutes)."""
         loop = asyncio.get_running_loop()
-        _, client = await loop.create_connection(lambda: cls(host, port, name), host, port)
-        await asyncio.wait_for(client.opened, timeout)
+        deadline = loop.time() + timeout
+        _, client = await asyncio.wait_for(loop.create_connection(lambda: cls(host, port, name), host, port), timeout)
+        await asyncio.wait_for(client.opened, max(0.0, deadline - loop.time()))
         return client
 
     # -- protocol ------------------------------------------------------------------------------
