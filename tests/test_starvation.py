@@ -136,27 +136,24 @@ def stop(pids: list[int]) -> None:
 needs_proc = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc")
 
 
+def conditions_beside_hogs(sampler: st.Sampler, *, outside: bool) -> st.Conditions:
+    """Two busy loops for two seconds of sampling; what the sampler judged meanwhile."""
+    pids = start_hogs(2, 5, outside=outside)
+    try:
+        t0 = time.time()
+        for _ in range(8):
+            sampler.sample()
+            time.sleep(st.SAMPLE_S)  # the sampler's own pace: readings every SAMPLE_S
+        return sampler.conditions(t0, time.time())
+    finally:
+        stop(pids)
+
+
 @needs_proc
 def test_the_sampler_sees_a_hog_outside_the_tree_as_noise_and_one_inside_as_ours() -> None:
     sampler = st.Sampler()
-    pids = start_hogs(2, 5, outside=False)
-    try:
-        t0 = time.time()
-        for _ in range(8):
-            sampler.sample()
-            time.sleep(st.SAMPLE_S)
-        inside = sampler.conditions(t0, time.time())
-    finally:
-        stop(pids)
-    pids = start_hogs(2, 5, outside=True)
-    try:
-        t0 = time.time()
-        for _ in range(8):
-            sampler.sample()
-            time.sleep(st.SAMPLE_S)
-        outside = sampler.conditions(t0, time.time())
-    finally:
-        stop(pids)
+    inside = conditions_beside_hogs(sampler, outside=False)
+    outside = conditions_beside_hogs(sampler, outside=True)
     # Two busy loops on this machine's cores: about 2 CPUs between them, less what others take.
     assert outside.noise_cpus_max is not None and outside.noise_cpus_max >= st.NOISE_BOUND_CPUS, outside
     assert outside.starved
