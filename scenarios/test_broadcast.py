@@ -229,8 +229,7 @@ async def drive_fanout(nodes, scenario_run, mode: str, evidence) -> FanoutHistor
         published = [rec for p in publishers for rec in p.log]
 
         async def all_in() -> bool:
-            v = check_histories(clients, published, end=end)
-            return not v.missing
+            return not check_histories(clients, published, end=end, until_missing=True).missing
 
         await settle(all_in, timeout=15 if not failures else 3, interval=0.2)
         verdict = check_histories(clients, published, end=end)
@@ -346,7 +345,7 @@ async def drive_outage(target, scenario_run, mode: str, *, fault: str = "broker"
         excuse = windows if mode == "pubsub" else []
 
         async def all_in() -> bool:
-            return not check_histories(clients, publisher.log, end=end, outages=excuse).missing
+            return not check_histories(clients, publisher.log, end=end, outages=excuse, until_missing=True).missing
 
         await settle(all_in, timeout=15 if fault == "broker" else 8, interval=0.2)
         verdict = check_histories(clients, publisher.log, end=end, outages=excuse)

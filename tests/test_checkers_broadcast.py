@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from scenarios.harness import broadcast as bc_model
 from scenarios.harness.broadcast import ALL, Membership, Published, Violations, check_histories
 from scenarios.harness.checkers import broadcast as bc
 from scenarios.harness.evidence import Check
@@ -68,6 +69,21 @@ def test_model_names_each_violation() -> None:
     # A message of another channel, or one never published, is forbidden too.
     other = Recv(memberships=[MEMBER], received=[(3.1, "sport", "p", 1, None)])
     assert len(check_histories([other], PUBLISHED, end=10.0).forbidden) == 1
+
+
+def test_model_until_missing_stops_at_the_first_loss_and_details_only_the_first_losses() -> None:
+    published = [_pub(i, 3.0 + i * 0.01) for i in range(1, 301)]
+    nothing = _client()
+    v = check_histories([nothing], published, end=10.0, until_missing=True)
+    assert [m["seq"] for m in v.missing] == [1]
+    full = check_histories([nothing], published, end=10.0)
+    assert len(full.missing) == 300 and full.required == 300
+    detailed = [m for m in full.missing if "received_around" in m]
+    assert len(detailed) == bc_model.DETAILED_MISSING
+    # Published out of order of start across publishers: each still found by its membership.
+    mixed = [Published("q", 1, "news", 5.0, 5.01, True), Published("p", 1, "news", 3.0, 3.01, True)]
+    v = check_histories([_client((3.1, 1))], mixed, end=10.0)
+    assert [(m["publisher"], m["seq"]) for m in v.missing] == [("q", 1)]
 
 
 def test_model_an_outage_excuses_a_loss_but_not_a_duplicate() -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -247,26 +248,41 @@ def _intervals(client: BroadcastClient, channel: str, end: float) -> list[Member
     return [m for m in client.memberships if m.channel == channel and m.join_ack]
 
 
+DETAILED_MISSING = 100  # missing records that list the receipts around them (the rest are counted the same)
+
+
 def check_histories(
     clients: list[BroadcastClient],
     published: list[Published],
     *,
     end: float,
     outages: Sequence[tuple[float, float]] = (),
+    until_missing: bool = False,
 ) -> Violations:
-    """Check every client's receipts against the model (module docstring). ``end``: when receipts stopped counting."""
+    """Check every client's receipts against the model (module docstring). ``end``: when receipts stopped counting.
+
+    ``until_missing``: only look for a missing message, and stop at the first (a settle loop asks
+    only that; duplicates, order and forbidden receipts are then not checked, and counts are partial).
+    """
     v = Violations()
     by_key = {(p.publisher, p.seq): p for p in published}
     by_channel: dict[str, list[Published]] = {}
     for p in published:
         if p.ok:
             by_channel.setdefault(p.channel, []).append(p)
+    starts: dict[str, list[float]] = {}
+    for channel, pubs in by_channel.items():
+        pubs.sort(key=lambda p: p.start)
+        starts[channel] = [p.start for p in pubs]
     for c in clients:
         lived_to_end = not c.aborted_at and (not c.closed_at or c.closed_at >= end)
+        intervals: dict[str, list[Membership]] = {}
         seen: set[tuple[str, int]] = set()
         last: dict[tuple[str, str], int] = {}
-        for t, channel, pub, seq, _id in c.received:
-            v.received += 1
+        v.received += len(c.received)
+        if until_missing:  # only whether a required message is missing: what arrived is enough
+            seen = {(r[2], r[3]) for r in c.received}
+        for t, channel, pub, seq, _id in () if until_missing else c.received:
             key = (pub, seq)
             if key in seen:
                 v.duplicates.append({"client": c.name, "node": c.node, "channel": channel, "publisher": pub, "seq": seq})
@@ -275,37 +291,51 @@ def check_histories(
             prev = last.get((channel, pub), 0)
             if seq <= prev:
                 v.out_of_order.append({"client": c.name, "channel": channel, "publisher": pub, "seq": seq, "after": prev})
-            last[(channel, pub)] = max(prev, seq)
+            else:
+                last[(channel, pub)] = seq
+            ivs = intervals.get(channel)
+            if ivs is None:
+                ivs = intervals[channel] = _intervals(c, channel, end)
             origin = by_key.get(key)
             ok = origin is not None and origin.channel == channel and any(
-                m.join_sent <= t and origin.start <= m.leave_ack for m in _intervals(c, channel, end)
+                m.join_sent <= t and origin.start <= m.leave_ack for m in ivs
             )
             if not ok:
                 v.forbidden.append({"client": c.name, "node": c.node, "channel": channel, "publisher": pub, "seq": seq})
         if not lived_to_end or not c.opened_at:
             continue
-        channels = {m.channel for m in c.memberships} | {ALL}
-        for channel in channels:
+        for channel in {m.channel for m in c.memberships} | {ALL}:
+            pubs = by_channel.get(channel)
+            if not pubs:
+                continue
             for m in _intervals(c, channel, end):
                 sure_from, sure_to = m.join_ack, min(m.leave_sent, end)
-                for p in by_channel.get(channel, ()):
-                    if not (sure_from <= p.start and p.end <= sure_to):
+                # every p with sure_from <= p.start <= p.end <= sure_to; pubs is sorted by start
+                for i in range(bisect_left(starts[channel], sure_from), len(pubs)):
+                    p = pubs[i]
+                    if p.start > sure_to:
+                        break
+                    if p.end > sure_to:
                         continue
-                    if any(a <= p.end and p.start <= b for a, b in outages):
-                        if (p.publisher, p.seq) not in seen:
+                    key = (p.publisher, p.seq)
+                    if outages and any(a <= p.end and p.start <= b for a, b in outages):
+                        if key not in seen:
                             v.excused += 1
                         continue
                     v.required += 1
-                    if (p.publisher, p.seq) not in seen:
-                        v.missing.append(
-                            {
-                                "client": c.name, "node": c.node, "channel": channel, "publisher": p.publisher,
-                                "seq": p.seq, "published": [round(p.start, 4), round(p.end, 4)],
-                                "member": [round(m.join_sent, 4), round(m.join_ack, 4), round(m.leave_sent, 4)],
-                                "received_around": [
-                                    (round(r[0], 4), r[2], r[3]) for r in c.received if r[1] == channel
-                                    and abs(r[0] - p.end) < 0.2
-                                ][:6],
-                            }
-                        )
+                    if key in seen:
+                        continue
+                    v.missing.append(
+                        {
+                            "client": c.name, "node": c.node, "channel": channel, "publisher": p.publisher,
+                            "seq": p.seq, "published": [round(p.start, 4), round(p.end, 4)],
+                            "member": [round(m.join_sent, 4), round(m.join_ack, 4), round(m.leave_sent, 4)],
+                        }
+                    )
+                    if len(v.missing) <= DETAILED_MISSING:
+                        v.missing[-1]["received_around"] = [
+                            (round(r[0], 4), r[2], r[3]) for r in c.received if r[1] == channel and abs(r[0] - p.end) < 0.2
+                        ][:6]
+                    if until_missing:
+                        return v
     return v

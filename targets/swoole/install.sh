@@ -34,6 +34,9 @@ if [ -z "$archive" ] || [ ! -f "$archive" ]; then
 fi
 echo "swoole target: building $(basename "$archive") (a few minutes on two cores)"
 rm -rf "$build/src" && mkdir -p "$build/src"
+# While it builds, build/BUILDING holds this script's pid (tests/test_php_targets.py waits on it).
+echo $$ > "$build/BUILDING"
+trap 'rm -f "$build/BUILDING"' EXIT
 tar -xzf "$archive" -C "$build/src" --strip-components=1
 (
   cd "$build/src"
