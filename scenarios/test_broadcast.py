@@ -7,7 +7,7 @@ first, without blocking the workers. Contract section 10.
 * ``broadcast_fanout`` (both modes): two nodes of the target (3 workers each)
   on one Redis; 200 clients, each in two of four channels, plus ``@all``;
   three publishers (two straight to Redis, one through a session's
-  ``publish`` op); 2,100 messages; meanwhile clients leave and join channels,
+  ``publish`` op); 1,200 messages; meanwhile clients leave and join channels,
   some are cut off (TCP abort), new ones arrive; ten connections per node sit
   in the middle of their handshake. Checked against the model of
   :mod:`scenarios.harness.broadcast`.
@@ -60,7 +60,7 @@ from scenarios.harness.waiting import WaitTimeout, settle
 CHANNELS = ["news", "sport", "tech", "chat"]
 CLIENTS_PER_NODE = 100
 STUCK_PER_NODE = 10
-MESSAGES_PER_PUBLISHER = 700
+MESSAGES_PER_PUBLISHER = 400
 PUBLISH_RATE = 150.0  # messages per second, per publisher
 ALL_SHARE = 0.05  # share of messages sent to @all
 REQUEST_TIMEOUT = 5.0  # a target that does not answer fails the scenario in bounded time
