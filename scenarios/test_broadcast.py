@@ -146,9 +146,11 @@ async def drive_fanout(nodes, scenario_run, mode: str, evidence) -> FanoutHistor
         except (ConnectionError, TimeoutError, WaitTimeout) as exc:
             failures.append(f"warm-up: {exc}")
 
-    fds_before = [await warm_up(t, a, exercise) for t, a in zip(nodes, admins, strict=True)]
-    if failures:  # the target does not serve subscribe at all: nothing else can be observed
-        return failures
+    fds_before = []
+    for t, a in zip(nodes, admins, strict=True):
+        fds_before.append(await warm_up(t, a, exercise))
+        if failures:  # the target does not serve subscribe at all: nothing else can be observed
+            return failures
     before = [await a.stats() for a in admins]
     clients: list[BroadcastClient] = []
     stuck: list[StuckClient] = []
