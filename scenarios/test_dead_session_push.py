@@ -19,11 +19,12 @@ Checked (contract sections 3.4 and 6; ``scenarios/harness/checkers/dead_push.py`
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
-from scenarios.harness.checkers.dead_push import DeadPushHistory, check
+from scenarios.harness.checkers.dead_push import DeadPushHistory, check, figure
 from scenarios.harness.client import ScenarioClient, connect_many, dispose_all
 from scenarios.harness.common import counter_delta, warm_up
 from scenarios.harness.spec import observe_leftovers
@@ -65,22 +66,29 @@ async def drive(target, admin) -> tuple[DeadPushHistory, dict[str, Any]]:
         }
 
         log_mark = len(target.log_lines())
+        h.moments["victims leave"] = time.time()
         for i, victim in enumerate(victims):
             if i % 2:
                 victim.abort()
             else:
                 await victim.close(1000, "leaving")
         victim_ids = {v.session for v in victims}
+
+        def sample(failed: list[int]) -> None:
+            h.samples.append((time.time(), sum(failed), len(target.log_lines()) - log_mark))
+
         h.victims_gone = await settle(lambda: _none_listed(admin, victim_ids), timeout=10, interval=0.05)
 
         async def enough_failures() -> bool:
             statuses = await asyncio.gather(*(p.request("timer_status", timer=t) for p, t, _ in timers.values()))
+            sample([sum(s.get("failed", {}).values()) for s in statuses])
             return all(sum(s.get("failed", {}).values()) >= MIN_FAILS_PER_TIMER for s in statuses)
 
         await settle(enough_failures, timeout=15, interval=0.05)
 
         h.one_off = await pushers[0].request("push", to=victims[0].session, data="anyone there?")
 
+        h.moments["newcomers connect"] = time.time()
         newcomers = await connect_many(url, "newcomer", VICTIMS)
         # Let the timers keep pushing to the old ids while the newcomers sit on reused fds.
         marks = {}
@@ -91,6 +99,7 @@ async def drive(target, admin) -> tuple[DeadPushHistory, dict[str, Any]]:
             statuses = {
                 name: await p.request("timer_status", timer=t) for name, (p, t, _) in timers.items()
             }
+            sample([sum(s.get("failed", {}).values()) for s in statuses.values()])
             return all(sum(s.get("failed", {}).values()) >= marks[n] + 10 for n, s in statuses.items())
 
         await settle(kept_pushing, timeout=10, interval=0.05)
@@ -136,5 +145,6 @@ async def _none_listed(admin, sids: set[int]) -> bool:
 def test_dead_session_push(target, admin, evidence, run_async):
     history, facts = run_async(drive(target, admin))
     evidence.add_facts(facts)
+    evidence.figure(figure(history))
     evidence.record(check(history))
     evidence.verdict()

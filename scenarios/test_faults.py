@@ -45,6 +45,8 @@ from scenarios.harness.checkers.faults import (
     check_task_worker_kill,
     check_worker_kill,
     check_worker_stall,
+    fault_figure,
+    task_kill_figure,
 )
 from scenarios.harness.common import warm_up
 from scenarios.harness.hostile import HostileClient
@@ -372,6 +374,7 @@ def test_fault_worker_stall(target_factory, evidence, run_async) -> None:
     if history.workers < 2:
         pytest.skip(f"unsupported: the target lists {history.workers} worker(s); a stalled worker needs another")
     evidence.add_facts(history.facts)
+    evidence.figure(fault_figure(history.facts.get("timeline", {}), history.facts.get("outcomes", {}), history.victim_worker))
     evidence.record(check_worker_stall(history))
     evidence.verdict()
 
@@ -385,6 +388,7 @@ def test_fault_worker_stall_reload(target_factory, evidence, run_async) -> None:
     if history.workers < 2:
         pytest.skip(f"unsupported: the target lists {history.workers} worker(s); a stalled worker needs another")
     evidence.add_facts(history.facts)
+    evidence.figure(fault_figure(history.facts.get("timeline", {}), history.facts.get("outcomes", {}), history.victim_worker))
     evidence.record(check_worker_stall(history))
     evidence.verdict()
 
@@ -484,6 +488,7 @@ def test_fault_task_worker_kill(target_factory, evidence, run_async) -> None:
     if history.task_workers < 1:
         pytest.skip("unsupported: the target lists no task worker")
     evidence.add_facts(history.facts)
+    evidence.figure(task_kill_figure(history))
     evidence.record(check_task_worker_kill(history))
     evidence.verdict()
 
@@ -496,5 +501,6 @@ def test_fault_worker_kill(target_factory, evidence, run_async) -> None:
     if history.workers < 2:
         pytest.skip(f"unsupported: the target lists {history.workers} worker(s); a worker kill needs two")
     evidence.add_facts(history.facts)
+    evidence.figure(fault_figure(history.facts.get("timeline", {}), history.facts.get("outcomes", {}), history.victim_worker))
     evidence.record(check_worker_kill(history))
     evidence.verdict()

@@ -24,7 +24,7 @@ import time
 import pytest
 
 from scenarios.harness.admin import AdminClient
-from scenarios.harness.checkers.heartbeat import HeartbeatHistory, IdleClient, check
+from scenarios.harness.checkers.heartbeat import HeartbeatHistory, IdleClient, check, figure
 from scenarios.harness.client import Event, ScenarioClient, connect_many, dispose_all
 from scenarios.harness.common import counter_delta
 from scenarios.harness.waiting import settle
@@ -77,6 +77,7 @@ async def drive(target, idle_ms: int, check_ms: int) -> HeartbeatHistory:
             *talkers,
             settle(lambda: all(c.is_closed for c in idle + pushed), timeout=h.window_s + 2),
         )
+        window_end = time.time()
         h.heartbeat_closes_counted = counter_delta(stats_before, await admin.stats(), "heartbeat_closes")
         # Before the clients are disposed of: which sessions the server left open, or closed.
         for group, into in ((idle, h.idle), (pushed, h.pushed)):
@@ -92,6 +93,18 @@ async def drive(target, idle_ms: int, check_ms: int) -> HeartbeatHistory:
                         tail=c.excerpt(3),
                     )
                 )
+        for group, clients in (("idle", idle), ("pushed", pushed), ("chatty", chatty), ("protected", protected),
+                               ("pinger", pingers)):
+            for c in clients:
+                h.timelines[c.name] = {
+                    "group": group, "last_sent": last_sent[c.name],
+                    "sent": [e.t for e in c.history if e.direction == "send" and e.t > last_sent[c.name]],
+                    "ping": [e.t for e in c.history if e.direction == "ping"],
+                    "received": [e.t for e in c.history if e.direction == "recv"][-200:],
+                    "ended": c.closed_at if c.is_closed and not c.aborted else None,
+                    "code": c.close_frame[0] if c.close_frame else None,
+                    "window_end": window_end,
+                }
         h.survivors_closed = [
             {"client": c.name, "close_frame": c.close_frame, "tail": c.excerpt(3)}
             for c in chatty + protected + pingers
@@ -112,5 +125,6 @@ def test_heartbeat(scenario_run, target_factory, evidence, run_async):
     evidence.fact("settings", {"idle_ms": idle_ms, "check_ms": check_ms, "latest_close_ms": history.latest_ms})
     evidence.fact("pings_sent", history.pings)
     evidence.fact("idle_close_after_ms", {c.name: c.ended_after_ms for c in history.idle + history.pushed})
+    evidence.figure(figure(history))
     evidence.record(check(history))
     evidence.verdict()

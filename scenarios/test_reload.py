@@ -47,6 +47,7 @@ from scenarios.harness.checkers.reload import (
     check_disconnects,
     check_repeated,
     check_ticks_history,
+    tick_figure,
     tick_gaps,
 )
 from scenarios.harness.client import ScenarioClient, connect_many, dispose_all
@@ -348,6 +349,7 @@ def test_reload_ticks(target_factory, evidence, run_async) -> None:
     evidence.fact("reloads", [w.as_dict() for w in history.windows])
     evidence.fact("old_processes", history.old_processes)
     tick_facts(evidence, history.clients, history.windows)
+    evidence.figure(tick_figure(history.clients, history.windows))
     evidence.record(check_ticks_history(history))
     evidence.verdict()
 
@@ -360,6 +362,7 @@ def test_reload_disconnects(target_factory, evidence, run_async) -> None:
     w = history.window
     evidence.fact("reload", w.as_dict())
     tick_facts(evidence, history.stay, [w])
+    evidence.figure(tick_figure(history.stay, [w], "The staying sessions' ticks (coloured by generation) across the reload"))
     evidence.record(check_disconnects(history))
     evidence.verdict()
 
@@ -371,5 +374,6 @@ def test_reload_repeated(target_factory, evidence, run_async) -> None:
     history, facts = run_async(drive_repeated(target), timeout=150)
     evidence.add_facts(facts)
     tick_facts(evidence, history.clients, history.windows)
+    evidence.figure(tick_figure(history.clients, history.windows))
     evidence.record(check_repeated(history))
     evidence.verdict()

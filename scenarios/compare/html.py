@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import time
@@ -62,6 +63,8 @@ table.checks { border-collapse: collapse; width: 100%; } table.checks td, table.
   padding: 5px 7px; vertical-align: top; text-align: left; }
 pre { background: #f6f7f9; padding: 8px; overflow-x: auto; font-size: 12px; white-space: pre-wrap; word-break: break-word; }
 code { font-family: ui-monospace, monospace; font-size: 12px; }
+figure.history { margin: 8px 0 18px; } figure.history img { max-width: 100%; border: 1px solid var(--line); }
+figure.history figcaption { font-size: 12px; color: #5b6270; } a.figref { font-size: 12px; color: var(--fail); margin-left: 6px; }
 """
 
 
@@ -182,8 +185,11 @@ def _cell_html(cell: dict[str, Any], target: str, case: str) -> str:
     return f"<td>{body}{why}</td>"
 
 
-def render_case(target: str, record: dict[str, Any], evidence: dict[str, Any] | None, *, index_href: str) -> str:
-    """One target's evidence page for one case."""
+def render_case(
+    target: str, record: dict[str, Any], evidence: dict[str, Any] | None, *, index_href: str,
+    images: dict[str, bytes] | None = None,
+) -> str:
+    """One target's evidence page for one case; ``images``: the PNG of each figure, by figure id."""
     verdict = record.get("verdict", "error")
     parts = [
         f'<p><a href="{escape(index_href)}">← comparison</a></p>',
@@ -195,12 +201,24 @@ def render_case(target: str, record: dict[str, Any], evidence: dict[str, Any] | 
     if record.get("message"):
         parts.append(f"<h2>Message</h2><pre>{escape(record['message'])}</pre>")
     if evidence is not None:
+        figures = evidence.get("figures") or []
+        marked: dict[str, list[str]] = {}  # check name -> ids of the figures that mark it
+        for fig in figures:
+            for m in fig.get("marks") or []:
+                if m.get("check") and fig["id"] not in marked.setdefault(m["check"], []):
+                    marked[m["check"]].append(fig["id"])
+        if figures:
+            parts.append(_figures_html(figures, images or {}))
         rows = []
         for check in evidence.get("checks", []):
             mark = "passed" if check["passed"] else "failed"
             details = json.dumps(check.get("details") or {}, indent=1, default=str)
+            where = "".join(
+                f' <a class="figref" href="#fig-{escape(fid)}">marked in the figure</a>'
+                for fid in marked.get(check["name"], []) if not check["passed"]
+            )
             rows.append(
-                f'<tr><td><span class="cell v-{mark}">{mark}</span></td><td>{escape(check["name"])}</td>'
+                f'<tr><td><span class="cell v-{mark}">{mark}</span></td><td>{escape(check["name"])}{where}</td>'
                 f"<td><code>{escape(_j(check.get('expected')))}</code></td><td><code>{escape(_j(check.get('observed')))}</code></td>"
                 f"<td><pre>{escape(details[:3000])}</pre></td></tr>"
             )
@@ -222,6 +240,22 @@ def render_case(target: str, record: dict[str, Any], evidence: dict[str, Any] | 
     else:
         parts.append("<p>The target logged nothing during this case.</p>")
     return _page(f"{record.get('case')} on {target}", "\n".join(parts))
+
+
+def _figures_html(figures: list[dict[str, Any]], images: dict[str, bytes]) -> str:
+    """The figures of the history (PNG as data: URIs, so the page works offline), above the checks."""
+    out = ["<h2>History</h2>"]
+    for fig in figures:
+        fid = escape(fig["id"])
+        png = images.get(fig["id"])
+        if png:
+            src = "data:image/png;base64," + base64.b64encode(png).decode()
+            out.append(f'<figure id="fig-{fid}" class="history"><img alt="{escape(fig.get("title", ""))}" src="{src}">'
+                       f"<figcaption>{escape(fig.get('title', ''))} (data: <code>figures</code> in the evidence JSON, "
+                       f"id <code>{fid}</code>)</figcaption></figure>")
+        else:
+            out.append(f'<p id="fig-{fid}">The figure <code>{fid}</code> could not be drawn; its data is in the evidence JSON.</p>')
+    return "".join(out)
 
 
 def _j(value: Any) -> str:

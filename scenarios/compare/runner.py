@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..harness.manifest import ManifestError, load_manifest
-from . import html, matrix
+from . import draw, html, matrix
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,6 +70,20 @@ def run_entry(
     return run
 
 
+def figure_images(evidence_path: Path, evidence: dict) -> dict[str, bytes]:
+    """The PNG of each figure of a case, by figure id: drawn beside the run (``draw.Drawer``), or now
+    if it is missing (a figure that cannot be drawn is left out, and the page says so)."""
+    images: dict[str, bytes] = {}
+    failed = {c["name"] for c in evidence.get("checks", []) if not c.get("passed")}
+    for fig in evidence.get("figures") or []:
+        path = draw.png_path(evidence_path, fig["id"])
+        try:
+            images[fig["id"]] = path.read_bytes() if path.exists() else draw.draw(fig, failed)
+        except Exception:
+            continue
+    return images
+
+
 def write_case_pages(name: str, results: dict, out: Path) -> dict[str, str]:
     """One evidence page per case that ran; their paths relative to ``out``, by case key."""
     links: dict[str, str] = {}
@@ -87,7 +101,8 @@ def write_case_pages(name: str, results: dict, out: Path) -> dict[str, str]:
             except (OSError, ValueError):
                 evidence = None
         page = folder / f"{safe(key)}.html"
-        page.write_text(html.render_case(name, record, evidence, index_href="../../index.html"))
+        images = figure_images(Path(record["evidence"]), evidence) if evidence else {}
+        page.write_text(html.render_case(name, record, evidence, index_href="../../index.html", images=images))
         links[key] = page.relative_to(out).as_posix()
     return links
 

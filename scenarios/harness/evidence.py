@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import conformance
+from .figures import Figure
 
 MAX_EXCERPT = 40
 
@@ -56,6 +57,8 @@ class Evidence:
         self.path = path
         self.checks: list[Check] = []
         self.facts: dict[str, Any] = {}
+        #: Figures of the history (:mod:`.figures`), drawn on the case's evidence page.
+        self.figures: list[dict[str, Any]] = []
         self.started = time.time()
         #: The log of the answers this case validated (the plugin sets it for scenarios).
         self.conformance: conformance.ConformanceLog | None = None
@@ -82,6 +85,10 @@ class Evidence:
         for c in checks:
             self.check(c.name, c.passed, expected=c.expected, observed=c.observed, timing=c.timing, **c.details)
         return all(c.passed for c in checks)
+
+    def figure(self, *figures: Figure | None) -> None:
+        """Keep figures of the history for the evidence page (``None`` is skipped)."""
+        self.figures += [f.as_dict() for f in figures if f is not None]
 
     def fact(self, name: str, value: Any) -> None:
         self.facts[name] = value
@@ -112,6 +119,7 @@ class Evidence:
             "started": self.started,
             "checks": [asdict(c) for c in self.checks],
             "facts": self.facts,
+            "figures": self.figures,
             **(extra or {}),
         }
         self.path.write_text(json.dumps(record, indent=1, default=str))

@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from ..compare.draw import Drawer
 from . import CONTRACT_VERSION, conformance
 from .admin import AdminClient
 from .broker import EmbeddedBroker, ExternalRedis, RedisServer
@@ -108,6 +109,9 @@ class ScenarioRun:
         self._install_problem: str | bool | None = False
         #: The harness's own conditions (CPU noise, loop lag): a starved timing failure is inconclusive.
         self.sampler = Sampler()
+        #: draws each case's figures beside the run, at the lowest priority (scenarios/compare/draw.py)
+        self.drawer = Drawer()
+        self.drawing_problems: list[str] = []
         self.sampler.start()
 
     @property
@@ -149,6 +153,7 @@ class ScenarioRun:
         )
 
     def close(self) -> None:
+        self.drawing_problems = self.drawer.finish()
         self.sampler.stop()
         if self._redis_url:
             self.broker.stop()
@@ -291,6 +296,8 @@ def evidence(request: pytest.FixtureRequest, scenario_run: ScenarioRun):
     request.node.stash[_EVIDENCE_KEY] = ev
     yield ev
     ev.write({"seed": seed, "run_seed": scenario_run.run_seed, "target": scenario_run.manifest.name, "test": request.node.nodeid})
+    if ev.figures:
+        scenario_run.drawer.submit(ev.path)
 
 
 _EVIDENCE_KEY = pytest.StashKey[Evidence]()

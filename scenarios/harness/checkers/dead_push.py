@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..evidence import Check
+from ..figures import Figure, Mark, Series, rel
 from ..spec import Leftovers, check_leftovers, named
 
 DEAD_CODES = {1004, 1005}
@@ -31,6 +32,10 @@ class DeadPushHistory:
     #: with fd_reuse_info: newcomers on a victim's (worker, OS fd); None without the capability
     reused: list[dict[str, Any]] | None = None
     leftovers: Leftovers = field(default_factory=Leftovers)
+    #: (wall time, failed pushes so far over every timer, log lines since the victims left), at each poll
+    samples: list[tuple[float, int, int]] = field(default_factory=list)
+    #: moments of the story (label -> wall time): the victims leave, the newcomers connect
+    moments: dict[str, float] = field(default_factory=dict)
 
     @property
     def total_failed(self) -> int:
@@ -104,3 +109,28 @@ def check(h: DeadPushHistory) -> list[Check]:
             )
         )
     return [*checks, *check_leftovers(h.leftovers)]
+
+
+STORM_CHECK = "no warning storm: the log does not grow with the number of dead pushes"
+
+
+def figure(h: DeadPushHistory) -> Figure | None:
+    """Failed pushes per second and log lines per second after the victims left; the log budget
+    crossed is marked (a warning per failed push shows as two lines that rise together)."""
+    if len(h.samples) < 2:
+        return None
+    origin = h.moments.get("victims leave", h.samples[0][0])
+    pushes, lines = Series("pushes failed per second", style="line"), Series("log lines per second", style="line")
+    for (t0, f0, l0), (t1, f1, l1) in zip(h.samples, h.samples[1:], strict=False):
+        if t1 - t0 > 0.01:
+            pushes.points.append((rel(t1, origin), round((f1 - f0) / (t1 - t0), 1)))
+            lines.points.append((rel(t1, origin), round((l1 - l0) / (t1 - t0), 1)))
+    fig = Figure("dead_pushes", "Pushes to dead sessions that failed, and the target's log lines, per second", "series",
+                 x_label="seconds from the victims' leaving", y_label="per second", origin=origin,
+                 series=[pushes, lines], log_y=True)
+    for label, t in h.moments.items():
+        fig.marks.append(Mark(rel(t, origin), label))
+    over = next(((t, n) for t, _, n in h.samples if n > h.log_budget), None)
+    if over is not None:
+        fig.marks.append(Mark(rel(over[0], origin), f"log past its budget of {h.log_budget} lines", check=STORM_CHECK))
+    return fig

@@ -19,10 +19,12 @@ standard counter decreases.
 from __future__ import annotations
 
 import enum
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..evidence import Check
+from ..figures import Figure, Lane, Mark, Window
 from ..spec import Leftovers, check_leftovers, named
 
 #: Longest tick gap of a session on another worker (ticks every 50 ms).
@@ -399,3 +401,69 @@ def check_task_worker_kill(h: TaskKillHistory) -> list[Check]:
         check_counters("no standard counter decreases", h.counters_before, h.counters_after),
         *check_leftovers(h.leftovers),
     ]
+
+
+# -- figures ---------------------------------------------------------------------------------------
+
+VICTIM_CHECKS = {
+    "kill": "each session of the killed worker is kept (still answered) or closed and gone within 5 s",
+    "stop": "each session of the stalled worker is kept (answered once it runs again) or closed and gone",
+}
+BYSTANDER_CHECK = "sessions on the other workers see no gap over 2 s and every echo answered"
+
+
+def fault_figure(timeline: dict[str, Any], outcomes: dict[str, str], victim_worker: int | None) -> Figure | None:
+    """Each session's ticks around the fault (times from the fault's start), the fault window shaded,
+    the stopped or killed worker's sessions marked with what became of them."""
+    windows = timeline.get("windows") or []
+    sessions = timeline.get("sessions") or {}
+    if not windows or not sessions:
+        return None
+    w = windows[0]
+    end = (w["end"] - w["start"]) if w.get("end") else 0.0
+    fig = Figure(
+        "fault", f"Each session's ticks around the {w['fault']} of {w['process']} (time 0), by the worker that owns it",
+        "lanes", x_label="seconds from the fault", y_label="session",
+        windows=[Window(0.0, end, f"{w['fault']} {w['process']}" + ("" if w.get("end") else " (no end: a kill)"))],
+    )
+    victims = [s for s, rec in sessions.items() if rec.get("worker") == victim_worker]
+    ordered = victims + [s for s in sessions if s not in victims]
+    for sid in ordered:
+        rec = sessions[sid]
+        who = "stopped/killed worker" if sid in victims else f"worker {rec.get('worker')}"
+        name = f"s{sid} ({'victim' if sid in victims else 'w' + str(rec.get('worker'))})"
+        fig.lanes.append(Lane(name, [(t / 1000, who) for t in rec.get("ticks_ms", [])]))
+        if rec.get("closed_ms") is not None:
+            fig.marks.append(Mark(rec["closed_ms"] / 1000, "closed", name,
+                                  check=VICTIM_CHECKS.get(w["fault"]) if sid in victims else BYSTANDER_CHECK))
+        if sid in victims and outcomes.get(sid) not in (None, "kept", "closed"):
+            last = (rec.get("ticks_ms") or [0])[-1] / 1000
+            fig.marks.append(Mark(max(last, end), outcomes[sid], name, check=VICTIM_CHECKS.get(w["fault"])))
+        ticks = rec.get("ticks_ms") or []
+        gaps = [(b - a, b) for a, b in itertools.pairwise(ticks) if a >= -1000]
+        if sid not in victims and gaps:
+            gap, at = max(gaps)
+            if gap > BYSTANDER_GAP_S * 1000:
+                fig.marks.append(Mark(at / 1000, f"gap {gap / 1000:.1f} s", name, check=BYSTANDER_CHECK))
+    return fig
+
+
+TASK_CHECK = "every task accepted before the kill gets exactly one task_result or task_failed (2004) within 5 s"
+
+
+def task_kill_figure(h: TaskKillHistory) -> Figure | None:
+    """Each task accepted before the kill: what came for it, and when (from the kill at 0)."""
+    if not h.tasks:
+        return None
+    fig = Figure("tasks", "Each task accepted before its task worker was killed (time 0): its outcomes", "lanes",
+                 x_label="seconds from the kill", y_label="task",
+                 windows=[Window(0.0, 0.0, "kill")], marks=[Mark(TASK_OUTCOME_BOUND_S, f"bound {TASK_OUTCOME_BOUND_S:g} s")])
+    for t in h.tasks:
+        name = f"task {t.request} ({t.sleep_ms} ms)"
+        pts = [(s, f"{kind}" + (f" {code}" if code else "")) for kind, code, s in t.outcomes]
+        fig.lanes.append(Lane(name, pts))
+        if len(t.outcomes) != 1 or any(s > TASK_OUTCOME_BOUND_S for _, _, s in t.outcomes):
+            at = t.outcomes[-1][2] if t.outcomes else TASK_OUTCOME_BOUND_S
+            label = "no outcome" if not t.outcomes else f"{len(t.outcomes)} outcomes"
+            fig.marks.append(Mark(at, label, name, check=TASK_CHECK))
+    return fig

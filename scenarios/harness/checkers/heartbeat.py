@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..evidence import Check
+from ..figures import Figure, Lane, Mark, rel
 from ..spec import named
 
 IDLE_CODE = 4408
@@ -41,6 +42,9 @@ class HeartbeatHistory:
     pings: dict[str, int] = field(default_factory=dict)
     ping_every_s: float = 0.15
     heartbeat_closes_counted: int = 0
+    #: per client (by name): its group, the wall times of what it sent, pinged and received, its
+    #: last message before the window, and its end (time, close code or None)
+    timelines: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def check(h: HeartbeatHistory) -> list[Check]:
@@ -99,3 +103,49 @@ def check(h: HeartbeatHistory) -> list[Check]:
             observed=h.heartbeat_closes_counted,
         ),
     ]
+
+
+SURVIVOR_CHECK = "chatty, ping-only and protected clients stay open"
+IDLE_CHECKS = {
+    "code": f"idle clients are closed with a {IDLE_CODE} close frame",
+    "when": "idle sessions close within the tolerance of the idle time",
+    "pushed": "server pushes do not count as activity: push-only clients are closed as idle",
+}
+
+
+def figure(h: HeartbeatHistory) -> Figure | None:
+    """Each client's traffic (sent, pinged, received) and its end; for idle and push-only clients,
+    the span in which the idle close must come (idle time to idle time + check + slack) as a bar."""
+    if not h.timelines:
+        return None
+    origin = min(tl["last_sent"] for tl in h.timelines.values())
+    fig = Figure("heartbeat", f"Each client's traffic and end; the bar: where an idle close must come "
+                 f"({h.idle_ms} to {h.latest_ms} ms after its last message)", "lanes", y_label="client", origin=origin)
+    for name, tl in h.timelines.items():
+        lane = Lane(name)
+        for kind in ("sent", "ping", "received"):
+            lane.points += [(rel(t, origin), kind) for t in tl.get(kind, [])]
+        judged = tl["group"] in ("idle", "pushed")
+        if judged:
+            lane.bars.append((rel(tl["last_sent"] + h.idle_ms / 1000, origin),
+                              rel(tl["last_sent"] + h.latest_ms / 1000, origin), "idle close due"))
+        fig.lanes.append(lane)
+        end, code = tl.get("ended"), tl.get("code")
+        if end is None:
+            if tl["group"] == "pushed":
+                fig.marks.append(Mark(rel(tl["last_sent"] + h.latest_ms / 1000, origin), "still open", name,
+                                      check=IDLE_CHECKS["pushed"]))
+            continue
+        label = f"closed {code}" if code is not None else "ended, no close frame"
+        after_ms = (end - tl["last_sent"]) * 1000
+        check: str | None
+        if not judged:
+            check = SURVIVOR_CHECK if end <= tl.get("window_end", end) else None
+        elif code != IDLE_CODE:
+            check = IDLE_CHECKS["code"]
+        elif not h.idle_ms <= after_ms <= h.latest_ms:
+            check = IDLE_CHECKS["when"]
+        else:
+            check = None  # as it should be
+        fig.marks.append(Mark(rel(end, origin), label, name, check=check))
+    return fig

@@ -8,10 +8,12 @@ reload stays below ``max_wait_ms``.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..evidence import Check
+from ..figures import Figure, Lane, Mark, Window, rel
 from ..reloads import ReloadWindow, gaps_around, generation_interleaving, summarize_ms, tick_order_problems
 from ..spec import Leftovers, check_leftovers, named
 
@@ -349,3 +351,45 @@ def check_repeated(h: RepeatedHistory) -> list[Check]:
         *check_ticks(h.clients, h.windows, h.max_wait_ms),
         *check_retired([w.record for w in h.windows]),
     ]
+
+
+# -- figures ---------------------------------------------------------------------------------------
+
+GAP_CHECK = "the longest silence in a session's ticks during a reload is below max_wait_ms"
+ORDER_CHECK = "per session, tick numbers strictly increase and none is lost"
+GENERATION_CHECK = "no tick from an old generation arrives after one from a newer generation"
+
+
+def tick_figure(clients: list[Ticking], windows: list[ReloadWindow], title: str = "") -> Figure:
+    """Each session's ticks over time, coloured by generation, with each reload shaded; the longest
+    silence during a reload, the first tick out of order and the first of an old generation marked."""
+    starts = [t["_t"] for c in clients for t in c.ticks[:1]] + [w.requested for w in windows]
+    origin = min(starts) if starts else 0.0
+    fig = Figure(
+        "ticks", title or "Each session's ticks (a dot per tick, coloured by the generation that sent it)",
+        "lanes", y_label="session", origin=origin,
+        windows=[Window(rel(w.requested, origin), rel(w.done or w.requested, origin), w.label) for w in windows],
+    )
+    worst: tuple[float, str, float, float] | None = None  # (gap, lane, from, to)
+    for c in clients:
+        fig.lanes.append(Lane(c.name, [(rel(t["_t"], origin), f"gen {t.get('gen', '?')}") for t in c.ticks]))
+        times = [t["_t"] for t in c.ticks]
+        for w in windows:
+            for a, b in itertools.pairwise(times):
+                if b >= w.requested and a <= (w.done or w.requested) and (worst is None or b - a > worst[0]):
+                    worst = (b - a, c.name, a, b)
+        back = next(((a, b) for a, b in zip(c.ticks, c.ticks[1:], strict=False) if int(b["seq"]) != int(a["seq"]) + 1
+                     and a.get("timer") == b.get("timer")), None)
+        if back is not None:
+            fig.marks.append(Mark(rel(back[1]["_t"], origin), f"seq {back[0]['seq']} -> {back[1]['seq']}", c.name,
+                                  check=ORDER_CHECK))
+        bad = generation_interleaving(c.ticks)
+        if bad:
+            first = next(t for t in c.ticks if t["seq"] == bad[0]["seq"] and int(t.get("gen", 0)) == bad[0]["gen"])
+            fig.marks.append(Mark(rel(first["_t"], origin), f"gen {bad[0]['gen']} after gen {bad[0]['after_gen']}",
+                                  c.name, check=GENERATION_CHECK))
+        if c.closed and c.ticks:
+            fig.marks.append(Mark(rel(c.ticks[-1]["_t"], origin), "closed", c.name, check="no session is closed by a reload"))
+    if worst is not None:
+        fig.marks.append(Mark(rel(worst[3], origin), f"longest gap {worst[0] * 1000:.0f} ms", worst[1], check=GAP_CHECK))
+    return fig

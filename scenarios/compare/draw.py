@@ -1,0 +1,186 @@
+"""Drawing the figures of a case's evidence (``scenarios/harness/figures.py``) as PNG, with matplotlib.
+
+:func:`draw` turns one figure (its JSON form) into PNG bytes; :func:`draw_evidence` draws every
+figure of one evidence file into ``<evidence>.<figure id>.png`` next to it. The plugin runs
+:func:`draw_evidence` in a process of its own at the lowest priority while the run goes on
+(:class:`Drawer`), so drawing costs the suite almost nothing; the evidence pages embed the
+files (``data:`` URIs, so a page works offline from ``file://``).
+
+A mark that names a failed check is drawn red and larger, with its label: the place in the
+figure where the check failed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+#: Categories' colours in order of first appearance (the matplotlib "tab10" cycle).
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#d62728"]
+FAILED = "#d62728"
+WINDOW = "#f2c14e"
+
+
+def png_path(evidence_path: Path, figure_id: str) -> Path:
+    return evidence_path.with_name(f"{evidence_path.stem}.{figure_id}.png")
+
+
+def _colours(categories: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for cat in categories:
+        if cat not in out:
+            out[cat] = PALETTE[len(out) % len(PALETTE)]
+    return out
+
+
+def draw(fig: dict[str, Any], failed_checks: set[str] | frozenset[str] = frozenset()) -> bytes:
+    """One figure as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    lanes = fig.get("lanes") or []
+    height = 3.2 if fig["kind"] != "lanes" else min(7.5, max(2.6, 0.9 + 0.16 * len(lanes)))
+    f, ax = plt.subplots(figsize=(10, height), dpi=90)
+    try:
+        for w in fig.get("windows") or []:
+            ax.axvspan(w["start"], max(w["end"], w["start"] + 0.002), color=WINDOW, alpha=0.35, lw=0)
+        if fig["kind"] == "lanes":
+            _draw_lanes(ax, fig, lanes)
+        else:
+            _draw_series(ax, fig)
+        _draw_windows_labels(ax, fig)
+        _draw_marks(ax, fig, failed_checks)
+        ax.set_xlabel(fig.get("x_label") or "seconds")
+        if fig.get("y_label"):
+            ax.set_ylabel(fig["y_label"])
+        ax.set_title(fig.get("title", ""), fontsize=10, loc="left", pad=20 if fig.get("windows") else 6)
+        if fig.get("note"):
+            ax.text(1.0, 1.01, fig["note"], transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="#666")
+        ax.grid(axis="x", color="#ddd", lw=0.5)
+        f.tight_layout()
+        buf = io.BytesIO()
+        f.savefig(buf, format="png")
+        return buf.getvalue()
+    finally:
+        plt.close(f)
+
+
+def _draw_lanes(ax: Any, fig: dict[str, Any], lanes: list[dict[str, Any]]) -> None:
+    cats = [c for lane in lanes for _, c in lane.get("points", [])] + [b[2] for lane in lanes for b in lane.get("bars", [])]
+    colours = _colours(cats)
+    for i, lane in enumerate(lanes):
+        for start, end, cat in lane.get("bars", []):
+            ax.barh(i, max(end - start, 0.002), left=start, height=0.5, color=colours[cat], alpha=0.35, lw=0)
+        by_cat: dict[str, list[float]] = {}
+        for t, cat in lane.get("points", []):
+            by_cat.setdefault(cat, []).append(t)
+        for cat, ts in by_cat.items():
+            ax.scatter(ts, [i] * len(ts), s=5, color=colours[cat], marker="|" if len(ts) > 200 else "o", lw=0.8)
+    ax.set_yticks(range(len(lanes)))
+    ax.set_yticklabels([lane["name"] for lane in lanes], fontsize=6 if len(lanes) > 20 else 8)
+    ax.set_ylim(-0.7, len(lanes) - 0.3)
+    ax.invert_yaxis()
+    handles = [ax.scatter([], [], s=20, color=c, label=cat) for cat, c in colours.items()]
+    if handles:
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+
+
+def _draw_series(ax: Any, fig: dict[str, Any]) -> None:
+    series = fig.get("series") or []
+    colours = _colours([s["name"] for s in series])
+    for s in series:
+        pts = s.get("points") or []
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        if s.get("style") == "line":
+            ax.plot(xs, ys, lw=1, color=colours[s["name"]], label=s["name"])
+        elif s.get("style") == "steps":
+            ax.step(xs, ys, where="post", lw=1, color=colours[s["name"]], label=s["name"])
+        else:
+            ax.scatter(xs, ys, s=4, color=colours[s["name"]], label=s["name"])
+    if fig.get("bound"):
+        value, label = fig["bound"]
+        ax.axhline(value, color=FAILED, lw=0.8, ls="--")
+        ax.annotate(label, (0, value), xycoords=("axes fraction", "data"), fontsize=7, color=FAILED, va="bottom")
+    if fig.get("log_y"):
+        ax.set_yscale("symlog", linthresh=1)
+    if series:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+
+
+def _draw_windows_labels(ax: Any, fig: dict[str, Any]) -> None:
+    for i, w in enumerate(w for w in fig.get("windows") or [] if w.get("label")):
+        ax.annotate(w["label"], (w["start"], 1.0), xytext=(0, 1 + 8 * (i % 2)), textcoords="offset points",
+                    xycoords=("data", "axes fraction"), fontsize=7, color="#8a6d00", va="bottom", clip_on=False)
+
+
+def _draw_marks(ax: Any, fig: dict[str, Any], failed: set[str] | frozenset[str]) -> None:
+    names = [lane["name"] for lane in fig.get("lanes") or []]
+    for m in fig.get("marks") or []:
+        bad = bool(m.get("check")) and m["check"] in failed
+        colour = FAILED if bad else "#333"
+        if m.get("lane") is not None and m["lane"] in names:
+            y = names.index(m["lane"])
+        elif m.get("y") is not None:
+            y = m["y"]
+        else:
+            ax.axvline(m["t"], color=colour, lw=1.2 if bad else 0.7, ls="-" if bad else ":")
+            ax.annotate(m["label"], (m["t"], 0.02), xycoords=("data", "axes fraction"), fontsize=7, color=colour,
+                        rotation=90, va="bottom", ha="right")
+            continue
+        ax.scatter([m["t"]], [y], s=90 if bad else 40, facecolors="none", edgecolors=colour, lw=1.5, zorder=5)
+        ax.annotate(("✗ " if bad else "") + m["label"], (m["t"], y), xytext=(6, -9), textcoords="offset points",
+                    fontsize=7, color=colour, zorder=6, fontweight="bold" if bad else "normal")
+
+
+def draw_evidence(evidence_path: str) -> list[str]:
+    """Draw every figure of one evidence file next to it; the PNG files written."""
+    path = Path(evidence_path)
+    doc = json.loads(path.read_text())
+    failed = {c["name"] for c in doc.get("checks", []) if not c.get("passed")}
+    written = []
+    for fig in doc.get("figures") or []:
+        out = png_path(path, fig["id"])
+        out.write_bytes(draw(fig, failed))
+        written.append(str(out))
+    return written
+
+
+def _lower_priority() -> None:
+    try:
+        os.nice(19)
+    except OSError:
+        pass
+
+
+class Drawer:
+    """Draws evidence files' figures in one low-priority process beside the run (started on first use)."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        self._futures: list[Future] = []
+
+    def submit(self, evidence_path: Path) -> None:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_lower_priority)
+        self._futures.append(self._pool.submit(draw_evidence, str(evidence_path)))
+
+    def finish(self, timeout: float = 120.0) -> list[str]:
+        """Wait for every drawing (bounded), stop the process; the problems met."""
+        problems = []
+        for fut in self._futures:
+            try:
+                fut.result(timeout=timeout)
+            except Exception as exc:  # a figure that cannot be drawn must not lose the run's report
+                problems.append(f"{type(exc).__name__}: {exc}")
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None
+        self._futures = []
+        return problems

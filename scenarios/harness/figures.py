@@ -1,0 +1,125 @@
+"""Figures of a case's history: what the evidence page draws (the data; drawing is elsewhere).
+
+People who debug concurrency read timelines: Jepsen draws latency with the fault windows
+shaded. Each scenario's checker module builds, from the history it judges, one or two
+:class:`Figure` s (a function ``figures(history)``); the plugin keeps them in the case's
+evidence JSON under ``figures``, and :mod:`scenarios.compare.draw` renders them (matplotlib,
+in a low-priority process beside the run) into PNG files that the evidence page embeds.
+
+Two kinds cover every scenario:
+
+* ``lanes``: one row per thing followed (a session, a client, a port), a dot per event at its
+  time, coloured by a category (the generation of a tick, the worker that owns a session, the
+  outcome of a connection attempt); optional bars per row (a port's listed spans).
+* ``series``: numbers over time (latency, events per second), one line or set of dots per series.
+
+Both have *windows* (spans shaded: a reload, an outage, a fault) and *marks* (a point
+annotated; a mark that names a check is drawn red when that check failed, so a failed check
+points at the place in the figure where it failed).
+
+Times are seconds from the figure's ``origin`` (a wall-clock time), so the JSON stays small.
+Everything here is pure data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: Dots kept per figure (the rest are sampled evenly, and the figure says so).
+MAX_POINTS = 20_000
+#: Rows of a lanes figure (the others are left out, and the figure says so).
+MAX_LANES = 40
+
+
+@dataclass
+class Window:
+    start: float
+    end: float
+    label: str = ""
+
+
+@dataclass
+class Mark:
+    t: float
+    label: str
+    lane: str | None = None  # lanes: the row; None: a vertical line across the figure
+    y: float | None = None  # series: the value
+    check: str | None = None  # the check this mark belongs to (drawn red when it failed)
+
+
+@dataclass
+class Lane:
+    name: str
+    #: (t, category) per event
+    points: list[tuple[float, str]] = field(default_factory=list)
+    #: (start, end, category) spans drawn as bars
+    bars: list[tuple[float, float, str]] = field(default_factory=list)
+
+
+@dataclass
+class Series:
+    name: str
+    points: list[tuple[float, float]] = field(default_factory=list)
+    style: str = "dots"  # dots | line | steps
+
+
+@dataclass
+class Figure:
+    id: str
+    title: str
+    kind: str  # lanes | series
+    x_label: str = "seconds"
+    y_label: str = ""
+    origin: float = 0.0
+    lanes: list[Lane] = field(default_factory=list)
+    series: list[Series] = field(default_factory=list)
+    windows: list[Window] = field(default_factory=list)
+    marks: list[Mark] = field(default_factory=list)
+    #: a horizontal reference line in a series figure (a bound), with its label
+    bound: tuple[float, str] | None = None
+    note: str = ""
+    log_y: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        self._trim()
+        return asdict(self)
+
+    def _trim(self) -> None:
+        notes = [self.note] if self.note else []
+        if len(self.lanes) > MAX_LANES:  # the rows with marks first, then the others in order
+            notes.append(f"{MAX_LANES} of {len(self.lanes)} rows shown")
+            marked = {m.lane for m in self.marks if m.lane is not None}
+            keep = {id(lane) for lane in self.lanes if lane.name in marked}
+            for lane in self.lanes:
+                if len(keep) >= MAX_LANES:
+                    break
+                keep.add(id(lane))
+            self.lanes = [lane for lane in self.lanes if id(lane) in keep][:MAX_LANES]
+        total = sum(len(lane.points) for lane in self.lanes) + sum(len(s.points) for s in self.series)
+        if total > MAX_POINTS:
+            step = total / MAX_POINTS
+            for holder in [*self.lanes, *self.series]:
+                pts = holder.points
+                keep = max(1, int(len(pts) / step))
+                holder.points = [pts[int(i * len(pts) / keep)] for i in range(keep)] if pts else pts
+            notes.append(f"about {MAX_POINTS:,} of {total:,} points shown, evenly sampled")
+        self.note = "; ".join(notes)
+
+
+def rel(t: float, origin: float) -> float:
+    """A wall-clock time as seconds from ``origin``, rounded to the millisecond."""
+    return round(t - origin, 3)
+
+
+def per_second(times: list[float], origin: float, end: float | None = None) -> list[tuple[float, float]]:
+    """Counts per whole second from ``origin`` (times are wall clock): [(second, count), ...]."""
+    if not times and end is None:
+        return []
+    last = int(max([*(t - origin for t in times), (end - origin) if end is not None else 0.0])) + 1
+    counts = [0] * max(1, last)
+    for t in times:
+        i = int(t - origin)
+        if 0 <= i < len(counts):
+            counts[i] += 1
+    return [(float(i), float(n)) for i, n in enumerate(counts)]
