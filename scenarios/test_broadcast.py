@@ -53,6 +53,7 @@ from scenarios.harness.checkers.broadcast import (
     check_history,
     check_outage,
     check_slow,
+    latency_figure,
 )
 from scenarios.harness.common import check_no_leaks, counter_delta, warm_up
 from scenarios.harness.waiting import WaitTimeout, settle
@@ -264,6 +265,7 @@ async def drive_fanout(nodes, scenario_run, mode: str, evidence) -> FanoutHistor
         },
         delivered=sum(counter_delta(b, a, "bc_deliveries") for b, a in zip(before, after, strict=True)),
         upper=upper,
+        figure=latency_figure(clients, published, verdict),
     )
     evidence.fact("published", {"ok": history.published_ok, "failed": history.published - history.published_ok})
     for i, a in enumerate(admins):
@@ -282,6 +284,7 @@ def test_broadcast_fanout(target_factory, scenario_run, evidence, run_async, mod
     if isinstance(history, list):
         evidence.check("every subscribe and unsubscribe is answered ok", False, expected="answers", observed=history)
     else:
+        evidence.figure(history.figure)
         evidence.record(check_fanout(history))
     evidence.verdict()
 
@@ -365,6 +368,11 @@ async def drive_outage(target, scenario_run, mode: str, *, fault: str = "broker"
         published_after_restart=sum(1 for p in ok if p.start > up_at),
         lost_after_restart=[m for m in verdict.missing if _published_after(m, up_at)],
         clients=len(clients),
+        figure=latency_figure(
+            clients, publisher.log, verdict,
+            windows=[(down_at, up_at, "broker down" if fault == "broker" else "broadcaster killed -> replacement listed"),
+                     *((a, b, "outage reported") for a, b in windows)],
+        ),
     )
 
 
@@ -380,6 +388,7 @@ def test_broadcast_outage(target_factory, scenario_run, evidence, run_async, mod
     evidence.fact("mode", mode)
     evidence.fact("restart", {"down_at": history.down_at, "up_at": history.up_at, "windows": history.windows})
     evidence.fact("histories", history.verdict.summary())
+    evidence.figure(history.figure)
     evidence.record(check_outage(history))
     evidence.verdict()
 
@@ -401,6 +410,7 @@ def test_fault_broadcaster(target_factory, scenario_run, evidence, run_async, mo
                                             "end": None}], "replacement_listed_at": history.up_at,
                                "reported": history.windows})
     evidence.fact("histories", history.verdict.summary())
+    evidence.figure(history.figure)
     evidence.record(check_outage(history))
     evidence.verdict()
 

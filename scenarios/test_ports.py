@@ -64,6 +64,7 @@ from scenarios.harness.checkers.ports import (
     check_file,
     check_limits,
     check_port_errors,
+    churn_figure,
     model_mismatch,
 )
 from scenarios.harness.client import ScenarioClient, dispose_all
@@ -278,6 +279,7 @@ def test_port_churn(target_factory, evidence, run_async) -> None:
     seed = evidence.rng().randrange(1 << 30)
     history = run_async(drive_churn(target, admin, seed), timeout=240)
     evidence.add_facts(history.facts)
+    evidence.figure(churn_figure(history))
     evidence.record(check_churn(history, attempt_bound_s=ATTEMPT_BOUND_S))
     evidence.verdict()
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..broadcast import Violations
+from ..broadcast import Published, Violations
 from ..evidence import Check
+from ..figures import Figure, Mark, Series, Window, rel
 from ..spec import named
 
 SLOW_CODE = 4429
@@ -40,6 +41,7 @@ class FanoutHistory:
     #: bc_deliveries counted by the nodes, and the most that could have been sent
     delivered: int = 0
     upper: int = 0
+    figure: Figure | None = None
 
 
 def check_fanout(h: FanoutHistory) -> list[Check]:
@@ -120,6 +122,7 @@ class OutageHistory:
     #: messages published after the restart that a client is missing
     lost_after_restart: list[Any] = field(default_factory=list)
     clients: int = 0
+    figure: Figure | None = None
 
 
 def check_outage(h: OutageHistory) -> list[Check]:
@@ -292,3 +295,42 @@ def check_errors(h: ErrorsHistory) -> list[Check]:
         ),
         named("the session goes on after bad requests", h.still.get("ok") is True, expected=True, observed=h.still),
     ]
+
+
+# -- figures ---------------------------------------------------------------------------------------
+
+MISSING_CHECK = "each session receives every message published while it was surely in the channel"
+DUPLICATE_CHECK = "each session receives each message of its channels exactly once (no duplicate)"
+
+
+def latency_figure(
+    clients: list[Any], published: list[Published], verdict: Violations, *,
+    windows: list[tuple[float, float, str]] = (), title: str = "",
+) -> Figure | None:
+    """Publish-to-receive latency of every delivery over time (by when it was published), per node;
+    outage or fault windows shaded; messages a session missed, and duplicates, marked at the bottom."""
+    by_key = {(p.publisher, p.seq): p for p in published}
+    if not by_key:
+        return None
+    origin = min(p.start for p in published)
+    series: dict[str, Series] = {}
+    for c in clients:
+        s = series.setdefault(c.node or "node", Series(f"node {c.node}" if c.node else "deliveries"))
+        for t, _channel, pub, seq, _id in c.received:
+            p = by_key.get((pub, seq))
+            if p is not None:
+                s.points.append((rel(p.start, origin), round((t - p.start) * 1000, 2)))
+    fig = Figure("latency", title or "Publish-to-receive latency of each delivery, by when it was published", "series",
+                 y_label="latency (ms)", origin=origin, series=list(series.values()), log_y=True,
+                 windows=[Window(rel(a, origin), rel(b, origin), label) for a, b, label in windows])
+    lost = Series("missed by a member (at 0)", [(round(m["published"][0] - origin, 3), 0.0) for m in verdict.missing])
+    if lost.points:
+        fig.series.append(lost)
+        first = verdict.missing[0]
+        fig.marks.append(Mark(round(first["published"][0] - origin, 3), f"{len(verdict.missing)} missed", y=0.0,
+                              check=MISSING_CHECK))
+    dup_at = [rel(p.start, origin) for d in verdict.duplicates if (p := by_key.get((d["publisher"], d["seq"])))]
+    if dup_at:
+        fig.series.append(Series("received twice (at 0)", [(t, 0.0) for t in dup_at]))
+        fig.marks.append(Mark(dup_at[0], f"{len(verdict.duplicates)} duplicates", y=0.0, check=DUPLICATE_CHECK))
+    return fig

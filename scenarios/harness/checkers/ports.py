@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from ..evidence import Check
+from ..figures import Figure, Lane, Mark, rel
 from ..spec import Leftovers, check_leftovers, named
 
 
@@ -450,3 +451,56 @@ def check_file(h: FileHistory) -> list[Check]:
         ),
         *check_leftovers(h.leftovers),
     ]
+
+
+# -- figures ---------------------------------------------------------------------------------------
+
+MODEL_CHECK = "a connection attempt succeeds exactly when its port is listed (refused when it is not)"
+HANG_CHECK = "no connection attempt hangs"
+MAX_PROBLEM_MARKS = 12
+
+
+def listed_spans(model: PortHistory, end: float) -> dict[int, list[tuple[float, float]]]:
+    """Per port, the spans it was listed (from a listen's answer to the next unlisten's request)."""
+    spans: dict[int, list[tuple[float, float]]] = {}
+    for port, changes in model.changes.items():
+        since: float | None = None
+        for c in sorted(changes, key=lambda c: c.sent):
+            if not c.ok:
+                continue
+            if c.listed and since is None:
+                since = c.done
+            elif not c.listed and since is not None:
+                spans.setdefault(port, []).append((since, c.sent))
+                since = None
+        if since is not None:
+            spans.setdefault(port, []).append((since, end))
+    return spans
+
+
+def churn_figure(h: ChurnHistory) -> Figure | None:
+    """Each port: the spans it was listed (bars), every connection attempt as a dot coloured by how it
+    ended; attempts that contradict the model and attempts that hung are marked."""
+    if not h.attempts and not h.model.changes:
+        return None
+    times = [a.start for a in h.attempts] + [c.sent for cs in h.model.changes.values() for c in cs]
+    origin, end = min(times), max([a.end for a in h.attempts] + times)
+    fig = Figure("ports", "Each port: listed spans (bars) and connection attempts (dots, by outcome)", "lanes",
+                 y_label="port", origin=origin)
+    spans = listed_spans(h.model, end)
+    for port in sorted({a.port for a in h.attempts} | set(h.model.changes)):
+        lane = Lane(str(port), bars=[(rel(a, origin), rel(b, origin), "listed") for a, b in spans.get(port, [])])
+        lane.points = [(rel(a.start, origin), a.outcome) for a in h.attempts if a.port == port]
+        fig.lanes.append(lane)
+    bad, _, _ = h.model.violations(h.attempts)
+    hangs = [a for a in h.attempts if a.outcome == Outcome.HANG]
+    problems = hangs[:MAX_PROBLEM_MARKS // 2] + [a for a in bad if a.outcome != Outcome.HANG][:MAX_PROBLEM_MARKS // 2]
+    for a in problems:
+        if a.outcome == Outcome.HANG:
+            fig.marks.append(Mark(rel(a.start, origin), "hang", str(a.port), check=HANG_CHECK))
+        else:
+            said = "listed" if h.model.state(a.port, a.start, a.end) else "not listed"
+            fig.marks.append(Mark(rel(a.start, origin), f"{a.outcome} while {said}", str(a.port), check=MODEL_CHECK))
+    if h.reload:
+        fig.note = "a full reload ran in the middle"
+    return fig
