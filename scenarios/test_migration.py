@@ -58,6 +58,7 @@ from scenarios.harness.checkers.migration import (
     check_in_flight,
     check_partial,
     check_stream,
+    ownership_figure,
 )
 from scenarios.harness.client import ScenarioClient, connect_many, dispose_all
 from scenarios.harness.common import counter_delta, mark_sessions, state_changes, warm_up
@@ -196,6 +197,7 @@ async def drive_stream(target, admin: AdminClient, rng: random.Random) -> Stream
 def test_migration_stream(target, admin, evidence, run_async):
     history = run_async(drive_stream(target, admin, evidence.rng()))
     stream_facts(evidence, history.streams, history.log)
+    evidence.figure(ownership_figure(history.log, history.streams))
     evidence.record(check_stream(history))
     evidence.verdict()
 
@@ -558,5 +560,6 @@ def test_migration_affinity_rebalance(target, admin, evidence, run_async):
     )
     evidence.fact("rebalance", {"before": history.rebalance.get("before"), "moved": len(history.rebalance.get("moved", [])), "after": history.counts_after})
     stream_facts(evidence, history.streams, history.log)
+    evidence.figure(ownership_figure(history.log, history.streams))
     evidence.record(check_affinity(history))
     evidence.verdict()

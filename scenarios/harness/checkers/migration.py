@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..evidence import Check
+from ..figures import Figure, Lane, Mark, rel
 from ..spec import Leftovers, check_leftovers, named
 
 # -- what was asked for --------------------------------------------------------------------------
@@ -479,3 +480,49 @@ def check_errors(h: ErrorsHistory) -> list[Check]:
             observed="the same" if same else {"before": h.processes_before, "after": h.processes_after},
         ),
     ]
+
+
+# -- figures ---------------------------------------------------------------------------------------
+
+MOVE_CHECK = "every scheduled move succeeds"
+ECHO_CHECK = "every echo arrives exactly once, in order, intact, from a worker that owned the session then"
+MAX_PROBLEM_MARKS = 10
+
+
+def ownership_figure(log: MoveLog, streams: list[SessionStream], title: str = "") -> Figure | None:
+    """Each session's owner over time (bars by worker, a move's own window in grey), its echo replies
+    as dots coloured by the worker that answered; refused moves and replies from a worker that did not
+    own the session then are marked."""
+    times = [m.t_start for m in log.moves] + [r.t for s in streams for r in s.replies.values()]
+    if not times:
+        return None
+    origin, end = min(times), max([m.t_end for m in log.moves] + times)
+    fig = Figure("owners", title or "Each session's owner over time (bars) and who answered its echoes (dots)", "lanes",
+                 y_label="session", origin=origin)
+    names = {s.session: s.name for s in streams}
+    problems = refused = 0
+    for session, first in log.initial.items():
+        lane = Lane(names.get(session, f"s{session}"))
+        owner, since = first, origin
+        for m in log.successful(session):
+            lane.bars.append((rel(since, origin), rel(m.t_start, origin), f"worker {owner}"))
+            lane.bars.append((rel(m.t_start, origin), rel(m.t_end, origin), "moving"))
+            owner, since = m.dst, m.t_end
+        lane.bars.append((rel(since, origin), rel(end, origin), f"worker {owner}"))
+        fig.lanes.append(lane)
+        for m in log.moves:
+            if m.session == session and not m.ok and refused < MAX_PROBLEM_MARKS:
+                refused += 1
+                fig.marks.append(Mark(rel(m.t_start, origin), f"move refused ({m.code})", lane.name, check=MOVE_CHECK))
+    for s in streams:
+        lane = next((x for x in fig.lanes if x.name == s.name), None)
+        if lane is None:
+            continue
+        for seq, r in s.replies.items():
+            lane.points.append((rel(r.t, origin), f"worker {r.worker}"))
+            owners = log.owners_between(s.session, s.sent[seq].t if seq in s.sent else r.t, r.t)
+            if r.worker not in owners and problems < MAX_PROBLEM_MARKS:
+                problems += 1
+                fig.marks.append(Mark(rel(r.t, origin), f"reply from {r.worker}, owner {sorted(owners)}", s.name,
+                                      check=ECHO_CHECK))
+    return fig
