@@ -305,14 +305,14 @@ def check_histories(
         if not lived_to_end or not c.opened_at:
             continue
         for channel in {m.channel for m in c.memberships} | {ALL}:
-            pubs = by_channel.get(channel)
-            if not pubs:
+            in_channel = by_channel.get(channel)
+            if not in_channel:
                 continue
             for m in _intervals(c, channel, end):
                 sure_from, sure_to = m.join_ack, min(m.leave_sent, end)
                 # every p with sure_from <= p.start <= p.end <= sure_to; pubs is sorted by start
-                for i in range(bisect_left(starts[channel], sure_from), len(pubs)):
-                    p = pubs[i]
+                for i in range(bisect_left(starts[channel], sure_from), len(in_channel)):
+                    p = in_channel[i]
                     if p.start > sure_to:
                         break
                     if p.end > sure_to:

@@ -99,10 +99,11 @@ class Figure:
         total = sum(len(lane.points) for lane in self.lanes) + sum(len(s.points) for s in self.series)
         if total > MAX_POINTS:
             step = total / MAX_POINTS
-            for holder in [*self.lanes, *self.series]:
-                pts = holder.points
-                keep = max(1, int(len(pts) / step))
-                holder.points = [pts[int(i * len(pts) / keep)] for i in range(keep)] if pts else pts
+            holders: list[Lane | Series] = [*self.lanes, *self.series]
+            for holder in holders:
+                pts: list[Any] = holder.points
+                kept = max(1, int(len(pts) / step))
+                holder.points = [pts[int(i * len(pts) / kept)] for i in range(kept)] if pts else pts
             notes.append(f"about {MAX_POINTS:,} of {total:,} points shown, evenly sampled")
         self.note = "; ".join(notes)
 

@@ -7,6 +7,7 @@ leave); its :class:`~..broadcast.Violations` is part of each history.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -305,7 +306,7 @@ DUPLICATE_CHECK = "each session receives each message of its channels exactly on
 
 def latency_figure(
     clients: list[Any], published: list[Published], verdict: Violations, *,
-    windows: list[tuple[float, float, str]] = (), title: str = "",
+    windows: Sequence[tuple[float, float, str]] = (), title: str = "",
 ) -> Figure | None:
     """Publish-to-receive latency of every delivery over time (by when it was published), per node;
     outage or fault windows shaded; messages a session missed, and duplicates, marked at the bottom."""

@@ -515,11 +515,11 @@ def ownership_figure(log: MoveLog, streams: list[SessionStream], title: str = ""
                 refused += 1
                 fig.marks.append(Mark(rel(m.t_start, origin), f"move refused ({m.code})", lane.name, check=MOVE_CHECK))
     for s in streams:
-        lane = next((x for x in fig.lanes if x.name == s.name), None)
-        if lane is None:
+        row = next((x for x in fig.lanes if x.name == s.name), None)
+        if row is None:
             continue
         for seq, r in s.replies.items():
-            lane.points.append((rel(r.t, origin), f"worker {r.worker}"))
+            row.points.append((rel(r.t, origin), f"worker {r.worker}"))
             owners = log.owners_between(s.session, s.sent[seq].t if seq in s.sent else r.t, r.t)
             if r.worker not in owners and problems < MAX_PROBLEM_MARKS:
                 problems += 1

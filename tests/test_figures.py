@@ -1,0 +1,116 @@
+"""The figures of the evidence pages: the data each checker draws from its history, and the drawing.
+
+Builders are pure functions of a history (scenarios/harness/checkers/*); these tests give them
+small synthetic histories and check what they mark; the drawing (scenarios/compare/draw.py) must
+turn every figure into a PNG, and the evidence page must embed it and point a failed check at it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from scenarios.compare import draw, html, runner
+from scenarios.harness.checkers import dead_push, migration, ports
+from scenarios.harness.checkers.reload import GAP_CHECK, Ticking, tick_figure
+from scenarios.harness.figures import MAX_LANES, MAX_POINTS, Figure, Lane, Mark, Series, per_second
+from scenarios.harness.reloads import ReloadWindow
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def ticks(name: str, times: list[float], gen_after: float = 99.0) -> Ticking:
+    return Ticking(name, [{"seq": i + 1, "_t": t, "gen": 2 if t > gen_after else 1, "timer": 1} for i, t in enumerate(times)])
+
+
+def test_the_reload_figure_marks_the_longest_gap_in_the_right_session() -> None:
+    even = [100 + i * 0.1 for i in range(30)]
+    gap = [100 + i * 0.1 for i in range(10)] + [101.6 + i * 0.1 for i in range(14)]
+    window = ReloadWindow("full", 100.95, 101.2)
+    fig = tick_figure([ticks("a", even, 101.0), ticks("b", gap, 101.0)], [window])
+    assert [lane.name for lane in fig.lanes] == ["a", "b"]
+    assert {c for lane in fig.lanes for _, c in lane.points} == {"gen 1", "gen 2"}
+    (mark,) = [m for m in fig.marks if m.check == GAP_CHECK]
+    assert mark.lane == "b" and mark.label == "longest gap 700 ms" and abs(mark.t - 1.6) < 1e-6
+    assert fig.windows[0].start == 0.95 and fig.windows[0].label == "full"
+
+
+def test_a_figure_keeps_the_rows_with_marks_and_samples_too_many_points() -> None:
+    lanes = [Lane(f"s{i}", [(float(j), "x") for j in range(1000)]) for i in range(MAX_LANES + 10)]
+    fig = Figure("f", "t", "lanes", lanes=lanes, marks=[Mark(1.0, "here", f"s{MAX_LANES + 5}")])
+    doc = fig.as_dict()
+    names = [lane["name"] for lane in doc["lanes"]]
+    assert len(names) == MAX_LANES and f"s{MAX_LANES + 5}" in names
+    assert sum(len(lane["points"]) for lane in doc["lanes"]) <= MAX_POINTS
+    assert "rows shown" in doc["note"] and "points shown" in doc["note"]
+
+
+def test_per_second_counts() -> None:
+    assert per_second([10.1, 10.2, 11.5], 10.0) == [(0.0, 2.0), (1.0, 1.0)]
+    assert per_second([], 10.0, end=12.0)[-1] == (2.0, 0.0)
+
+
+def test_the_port_figure_draws_listed_spans_and_marks_a_hang_and_a_contradiction() -> None:
+    model = ports.PortHistory(grace_ms=0)
+    model.record(ports.Change(9000, True, 1.0, 1.1, "admin"))
+    model.record(ports.Change(9000, False, 3.0, 3.1, "admin"))
+    h = ports.ChurnHistory(model=model, attempts=[
+        ports.Attempt(9000, 2.0, 2.01, "ok"), ports.Attempt(9000, 4.0, 4.01, "ok"), ports.Attempt(9000, 5.0, 7.0, "hang"),
+    ])
+    assert ports.listed_spans(model, end=8.0) == {9000: [(1.1, 3.0)]}
+    fig = ports.churn_figure(h)
+    assert fig is not None
+    labels = {m.label: m.check for m in fig.marks}
+    assert labels == {"ok while not listed": ports.MODEL_CHECK, "hang": ports.HANG_CHECK}
+
+
+def test_the_dead_push_figure_marks_the_log_past_its_budget() -> None:
+    h = dead_push.DeadPushHistory(victims=2, min_fails_per_timer=1, samples=[(10.0, 0, 0), (11.0, 100, 5), (12.0, 200, 400)],
+                                  moments={"victims leave": 10.0})
+    fig = dead_push.figure(h)
+    assert fig is not None
+    assert fig.series[0].points == [(1.0, 100.0), (2.0, 100.0)] and fig.series[1].points == [(1.0, 5.0), (2.0, 395.0)]
+    assert [m.check for m in fig.marks if m.check] == [dead_push.STORM_CHECK]
+
+
+def test_the_ownership_figure_marks_a_reply_from_a_worker_that_did_not_own_the_session() -> None:
+    log = migration.MoveLog({7: 0}, [migration.Move(7, 1.0, 1.1, 1, "admin", True, src=0)])
+    s = migration.SessionStream("c7", 7)
+    s.sent = {1: migration.Sent(1, 0.5, 3, "d", 1), 2: migration.Sent(2, 2.0, 3, "d", 1)}
+    s.replies = {1: migration.EchoReply(0.6, 0, 3, "d"), 2: migration.EchoReply(2.1, 0, 3, "d")}
+    fig = migration.ownership_figure(log, [s])
+    assert fig is not None
+    (lane,) = fig.lanes
+    assert [b[2] for b in lane.bars] == ["worker 0", "moving", "worker 1"]
+    (mark,) = fig.marks
+    assert mark.check == migration.ECHO_CHECK and abs(mark.t - 1.5) < 1e-6  # from the first event, at 0.6
+
+
+def test_every_figure_kind_draws_a_png_and_a_failed_check_changes_the_drawing() -> None:
+    lanes = Figure("l", "lanes", "lanes", lanes=[Lane("a", [(0.1, "x"), (0.2, "y")], [(0.0, 0.3, "z")])],
+                   marks=[Mark(0.2, "bad", "a", check="c")]).as_dict()
+    series = Figure("s", "series", "series", series=[Series("n", [(0.0, 1.0), (1.0, 2.0)], "line")],
+                    bound=(1.5, "bound"), log_y=True, marks=[Mark(0.5, "v")]).as_dict()
+    for fig in (lanes, series):
+        assert draw.draw(fig).startswith(PNG)
+    assert draw.draw(lanes, {"c"}) != draw.draw(lanes)
+
+
+def test_the_evidence_page_embeds_each_figure_and_points_a_failed_check_at_it(tmp_path: Path) -> None:
+    fig = Figure("ticks", "Ticks", "lanes", lanes=[Lane("a", [(0.1, "gen 1")])], marks=[Mark(0.1, "gap", "a", check="c1")])
+    evidence = {"checks": [{"name": "c1", "passed": False, "expected": 1, "observed": 2},
+                           {"name": "c2", "passed": True, "expected": 1, "observed": 1}],
+                "facts": {}, "figures": [fig.as_dict()]}
+    path = tmp_path / "evidence" / "test_x.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(evidence))
+    assert draw.draw_evidence(str(path)) == [str(draw.png_path(path, "ticks"))]
+    images = runner.figure_images(path, evidence)
+    assert images["ticks"].startswith(PNG)
+    page = html.render_case("t", {"id": "x", "case": "x", "verdict": "failed"}, evidence, index_href="i.html", images=images)
+    assert 'id="fig-ticks"' in page and 'src="data:image/png;base64,' in page
+    assert page.count('href="#fig-ticks"') == 1  # the failed check points at the figure; the passed one does not
+    assert page.index("<h2>History</h2>") < page.index("<h2>Checks")
+    # A figure whose PNG is missing is drawn when the page is written.
+    draw.png_path(path, "ticks").unlink()
+    assert runner.figure_images(path, evidence)["ticks"].startswith(PNG)
