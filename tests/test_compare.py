@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from scenarios.compare import html, matrix
+from scenarios.compare import html, matrix, runner
 from scenarios.compare.matrix import RunResult
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,6 +104,26 @@ def test_a_targets_variants_share_a_column_group() -> None:
     assert '<div class="why">storm</div>' in page  # a known deviation shows the check it failed by
 
 
+def test_cases_inconclusive_beside_other_runs_are_run_again_alone(monkeypatch, tmp_path: Path) -> None:
+    first = RunResult("t", "t.toml", results("t", [record("a", "passed", test="f::a"), record("b", "inconclusive", test="f::b")]))
+    asked: list[tuple[list[str], str, bool]] = []
+
+    def fake_run_entry(entry, out, *, pytest_args=(), suffix="", pages=True, **_):
+        asked.append((entry.select, suffix, pages))
+        return RunResult("t", "t.toml", results("t", [record("b", "failed", test="f::b", failed_checks=["c"])]))
+
+    monkeypatch.setattr(runner, "run_entry", fake_run_entry)
+    monkeypatch.setattr(runner, "write_case_pages", lambda name, res, out: {"a": "a.html", "b": "b.html"})
+    runner.rerun_inconclusive_alone(runner.Entry(Path("t.toml")), first, tmp_path, pytest_args=(), progress=lambda _: None)
+    assert asked == [(["f::b"], "-alone", False)]
+    assert [(r["case"], r["verdict"]) for r in first.results["scenarios"]] == [("a", "passed"), ("b", "failed")]
+    assert first.results["summary"] == {"passed": 1, "failed": 1} and first.links == {"a": "a.html", "b": "b.html"}
+    # Nothing inconclusive: nothing runs again.
+    asked.clear()
+    runner.rerun_inconclusive_alone(runner.Entry(Path("t.toml")), first, tmp_path, pytest_args=(), progress=lambda _: None)
+    assert asked == []
+
+
 def run_compare(args: list[str], out: Path) -> tuple[int, str]:
     proc = subprocess.run([sys.executable, "-m", "scenarios.compare", *args, "--out", str(out)], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
@@ -123,6 +143,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, Path,
             "targets/websockets_single/target.toml@scenarios/test_probe.py,scenarios/test_dead_session_push.py",
             f"{stale}@scenarios/test_probe.py::test_contract_probe[core]",
             "--variants", "sid_reuse",
+            "--jobs", "2",  # two runs at once, as CI's PHP comparison runs
         ],
         out,
     )

@@ -98,7 +98,7 @@ def test_php_targets_pass_what_they_declare_in_the_comparison(tmp_path: Path) ->
     if not installed:
         pytest.skip("; ".join(sorted({load_manifest(p).install_problem() or "" for p in MANIFESTS})))
     proc = subprocess.run(
-        [sys.executable, "-m", "scenarios.compare", *map(_spec, installed), "--out", str(tmp_path)],
+        [sys.executable, "-m", "scenarios.compare", *map(_spec, installed), "--out", str(tmp_path), "--jobs", "2"],
         cwd=REPO, capture_output=True, text=True, timeout=1500,
     )
     doc = json.loads((tmp_path / "index.json").read_text())

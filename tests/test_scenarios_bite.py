@@ -12,12 +12,13 @@ import json
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from scenarios.harness.probe import PROBES
-from tests.variants import EXPECTED_CASE, REPO, VARIANTS, Variant, write_manifest
+from tests.variants import BY_NAME, EXPECTED_CASE, REPO, VARIANTS, Variant, write_manifest
 
 REFERENCE = REPO / "reference_server" / "target.toml"
 
@@ -35,10 +36,13 @@ def run_suite(scenario_files: list[str], manifest: Path, report_dir: Path) -> tu
     return proc.returncode, results, proc.stdout[-3000:] + proc.stderr[-2000:]
 
 
-def run_judged(scenario_files: list[str], manifest: Path, report_dir: Path) -> tuple[int, dict, str]:
-    """``run_suite``, run once more if a case was inconclusive (contract 11.4: the machine was too
-    busy to judge its timing); skipped, with the conditions, if it is inconclusive twice."""
-    code, results, output = run_suite(scenario_files, manifest, report_dir)
+def run_judged(
+    scenario_files: list[str], manifest: Path, report_dir: Path, first: tuple[int, dict, str] | None = None,
+) -> tuple[int, dict, str]:
+    """``run_suite`` (or its ``first`` result), run again alone if a case was inconclusive (contract
+    11.4: the machine was too busy to judge its timing); skipped, with the conditions, if it is
+    inconclusive again and once more."""
+    code, results, output = first if first is not None else run_suite(scenario_files, manifest, report_dir)
     for attempt in (2, 3):
         starved = [r for r in results.get("scenarios", []) if r["verdict"] == "inconclusive"]
         if not starved:
@@ -49,10 +53,34 @@ def run_judged(scenario_files: list[str], manifest: Path, report_dir: Path) -> t
     return code, results, output
 
 
+#: Variant runs at once. Each is mostly waiting on its target; two share CI's two cores. A case
+#: that comes out inconclusive beside the other run (whose CPU is noise to it) runs again alone.
+JOBS = 2
+
+
+@pytest.fixture(scope="module")
+def variant_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, dict, str]]:
+    """The first run of every variant this session selected, ``JOBS`` at a time: name -> run_suite's result."""
+    names = [
+        item.callspec.params["variant"].name
+        for item in request.session.items
+        if getattr(item, "function", None) is test_scenario_catches_broken_variant and hasattr(item, "callspec")
+    ]
+    base = tmp_path_factory.mktemp("variants")
+
+    def one(name: str) -> tuple[str, tuple[int, dict, str]]:
+        folder = base / name
+        folder.mkdir()
+        return name, run_suite([BY_NAME[name].scenario], write_manifest(name, folder), folder / "reports")
+
+    with ThreadPoolExecutor(JOBS) as pool:
+        return dict(pool.map(one, names))
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
-def test_scenario_catches_broken_variant(variant: Variant, tmp_path: Path) -> None:
+def test_scenario_catches_broken_variant(variant: Variant, variant_runs: dict, tmp_path: Path) -> None:
     manifest = write_manifest(variant.name, tmp_path)
-    code, results, output = run_judged([variant.scenario], manifest, tmp_path / "reports")
+    code, results, output = run_judged([variant.scenario], manifest, tmp_path / "reports", variant_runs[variant.name])
     assert code == 1, f"the scenario did not fail on {variant.name}:\n{output}"
     (record,) = results["scenarios"]
     assert record["verdict"] == "failed", record

@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("targets", nargs="*", help="manifests, each optionally MANIFEST@SELECTION (pytest node ids, comma-separated)")
     parser.add_argument("--variants", default=None, help="'all', 'none', or names of broken variants (default: all when no manifest is given)")
     parser.add_argument("--out", default=str(REPO / "reports"), help="where index.html, index.json and the evidence pages go")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1); a case inconclusive beside the "
+                        "others is run again alone")
     args = parser.parse_args(argv)
     entries: list[Entry] = []
     for spec in args.targets or [str(p) for p in default_manifests()]:
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = out / "compare" / "variant-manifests"
         folder.mkdir(parents=True, exist_ok=True)
         entries += variant_entries(variants, folder)
-    doc = compare(entries, out, pytest_args=pytest_args)
+    doc = compare(entries, out, pytest_args=pytest_args, jobs=args.jobs)
     print(f"comparison {'passed' if doc['ok'] else 'FAILED'}: {out / 'index.html'}")
     for problem in doc["problems"]:
         print(f"  {problem}")

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,14 +45,17 @@ def run_entry(
     *,
     pytest_args: Sequence[str] = (),
     timeout: float = 1800,
+    suffix: str = "",
+    pages: bool = True,
 ) -> matrix.RunResult:
-    """Run one target's scenarios in a child pytest; its results, and its evidence pages written."""
+    """Run one target's scenarios in a child pytest; its results, and its evidence pages written
+    (``pages``). ``suffix``: a report folder of its own (a second run of some cases)."""
     try:
         manifest = load_manifest(entry.manifest)
     except ManifestError as exc:
         return matrix.RunResult(str(entry.manifest), str(entry.manifest), None, exit_code=None, output_tail=str(exc), note=entry.note)
     name = manifest.name
-    report_dir = out / "compare" / safe(name)
+    report_dir = out / "compare" / (safe(name) + suffix)
     shutil.rmtree(report_dir / "latest", ignore_errors=True)
     command = [
         sys.executable, "-m", "pytest", *(entry.select or ["scenarios/"]),
@@ -65,7 +69,7 @@ def run_entry(
     path = report_dir / "latest" / "results.json"
     results = json.loads(path.read_text()) if path.exists() else None
     run = matrix.RunResult(name, str(manifest.path), results, exit_code=code, selection=entry.select, output_tail=output, note=entry.note)
-    if results is not None:
+    if results is not None and pages:
         run.links = write_case_pages(name, results, out)
     return run
 
@@ -112,21 +116,52 @@ def compare(
     out: Path,
     *,
     pytest_args: Sequence[str] = (),
+    jobs: int = 1,
     progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> dict:
-    """Run every entry, then write ``index.json`` and ``index.html`` under ``out``; the matrix."""
+    """Run every entry, then write ``index.json`` and ``index.html`` under ``out``; the matrix.
+
+    ``jobs`` > 1 runs that many entries at once. Each run's harness then sees the others as noise
+    (contract 11.4), so a case whose timing checks failed beside them is ``inconclusive``: every
+    such case is run again alone afterwards, and its second result is the one reported.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for i, entry in enumerate(entries, 1):
+
+    def one(i: int, entry: Entry) -> matrix.RunResult:
         started = time.monotonic()
         progress(f"[{i}/{len(entries)}] {entry.manifest} {' '.join(entry.select) or '(whole suite)'}")
         run = run_entry(entry, out, pytest_args=pytest_args)
         counts = (run.results or {}).get("summary", {})
         progress(f"      {run.name}: {counts or 'no results'} in {time.monotonic() - started:.0f}s")
-        runs.append(run)
+        return run
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        runs = list(pool.map(one, range(1, len(entries) + 1), entries))
+    if jobs > 1:
+        for entry, run in zip(entries, runs, strict=True):
+            rerun_inconclusive_alone(entry, run, out, pytest_args=pytest_args, progress=progress)
     doc = matrix.build(runs, generated=time.time())
     write(doc, out)
     return doc
+
+
+def rerun_inconclusive_alone(
+    entry: Entry, run: matrix.RunResult, out: Path, *, pytest_args: Sequence[str], progress: Callable[[str], None],
+) -> None:
+    """Run the cases of ``run`` that were inconclusive again, alone; their new records replace the old."""
+    records = (run.results or {}).get("scenarios", [])
+    tests = sorted({r["test"] for r in records if r.get("verdict") == "inconclusive"})
+    if not tests or run.results is None:
+        return
+    progress(f"      {run.name}: {len(tests)} inconclusive beside the other runs; again alone: {', '.join(tests)}")
+    again = run_entry(Entry(entry.manifest, tests, entry.note), out, pytest_args=pytest_args, suffix="-alone", pages=False)
+    fresh = {r["case"]: r for r in (again.results or {}).get("scenarios", [])}
+    run.results["scenarios"] = [fresh.get(r["case"], r) for r in records]
+    counts: dict[str, int] = {}
+    for r in run.results["scenarios"]:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    run.results["summary"] = counts
+    run.links = write_case_pages(run.name, run.results, out)
 
 
 def write(doc: dict, out: Path) -> None:
