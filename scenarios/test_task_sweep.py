@@ -31,6 +31,8 @@ from scenarios.harness.checkers.sweep import (
     SweptClient,
     check,
     check_handshaking,
+    figure,
+    handshaking_figure,
 )
 from scenarios.harness.client import ScenarioClient, connect_many, dispose_all
 from scenarios.harness.common import counter_delta, warm_up
@@ -136,6 +138,7 @@ def test_task_sweep(target, admin, evidence, run_async):
     history = run_async(drive(target, admin, evidence.rng()))
     evidence.fact("workers_used", history.workers_used)
     evidence.fact("sweeps", len(history.reports))
+    evidence.figure(figure(history))
     evidence.record(check(history))
     evidence.verdict()
 
@@ -175,5 +178,7 @@ async def drive_handshaking(target, admin) -> HandshakingHistory:
 @pytest.mark.scenario("task_sweep_handshaking", seed="swoole: connections lists a connection from onConnect, before the handshake")
 @pytest.mark.requires("task_sweep")
 def test_task_sweep_handshaking(target, admin, evidence, run_async):
-    evidence.record(check_handshaking(run_async(drive_handshaking(target, admin), timeout=60)))
+    history = run_async(drive_handshaking(target, admin), timeout=60)
+    evidence.figure(handshaking_figure(history))
+    evidence.record(check_handshaking(history))
     evidence.verdict()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..evidence import Check
+from ..figures import Figure, Lane, Mark, Window, rel
 from ..spec import Leftovers, check_leftovers, named
 
 SWEPT_CODE = 4001
@@ -153,3 +154,70 @@ def check_handshaking(h: HandshakingHistory) -> list[Check]:
         ),
         *check_leftovers(h.leftovers),
     ]
+
+
+# -- figures ---------------------------------------------------------------------------------------
+
+MISSED_CHECK = "each sweep saw every session that was live throughout it, on every worker"
+CLOSE_CHECK = f"every swept client got a close frame {SWEPT_CODE}"
+UNTOUCHED_CHECK = "clients the rule does not match stay open, get no notice, keep getting ticks"
+MAX_MARKS = 12
+
+
+def _sweep_windows(reports: list[dict[str, Any]], origin: float) -> list[Window]:
+    return [Window(rel(r["started"], origin), rel(r["ended"], origin), "sweeps" if i == 0 else "")
+            for i, r in enumerate(reports) if r.get("started") and r.get("ended")]
+
+
+def figure(h: SweepHistory) -> Figure | None:
+    """Each client's life (a bar by group: kept, swept, leaving on its own) under the sweeps (shaded);
+    sessions a sweep missed, swept clients without the close frame and disturbed ones marked."""
+    if not h.clients:
+        return None
+    origin = min(c.opened_at for c in h.clients)
+    end = max([c.closed_at or 0.0 for c in h.clients] + [r.get("ended", 0.0) for r in h.reports])
+    fig = Figure("sweep", "Each client's session (bar, by what the rule does to it) under the sweeps (shaded)", "lanes",
+                 y_label="client", origin=origin, windows=_sweep_windows(h.reports, origin))
+    by_session = {c.session: c for c in h.clients}
+    for c in h.clients:
+        lane = Lane(c.name, bars=[(rel(c.opened_at, origin), rel(c.closed_at or end, origin), c.group)])
+        if c.closed_at:
+            lane.points.append((rel(c.closed_at, origin), f"closed {c.close_frame[0] if c.close_frame else '(no frame)'}"))
+        fig.lanes.append(lane)
+        if c.group == "doomed" and (c.close_frame is None or c.close_frame[0] != SWEPT_CODE):
+            fig.marks.append(Mark(rel(c.closed_at or end, origin), "no 4001", c.name, check=CLOSE_CHECK))
+    missed = 0
+    for rep in h.reports:
+        seen = set(rep["seen"])
+        for sid, c in by_session.items():
+            live = c.opened_at < rep["started"] and (c.closed_at is None or c.closed_at > rep["ended"])
+            if live and sid not in seen and missed < MAX_MARKS:
+                missed += 1
+                fig.marks.append(Mark(rel(rep["started"], origin), f"missed by sweep {rep['sweep']}", c.name, check=MISSED_CHECK))
+    for d in h.disturbed[:MAX_MARKS]:
+        who = next((x for x in h.clients if x.name == d.get("client")), None)
+        if who is not None:
+            fig.marks.append(Mark(rel(who.closed_at or end, origin), "disturbed", who.name, check=UNTOUCHED_CHECK))
+    return fig
+
+
+HANDSHAKE_CHECK = "each sweep saw the sessions whose handshake is not complete"
+
+
+def handshaking_figure(h: HandshakingHistory) -> Figure | None:
+    """Each session held mid-handshake: a dot per sweep, seen or missed by it."""
+    timed = [r for r in h.reports if r.get("started")]
+    if not timed or not h.listed:
+        return None
+    origin = min(r["started"] for r in timed)
+    fig = Figure("handshaking", "Each session held in its handshake: seen or missed by each sweep (shaded)", "lanes",
+                 y_label="session", origin=origin, windows=_sweep_windows(timed, origin))
+    for sid in sorted(h.listed):
+        lane = Lane(f"s{sid}")
+        for r in timed:
+            seen = sid in set(r["seen"])
+            lane.points.append((rel(r["started"], origin), "seen" if seen else "missed"))
+            if not seen and sid in h.still and len(fig.marks) < MAX_MARKS:
+                fig.marks.append(Mark(rel(r["started"], origin), "missed", lane.name, check=HANDSHAKE_CHECK))
+        fig.lanes.append(lane)
+    return fig
