@@ -27,7 +27,7 @@ import time
 
 import pytest
 
-from scenarios.harness.checkers.closing import ClosingHistory, check
+from scenarios.harness.checkers.closing import ClosingHistory, check, figure
 from scenarios.harness.client import ScenarioClient
 from scenarios.harness.common import counter_delta, warm_up
 from scenarios.harness.rawclient import RawClient
@@ -74,12 +74,14 @@ async def drive(target, admin) -> ClosingHistory:
             if victim.eof_at is not None:  # the server dropped it meanwhile: this push may be either
                 break
             h.closing_codes.append(_code(reply))
+            h.pushes.append((time.time(), h.closing_codes[-1]))
         watch_end = time.monotonic() + WATCH_S
         await settle(lambda: victim.eof_at is not None or time.monotonic() >= watch_end, timeout=WATCH_S + 1)
         mid = await admin.stats()
         h.late_ticks = len([m for t, m in ticks() if victim.close_frame_at is not None and t > victim.close_frame_at])
 
         # The client goes away without a word: the session is gone for good.
+        h.moments["client aborts"] = time.time()
         victim.abort()
         await until(lambda: _gone(admin, sid), timeout=10, what=f"session {sid} to be gone")
 
@@ -90,11 +92,17 @@ async def drive(target, admin) -> ClosingHistory:
             return counter_delta(before, await admin.stats(), "sessions_closed") >= 1
 
         await until(counted_closed, timeout=10, what=f"the server to count session {sid} closed")
-        h.gone_codes = [_code(await pusher.request("push", to=sid, data="to a gone session")) for _ in range(GONE_PUSHES)]
+        h.moments["counted gone"] = time.time()
+        for _ in range(GONE_PUSHES):
+            h.gone_codes.append(_code(await pusher.request("push", to=sid, data="to a gone session")))
+            h.pushes.append((time.time(), h.gone_codes[-1]))
         after = await admin.stats()
     finally:
         await pusher.dispose()
         await victim.dispose()
+    h.tick_times = [t for t, _ in ticks()]
+    if victim.close_frame_at is not None:
+        h.moments["server's close frame"] = victim.close_frame_at
     h.dead_while_closing = counter_delta(before, mid, "dead_session_pushes")
     h.dead_total = counter_delta(before, after, "dead_session_pushes")
     h.facts = {
@@ -115,5 +123,6 @@ async def _gone(admin, sid: int) -> bool:
 def test_closing_session(target, admin, evidence, run_async) -> None:
     history = run_async(drive(target, admin), timeout=60)
     evidence.add_facts(history.facts)
+    evidence.figure(figure(history))
     evidence.record(check(history))
     evidence.verdict()

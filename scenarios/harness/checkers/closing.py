@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..evidence import Check
+from ..figures import Figure, Lane, Mark, rel
 from ..spec import Leftovers, check_leftovers, named
 
 CLOSED, GONE = 1004, 1005
@@ -27,6 +28,10 @@ class ClosingHistory:
     late_ticks: int = 0
     leftovers: Leftovers = field(default_factory=Leftovers)
     facts: dict[str, Any] = field(default_factory=dict)
+    #: for the figure: the victim's ticks (wall times), each push (time, code), the story's moments
+    tick_times: list[float] = field(default_factory=list)
+    pushes: list[tuple[float, int | None]] = field(default_factory=list)
+    moments: dict[str, float] = field(default_factory=dict)
 
 
 def check(h: ClosingHistory) -> list[Check]:
@@ -61,3 +66,37 @@ def check(h: ClosingHistory) -> list[Check]:
         ),
         *check_leftovers(h.leftovers),
     ]
+
+
+LATE_CHECK = "a session's own timer never pushes once its close is known"
+CODE_CHECKS = {
+    "closing": "a push to a session that is closing fails with 1004 (SESSION_CLOSED)",
+    "gone": "a push to a session that is gone fails with 1005 (SESSION_NOT_EXIST)",
+}
+
+
+def figure(h: ClosingHistory) -> Figure | None:
+    """The victim's own ticks and the pushes to it, each by its answer, with the moments of its end
+    (the server's close frame, the client's abort, the session counted gone)."""
+    if not h.tick_times and not h.pushes:
+        return None
+    origin = min(h.tick_times[:1] + [t for t, _ in h.pushes[:1]])
+    fig = Figure("closing", "The victim's own ticks and the pushes to it (by answer) while it closes and once gone",
+                 "lanes", origin=origin)
+    fig.lanes.append(Lane("victim's ticks", [(rel(t, origin), "tick") for t in h.tick_times]))
+    answers = {0: "push ok", CLOSED: "1004 closed", GONE: "1005 gone"}
+    fig.lanes.append(Lane("pushes to it", [(rel(t, origin), answers.get(code or 0, f"code {code}")) for t, code in h.pushes]))
+    for label, t in h.moments.items():
+        fig.marks.append(Mark(rel(t, origin), label))
+    close_at = h.moments.get("server's close frame")
+    if close_at is not None:
+        late = [t for t in h.tick_times if t > close_at]
+        if late:
+            fig.marks.append(Mark(rel(late[0], origin), f"{len(late)} ticks after the close frame", "victim's ticks", check=LATE_CHECK))
+    gone_at = h.moments.get("counted gone")
+    for t, code in h.pushes:
+        phase = "gone" if gone_at is not None and t >= gone_at else "closing"
+        if code != (GONE if phase == "gone" else CLOSED):
+            fig.marks.append(Mark(rel(t, origin), f"answered {code}", "pushes to it", check=CODE_CHECKS[phase]))
+            break
+    return fig
