@@ -26,7 +26,14 @@ from typing import Any
 import pytest
 
 from scenarios.harness.admin import AdminClient
-from scenarios.harness.checkers.hostile import BadAnswer, Bystander, HostileHistory, Storm, check_hostile
+from scenarios.harness.checkers.hostile import (
+    BadAnswer,
+    Bystander,
+    HostileHistory,
+    Storm,
+    check_hostile,
+    figure,
+)
 from scenarios.harness.common import warm_up
 from scenarios.harness.hostile import BAD_REQUESTS, HostileClient, RssSampler
 from scenarios.harness.spec import observe_leftovers
@@ -210,18 +217,24 @@ async def drive(target: Any, admin: AdminClient) -> HostileHistory:
     stop = asyncio.Event()
     echoes = asyncio.create_task(serve_bystanders(bystanders, records, stop))
     try:
+        started = time.time()
         await drive_bad(target, h, clients)
+        h.phases.append(("bad requests", started, started := time.time()))
         timers = [f'{{"op":"timer_start","id":"timers-{i}","interval_ms":{TIMER_INTERVAL_MS}}}' for i in range(TIMER_STORM)]
         await drive_storm(target, "timers", timers, h.timers, clients, results=False)
+        h.phases.append(("timer storm", started, started := time.time()))
         tasks = [f'{{"op":"task","id":"tasks-{i}","data":{i},"sleep_ms":{TASK_SLEEP_MS}}}' for i in range(TASK_STORM)]
         await drive_storm(target, "tasks", tasks, h.tasks, clients, results=True)
+        h.phases.append(("task storm", started, started := time.time()))
         await drive_nonreader(target, admin, h, clients)
+        h.phases.append(("a client that does not read", started, time.time()))
     finally:
         stop.set()
         await echoes
         end = time.time()
         for b, rec in zip(bystanders, records, strict=True):
             rec.ticks, rec.max_gap_s = tick_gaps(b, end)
+            h.tick_times[b.name] = [r.at for r in b.received if isinstance(r.value, dict) and r.value.get("ev") == "tick"]
             b.abort()
         for c in clients:
             c.abort()
@@ -240,5 +253,6 @@ def test_hostile_client(target_factory, evidence, run_async) -> None:
     admin = AdminClient(target.admin_url, target.admin_token)
     history = run_async(drive(target, admin), timeout=300)
     evidence.add_facts(history.facts)
+    evidence.figure(figure(history))
     evidence.record(check_hostile(history))
     evidence.verdict()

@@ -23,7 +23,7 @@ from typing import Any
 #: Categories' colours in order of first appearance (the matplotlib "tab10" cycle).
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#d62728"]
 FAILED = "#d62728"
-WINDOW = "#f2c14e"
+WINDOWS = ("#f2c14e", "#9ecae1")
 
 
 def png_path(evidence_path: Path, figure_id: str) -> Path:
@@ -49,8 +49,8 @@ def draw(fig: dict[str, Any], failed_checks: set[str] | frozenset[str] = frozens
     height = 3.2 if fig["kind"] != "lanes" else min(7.5, max(2.6, 0.9 + 0.16 * len(lanes)))
     f, ax = plt.subplots(figsize=(10, height), dpi=90)
     try:
-        for w in fig.get("windows") or []:
-            ax.axvspan(w["start"], max(w["end"], w["start"] + 0.002), color=WINDOW, alpha=0.35, lw=0)
+        for i, w in enumerate(fig.get("windows") or []):  # two colours in turn: adjacent windows stay apart
+            ax.axvspan(w["start"], max(w["end"], w["start"] + 0.002), color=WINDOWS[i % 2], alpha=0.35, lw=0)
         if fig["kind"] == "lanes":
             _draw_lanes(ax, fig, lanes)
         else:
@@ -60,7 +60,7 @@ def draw(fig: dict[str, Any], failed_checks: set[str] | frozenset[str] = frozens
         ax.set_xlabel(fig.get("x_label") or "seconds")
         if fig.get("y_label"):
             ax.set_ylabel(fig["y_label"])
-        ax.set_title(fig.get("title", ""), fontsize=10, loc="left", pad=20 if fig.get("windows") else 6)
+        ax.set_title(fig.get("title", ""), fontsize=10, loc="left", pad=28 if fig.get("windows") else 6)
         if fig.get("note"):
             ax.text(1.0, 1.01, fig["note"], transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="#666")
         ax.grid(axis="x", color="#ddd", lw=0.5)
@@ -116,7 +116,7 @@ def _draw_series(ax: Any, fig: dict[str, Any]) -> None:
 
 def _draw_windows_labels(ax: Any, fig: dict[str, Any]) -> None:
     for i, w in enumerate(w for w in fig.get("windows") or [] if w.get("label")):
-        ax.annotate(w["label"], (w["start"], 1.0), xytext=(0, 1 + 8 * (i % 2)), textcoords="offset points",
+        ax.annotate(w["label"], (w["start"], 1.0), xytext=(0, 1 + 8 * (i % 3)), textcoords="offset points",
                     xycoords=("data", "axes fraction"), fontsize=7, color="#8a6d00", va="bottom", clip_on=False)
 
 

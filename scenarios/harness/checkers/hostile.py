@@ -11,10 +11,12 @@ the last reply are accepted.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..evidence import Check
+from ..figures import Figure, Lane, Mark, Window, rel
 from ..spec import Leftovers, check_leftovers, named
 
 MAX_TIMERS = 100
@@ -92,6 +94,9 @@ class HostileHistory:
     processes_before: list[Any] = field(default_factory=list)
     processes_after: list[Any] = field(default_factory=list)
     leftovers: Leftovers = field(default_factory=Leftovers)
+    #: for the figure: the attack's phases (name, start, end) and each bystander's tick times (wall clock)
+    phases: list[tuple[str, float, float]] = field(default_factory=list)
+    tick_times: dict[str, list[float]] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
 
 
@@ -184,3 +189,24 @@ def check_hostile(h: HostileHistory) -> list[Check]:
         ),
     ]
     return [*checks, *check_leftovers(h.leftovers)]
+
+
+BYSTANDER_CHECK = "the other sessions are served throughout (ticks without a gap over 2 s, every echo answered)"
+
+
+def figure(h: HostileHistory) -> Figure | None:
+    """The bystanders' ticks through each phase of the attack (shaded); a gap past the bound marked."""
+    if not h.tick_times or not h.phases:
+        return None
+    origin = h.phases[0][1]
+    fig = Figure("bystanders", "Bystanders' ticks (every 50 ms) through each phase of the attack", "lanes",
+                 x_label="seconds from the first bad request", y_label="bystander", origin=origin,
+                 windows=[Window(rel(a, origin), rel(b, origin), name) for name, a, b in h.phases])
+    for name, times in h.tick_times.items():
+        fig.lanes.append(Lane(name, [(rel(t, origin), "tick") for t in times]))
+        gaps = [(b - a, b) for a, b in itertools.pairwise(times)]
+        if gaps:
+            gap, at = max(gaps)
+            if gap > BYSTANDER_GAP_S:
+                fig.marks.append(Mark(rel(at, origin), f"gap {gap:.1f} s", name, check=BYSTANDER_CHECK))
+    return fig
