@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from scenarios.harness.admin import AdminClient
-from scenarios.harness.bystanders import AdminWatch, Watch
-from scenarios.harness.checkers.flood import ANSWER_BOUND_S, FLOOD_FACTOR, FloodHistory, check_flood
+from scenarios.harness.bystanders import AdminWatch, Watch, tick_times
+from scenarios.harness.checkers.flood import ANSWER_BOUND_S, FLOOD_FACTOR, FloodHistory, check_flood, figure
 from scenarios.harness.common import warm_up
 from scenarios.harness.flood import flood
 from scenarios.harness.hostile import HostileClient
@@ -94,6 +94,7 @@ async def drive(target: Any, admin: AdminClient) -> FloodHistory:
         half = await flood("127.0.0.1", target.port, HALF_OPEN, half_open=True)
         flooded = time.time()
         h.newcomer, h.newcomer_detail = await try_client(target.port, "newcomer")
+        h.newcomer_at = (flooded, time.time())
         await settle(lambda: watch.ticked_after(flooded + HOLD_S), timeout=HOLD_S + ANSWER_BOUND_S, interval=0.05)
         h.held_during = {k: bare.classify()[k] + half.classify()[k] for k in ("shed", "held")}
     finally:
@@ -106,8 +107,11 @@ async def drive(target: Any, admin: AdminClient) -> FloodHistory:
     for name, f in (("bare", bare), ("half_open", half)):
         setattr(h, name, {"attempted": f.attempted, "connected": f.connected, "refused": f.refused,
                           "timed_out": f.timed_out, "errors": f.errors})
+    released = time.time()
     await recover(target.port, h)
+    h.phases = [("flood", started, flooded), ("held", flooded, released), ("recovery", released, time.time())]
     h.bystanders = await watch.stop(since=started)
+    h.tick_times = {f"s{rec.session}": tick_times(c) for c, rec in watch.clients}
     watch.abort()
     h.log_lines = len(target.log_lines()) - log_mark
     h.processes_after = sorted((p.get("name"), p["pid"]) for p in await admin.processes())
@@ -125,5 +129,6 @@ def test_fd_exhaustion(target_factory, evidence, run_async) -> None:
     admin = AdminClient(target.admin_url, target.admin_token)
     history = run_async(drive(target, admin), timeout=180)
     evidence.add_facts(history.facts)
+    evidence.figure(figure(history))
     evidence.record(check_flood(history))
     evidence.verdict()

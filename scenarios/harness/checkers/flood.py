@@ -11,12 +11,14 @@ not grow by more than a few lines per connection.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..evidence import Check
+from ..figures import Figure, Lane, Mark, Window, rel
 from ..spec import Leftovers, check_leftovers, named
-from .faults import Bystander, check_bystanders
+from .faults import BYSTANDER_GAP_S, Bystander, check_bystanders
 
 #: The flood is this many times the target's open-file limit (more than all its processes hold).
 FLOOD_FACTOR = 4
@@ -45,6 +47,10 @@ class FloodHistory:
     log_lines: int = 0
     leftovers: Leftovers = field(default_factory=Leftovers)
     facts: dict[str, Any] = field(default_factory=dict)
+    #: for the figure: the phases (name, start, end), each bystander's tick times, the newcomer's try
+    phases: list[tuple[str, float, float]] = field(default_factory=list)
+    tick_times: dict[str, list[float]] = field(default_factory=dict)
+    newcomer_at: tuple[float, float] | None = None
 
     @property
     def attempted(self) -> int:
@@ -98,3 +104,30 @@ def check_flood(h: FloodHistory) -> list[Check]:
         ),
         *check_leftovers(h.leftovers),
     ]
+
+
+BYSTANDER_CHECK = "established sessions see no gap over 2 s and every echo answered"
+NEWCOMER_CHECK = "a client that connects during the flood is served or refused within 5 s, not left hanging"
+
+
+def figure(h: FloodHistory) -> Figure | None:
+    """The established sessions' ticks through the flood, the hold and the recovery (shaded); the
+    newcomer's try and a bystander's gap past the bound marked."""
+    if not h.tick_times or not h.phases:
+        return None
+    origin = h.phases[0][1]
+    fig = Figure("flood", "Established sessions' ticks through the flood of connections, the hold and the recovery",
+                 "lanes", x_label="seconds from the start of the flood", y_label="session", origin=origin,
+                 windows=[Window(rel(a, origin), rel(b, origin), name) for name, a, b in h.phases])
+    for name, times in h.tick_times.items():
+        fig.lanes.append(Lane(name, [(rel(t, origin), "tick") for t in times]))
+        gaps = [(b - a, b) for a, b in itertools.pairwise(times) if a >= origin]
+        if gaps and max(gaps)[0] > BYSTANDER_GAP_S:
+            gap, at = max(gaps)
+            fig.marks.append(Mark(rel(at, origin), f"gap {gap:.1f} s", name, check=BYSTANDER_CHECK))
+    if h.newcomer_at is not None:
+        a, b = h.newcomer_at
+        fig.lanes.append(Lane("newcomer", bars=[(rel(a, origin), rel(b, origin), h.newcomer or "not tried")]))
+        fig.marks.append(Mark(rel(b, origin), h.newcomer, "newcomer",
+                              check=NEWCOMER_CHECK if h.newcomer not in ("served", "refused") else None))
+    return fig
