@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from scenarios.harness.admin import AdminClient
-from scenarios.harness.checkers.protocol import CaseResult, ProtocolHistory, check_protocol
+from scenarios.harness.checkers.protocol import CaseResult, ProtocolHistory, check_protocol, figure
 from scenarios.harness.common import warm_up
 from scenarios.harness.spec import observe_leftovers
 from scenarios.harness.waiting import settle
@@ -79,5 +79,6 @@ def test_protocol_conformance(target_factory, evidence, run_async) -> None:
     admin = AdminClient(target.admin_url, target.admin_token)
     history = run_async(drive(target, admin), timeout=400)
     evidence.add_facts(history.facts)
+    evidence.figure(figure(history))
     evidence.record(check_protocol(history))
     evidence.verdict()

@@ -122,7 +122,15 @@ def _draw_windows_labels(ax: Any, fig: dict[str, Any]) -> None:
 
 def _draw_marks(ax: Any, fig: dict[str, Any], failed: set[str] | frozenset[str]) -> None:
     names = [lane["name"] for lane in fig.get("lanes") or []]
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}  # marks on one spot: one ring, their labels joined
     for m in fig.get("marks") or []:
+        key = (m.get("lane"), m.get("y"), round(m["t"], 2), bool(m.get("check")) and m["check"] in failed)
+        if key in merged:
+            first = merged[key]
+            first["label"] = first["label"] if len(first["label"]) > 40 else f"{first['label']}, {m['label']}"
+        else:
+            merged[key] = dict(m)
+    for m in merged.values():
         bad = bool(m.get("check")) and m["check"] in failed
         colour = FAILED if bad else "#333"
         if m.get("lane") is not None and m["lane"] in names:

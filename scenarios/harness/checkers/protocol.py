@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..evidence import Check
+from ..figures import Figure, Lane, Mark
 from ..spec import Leftovers, check_leftovers, named
 
 GROUPS = {
@@ -66,3 +67,23 @@ def check_protocol(h: ProtocolHistory) -> list[Check]:
         )
     )
     return [*checks, *check_leftovers(h.leftovers)]
+
+
+MAX_MARKS = 12
+
+
+def figure(h: ProtocolHistory) -> Figure | None:
+    """Each case of each group by how long it took and how it ended (a case that waits out its bound
+    shows far right); the failed ones marked with their id."""
+    if not h.results:
+        return None
+    fig = Figure("cases", "RFC 6455 cases by group: how long each took, and how it ended", "lanes",
+                 x_label="seconds the case took", y_label="group")
+    for group in GROUPS:
+        mine = [r for r in h.results if r.group == group]
+        outcome = {r.id: "failed" if r.problem else "passed (TCP ended, no close frame)" if r.non_strict else "passed"
+                   for r in mine}
+        fig.lanes.append(Lane(group, [(round(r.seconds, 3), outcome[r.id]) for r in mine]))
+        for r in [r for r in mine if r.problem][: MAX_MARKS // 2]:
+            fig.marks.append(Mark(round(r.seconds, 3), r.id, group, check=GROUPS[group]))
+    return fig
