@@ -40,6 +40,7 @@ from scenarios.harness.broadcast import (
     OpPublisher,
     Publisher,
     StuckClient,
+    Violations,
     check_histories,
 )
 from scenarios.harness.checkers.broadcast import (
@@ -514,12 +515,13 @@ async def drive_slow_consumer(target, scenario_run, mode: str) -> tuple[SlowHist
     # Enough to fill the kernel's buffers on both sides (a few MB on loopback) and then the bound, twice over.
     count = (2 * bound + 16 * 1024 * 1024) // size
     publisher = Publisher("big", scenario_run.redis_url, manifest.broadcast_prefix, mode)
-    readers = await _connect_many("r", target, "A", 4)
-    slow = await _connect("slow", target, "A")
+    readers = await _connect_many("r", target, "readers", 4)  # (the node label names the series of its figure)
+    slow = await _connect("slow", target, "the slow client")
     try:
         await asyncio.gather(*(c.subscribe("firehose") for c in [*readers, slow]))
         before = await admin.stats()
         assert slow.transport is not None
+        paused = time.time()
         slow.transport.pause_reading()
         pad = "x" * size
 
@@ -531,6 +533,7 @@ async def drive_slow_consumer(target, scenario_run, mode: str) -> tuple[SlowHist
             await publisher.publish("firehose", {"pad": pad})
             sent += 1
         await settle(slow_closed, timeout=20, interval=0.1)
+        resumed = time.time()
         slow.transport.resume_reading()
         await settle(lambda: slow.is_closed, timeout=20, interval=0.05)
         await settle(lambda: all(len(r.received) >= sent for r in readers), timeout=30, interval=0.1)
@@ -548,6 +551,10 @@ async def drive_slow_consumer(target, scenario_run, mode: str) -> tuple[SlowHist
         readers={r.name: [x[3] for x in r.received] for r in readers},
         excused={p.seq for p in publisher.log if any(p.start <= end and start <= (p.end or p.start) for start, end in windows)},
         slow_closed_counted=counter_delta(before, after, "bc_slow_closed"),
+        figure=latency_figure([*readers, slow], publisher.log, Violations(),
+                              windows=[(paused, resumed, "the slow client does not read"),
+                                       *((a, b, "outage reported") for a, b in windows)],
+                              title="Latency of each delivery to the readers and to the client that stops reading"),
     )
     facts = {
         "published": {"messages": sent, "bytes": sent * size, "bound": bound, "mode": mode},
@@ -563,6 +570,7 @@ def test_broadcast_slow_consumer(target_factory, scenario_run, evidence, run_asy
     target = target_factory({"workers": 2, "broadcast_mode": mode}, "slow-consumer")
     history, facts = run_async(drive_slow_consumer(target, scenario_run, mode), timeout=120)
     evidence.add_facts(facts)
+    evidence.figure(history.figure)
     evidence.record(check_slow(history))
     evidence.verdict()
 

@@ -241,6 +241,7 @@ class SlowHistory:
     #: messages whose publish overlapped a reported outage (pub/sub may lose them)
     excused: set[int] = field(default_factory=set)
     slow_closed_counted: int = 0
+    figure: Figure | None = None
 
 
 def check_slow(h: SlowHistory) -> list[Check]:
@@ -316,7 +317,8 @@ def latency_figure(
     origin = min(p.start for p in published)
     series: dict[str, Series] = {}
     for c in clients:
-        s = series.setdefault(c.node or "node", Series(f"node {c.node}" if c.node else "deliveries"))
+        label = (f"node {c.node}" if len(c.node) == 1 else c.node) if c.node else "deliveries"
+        s = series.setdefault(label, Series(label))
         for t, _channel, pub, seq, _id in c.received:
             p = by_key.get((pub, seq))
             if p is not None:
