@@ -55,6 +55,7 @@ from scenarios.harness.checkers.broadcast import (
     check_outage,
     check_slow,
     latency_figure,
+    sequence_figure,
 )
 from scenarios.harness.common import check_no_leaks, counter_delta, warm_up
 from scenarios.harness.waiting import WaitTimeout, settle
@@ -463,6 +464,7 @@ async def drive_history(target, scenario_run) -> HistoryHistory:
         fresh_channels=FRESH,
         fresh_missing=fresh_missing,
         live=verdict,
+        figure=sequence_figure([late, live], publisher.log, since.seq),
     )
 
 
@@ -499,6 +501,7 @@ def test_broadcast_history(target_factory, scenario_run, evidence, run_async):
     history = run_async(drive_history(target, scenario_run), timeout=60)
     evidence.fact("history_reply", history.reply)
     evidence.fact("late", {"first": history.seqs[:3], "last": history.seqs[-3:], "count": len(history.seqs)})
+    evidence.figure(history.figure)
     evidence.record(check_history(history))
     evidence.verdict()
 

@@ -185,6 +185,7 @@ class HistoryHistory:
     fresh_channels: int = 8
     fresh_missing: list[dict[str, Any]] = field(default_factory=list)
     live: Violations = field(default_factory=Violations)
+    figure: Figure | None = None
 
 
 def check_history(h: HistoryHistory) -> list[Check]:
@@ -336,4 +337,31 @@ def latency_figure(
     if dup_at:
         fig.series.append(Series("received twice (at 0)", [(t, 0.0) for t in dup_at]))
         fig.marks.append(Mark(dup_at[0], f"{len(verdict.duplicates)} duplicates", y=0.0, check=DUPLICATE_CHECK))
+    return fig
+
+
+SINCE_CHECK = "history then live: every message after the id exactly once, in order, no gap"
+
+
+def sequence_figure(clients: list[Any], published: list[Published], since_seq: int) -> Figure | None:
+    """The sequence number of each message over time: as published, and as each client received it
+    (the late subscriber first gets the history, then joins the live stream); its first gap marked."""
+    if not published:
+        return None
+    origin = min(p.start for p in published)
+    fig = Figure("sequence", "Sequence numbers over time: published, and received by each client", "series",
+                 y_label="sequence number", origin=origin,
+                 series=[Series("published", [(rel(p.start, origin), float(p.seq)) for p in published], "line")])
+    for c in clients:
+        fig.series.append(Series(f"received by {c.name}", [(rel(r[0], origin), float(r[3])) for r in c.received]))
+    late = clients[0] if clients else None
+    if late is not None:
+        seqs = [r[3] for r in late.received]
+        expected = since_seq + 1
+        for (t, *_rest), seq in zip(late.received, seqs, strict=True):
+            if seq != expected:
+                fig.marks.append(Mark(rel(t, origin), f"{late.name}: {seq} where {expected} was due", y=float(seq),
+                                      check=SINCE_CHECK))
+                break
+            expected += 1
     return fig
