@@ -54,6 +54,7 @@ from scenarios.harness.checkers.broadcast import (
     check_history,
     check_outage,
     check_slow,
+    errors_figure,
     latency_figure,
     sequence_figure,
 )
@@ -610,5 +611,7 @@ def test_broadcast_errors(target_factory, scenario_run, evidence, run_async):
     mode = offered_mode(scenario_run.manifest)
     target = target_factory({"workers": 1, "broadcast_mode": mode}, "broadcast-errors")
     evidence.fact("mode", mode)
-    evidence.record(check_errors(run_async(drive_errors(target, mode), timeout=30)))
+    history = run_async(drive_errors(target, mode), timeout=30)
+    evidence.figure(errors_figure(history))
+    evidence.record(check_errors(history))
     evidence.verdict()

@@ -58,6 +58,7 @@ from scenarios.harness.checkers.migration import (
     check_in_flight,
     check_partial,
     check_stream,
+    errors_figure,
     ownership_figure,
 )
 from scenarios.harness.client import ScenarioClient, connect_many, dispose_all
@@ -492,6 +493,7 @@ async def _connecting_session(admin: AdminClient) -> int | None:
 def test_migration_errors(target, admin, evidence, run_async):
     history = run_async(drive_errors(target, admin))
     evidence.fact("refusals", history.outcomes)
+    evidence.figure(errors_figure(history))
     evidence.record(check_errors(history))
     evidence.verdict()
 

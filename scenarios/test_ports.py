@@ -65,6 +65,7 @@ from scenarios.harness.checkers.ports import (
     check_limits,
     check_port_errors,
     churn_figure,
+    errors_figure,
     model_mismatch,
 )
 from scenarios.harness.client import ScenarioClient, dispose_all
@@ -355,6 +356,7 @@ def test_port_errors(target_factory, evidence, run_async) -> None:
     admin = AdminClient(target.admin_url, target.admin_token)
     history = run_async(drive_errors(target, admin), timeout=120)
     evidence.add_facts(history.facts)
+    evidence.figure(errors_figure(history))
     evidence.record(check_port_errors(history))
     evidence.verdict()
 

@@ -27,6 +27,7 @@ from scenarios.harness.checkers.probe import (
     check_capability,
     check_core,
 )
+from scenarios.harness.checkers.probe import figure as probe_figure
 from scenarios.harness.client import ScenarioClient
 from scenarios.harness.probe import CORE_OPS, CORE_ROUTES, HTTP_PROBES, PROBED, PROBES
 from scenarios.harness.waiting import until
@@ -137,9 +138,11 @@ def test_contract_probe(capability: str, target, admin, evidence, run_async) -> 
     if capability != "core" and capability not in target.capabilities and not PROBES[capability].checks_undeclared:
         pytest.skip(f"unsupported: {capability} is not declared, and has no op or route to probe")
     if capability == "core":
-        evidence.record(check_core(run_async(drive_core(target, admin))))
+        checks = check_core(run_async(drive_core(target, admin)))
     else:
         history = run_async(drive_capability(capability, target, admin))
         evidence.fact("declared", history.declared)
-        evidence.record(check_capability(history))
+        checks = check_capability(history)
+    evidence.figure(probe_figure(checks, capability))
+    evidence.record(checks)
     evidence.verdict()

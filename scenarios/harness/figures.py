@@ -124,3 +124,31 @@ def per_second(times: list[float], origin: float, end: float | None = None) -> l
         if 0 <= i < len(counts):
             counts[i] += 1
     return [(float(i), float(n)) for i, n in enumerate(counts)]
+
+
+@dataclass
+class Answer:
+    """One request of a request-and-answer scenario, for :func:`answers_figure`."""
+
+    what: str  # the row: what was asked
+    good: bool  # answered as the contract says
+    answer: str = ""  # what came back, short
+    check: str | None = None  # the check that judged it
+
+
+def answers_figure(fig_id: str, title: str, answers: list[Answer]) -> Figure | None:
+    """Each request in the order asked, a dot coloured by whether its answer was the contract's; a
+    wrong one marked with what came back (and its check, so a failed check points at it)."""
+    if not answers:
+        return None
+    fig = Figure(fig_id, title, "lanes", x_label="request, in the order asked", y_label="")
+    rows: dict[str, Lane] = {}
+    for i, a in enumerate(answers):
+        lane = rows.get(a.what)
+        if lane is None:
+            lane = rows[a.what] = Lane(a.what)
+            fig.lanes.append(lane)
+        lane.points.append((float(i), "as the contract says" if a.good else "not as the contract says"))
+        if not a.good:
+            fig.marks.append(Mark(float(i), a.answer[:48] or "wrong", a.what, check=a.check))
+    return fig

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..broadcast import Published, Violations
 from ..evidence import Check
-from ..figures import Figure, Mark, Series, Window, rel
+from ..figures import Answer, Figure, Mark, Series, Window, answers_figure, rel
 from ..spec import named
 
 SLOW_CODE = 4429
@@ -365,3 +365,13 @@ def sequence_figure(clients: list[Any], published: list[Published], since_seq: i
                 break
             expected += 1
     return fig
+
+
+def errors_figure(h: ErrorsHistory) -> Figure | None:
+    """Each bad broadcast request: refused with its code and name, or not (what came back)."""
+    answers = []
+    for what, (ok, code, name) in h.seen.items():
+        good = ok is False and code == h.expected.get(what) and bool(name)
+        answers.append(Answer(what, good, f"ok={ok} code={code} (want {h.expected.get(what)})",
+                              "each bad broadcast request is refused with its code and name"))
+    return answers_figure("refusals", "Each bad broadcast request: refused with its code and name?", answers)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..evidence import Check
-from ..figures import Figure, Lane, Mark, rel
+from ..figures import Answer, Figure, Lane, Mark, answers_figure, rel
 from ..spec import Leftovers, check_leftovers, named
 
 # -- what was asked for --------------------------------------------------------------------------
@@ -526,3 +526,16 @@ def ownership_figure(log: MoveLog, streams: list[SessionStream], title: str = ""
                 fig.marks.append(Mark(rel(r.t, origin), f"reply from {r.worker}, owner {sorted(owners)}", s.name,
                                       check=ECHO_CHECK))
     return fig
+
+
+REFUSAL_CHECK = "each refused move answers with its status and error code"
+
+
+def errors_figure(h: ErrorsHistory) -> Figure | None:
+    """Each move that must be refused: refused with its status and code, or not (what came back)."""
+    answers = []
+    for label, (status, code) in EXPECTED_REFUSALS.items():
+        got = h.outcomes.get(label, {})
+        good = not ((status is not None and got.get("status") != status) or got.get("code") != code)
+        answers.append(Answer(label, good, f"{got.get('status')} {got.get('code')} (want {status} {code})", REFUSAL_CHECK))
+    return answers_figure("refusals", "Each move the contract refuses: answered with its status and code?", answers)

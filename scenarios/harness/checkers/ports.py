@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from ..evidence import Check
-from ..figures import Figure, Lane, Mark, rel
+from ..figures import Answer, Figure, Lane, Mark, answers_figure, rel
 from ..spec import Leftovers, check_leftovers, named
 
 
@@ -504,3 +504,14 @@ def churn_figure(h: ChurnHistory) -> Figure | None:
     if h.reload:
         fig.note = "a full reload ran in the middle"
     return fig
+
+
+def errors_figure(h: PortErrorsHistory) -> Figure | None:
+    """Each conflicting or invalid listen (by the admin API and by the op): refused with its code,
+    naming the port, or not."""
+    answers = [
+        Answer(f"{r.case} ({r.via})", r.refused and r.got == r.expected and r.names_port is not False,
+               f"got {r.got}, want {r.expected}", "conflicting and invalid listens fail with their contract error, naming the port")
+        for r in h.refusals
+    ]
+    return answers_figure("refusals", "Each conflicting or invalid listen: refused with its contract error?", answers)
