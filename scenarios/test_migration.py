@@ -59,7 +59,9 @@ from scenarios.harness.checkers.migration import (
     check_partial,
     check_stream,
     errors_figure,
+    in_flight_figure,
     ownership_figure,
+    partial_figure,
 )
 from scenarios.harness.client import ScenarioClient, connect_many, dispose_all
 from scenarios.harness.common import counter_delta, mark_sessions, state_changes, warm_up
@@ -310,6 +312,7 @@ async def _ping_across_a_move(raw: RawClient, admin: AdminClient, workers: int) 
 @pytest.mark.requires("migrate")
 def test_migration_partial_frames(target, admin, evidence, run_async):
     history = run_async(drive_partial(target, admin))
+    evidence.figure(partial_figure(history))
     evidence.record(check_partial(history))
     evidence.verdict()
 
@@ -375,6 +378,7 @@ async def drive_in_flight(target, admin: AdminClient) -> InFlightHistory:
 def test_migration_pushes_in_flight(target, admin, evidence, run_async):
     history = run_async(drive_in_flight(target, admin))
     evidence.fact("attempts", history.attempts)
+    evidence.figure(in_flight_figure(history))
     evidence.record(check_in_flight(history))
     evidence.verdict()
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..evidence import Check
-from ..figures import Answer, Figure, Lane, Mark, answers_figure, rel
+from ..figures import Answer, Figure, Lane, Mark, Series, answers_figure, rel
 from ..spec import Leftovers, check_leftovers, named
 
 # -- what was asked for --------------------------------------------------------------------------
@@ -539,3 +539,53 @@ def errors_figure(h: ErrorsHistory) -> Figure | None:
         good = not ((status is not None and got.get("status") != status) or got.get("code") != code)
         answers.append(Answer(label, good, f"{got.get('status')} {got.get('code')} (want {status} {code})", REFUSAL_CHECK))
     return answers_figure("refusals", "Each move the contract refuses: answered with its status and code?", answers)
+
+
+CUT_CHECK = "a frame cut in two by the migration arrives whole, from the new worker"
+
+
+def partial_figure(h: PartialHistory) -> Figure | None:
+    """Each part of the scenario (a frame cut by a move, a message fragmented across two moves with
+    pings between, a ping cut by a move): came through as it should, or not."""
+    answers = [
+        Answer(f"frame cut by a move #{i + 1}",
+               bool(r.get("moved") and r.get("echo_intact") and r.get("worker") == r.get("expected_worker") and not r.get("closed")),
+               f"moved={r.get('moved')} intact={r.get('echo_intact')} worker={r.get('worker')}", CUT_CHECK)
+        for i, r in enumerate(h.cuts)
+    ]
+    frag = h.fragmented
+    if frag:
+        answers.append(Answer("ping between fragments", bool(frag.get("pongs_ok")), f"pongs={frag.get('pongs')}",
+                              "a ping between the fragments of a message is answered with its own payload (RFC 6455, 5.4)"))
+        if frag.get("pongs_ok"):
+            answers.append(Answer("message fragmented across two moves",
+                                  bool(frag.get("moves_ok")) and all(frag["moves_ok"]) and bool(frag.get("echo_intact")),
+                                  f"intact={frag.get('echo_intact')} worker={frag.get('worker')}",
+                                  "a message fragmented across migrations arrives whole, from the last worker"))
+    if h.ping:
+        answers.append(Answer("ping cut by a move", bool(h.ping.get("moved")) and h.ping.get("pongs") == 1,
+                              f"pongs={h.ping.get('pongs')}", "a ping cut by the migration is answered once by the new worker"))
+    return answers_figure("parts", "Each cut frame, fragmented message and ping across moves: through whole?", answers)
+
+
+IN_FLIGHT_CHECK = "pushes sent while the session moves arrive exactly once, in order"
+
+
+def in_flight_figure(h: InFlightHistory) -> Figure | None:
+    """The numbered pushes as they arrived (sequence number by arrival), against 1..n; the first gap or
+    repeat marked."""
+    if not h.push_seqs and not h.pushes_sent:
+        return None
+    fig = Figure("pushes", f"The {h.pushes_sent} numbered pushes sent while the session moved, as they arrived", "series",
+                 x_label="arrival, in order", y_label="push number",
+                 series=[Series("expected", [(0.0, 1.0), (float(max(h.pushes_sent - 1, 0)), float(h.pushes_sent))], "line"),
+                         Series("arrived", [(float(i), float(q)) for i, q in enumerate(h.push_seqs)])])
+    for i, q in enumerate(h.push_seqs):
+        if q != i + 1:
+            fig.marks.append(Mark(float(i), f"{q} where {i + 1} was due", y=float(q), check=IN_FLIGHT_CHECK))
+            break
+    else:
+        if len(h.push_seqs) < h.pushes_sent:
+            fig.marks.append(Mark(float(len(h.push_seqs)), f"{h.pushes_sent - len(h.push_seqs)} never came",
+                                  y=float(len(h.push_seqs)), check=IN_FLIGHT_CHECK))
+    return fig
