@@ -48,6 +48,7 @@ from scenarios.harness.checkers.ownership import (
     judge_push,
     judge_received,
 )
+from scenarios.harness.checkers.ownership import figure as model_figure
 from scenarios.harness.client import ScenarioClient, dispose_all
 from scenarios.harness.traffic import numbered
 from scenarios.harness.waiting import settle
@@ -207,5 +208,6 @@ def test_migration_model(target, admin, evidence):
     run = drive(target, admin)
     evidence.fact("steps_run", len(run.steps))
     evidence.fact("counts", run.counts)
+    evidence.figure(model_figure(run))
     evidence.record(check_model(run))
     evidence.verdict()

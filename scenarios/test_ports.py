@@ -70,6 +70,7 @@ from scenarios.harness.checkers.ports import (
 )
 from scenarios.harness.client import ScenarioClient, dispose_all
 from scenarios.harness.common import warm_up
+from scenarios.harness.figures import steps_figure
 from scenarios.harness.ports import (
     ATTEMPT_BOUND_S,
     admin_listen,
@@ -410,7 +411,9 @@ def test_port_limits(target_factory, evidence, run_async) -> None:
     admin = AdminClient(target.admin_url, target.admin_token)
     history = run_async(drive_limits(target, admin), timeout=120)
     evidence.fact("over_limit_attempts", history.over)
-    evidence.record(check_limits(history))
+    checks = check_limits(history)
+    evidence.figure(steps_figure("steps", "port_limits: each step (a port at its limit, another port's handler set), as the contract says?", checks))
+    evidence.record(checks)
     evidence.verdict()
 
 
@@ -506,7 +509,9 @@ def test_ports_file(target_factory, evidence, run_async) -> None:
     admin = AdminClient(target.admin_url, target.admin_token)
     history = run_async(drive_file(target, admin), timeout=120)
     evidence.fact("reports", {"first": history.report1, "second": history.report2, "third": history.report3})
-    evidence.record(check_file(history))
+    checks = check_file(history)
+    evidence.figure(steps_figure("steps", "ports_file: each file applied and each effect of it, as the contract says?", checks))
+    evidence.record(checks)
     evidence.verdict()
 
 

@@ -114,3 +114,21 @@ def test_the_evidence_page_embeds_each_figure_and_points_a_failed_check_at_it(tm
     # A figure whose PNG is missing is drawn when the page is written.
     draw.png_path(path, "ticks").unlink()
     assert runner.figure_images(path, evidence)["ticks"].startswith(PNG)
+
+
+def test_every_scenario_draws_a_figure_of_its_history() -> None:
+    """Each scenario test (``@pytest.mark.scenario``) passes a figure of what it recorded to its evidence."""
+    import ast
+
+    missing, seen = [], 0
+    for path in sorted((Path(__file__).resolve().parents[1] / "scenarios").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            marks = [d for d in node.decorator_list if "mark.scenario" in ast.unparse(d)]
+            calls = [c for c in ast.walk(node) if isinstance(c, ast.Call) and ast.unparse(c.func) == "evidence.figure"]
+            seen += bool(marks)
+            if marks and not calls:
+                missing.append(f"{path.name}::{node.name}")
+    assert seen >= 30, seen  # the walk found the scenario tests
+    assert not missing, f"scenarios without a figure: {missing}"

@@ -23,6 +23,8 @@ Everything here is pure data.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -152,3 +154,15 @@ def answers_figure(fig_id: str, title: str, answers: list[Answer]) -> Figure | N
         if not a.good:
             fig.marks.append(Mark(float(i), a.answer[:48] or "wrong", a.what, check=a.check))
     return fig
+
+
+def steps_figure(fig_id: str, title: str, checks: list[Any], *, strip: str = "") -> Figure | None:
+    """A scenario of discrete steps with a check each (a probe's requests, a limit reached, a file
+    applied): each step in order, as the contract says or not. ``checks``: the case's
+    :class:`~.evidence.Check` objects; ``strip``: a regular expression taken out of the names to
+    make the rows."""
+    answers = []
+    for c in checks:
+        row = re.sub(strip, "", c.name) if strip else c.name
+        answers.append(Answer(row[:60], c.passed, json.dumps(c.observed, default=str)[:48], c.name))
+    return answers_figure(fig_id, title, answers)

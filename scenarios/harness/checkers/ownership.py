@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..evidence import Check
+from ..figures import Figure, Lane, Mark
 from ..spec import named
 
 
@@ -90,8 +91,12 @@ class ModelRun:
     counts: dict[str, int] = field(default_factory=dict)  # connect, echo, migrated, push, close, abort
     failure: str | None = None
 
+    #: every counted action, in order (the figure's x axis)
+    order: list[str] = field(default_factory=list)
+
     def count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
+        self.order.append(what)
 
 
 def check_model(run: ModelRun) -> list[Check]:
@@ -111,3 +116,24 @@ def check_model(run: ModelRun) -> list[Check]:
             observed=run.counts,
         ),
     ]
+
+
+MODEL_CHECK = "the server agrees with the ownership model in every step"
+
+
+def figure(run: ModelRun) -> Figure | None:
+    """Every action of the state machine, in order, on the row of its kind; a disagreement with the
+    model marked after the last one (Hypothesis then shrinks it: the check's details list the steps)."""
+    if not run.order:
+        return None
+    fig = Figure("actions", "The state machine's actions in order (all examples), by kind", "lanes",
+                 x_label="action, in the order run", y_label="kind")
+    lanes: dict[str, Lane] = {}
+    for i, what in enumerate(run.order):
+        lanes.setdefault(what, Lane(what)).points.append((float(i), what))
+    fig.lanes = list(lanes.values())
+    if run.failure:
+        last = run.order[-1]
+        fig.marks.append(Mark(float(len(run.order) - 1), "disagreement: " + run.failure.splitlines()[0][:40], last,
+                              check=MODEL_CHECK))
+    return fig

@@ -16,13 +16,12 @@ check: silence is not an answer.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..codes import UNSUPPORTED
 from ..evidence import Check
-from ..figures import Answer, Figure, answers_figure
+from ..figures import Figure, steps_figure
 from ..probe import HttpProbe, OpProbe, RouteProbe, judge_op, judge_route
 from ..spec import named
 
@@ -200,8 +199,5 @@ def check_capability(h: CapabilityHistory) -> list[Check]:
 
 def figure(checks: list[Check], capability: str) -> Figure | None:
     """Each request of the probe (one check each), in the order asked: answered as the contract says, or not."""
-    answers = []
-    for c in checks:
-        what = re.sub(r" answers as section \d+ says$", "", c.name.split(": ", 1)[-1])
-        answers.append(Answer(what[:60], c.passed, json.dumps(c.observed, default=str)[:48], c.name))
-    return answers_figure("answers", f"The probe of {capability}: each request, answered as the contract says?", answers)
+    return steps_figure("answers", f"The probe of {capability}: each request, answered as the contract says?", checks,
+                        strip=r"^[a-z_]+( \([a-z ]+\))?: | answers as section \d+ says$")
