@@ -59,8 +59,10 @@ JOBS = 2
 
 
 @pytest.fixture(scope="module")
-def variant_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, dict, str]]:
-    """The first run of every variant this session selected, ``JOBS`` at a time: name -> run_suite's result."""
+def variant_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The first run of every variant this session selected, started ``JOBS`` at a time in the
+    background: name -> a future of run_suite's result. Each test waits for its own, so each test's
+    time bound covers its run (and at most the one beside it), not the whole set."""
     names = [
         item.callspec.params["variant"].name
         for item in request.session.items
@@ -68,19 +70,24 @@ def variant_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     ]
     base = tmp_path_factory.mktemp("variants")
 
-    def one(name: str) -> tuple[str, tuple[int, dict, str]]:
+    def one(name: str) -> tuple[int, dict, str]:
         folder = base / name
         folder.mkdir()
-        return name, run_suite([BY_NAME[name].scenario], write_manifest(name, folder), folder / "reports")
+        return run_suite([BY_NAME[name].scenario], write_manifest(name, folder), folder / "reports")
 
-    with ThreadPoolExecutor(JOBS) as pool:
-        return dict(pool.map(one, names))
+    pool = ThreadPoolExecutor(JOBS)
+    try:
+        yield {name: pool.submit(one, name) for name in names}
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
+@pytest.mark.timeout(600)
 def test_scenario_catches_broken_variant(variant: Variant, variant_runs: dict, tmp_path: Path) -> None:
     manifest = write_manifest(variant.name, tmp_path)
-    code, results, output = run_judged([variant.scenario], manifest, tmp_path / "reports", variant_runs[variant.name])
+    first = variant_runs[variant.name].result(timeout=600) if variant.name in variant_runs else None
+    code, results, output = run_judged([variant.scenario], manifest, tmp_path / "reports", first)
     assert code == 1, f"the scenario did not fail on {variant.name}:\n{output}"
     (record,) = results["scenarios"]
     assert record["verdict"] == "failed", record
