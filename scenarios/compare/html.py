@@ -17,6 +17,8 @@ import time
 from html import escape
 from typing import Any
 
+from .matrix import VARIANTS_GROUP
+
 LABELS = {
     "passed": "passed",
     "failed": "FAILED",
@@ -65,6 +67,8 @@ pre { background: #f6f7f9; padding: 8px; overflow-x: auto; font-size: 12px; whit
 code { font-family: ui-monospace, monospace; font-size: 12px; }
 figure.history { margin: 8px 0 18px; } figure.history img { max-width: 100%; border: 1px solid var(--line); }
 figure.history figcaption { font-size: 12px; color: #5b6270; } a.figref { font-size: 12px; color: var(--fail); margin-left: 6px; }
+.hl { font-size: 11px; color: #39414b; margin-top: 2px; font-variant-numeric: tabular-nums; }
+details#variants { margin-top: 18px; } details#variants summary { cursor: pointer; padding: 6px 0; }
 """
 
 
@@ -81,7 +85,9 @@ def _when(ts: float) -> str:
 
 
 def render_index(matrix: dict[str, Any]) -> str:
-    targets = matrix["targets"]
+    every = matrix["targets"]
+    targets = [t for t in every if t.get("group") != VARIANTS_GROUP]
+    variants = [t for t in every if t.get("group") == VARIANTS_GROUP]
     parts = [f"<h1>Scenario suite: comparison of {len(targets)} targets</h1>"]
     parts.append(
         f"<div class=\"sub\">Target contract v{matrix['contract']} · generated {_when(matrix['generated'])} · "
@@ -138,6 +144,8 @@ def render_index(matrix: dict[str, Any]) -> str:
         '<table class="matrix"><thead><tr class="groups">' + "".join(groups) + "</tr><tr>" + "".join(head)
         + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
+    if variants:
+        parts.append(_variants_html(matrix, variants))
     parts.append(
         "<h2>What each target declared</h2><ul>"
         + "".join(
@@ -155,11 +163,36 @@ def render_index(matrix: dict[str, Any]) -> str:
             )
             + (f"; ran only {escape(', '.join(t['selection']))}" if t["selection"] else "")
             + "</li>"
-            for t in targets
+            for t in every
         )
         + "</ul>"
     )
     return _page("Scenario comparison", "\n".join(parts))
+
+
+def _variants_html(matrix: dict[str, Any], variants: list[dict[str, Any]]) -> str:
+    """The broken variants, folded: a row each (its bug, the case it must fail, its verdict and the
+    check it failed by), so the matrix above stays the width of the real targets."""
+    rows = []
+    caught = 0
+    for t in variants:
+        for group in matrix["groups"]:
+            for row in group["rows"]:
+                cell = row["cells"].get(t["name"])
+                if cell is None or cell["verdict"] == "not_run":
+                    continue
+                caught += cell["verdict"] == "known_deviation"
+                rows.append(
+                    f'<tr data-variant="{escape(t["name"])}"><th class="case">{escape(t["name"].removeprefix("variant-"))}</th>'
+                    f'<td>{escape(t["note"].removeprefix("broken on purpose: "))}</td><th class="case">{escape(row["case"])}</th>'
+                    + _cell_html(cell, t["name"], row["case"]) + "</tr>"
+                )
+    return (
+        f'<details id="variants"><summary><b>Broken on purpose</b>: {len(variants)} variants of the reference '
+        f"(tests/variants), {caught} caught by their scenario as a known deviation</summary>"
+        '<table class="matrix"><thead><tr><th class="case">variant</th><th>its bug</th><th class="case">case</th>'
+        "<th>verdict</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></details>"
+    )
 
 
 def _cell_html(cell: dict[str, Any], target: str, case: str) -> str:
@@ -182,7 +215,8 @@ def _cell_html(cell: dict[str, Any], target: str, case: str) -> str:
         reason = cell["failed_checks"][0] if cell["failed_checks"] else cell["message"]
         if reason:
             why = f'<div class="why">{escape(reason[:140])}</div>'
-    return f"<td>{body}{why}</td>"
+    headline = f'<div class="hl">{escape(cell["headline"])}</div>' if cell.get("headline") else ""
+    return f"<td>{body}{headline}{why}</td>"
 
 
 def render_case(

@@ -139,6 +139,7 @@ def _cell(record: dict[str, Any], link: str) -> dict[str, Any]:
         "message": _first_line(record.get("message", "")),
         "stale": "stale known failure" in record.get("message", ""),
         "link": link,
+        "headline": record.get("headline", ""),
         **({"conditions": record.get("conditions")} if verdict == "inconclusive" else {}),
     }
 
@@ -157,8 +158,12 @@ def exit_status(matrix: dict[str, Any]) -> int:
     return 0 if matrix["ok"] else 1
 
 
+#: The group of the broken variants (tests/variants): the page shows them apart, folded.
+VARIANTS_GROUP = "broken on purpose (tests/variants)"
+
+
 def _group(manifest: str, note: str) -> str:
     """The column group of a target: its folder (a target's variants sit together), or the broken variants."""
     if note.startswith("broken on purpose"):
-        return "broken on purpose (tests/variants)"
+        return VARIANTS_GROUP
     return Path(manifest).parent.name or manifest

@@ -82,6 +82,8 @@ class Figure:
     bound: tuple[float, str] | None = None
     note: str = ""
     log_y: bool = False
+    #: the figure's number in a few words ("longest gap 169 ms"), shown in the matrix cell to compare targets
+    headline: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         self._trim()

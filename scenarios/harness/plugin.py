@@ -461,6 +461,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             "message": message,
             "log_excerpt": log_excerpts(run, item.stash.get(_LOG_MARKS, {})) if verdict != "unsupported" else {},
             "conditions": conditions.as_dict(),
+            "headline": next((f["headline"] for f in ev.figures if f.get("headline")), "") if ev is not None else "",
         }
     )
     return report

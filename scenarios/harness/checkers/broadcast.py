@@ -324,7 +324,10 @@ def latency_figure(
             p = by_key.get((pub, seq))
             if p is not None:
                 s.points.append((rel(p.start, origin), round((t - p.start) * 1000, 2)))
+    every = sorted(y for s in series.values() for _, y in s.points)
+    p99 = every[min(len(every) - 1, int(0.99 * len(every)))] if every else None
     fig = Figure("latency", title or "Publish-to-receive latency of each delivery, by when it was published", "series",
+                 headline=f"p99 {p99:.0f} ms" if p99 is not None else "",
                  y_label="latency (ms)", origin=origin, series=list(series.values()), log_y=True,
                  windows=[Window(rel(a, origin), rel(b, origin), label) for a, b, label in windows])
     lost = Series("missed by a member (at 0)", [(round(m["published"][0] - origin, 3), 0.0) for m in verdict.missing])

@@ -427,6 +427,7 @@ def fault_figure(timeline: dict[str, Any], outcomes: dict[str, str], victim_work
         windows=[Window(0.0, end, f"{w['fault']} {w['process']}" + ("" if w.get("end") else " (no end: a kill)"))],
     )
     victims = [s for s, rec in sessions.items() if rec.get("worker") == victim_worker]
+    worst = 0.0
     ordered = victims + [s for s in sessions if s not in victims]
     for sid in ordered:
         rec = sessions[sid]
@@ -443,8 +444,10 @@ def fault_figure(timeline: dict[str, Any], outcomes: dict[str, str], victim_work
         gaps = [(b - a, b) for a, b in itertools.pairwise(ticks) if a >= -1000]
         if sid not in victims and gaps:
             gap, at = max(gaps)
+            worst = max(worst, gap)
             if gap > BYSTANDER_GAP_S * 1000:
                 fig.marks.append(Mark(at / 1000, f"gap {gap / 1000:.1f} s", name, check=BYSTANDER_CHECK))
+    fig.headline = f"others' longest gap {worst:.0f} ms"
     return fig
 
 

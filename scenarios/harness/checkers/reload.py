@@ -392,4 +392,5 @@ def tick_figure(clients: list[Ticking], windows: list[ReloadWindow], title: str 
             fig.marks.append(Mark(rel(c.ticks[-1]["_t"], origin), "closed", c.name, check="no session is closed by a reload"))
     if worst is not None:
         fig.marks.append(Mark(rel(worst[3], origin), f"longest gap {worst[0] * 1000:.0f} ms", worst[1], check=GAP_CHECK))
+        fig.headline = f"longest gap {worst[0] * 1000:.0f} ms"
     return fig
