@@ -32,6 +32,7 @@ def test_the_reload_figure_marks_the_longest_gap_in_the_right_session() -> None:
     assert {c for lane in fig.lanes for _, c in lane.points} == {"gen 1", "gen 2"}
     (mark,) = [m for m in fig.marks if m.check == GAP_CHECK]
     assert mark.lane == "b" and mark.label == "longest gap 700 ms" and abs(mark.t - 1.6) < 1e-6
+    assert fig.headline == "longest gap 700 ms"  # the number the matrix cell shows
     assert fig.windows[0].start == 0.95 and fig.windows[0].label == "full"
 
 
@@ -132,3 +133,10 @@ def test_every_scenario_draws_a_figure_of_its_history() -> None:
                 missing.append(f"{path.name}::{node.name}")
     assert seen >= 30, seen  # the walk found the scenario tests
     assert not missing, f"scenarios without a figure: {missing}"
+
+
+def test_a_matrix_cell_shows_its_figures_number() -> None:
+    from scenarios.compare import matrix
+
+    cell = matrix._cell({"id": "x", "case": "x", "verdict": "passed", "headline": "p99 12 ms"}, "cases/t/x.html")
+    assert '<div class="hl">p99 12 ms</div>' in html._cell_html(cell, "t", "x")
