@@ -223,6 +223,17 @@ def test_matrix_page_in_a_real_browser(small_run, tmp_path: Path) -> None:
     for name, rgb in {"passed": (0xE3, 0xF4, 0xE8), "failed": (0xFD, 0xE2, 0xE1), "known deviation": (0xFF, 0xF1, 0xCC)}.items():
         assert rgb in colours, f"no {name} cell drawn in the screenshot"
     shutil.copyfile(shot, out / "matrix.png")
+    # An evidence page: its figure is embedded and drawn (the plot's first colour is on screen).
+    page = out / "cases" / "variant-sid_reuse" / "dead_session_push.html"
+    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert '<figure id="fig-dead_pushes"' in dom.stdout and 'src="data:image/png;base64,' in dom.stdout
+    shot = tmp_path / "evidence.png"
+    run = subprocess.run([*base, f"--screenshot={shot}", "--window-size=1400,1000", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
+    colours = {rgb for _, rgb in Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)}
+    assert (0x1F, 0x77, 0xB4) in colours, "the figure is not drawn on the evidence page"
+    shutil.copyfile(shot, out / "evidence.png")
 
 
 def test_probe_judgements() -> None:
