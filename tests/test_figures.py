@@ -140,3 +140,11 @@ def test_a_matrix_cell_shows_its_figures_number() -> None:
 
     cell = matrix._cell({"id": "x", "case": "x", "verdict": "passed", "headline": "p99 12 ms"}, "cases/t/x.html")
     assert '<div class="hl">p99 12 ms</div>' in html._cell_html(cell, "t", "x")
+
+
+def test_a_figure_keeps_a_few_marks_per_check_and_none_on_rows_left_out() -> None:
+    lanes = [Lane(f"s{i}") for i in range(MAX_LANES + 5)]
+    marks = [Mark(float(i), "bad", f"s{i}", check="c") for i in range(MAX_LANES + 5)] + [Mark(1.0, "info")]
+    doc = Figure("f", "t", "lanes", lanes=lanes, marks=marks).as_dict()
+    assert [m["lane"] for m in doc["marks"] if m["check"] == "c"] == ["s0", "s1", "s2", "s3"]
+    assert any(m["check"] is None for m in doc["marks"]) and "marks of each check shown" in doc["note"]

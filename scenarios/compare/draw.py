@@ -133,7 +133,9 @@ def _draw_marks(ax: Any, fig: dict[str, Any], failed: set[str] | frozenset[str])
     for m in merged.values():
         bad = bool(m.get("check")) and m["check"] in failed
         colour = FAILED if bad else "#333"
-        if m.get("lane") is not None and m["lane"] in names:
+        if m.get("lane") is not None:
+            if m["lane"] not in names:
+                continue  # its row is not shown
             y = names.index(m["lane"])
         elif m.get("y") is not None:
             y = m["y"]

@@ -232,17 +232,17 @@ def render_case(
         f'<span class="cell v-{verdict}" style="display:inline-block">{escape(LABELS.get(verdict, verdict))}'
         f"<small>{record.get('duration_s', 0):.2f}s</small></span>",
     ]
+    figures = (evidence or {}).get("figures") or []
+    if figures:  # the history first: where it went wrong, then the words
+        parts.append(_figures_html(figures, images or {}))
     if record.get("message"):
         parts.append(f"<h2>Message</h2><pre>{escape(record['message'])}</pre>")
     if evidence is not None:
-        figures = evidence.get("figures") or []
         marked: dict[str, list[str]] = {}  # check name -> ids of the figures that mark it
         for fig in figures:
             for m in fig.get("marks") or []:
                 if m.get("check") and fig["id"] not in marked.setdefault(m["check"], []):
                     marked[m["check"]].append(fig["id"])
-        if figures:
-            parts.append(_figures_html(figures, images or {}))
         rows = []
         for check in evidence.get("checks", []):
             mark = "passed" if check["passed"] else "failed"

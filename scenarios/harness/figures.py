@@ -32,6 +32,8 @@ from typing import Any
 MAX_POINTS = 20_000
 #: Rows of a lanes figure (the others are left out, and the figure says so).
 MAX_LANES = 40
+#: Marks kept per check (the first ones).
+MAX_MARKS_PER_CHECK = 4
 
 
 @dataclass
@@ -91,6 +93,15 @@ class Figure:
 
     def _trim(self) -> None:
         notes = [self.note] if self.note else []
+        per_check: dict[str | None, int] = {}
+        kept_marks = []
+        for m in self.marks:  # a few marks per check say where; a hundred hide the history
+            per_check[m.check] = per_check.get(m.check, 0) + 1
+            if per_check[m.check] <= MAX_MARKS_PER_CHECK:
+                kept_marks.append(m)
+        if len(kept_marks) < len(self.marks):
+            notes.append(f"the first {MAX_MARKS_PER_CHECK} marks of each check shown")
+            self.marks = kept_marks
         if len(self.lanes) > MAX_LANES:  # the rows with marks first, then the others in order
             notes.append(f"{MAX_LANES} of {len(self.lanes)} rows shown")
             marked = {m.lane for m in self.marks if m.lane is not None}
@@ -100,6 +111,8 @@ class Figure:
                     break
                 keep.add(id(lane))
             self.lanes = [lane for lane in self.lanes if id(lane) in keep][:MAX_LANES]
+            shown = {lane.name for lane in self.lanes}
+            self.marks = [m for m in self.marks if m.lane is None or m.lane in shown]
         total = sum(len(lane.points) for lane in self.lanes) + sum(len(s.points) for s in self.series)
         if total > MAX_POINTS:
             step = total / MAX_POINTS
