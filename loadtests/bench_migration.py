@@ -97,11 +97,13 @@ async def reconnect_peer(url: str, n: int) -> dict[str, Any]:
     return {"connects": n, "p50_ms": round(pct(times, 0.5), 3), "p99_ms": round(pct(times, 0.99), 3)}
 
 
-async def stream(client: ScenarioClient, stop: asyncio.Event, counts: dict[str, int], period: float) -> None:
+async def stream(client: ScenarioClient, stop: asyncio.Event, counts: dict[str, Any], period: float) -> None:
     seq = 0
     while not stop.is_set() and not client.is_closed:
         seq += 1
+        t0 = time.perf_counter()
         reply = await client.request("echo", seq=seq, data="x" * 200, timeout=30)
+        counts["rtt_ms"].append((time.perf_counter() - t0) * 1000.0)
         if reply.get("ok"):
             counts["echoes"] += 1
         else:
@@ -130,7 +132,7 @@ async def one_size(sessions: int, workers: int, echo_period_ms: float, streamers
 
         await asyncio.gather(*(c.request("timer_start", interval_ms=tick_ms) for c in clients))
         stop = asyncio.Event()
-        counts = {"echoes": 0, "echo_failures": 0}
+        counts: dict[str, Any] = {"echoes": 0, "echo_failures": 0, "rtt_ms": []}
         streaming = [asyncio.create_task(stream(c, stop, counts, echo_period_ms / 1000.0)) for c in clients[:streamers]]
         t0 = time.perf_counter()
         report["traffic"] = await migrate_all(server.admin, clients, workers, where)
@@ -139,6 +141,9 @@ async def one_size(sessions: int, workers: int, echo_period_ms: float, streamers
         await asyncio.gather(*streaming)
         report["traffic"]["echo_per_s_during"] = round(counts["echoes"] / elapsed, 1)
         report["traffic"]["echo_failures"] = counts["echo_failures"]
+        # The same traffic's own tail: an echo waits behind the same queues a move does.
+        report["traffic"]["echo_rtt_ms"] = {"p50": round(pct(counts["rtt_ms"], 0.5), 3),
+                                            "p99": round(pct(counts["rtt_ms"], 0.99), 3)}
         report["peer_reconnect"] = await reconnect_peer(url, min(sessions, 300))
 
         stats_after = await server.admin.stats()
@@ -201,8 +206,10 @@ def print_report(r: dict[str, Any]) -> None:
             f" per migration at the source p50 {p['source_ms']['p50']} ms, p99 {p['source_ms']['p99']} ms;"
             f" at the requester p50 {p['requester_ms']['p50']} ms, p99 {p['requester_ms']['p99']} ms"
         )
+    rtt = r["traffic"]["echo_rtt_ms"]
     print(f"  traffic during the moves: {r['traffic']['echo_per_s_during']} echo round trips/s from {r['streamers']}"
-          f" clients, ticks every {r['tick_ms']} ms on every session")
+          f" clients, ticks every {r['tick_ms']} ms on every session; an echo's round trip meanwhile p50 {rtt['p50']} ms,"
+          f" p99 {rtt['p99']} ms (the load's own tail, that a move waits behind too)")
     peer = r["peer_reconnect"]
     ratio = r["idle"]["source_ms"]["p50"] / peer["p50_ms"] if peer["p50_ms"] else float("nan")
     print(f"  peer: reconnect (TCP + WebSocket handshake) p50 {peer['p50_ms']} ms, p99 {peer['p99_ms']} ms;"
