@@ -141,6 +141,7 @@ async def drive_fanout(nodes, scenario_run, mode: str, evidence) -> FanoutHistor
     names = ["A", "B"]
 
     failures: list[str] = []
+    timeouts = 0  # of the failures, requests with no answer in time
 
     async def exercise(warm: list) -> None:  # links to the broadcaster, each worker's Redis connection
         try:
@@ -170,6 +171,7 @@ async def drive_fanout(nodes, scenario_run, mode: str, evidence) -> FanoutHistor
                 joins.append(c.subscribe(channel, timeout=REQUEST_TIMEOUT))
         replies = await asyncio.gather(*joins, return_exceptions=True)
         failures += [repr(r) for r in replies if isinstance(r, BaseException) or not r.get("ok")]
+        timeouts += sum(isinstance(r, TimeoutError) for r in replies)
         op_client = await _connect("B-publisher", nodes[1], "B")
         others.append(op_client)
         publishers = [
@@ -181,6 +183,7 @@ async def drive_fanout(nodes, scenario_run, mode: str, evidence) -> FanoutHistor
         churn_log = {"left": 0, "joined": 0, "aborted": 0, "arrived": 0}
 
         async def churn() -> None:
+            nonlocal timeouts
             n = 0
             while not stop_churn.is_set() and len(failures) < 10:
                 n += 1
@@ -220,6 +223,7 @@ async def drive_fanout(nodes, scenario_run, mode: str, evidence) -> FanoutHistor
                                 failures.append(f"subscribe {c.name} {channel}: {r}")
                 except (ConnectionError, TimeoutError) as exc:
                     failures.append(f"churn, {doing} at {time.time():.3f}: {exc!r}")
+                    timeouts += isinstance(exc, TimeoutError)
                 await asyncio.sleep(0.02)  # churn pace
 
         churner = asyncio.ensure_future(churn())
@@ -261,6 +265,7 @@ async def drive_fanout(nodes, scenario_run, mode: str, evidence) -> FanoutHistor
         published=len(published),
         published_ok=sum(1 for p in published if p.ok),
         failures=failures,
+        timeouts=timeouts,
         stuck_bytes=stuck_bytes,
         push_errors={
             names[i]: {k: counter_delta(before[i], after[i], k) for k in ("dead_session_pushes", "push_failed")}

@@ -277,3 +277,22 @@ def test_errors_checks() -> None:
     nothing = dataclasses.replace(good, seen={})
     assert failed(bc.check_errors(nothing)) == ["each bad broadcast request is refused with its code and name"]
     assert failed(bc.check_errors(dataclasses.replace(good, still={}))) == ["the session goes on after bad requests"]
+
+
+def test_model_a_subscribe_with_no_answer_in_time_makes_its_messages_neither_required_nor_forbidden() -> None:
+    unknown = Membership("news", 2.0, unknown=True)  # the request timed out: the server may have subscribed it
+    got = Recv(memberships=[unknown], received=[(4.1, "news", "p", 2, None)])
+    v = check_histories([got], PUBLISHED, end=10.0)
+    assert (v.required, len(v.missing), len(v.forbidden)) == (0, 0, 0)
+    # Before the request, a receipt is still forbidden.
+    early = Recv(memberships=[unknown], received=[(1.9, "news", "p", 1, None)])
+    assert len(check_histories([early], [_pub(1, 1.5)], end=10.0).forbidden) == 1
+
+
+def test_fanout_subscribe_failures_that_are_only_timeouts_are_a_timing_check() -> None:
+    late = bc.FanoutHistory(Violations(), published=1, published_ok=1, failures=["churn: TimeoutError()"], timeouts=1)
+    (check,) = [c for c in bc.check_fanout(late) if c.name == "every subscribe and unsubscribe is answered ok"]
+    assert not check.passed and check.timing
+    refused = bc.FanoutHistory(Violations(), published=1, published_ok=1, failures=["subscribe: {'ok': False}"], timeouts=0)
+    (check,) = [c for c in bc.check_fanout(refused) if c.name == "every subscribe and unsubscribe is answered ok"]
+    assert not check.passed and not check.timing

@@ -44,6 +44,8 @@ class Membership:
     join_ack: float = 0.0  # 0: no answer (yet)
     leave_sent: float = float("inf")
     leave_ack: float = float("inf")
+    #: the subscribe got no answer in time: the session may be a member from join_sent on (never required)
+    unknown: bool = False
 
 
 @dataclass
@@ -97,8 +99,11 @@ class BroadcastClient(LeanClient):
         self.memberships.append(m)
         try:
             reply = await self.request("subscribe", timeout=timeout, channel=channel, **fields)
-        except (ConnectionError, TimeoutError):
-            m.leave_sent = m.leave_ack = m.join_sent  # unknown: not counted as a member
+        except TimeoutError:
+            m.unknown = True  # the server may still subscribe it: its messages are neither required nor forbidden
+            raise
+        except ConnectionError:
+            m.leave_sent = m.leave_ack = m.join_sent  # the session is gone: never a member
             raise
         if reply.get("ok"):
             m.join_ack = time.time()
@@ -242,10 +247,12 @@ class Violations:
         }
 
 
-def _intervals(client: BroadcastClient, channel: str, end: float) -> list[Membership]:
+def _intervals(client: BroadcastClient, channel: str, end: float, *, sure: bool = True) -> list[Membership]:
+    """The client's memberships of ``channel``: answered ones, and (``sure`` False) those whose
+    subscribe got no answer in time too (they may have begun at their request)."""
     if channel == ALL:
         return [Membership(ALL, client.opened_at, client.opened_at)] if client.opened_at else []
-    return [m for m in client.memberships if m.channel == channel and m.join_ack]
+    return [m for m in client.memberships if m.channel == channel and (m.join_ack or (m.unknown and not sure))]
 
 
 DETAILED_MISSING = 100  # missing records that list the receipts around them (the rest are counted the same)
@@ -295,7 +302,7 @@ def check_histories(
                 last[(channel, pub)] = seq
             ivs = intervals.get(channel)
             if ivs is None:
-                ivs = intervals[channel] = _intervals(c, channel, end)
+                ivs = intervals[channel] = _intervals(c, channel, end, sure=False)
             origin = by_key.get(key)
             ok = origin is not None and origin.channel == channel and any(
                 m.join_sent <= t and origin.start <= m.leave_ack for m in ivs

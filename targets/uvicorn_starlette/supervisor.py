@@ -229,8 +229,9 @@ class Supervisor(Multiprocess):
                     self.save()
                     break
             kind = todo[0]
+            names = self.registered_names()  # before: a process killed on the way cannot say its name
             old = self.reload_workers(record) if kind == "workers" else self.reload_task_workers(record)
-            self.collect_retired(record, old)
+            self.collect_retired(record, old, names)
             done.add(kind)
         else:
             return  # stopping: nobody waits for this reload any more
@@ -260,11 +261,25 @@ class Supervisor(Multiprocess):
             record.forced_kills += self.stop_task_workers([proc])
         return old
 
-    def collect_retired(self, record: Any, pids: list[int]) -> None:
+    def registered_names(self) -> dict[int, tuple[str, str]]:
+        """pid -> (its key in the process table, its name), for every registered process."""
+        out = {}
+        for key, raw in self.redis.hgetall(self.keys.procs).items():
+            entry = json.loads(raw)
+            if isinstance(entry.get("pid"), int):
+                out[entry["pid"]] = (key, entry.get("name") or key)
+        return out
+
+    def collect_retired(self, record: Any, pids: list[int], names: dict[int, tuple[str, str]]) -> None:
+        """Each old process's exit record; one killed before its exit hook ran is recorded by name, and
+        its entry in the process table (which it could not remove) goes, or its name would be listed twice."""
         for pid in pids:
             raw = self.redis.hget(self.keys.retired, str(pid))
             if raw is None:  # killed before its exit hook ran
-                record.retired.append({"pid": pid, "exit_hook": False})
+                key, name = names.get(pid, (None, f"pid-{pid}"))
+                if key is not None:
+                    self.redis.hdel(self.keys.procs, key)
+                record.retired.append({"name": name, "pid": pid, "exit_hook": False})
                 continue
             self.redis.hdel(self.keys.retired, str(pid))
             entry = json.loads(raw)
