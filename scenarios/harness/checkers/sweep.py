@@ -44,14 +44,32 @@ class SweepHistory:
     leftovers: Leftovers = field(default_factory=Leftovers)
 
 
+def closed_by_sweep(reports: list[dict[str, Any]]) -> dict[int, float]:
+    """session -> when the sweep that closed it started (the server closed it then or after)."""
+    out: dict[int, float] = {}
+    for rep in sorted(reports, key=lambda r: r["started"]):
+        for sid in rep["closed"]:
+            out.setdefault(sid, rep["started"])
+    return out
+
+
+def live_through(client: SweptClient, rep: dict[str, Any], closed_by: dict[int, float]) -> bool:
+    """Whether the session was open from before the sweep to after it. The client's view of its end
+    comes late when the harness is busy (a close frame read after the next sweep began): a session
+    that an earlier sweep closed is not live for a later one, whatever the client saw when."""
+    if client.session in closed_by and closed_by[client.session] < rep["started"]:
+        return False
+    return client.opened_at < rep["started"] and (client.closed_at is None or client.closed_at > rep["ended"])
+
+
 def check(h: SweepHistory) -> list[Check]:
     by_session = {c.session: c for c in h.clients}
+    closed_by = closed_by_sweep(h.reports)
     missed, bad_missing, errors = [], [], []
     for rep in h.reports:
         seen = set(rep["seen"])
         for sid, client in by_session.items():
-            live_through = client.opened_at < rep["started"] and (client.closed_at is None or client.closed_at > rep["ended"])
-            if live_through and sid not in seen:
+            if live_through(client, rep, closed_by) and sid not in seen:
                 missed.append({"sweep": rep["sweep"], "session": sid, "client": client.name, "worker": client.worker})
         for sid in rep["info_missing"]:
             found = by_session.get(sid)
@@ -187,11 +205,11 @@ def figure(h: SweepHistory) -> Figure | None:
         if c.group == "doomed" and (c.close_frame is None or c.close_frame[0] != SWEPT_CODE):
             fig.marks.append(Mark(rel(c.closed_at or end, origin), "no 4001", c.name, check=CLOSE_CHECK))
     missed = 0
+    closed_by = closed_by_sweep(h.reports)
     for rep in h.reports:
         seen = set(rep["seen"])
         for sid, c in by_session.items():
-            live = c.opened_at < rep["started"] and (c.closed_at is None or c.closed_at > rep["ended"])
-            if live and sid not in seen and missed < MAX_MARKS:
+            if live_through(c, rep, closed_by) and sid not in seen and missed < MAX_MARKS:
                 missed += 1
                 fig.marks.append(Mark(rel(rep["started"], origin), f"missed by sweep {rep['sweep']}", c.name, check=MISSED_CHECK))
     for d in h.disturbed[:MAX_MARKS]:
