@@ -182,6 +182,10 @@ def test_small_comparison_evidence_pages(small_run) -> None:
     _, _, out, doc = small_run
     links = [c["link"] for g in doc["groups"] for r in g["rows"] for c in r["cells"].values() if c["verdict"] != "not_run"]
     assert links and all(link and (out / link).is_file() for link in links), links
+    # Every evidence page of a case that ran its checks shows a figure of its history, drawn.
+    for link in links:
+        text = (out / link).read_text()
+        assert '<figure id="fig-' in text and 'src="data:image/png;base64,' in text, link
     index = (out / "index.html").read_text()
     # The broken variants are folded apart, a row each, so the matrix keeps the real targets' width.
     assert '<details id="variants">' in index and index.count('<tr data-variant="variant-sid_reuse">') == 1

@@ -60,6 +60,9 @@ def test_alternative_target_passes_what_it_declares(manifest: Path, tmp_path: Pa
         probe = verdicts.get(f"contract_probe[{cap}]", "passed")  # heartbeat has no probe of its own
         assert probe in ({"passed"} | ({"unsupported"} if cap not in declared else set())), (cap, probe)
     assert not any(s["forced"] or s["leftover_pids"] for s in results["target_stops"]), results["target_stops"]
+    # Every case that passed drew its history (issue 22: each evidence page has its figure, not empty).
+    bare = [r["case"] for r in results["scenarios"] if r["verdict"] == "passed" and not r.get("figures")]
+    assert not bare, f"passed without a figure of their history: {bare}"
 
 
 @pytest.mark.parametrize("manifest", TARGETS, ids=[p.parent.name for p in TARGETS])

@@ -473,9 +473,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             "log_excerpt": log_excerpts(run, item.stash.get(_LOG_MARKS, {})) if verdict != "unsupported" else {},
             "conditions": conditions.as_dict(),
             "headline": next((f["headline"] for f in ev.figures if f.get("headline")), "") if ev is not None else "",
+            #: figures of the history with something drawn in them (a point, a bar or a series point)
+            "figures": sum(1 for f in ev.figures if _drawn(f)) if ev is not None else 0,
         }
     )
     return report
+
+
+def _drawn(figure: dict[str, Any]) -> bool:
+    """Whether a figure has data: a dot or a bar in a row, or a point of a series."""
+    lanes = figure.get("lanes") or []
+    return any(lane.get("points") or lane.get("bars") for lane in lanes) or any(s.get("points") for s in figure.get("series") or [])
 
 
 def _timing_only(ev: Evidence | None, call: pytest.CallInfo) -> bool:
