@@ -8,10 +8,13 @@ scenarios: ``./run tests`` runs the whole suite against it (``scenarios/``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,10 +41,11 @@ def run_suite(scenario_files: list[str], manifest: Path, report_dir: Path) -> tu
 
 def run_judged(
     scenario_files: list[str], manifest: Path, report_dir: Path, first: tuple[int, dict, str] | None = None,
+    gate: Gate | None = None,
 ) -> tuple[int, dict, str]:
     """``run_suite`` (or its ``first`` result), run again alone if a case was inconclusive (contract
     11.4: the machine was too busy to judge its timing); skipped, with the conditions, if it is
-    inconclusive again and once more."""
+    inconclusive again and once more. ``gate``: the runs beside it, held back meanwhile."""
     code, results, output = first if first is not None else run_suite(scenario_files, manifest, report_dir)
     for attempt in (2, 3):
         starved = [r for r in results.get("scenarios", []) if r["verdict"] == "inconclusive"]
@@ -49,8 +53,44 @@ def run_judged(
             return code, results, output
         if attempt == 3:
             pytest.skip(f"inconclusive twice, the machine too busy to judge: {[r['conditions']['why'] for r in starved]}")
-        code, results, output = run_suite(scenario_files, manifest, report_dir.with_name(f"{report_dir.name}-{attempt}"))
+        with gate.alone() if gate is not None else contextlib.nullcontext():
+            code, results, output = run_suite(scenario_files, manifest, report_dir.with_name(f"{report_dir.name}-{attempt}"))
     return code, results, output
+
+
+class Gate:
+    """Runs share the machine, except one that must run alone: it waits for the others to end and
+    holds new ones back until it is done."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running = 0
+        self._alone = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._alone)
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._alone)
+            self._alone = True
+            self._cond.wait_for(lambda: self._running == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._alone = False
+                self._cond.notify_all()
 
 
 #: Variant runs at once. Each is mostly waiting on its target; two share CI's two cores. A case
@@ -70,24 +110,28 @@ def variant_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     ]
     base = tmp_path_factory.mktemp("variants")
 
+    gate = Gate()
+
     def one(name: str) -> tuple[int, dict, str]:
         folder = base / name
         folder.mkdir()
-        return run_suite([BY_NAME[name].scenario], write_manifest(name, folder), folder / "reports")
+        with gate.shared():
+            return run_suite([BY_NAME[name].scenario], write_manifest(name, folder), folder / "reports")
 
     pool = ThreadPoolExecutor(JOBS)
     try:
-        yield {name: pool.submit(one, name) for name in names}
+        yield {name: pool.submit(one, name) for name in names}, gate
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
 @pytest.mark.timeout(600)
-def test_scenario_catches_broken_variant(variant: Variant, variant_runs: dict, tmp_path: Path) -> None:
+def test_scenario_catches_broken_variant(variant: Variant, variant_runs: tuple[dict, Gate], tmp_path: Path) -> None:
     manifest = write_manifest(variant.name, tmp_path)
-    first = variant_runs[variant.name].result(timeout=600) if variant.name in variant_runs else None
-    code, results, output = run_judged([variant.scenario], manifest, tmp_path / "reports", first)
+    futures, gate = variant_runs
+    first = futures[variant.name].result(timeout=600) if variant.name in futures else None
+    code, results, output = run_judged([variant.scenario], manifest, tmp_path / "reports", first, gate)
     assert code == 1, f"the scenario did not fail on {variant.name}:\n{output}"
     (record,) = results["scenarios"]
     assert record["verdict"] == "failed", record
