@@ -13,7 +13,7 @@ from pathlib import Path
 from scenarios.compare import draw, html, runner
 from scenarios.harness.checkers import dead_push, migration, ports
 from scenarios.harness.checkers.reload import GAP_CHECK, Ticking, tick_figure
-from scenarios.harness.figures import MAX_LANES, MAX_POINTS, Figure, Lane, Mark, Series, per_second
+from scenarios.harness.figures import MAX_LANES, MAX_POINTS, Figure, Lane, Mark, Series
 from scenarios.harness.reloads import ReloadWindow
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -44,11 +44,6 @@ def test_a_figure_keeps_the_rows_with_marks_and_samples_too_many_points() -> Non
     assert len(names) == MAX_LANES and f"s{MAX_LANES + 5}" in names
     assert sum(len(lane["points"]) for lane in doc["lanes"]) <= MAX_POINTS
     assert "rows shown" in doc["note"] and "points shown" in doc["note"]
-
-
-def test_per_second_counts() -> None:
-    assert per_second([10.1, 10.2, 11.5], 10.0) == [(0.0, 2.0), (1.0, 1.0)]
-    assert per_second([], 10.0, end=12.0)[-1] == (2.0, 0.0)
 
 
 def test_the_port_figure_draws_listed_spans_and_marks_a_hang_and_a_contradiction() -> None:

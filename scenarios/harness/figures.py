@@ -130,19 +130,6 @@ def rel(t: float, origin: float) -> float:
     return round(t - origin, 3)
 
 
-def per_second(times: list[float], origin: float, end: float | None = None) -> list[tuple[float, float]]:
-    """Counts per whole second from ``origin`` (times are wall clock): [(second, count), ...]."""
-    if not times and end is None:
-        return []
-    last = int(max([*(t - origin for t in times), (end - origin) if end is not None else 0.0])) + 1
-    counts = [0] * max(1, last)
-    for t in times:
-        i = int(t - origin)
-        if 0 <= i < len(counts):
-            counts[i] += 1
-    return [(float(i), float(n)) for i, n in enumerate(counts)]
-
-
 @dataclass
 class Answer:
     """One request of a request-and-answer scenario, for :func:`answers_figure`."""

@@ -595,6 +595,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(
             f"WARNING: [known_failures] names cases this run did not collect: {', '.join(run.unmatched_known_failures)}"
         )
+    for problem in run.drawing_problems[:5]:
+        terminalreporter.write_line(f"WARNING: a figure could not be drawn (its data is in the evidence): {problem}")
     leftovers = [s for s in run.target_stops if s["leftover_pids"] or s["forced"]]
     for s in leftovers:
         terminalreporter.write_line(f"WARNING: target {s['label']} had to be killed: {s}")
