@@ -23,6 +23,7 @@ Everything here is pure data.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -168,3 +169,24 @@ def steps_figure(fig_id: str, title: str, checks: list[Any], *, strip: str = "")
         row = re.sub(strip, "", c.name) if strip else c.name
         answers.append(Answer(row[:60], c.passed, json.dumps(c.observed, default=str)[:48], c.name))
     return answers_figure(fig_id, title, answers)
+
+
+def ticks_through_phases(
+    fig_id: str, title: str, *, x_label: str, y_label: str, phases: list[tuple[str, float, float]],
+    tick_times: dict[str, list[float]], gap_bound_s: float, check: str, gaps_from_first_phase: bool = False,
+) -> Figure | None:
+    """Sessions' ticks (a row each) through the phases of an ordeal (shaded, time 0 at the first);
+    each row's longest gap past ``gap_bound_s`` marked for ``check`` (``gaps_from_first_phase``:
+    only gaps that begin once the first phase has)."""
+    if not tick_times or not phases:
+        return None
+    origin = phases[0][1]
+    fig = Figure(fig_id, title, "lanes", x_label=x_label, y_label=y_label, origin=origin,
+                 windows=[Window(rel(a, origin), rel(b, origin), name) for name, a, b in phases])
+    for name, times in tick_times.items():
+        fig.lanes.append(Lane(name, [(rel(t, origin), "tick") for t in times]))
+        gaps = [(b - a, b) for a, b in itertools.pairwise(times) if not gaps_from_first_phase or a >= origin]
+        if gaps and max(gaps)[0] > gap_bound_s:
+            gap, at = max(gaps)
+            fig.marks.append(Mark(rel(at, origin), f"gap {gap:.1f} s", name, check=check))
+    return fig

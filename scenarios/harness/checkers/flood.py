@@ -11,12 +11,11 @@ not grow by more than a few lines per connection.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..evidence import Check
-from ..figures import Figure, Lane, Mark, Window, rel
+from ..figures import Figure, Lane, Mark, rel, ticks_through_phases
 from ..spec import Leftovers, check_leftovers, named
 from .faults import BYSTANDER_GAP_S, Bystander, check_bystanders
 
@@ -113,18 +112,14 @@ NEWCOMER_CHECK = "a client that connects during the flood is served or refused w
 def figure(h: FloodHistory) -> Figure | None:
     """The established sessions' ticks through the flood, the hold and the recovery (shaded); the
     newcomer's try and a bystander's gap past the bound marked."""
-    if not h.tick_times or not h.phases:
+    fig = ticks_through_phases(
+        "flood", "Established sessions' ticks through the flood of connections, the hold and the recovery",
+        x_label="seconds from the start of the flood", y_label="session", phases=h.phases, tick_times=h.tick_times,
+        gap_bound_s=BYSTANDER_GAP_S, check=BYSTANDER_CHECK, gaps_from_first_phase=True,
+    )
+    if fig is None:
         return None
-    origin = h.phases[0][1]
-    fig = Figure("flood", "Established sessions' ticks through the flood of connections, the hold and the recovery",
-                 "lanes", x_label="seconds from the start of the flood", y_label="session", origin=origin,
-                 windows=[Window(rel(a, origin), rel(b, origin), name) for name, a, b in h.phases])
-    for name, times in h.tick_times.items():
-        fig.lanes.append(Lane(name, [(rel(t, origin), "tick") for t in times]))
-        gaps = [(b - a, b) for a, b in itertools.pairwise(times) if a >= origin]
-        if gaps and max(gaps)[0] > BYSTANDER_GAP_S:
-            gap, at = max(gaps)
-            fig.marks.append(Mark(rel(at, origin), f"gap {gap:.1f} s", name, check=BYSTANDER_CHECK))
+    origin = fig.origin
     if h.newcomer_at is not None:
         a, b = h.newcomer_at
         fig.lanes.append(Lane("newcomer", bars=[(rel(a, origin), rel(b, origin), h.newcomer or "not tried")]))

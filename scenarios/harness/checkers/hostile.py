@@ -11,12 +11,11 @@ the last reply are accepted.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..evidence import Check
-from ..figures import Figure, Lane, Mark, Window, rel
+from ..figures import Figure, ticks_through_phases
 from ..spec import Leftovers, check_leftovers, named
 
 MAX_TIMERS = 100
@@ -196,17 +195,8 @@ BYSTANDER_CHECK = "the other sessions are served throughout (ticks without a gap
 
 def figure(h: HostileHistory) -> Figure | None:
     """The bystanders' ticks through each phase of the attack (shaded); a gap past the bound marked."""
-    if not h.tick_times or not h.phases:
-        return None
-    origin = h.phases[0][1]
-    fig = Figure("bystanders", "Bystanders' ticks (every 50 ms) through each phase of the attack", "lanes",
-                 x_label="seconds from the first bad request", y_label="bystander", origin=origin,
-                 windows=[Window(rel(a, origin), rel(b, origin), name) for name, a, b in h.phases])
-    for name, times in h.tick_times.items():
-        fig.lanes.append(Lane(name, [(rel(t, origin), "tick") for t in times]))
-        gaps = [(b - a, b) for a, b in itertools.pairwise(times)]
-        if gaps:
-            gap, at = max(gaps)
-            if gap > BYSTANDER_GAP_S:
-                fig.marks.append(Mark(rel(at, origin), f"gap {gap:.1f} s", name, check=BYSTANDER_CHECK))
-    return fig
+    return ticks_through_phases(
+        "bystanders", "Bystanders' ticks (every 50 ms) through each phase of the attack",
+        x_label="seconds from the first bad request", y_label="bystander", phases=h.phases, tick_times=h.tick_times,
+        gap_bound_s=BYSTANDER_GAP_S, check=BYSTANDER_CHECK,
+    )
