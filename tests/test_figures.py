@@ -143,3 +143,86 @@ def test_a_figure_keeps_a_few_marks_per_check_and_none_on_rows_left_out() -> Non
     doc = Figure("f", "t", "lanes", lanes=lanes, marks=marks).as_dict()
     assert [m["lane"] for m in doc["marks"] if m["check"] == "c"] == ["s0", "s1", "s2", "s3"]
     assert any(m["check"] is None for m in doc["marks"]) and "marks of each check shown" in doc["note"]
+
+
+# -- the drawer process ------------------------------------------------------------------------
+
+
+def evidence_files(folder: Path, n: int) -> list[Path]:
+    fig = Figure("ticks", "Ticks", "lanes", lanes=[Lane("a", [(0.1, "gen 1")])]).as_dict()
+    folder.mkdir(exist_ok=True)
+    paths = [folder / f"test_{i}.json" for i in range(n)]
+    for p in paths:
+        p.write_text(json.dumps({"checks": [], "facts": {}, "figures": [fig]}))
+    return paths
+
+
+def test_the_drawer_draws_at_the_lowest_priority_during_the_run_and_at_ours_at_its_end(tmp_path: Path) -> None:
+    import os
+
+    paths = evidence_files(tmp_path, 3)
+    (tmp_path / "test_bad.json").write_text("{not json")
+    drawer = draw.Drawer()
+    drawer.submit(paths[0])
+    drawer.submit(tmp_path / "test_bad.json")
+    pid = drawer.pid
+    assert pid is not None
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, ours + draw.DRAWING_NICE)
+    for p in paths[1:]:
+        drawer.submit(p)
+    if drawer.hurry():  # allowed to raise it back (a privileged user): the same process, at our priority
+        assert drawer.pid == pid and os.getpriority(os.PRIO_PROCESS, pid) == ours
+    problems = drawer.finish(timeout=60)
+    assert all(draw.png_path(p, "ticks").read_bytes().startswith(PNG) for p in paths)
+    assert len(problems) == 1 and "test_bad.json" in problems[0] and "JSONDecodeError" in problems[0], problems
+    assert drawer.pid is None and not Path(f"/proc/{pid}").exists()
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_where_it_may_not_raise_the_priority_the_drawer_draws_the_rest_in_a_new_process(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    paths = evidence_files(tmp_path, 4)
+    drawer = draw.Drawer()
+    for p in paths:
+        drawer.submit(p)
+    first = drawer.pid
+
+    def refuse(*_args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    assert drawer.hurry() is False
+    assert drawer.pid != first and not Path(f"/proc/{first}").exists()
+    assert os.getpriority(os.PRIO_PROCESS, drawer.pid) == os.getpriority(os.PRIO_PROCESS, 0)
+    assert drawer.finish(timeout=60) == []
+    assert all(draw.png_path(p, "ticks").read_bytes().startswith(PNG) for p in paths)
+
+
+def test_a_drawing_that_never_ends_is_named_and_its_process_stopped_at_the_bound(tmp_path: Path) -> None:
+    import os
+
+    stuck = tmp_path / "test_stuck.json"
+    os.mkfifo(stuck)  # reading it blocks until a writer comes: none will
+    drawer = draw.Drawer()
+    drawer.submit(stuck)
+    pid = drawer.pid
+    problems = drawer.finish(timeout=1.5)
+    assert len(problems) == 1 and "1 evidence file(s) not drawn within 1.5 s" in problems[0], problems
+    assert "test_stuck.json" in problems[0]
+    assert drawer.pid is None
+    assert drawer.hurry()  # no process left: nothing to do
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_drawer_that_dies_is_named_at_once_not_waited_for(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    paths = evidence_files(tmp_path, 1)
+    drawer = draw.Drawer()
+    drawer.submit(paths[0])
+    os.kill(drawer.pid, signal.SIGKILL)
+    problems = drawer.finish(timeout=60)
+    assert len(problems) == 1 and "the drawer ended (exit code -9)" in problems[0], problems

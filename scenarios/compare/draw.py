@@ -2,8 +2,9 @@
 
 :func:`draw` turns one figure (its JSON form) into PNG bytes; :func:`draw_evidence` draws every
 figure of one evidence file into ``<evidence>.<figure id>.png`` next to it. The plugin runs
-:func:`draw_evidence` in a process of its own at the lowest priority while the run goes on
-(:class:`Drawer`), so drawing costs the suite almost nothing; the evidence pages embed the
+:func:`draw_evidence` in a process of its own at the lowest priority while the run goes on, and
+at the harness's priority once it is over (:class:`Drawer`), so drawing costs the suite almost
+nothing; the evidence pages embed the
 files (``data:`` URIs, so a page works offline from ``file://``).
 
 A mark that names a failed check is drawn red and larger, with its label: the place in the
@@ -15,7 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from concurrent.futures import Future, ProcessPoolExecutor
+import time
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -150,47 +151,157 @@ def _draw_marks(ax: Any, fig: dict[str, Any], failed: set[str] | frozenset[str])
 
 
 def draw_evidence(evidence_path: str) -> list[str]:
-    """Draw every figure of one evidence file next to it; the PNG files written."""
+    """Draw every figure of one evidence file next to it; the PNG files written.
+
+    Each file is written whole or not at all (a temporary file renamed), so a drawer stopped
+    midway leaves no half image for a page to embed."""
     path = Path(evidence_path)
     doc = json.loads(path.read_text())
     failed = {c["name"] for c in doc.get("checks", []) if not c.get("passed")}
     written = []
     for fig in doc.get("figures") or []:
         out = png_path(path, fig["id"])
-        out.write_bytes(draw(fig, failed))
+        tmp = out.with_name(out.name + ".part")
+        tmp.write_bytes(draw(fig, failed))
+        os.replace(tmp, out)
         written.append(str(out))
     return written
 
 
-def _lower_priority() -> None:
+#: The drawer's priority while the run goes on (added to the harness's niceness): the lowest.
+DRAWING_NICE = 19
+
+
+def _serve(jobs: Any, done: Any) -> None:
+    """The drawer process: draws each evidence path it is given until ``None``; sends
+    ``(path, problem or None)`` for each on ``done`` (a pipe: no thread of its own, so the one
+    thread of this process carries the priority the harness gives it)."""
+    while (path := jobs.get()) is not None:
+        try:
+            draw_evidence(path)
+            done.send((path, None))
+        except Exception as exc:  # a figure that cannot be drawn must not stop the others
+            done.send((path, f"{Path(path).name}: {type(exc).__name__}: {exc}"))
+
+
+def _set_priority(pid: int, niceness: int) -> None:
+    """Set every thread of ``pid`` to ``niceness`` (Linux keeps it per thread). Raising a priority
+    needs privilege: ``PermissionError`` otherwise."""
     try:
-        os.nice(19)
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     except OSError:
-        pass
+        tids = [pid]
+    for tid in tids:
+        os.setpriority(os.PRIO_PROCESS, tid, niceness)
 
 
 class Drawer:
-    """Draws evidence files' figures in one low-priority process beside the run (started on first use)."""
+    """Draws evidence files' figures in one process of its own beside the run (started on first use).
+
+    While the run goes on, the process runs at the lowest priority (nice 19, set by the harness
+    as soon as it starts), so no scenario's timing waits on a figure. When the run ends
+    (:meth:`finish`), nothing's timing is at stake any more, and a nice-19 process on a busy
+    machine can be starved for minutes (where the kernel does not group processes by session,
+    nice counts machine-wide: beside three busy loops at nice 0 it got about 1 % of a CPU, and a
+    one-case run took 111 s instead of 15). So ``finish`` gives the process the harness's own
+    priority, or, where that is not allowed (only a privileged user may raise a priority), stops
+    it and draws what is left in a new process at the harness's priority.
+    """
 
     def __init__(self) -> None:
-        self._pool: ProcessPoolExecutor | None = None
-        self._futures: list[Future] = []
+        self._ctx = get_context("spawn")
+        self._proc: Any = None
+        self._jobs: Any = None
+        self._done: Any = None
+        self._pending: list[str] = []
+        self._problems: list[str] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def _start(self, nice: int) -> None:
+        self._jobs = self._ctx.Queue()
+        self._done, child_end = self._ctx.Pipe(duplex=False)
+        self._proc = self._ctx.Process(target=_serve, args=(self._jobs, child_end), name="figure-drawer", daemon=True)
+        self._proc.start()
+        child_end.close()
+        if nice:
+            try:  # lowering a priority is always allowed; it has one thread yet
+                _set_priority(self._proc.pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
+            except OSError:
+                pass
 
     def submit(self, evidence_path: Path) -> None:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_lower_priority)
-        self._futures.append(self._pool.submit(draw_evidence, str(evidence_path)))
+        if self._proc is None:
+            self._start(DRAWING_NICE)
+        while self._collect(0):  # what it has finished, so its pipe never fills
+            pass
+        self._pending.append(str(evidence_path))
+        self._jobs.put(str(evidence_path))
+
+    def _collect(self, timeout: float) -> bool:
+        """Take one report, waiting at most ``timeout``; whether there was one."""
+        try:
+            if not self._done.poll(timeout):
+                return False
+            path, problem = self._done.recv()
+        except (EOFError, OSError):  # the process is gone
+            return False
+        self._pending.remove(path)
+        if problem:
+            self._problems.append(problem)
+        return True
+
+    def hurry(self) -> bool:
+        """Give the drawer the harness's own priority: the run is over. If that is not allowed,
+        stop it and start a new one at this priority with what is left; whether it was reniced."""
+        if self._proc is None:
+            return True
+        try:
+            _set_priority(self._proc.pid, os.getpriority(os.PRIO_PROCESS, 0))
+            return True
+        except (PermissionError, ProcessLookupError):
+            pass
+        while self._collect(0):  # what it finished; what it is drawing now is drawn again
+            pass
+        self._stop()
+        if self._pending:
+            self._start(0)
+            for path in self._pending:
+                self._jobs.put(path)
+        return False
+
+    def _stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.kill()
+        self._proc.join(5)
+        self._jobs.cancel_join_thread()
+        self._jobs.close()
+        self._done.close()
+        self._proc = None
 
     def finish(self, timeout: float = 120.0) -> list[str]:
-        """Wait for every drawing (bounded), stop the process; the problems met."""
-        problems = []
-        for fut in self._futures:
-            try:
-                fut.result(timeout=timeout)
-            except Exception as exc:  # a figure that cannot be drawn must not lose the run's report
-                problems.append(f"{type(exc).__name__}: {exc}")
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        self._pool = None
-        self._futures = []
+        """Wait for every drawing (at most ``timeout`` in all, at the harness's priority), stop
+        the process; the problems met, each naming its evidence file."""
+        if self._proc is None:
+            return []
+        self.hurry()
+        deadline = time.monotonic() + timeout
+        while self._pending and (left := deadline - time.monotonic()) > 0:
+            if not self._collect(min(left, 1.0)) and not self._proc.is_alive():  # all it sent is read
+                break
+        if self._pending:
+            alive = self._proc.is_alive()
+            why = f"not drawn within {timeout:g} s" if alive else f"not drawn: the drawer ended (exit code {self._proc.exitcode})"
+            self._problems.append(
+                f"{len(self._pending)} evidence file(s) {why} (first: {Path(self._pending[0]).name}); "
+                "their pages draw the figures themselves"
+            )
+        else:
+            self._jobs.put(None)
+            self._proc.join(10)
+        self._stop()  # kills only what did not end
+        problems, self._problems, self._pending = self._problems, [], []
         return problems
