@@ -153,18 +153,29 @@ async def drive_ticks(target) -> TicksHistory:
         h.reloaded_before = bool(status_before["history"])
         h.first_gens = {n: p.get("generation") for n, p in procs0.items()}
 
-        # 1. A full reload while a task runs, and two requests merged into it. The task holds the
-        # old task worker for TASK_MS (contract 3.1: a task runs its full sleep_ms, reload or not),
-        # so the reload is still running when the two other requests come: by construction, not luck.
+        # 1. A full reload while a task runs, and two requests merged into it. Once the task has
+        # started, it holds its old task worker for TASK_MS (contract 3.1: a task runs its full
+        # sleep_ms, reload or not), so the reload runs that long. But the task's reply means
+        # "queued": on a busy machine the reload can come first, the queued task goes to the
+        # successor and the reload is over at once. So the other two requests leave together,
+        # right after the first, and the checker judges each by when it arrived (its reply,
+        # or the reload it started, against the first one's `finished`).
         task_sent = time.time()  # the task cannot start before its request leaves
         h.task = await tasker.request("task", data="in flight", sleep_ms=TASK_MS)
         window = ReloadWindow("full + merged requests", time.time())
         first = await admin.call("POST", "/v1/reload", {"scope": "all"})
-        second = await admin.call("POST", "/v1/reload", {"scope": "all"})
-        third = await asker.request("reload", scope="task_workers")
+
+        async def second_request() -> dict:
+            reply = await admin.call("POST", "/v1/reload", {"scope": "all"})
+            return {**reply, "_t": time.time()}
+
+        second, third = await asyncio.gather(second_request(), asker.request("reload", scope="task_workers"))
         window.record = await wait_done(admin, first["reload"])
         window.done = time.time()
         h.windows.append(window)
+        for key, reply in (("second", second), ("third", third)):
+            if reply.get("merged") is False and reply.get("reload") not in (None, first.get("reload")):
+                h.merge_records[key] = await wait_done(admin, reply["reload"])  # it started a reload of its own
         snapshots.append(await admin.stats())
         h.merge = {"first": first, "second": second, "third": third}
         await settle(lambda: len(tasker.evs("task_result")) >= 1, timeout=5)

@@ -264,7 +264,7 @@ def test_reload_retired_processes_must_have_cleared_their_timers_and_nobody_was_
 
 def _ticks_history(**change) -> reload.TicksHistory:
     windows = [
-        _window("full", 0.1, 0.2, 2, merged_requests=2),
+        _window("full", 0.1, 0.2, 2, merged_requests=2, started=0.1, finished=0.2),
         _window("task", 0.3, 0.4, 3),
         _window("worker", 0.5, 0.6, 4),
         _window("signal", 0.7, 0.8, 5),
@@ -275,7 +275,7 @@ def _ticks_history(**change) -> reload.TicksHistory:
         task={"ok": True, "task": 1}, task_results=[{"result": {"data": "in flight"}}], task_held_ms=1501.0,
         worker_reload_reply={"ok": True}, windows=windows,
         clients=[reload.Ticking("a", _ticks(100, [1] * 10 + [2] * 20 + [3] * 20 + [4] * 20 + [5] * 30), final=100)],
-        marked=True, snapshots=5, reload_counters=dict(reload.EXPECTED_RELOAD_COUNTERS),
+        marked=True, snapshots=5, reload_counters={"requested": 6, "merged": 2, "completed": 4, "forced_kills": 0},
         status_generation=5, process_generations={"worker-0": 5}, last_tick_generations=[5], old_processes=8,
     )
     return dataclasses.replace(base, **change)
@@ -288,7 +288,7 @@ def test_reload_ticks_a_correct_history_passes() -> None:
 @pytest.mark.parametrize(
     ("change", "names"),
     [
-        ({"merge": {"first": {"reload": 1}, "second": {"reload": 2, "merged": False}, "third": {"reload": 1, "merged": True}}}, ["a reload requested while one runs is merged into it"]),
+        ({"merge": {"first": {"reload": 1}, "second": {"reload": 2, "merged": False}, "third": {"reload": 1, "merged": True}}}, ["a reload requested while one runs is merged into it", "reload counters and generations are as expected"]),
         ({"task_results": [], "task_held_ms": None}, ["a task in flight during the reload completes and its result arrives once", "the task in flight ran its full sleep_ms (the reload did not cut it short)"]),
         ({"task_held_ms": 300.0}, ["the task in flight ran its full sleep_ms (the reload did not cut it short)"]),
         ({"workers_replaced": ["worker-0"]}, ["a task-worker-only reload replaces the task workers and nothing else"]),
@@ -302,6 +302,50 @@ def test_reload_ticks_a_correct_history_passes() -> None:
 )
 def test_reload_ticks_each_bug_fails_its_check(change: dict, names: list[str]) -> None:
     assert failed(reload.check_ticks_history(_ticks_history(**change))) == names
+
+
+def _late(first_record: dict, **merge) -> reload.TicksHistory:
+    """The history where some of the second and third requests started reloads of their own."""
+    h = _ticks_history()
+    h.windows[0].record.update(first_record)
+    h.merge.update({k: v for k, v in merge.items() if k in ("second", "third")})
+    h.merge_records.update(merge.get("records", {}))
+    return h
+
+
+def test_a_request_that_came_after_the_first_reload_was_done_may_start_its_own() -> None:
+    """The first reload can be short (its task was still queued and went to the successor): a
+    request that reached the target after it was done starts a new reload, and the counters
+    expect one more completed reload and one fewer merge."""
+    h = _late({"merged_requests": 1}, third={"reload": 2, "merged": False, "_t": 0.31},
+              records={"third": {"reload": 2, "started": 0.25}})
+    h.reload_counters = {"requested": 6, "merged": 1, "completed": 5, "forced_kills": 0}
+    assert failed(reload.check_ticks_history(h)) == []
+    h.reload_counters = {"requested": 6, "merged": 2, "completed": 4, "forced_kills": 0}
+    assert failed(reload.check_ticks_history(h)) == ["reload counters and generations are as expected"]
+
+
+def test_a_request_that_came_while_the_first_reload_ran_must_join_it() -> None:
+    # Its own reload started before the first was done: two reloads at once.
+    during = _late({"merged_requests": 1}, third={"reload": 2, "merged": False, "_t": 0.31},
+                   records={"third": {"reload": 2, "started": 0.15}})
+    # Its reply came before the first was done (a target that queues the request and starts it later).
+    queued = _late({"merged_requests": 1}, third={"reload": 2, "merged": False, "_t": 0.15},
+                   records={"third": {"reload": 2, "started": 0.25}})
+    # Merged, but the record does not count it.
+    uncounted = _late({"merged_requests": 1})
+    for h in (during, queued, uncounted):
+        merge = next(c for c in reload.check_ticks_history(h) if c.name == "a reload requested while one runs is merged into it")
+        assert not merge.passed and not merge.timing, merge
+
+
+def test_when_both_came_after_the_first_reload_was_done_merging_is_not_judged_a_timing_failure() -> None:
+    h = _late({"merged_requests": 0, "duration_ms": 100.0},
+              second={"reload": 2, "merged": False, "_t": 0.3}, third={"reload": 3, "merged": False, "_t": 0.4},
+              records={"second": {"reload": 2, "started": 0.21}, "third": {"reload": 3, "started": 0.35}})
+    merge = next(c for c in reload.check_ticks_history(h) if c.name == "a reload requested while one runs is merged into it")
+    assert not merge.passed and merge.timing
+    assert "nothing to judge" in merge.observed["why"]
 
 
 def test_reload_disconnects_late_clients_must_be_served_by_the_new_generation() -> None:
