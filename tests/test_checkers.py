@@ -318,7 +318,7 @@ def test_a_request_that_came_after_the_first_reload_was_done_may_start_its_own()
     request that reached the target after it was done starts a new reload, and the counters
     expect one more completed reload and one fewer merge."""
     h = _late({"merged_requests": 1}, third={"reload": 2, "merged": False, "_t": 0.31},
-              records={"third": {"reload": 2, "started": 0.25}})
+              records={"third": {"reload": 2, "started": 0.25, "merged_requests": 0}})
     h.reload_counters = {"requested": 6, "merged": 1, "completed": 5, "forced_kills": 0}
     assert failed(reload.check_ticks_history(h)) == []
     h.reload_counters = {"requested": 6, "merged": 2, "completed": 4, "forced_kills": 0}
@@ -342,7 +342,8 @@ def test_a_request_that_came_while_the_first_reload_ran_must_join_it() -> None:
 def test_when_both_came_after_the_first_reload_was_done_merging_is_not_judged_a_timing_failure() -> None:
     h = _late({"merged_requests": 0, "duration_ms": 100.0},
               second={"reload": 2, "merged": False, "_t": 0.3}, third={"reload": 3, "merged": False, "_t": 0.4},
-              records={"second": {"reload": 2, "started": 0.21}, "third": {"reload": 3, "started": 0.35}})
+              records={"second": {"reload": 2, "started": 0.21, "merged_requests": 0},
+                       "third": {"reload": 3, "started": 0.35, "merged_requests": 0}})
     merge = next(c for c in reload.check_ticks_history(h) if c.name == "a reload requested while one runs is merged into it")
     assert not merge.passed and merge.timing
     assert "nothing to judge" in merge.observed["why"]
@@ -376,3 +377,21 @@ def test_reload_repeated_judges_growth_only_when_every_reload_was_clean() -> Non
         "after 2 reloads, fds and memory of the master and each worker stay near their baseline",
         "3 reloads ran one after the other, each with a new generation",
     ]
+
+
+def test_a_late_request_may_join_the_reload_the_other_late_one_started() -> None:
+    """Seen on Swoole beside two CPU hogs: the first reload was done at once, the app op came
+    next and started reload 2, and the admin request joined it. That is a merge, judged right."""
+    records = {"third": {"reload": 2, "started": 0.25, "merged_requests": 1}}
+    h = _late({"merged_requests": 0}, second={"reload": 2, "merged": True, "_t": 0.4},
+              third={"reload": 2, "merged": False}, records=records)
+    h.reload_counters = {"requested": 6, "merged": 1, "completed": 5, "forced_kills": 0}
+    assert failed(reload.check_ticks_history(h)) == []
+    # The late reload's record must count the request that joined it.
+    h.merge_records["third"] = {**records["third"], "merged_requests": 0}
+    assert failed(reload.check_ticks_history(h)) == ["a reload requested while one runs is merged into it"]
+    # A join into a reload neither request started is wrong, not late.
+    stray = _late({"merged_requests": 0}, second={"reload": 7, "merged": True}, third={"reload": 2, "merged": False},
+                  records=records)
+    merge = next(c for c in reload.check_ticks_history(stray) if c.name == "a reload requested while one runs is merged into it")
+    assert not merge.passed and not merge.timing and "neither reload 1" in str(merge.observed)
