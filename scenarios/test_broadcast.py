@@ -283,6 +283,7 @@ async def drive_fanout(nodes, scenario_run, mode: str, evidence) -> FanoutHistor
 
 @pytest.mark.scenario("broadcast_fanout", seed="swoole + redis: a custom process pushes every message to every established session")
 @pytest.mark.requires("redis_broadcast")
+@pytest.mark.heavy("1,200 messages to 200 clients in about ten seconds: 240,000 deliveries for the harness to read")
 @pytest.mark.parametrize("mode", ["pubsub", "durable"])
 def test_broadcast_fanout(target_factory, scenario_run, evidence, run_async, mode):
     _mode_or_skip(scenario_run.manifest, mode)

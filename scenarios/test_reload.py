@@ -353,6 +353,7 @@ def _unclean(record: dict) -> bool:
 
 @pytest.mark.scenario("reload_ticks", seed="swoole-reload-timers")
 @pytest.mark.requires("reload")
+@pytest.mark.heavy("200 clients ticking every 10 ms: 20,000 messages a second for the harness to read")
 def test_reload_ticks(target_factory, evidence, run_async) -> None:
     target = target_factory(PROFILE, "reload_ticks")
     history = run_async(drive_ticks(target), timeout=150)
@@ -367,6 +368,7 @@ def test_reload_ticks(target_factory, evidence, run_async) -> None:
 
 @pytest.mark.scenario("reload_disconnects", seed="swoole-reload-timers")
 @pytest.mark.requires("reload", "dead_session_stats")
+@pytest.mark.heavy("120 clients ticking every 10 ms: 12,000 messages a second for the harness to read")
 def test_reload_disconnects(target_factory, evidence, run_async) -> None:
     target = target_factory(PROFILE, "reload_disconnects")
     history = run_async(drive_disconnects(target, evidence.rng()), timeout=120)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -20,19 +21,25 @@ from pathlib import Path
 
 import pytest
 
+from scenarios.harness import sharing
 from scenarios.harness.probe import PROBES
 from tests.variants import BY_NAME, EXPECTED_CASE, REPO, VARIANTS, Variant, write_manifest
 
 REFERENCE = REPO / "reference_server" / "target.toml"
 
 
-def run_suite(scenario_files: list[str], manifest: Path, report_dir: Path) -> tuple[int, dict, str]:
+def run_suite(
+    scenario_files: list[str], manifest: Path, report_dir: Path, share: Path | None = None
+) -> tuple[int, dict, str]:
+    """The harness over ``manifest`` in a child pytest; ``share``: the directory of the runs beside
+    it (scenarios/harness/sharing.py: a heavy case waits to run alone among them)."""
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", *scenario_files, "--target", str(manifest), "--report-dir", str(report_dir), "-q"],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, sharing.ENV: str(share)} if share is not None else None,
     )
     results_path = report_dir / "latest" / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
@@ -116,7 +123,7 @@ def variant_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         folder = base / name
         folder.mkdir()
         with gate.shared():
-            return run_suite([BY_NAME[name].scenario], write_manifest(name, folder), folder / "reports")
+            return run_suite([BY_NAME[name].scenario], write_manifest(name, folder), folder / "reports", base / "share")
 
     pool = ThreadPoolExecutor(JOBS)
     try:

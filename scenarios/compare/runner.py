@@ -10,16 +10,19 @@ an evidence page under ``<out>/cases/<name>/``, and the matrix is written as
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..harness import sharing
 from ..harness.manifest import ManifestError, load_manifest
 from . import draw, html, matrix
 
@@ -47,9 +50,11 @@ def run_entry(
     timeout: float = 1800,
     suffix: str = "",
     pages: bool = True,
+    share: Path | None = None,
 ) -> matrix.RunResult:
     """Run one target's scenarios in a child pytest; its results, and its evidence pages written
-    (``pages``). ``suffix``: a report folder of its own (a second run of some cases)."""
+    (``pages``). ``suffix``: a report folder of its own (a second run of some cases). ``share``:
+    the directory of the runs sharing the machine (:mod:`..harness.sharing`), given to the child."""
     try:
         manifest = load_manifest(entry.manifest)
     except ManifestError as exc:
@@ -62,7 +67,8 @@ def run_entry(
         "--target", str(manifest.path), "--report-dir", str(report_dir), "-q", "-p", "no:cacheprovider", *pytest_args,
     ]
     try:
-        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        env = {**os.environ, sharing.ENV: str(share)} if share is not None else None
+        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
         code, output = proc.returncode, proc.stdout[-4000:] + proc.stderr[-2000:]
     except subprocess.TimeoutExpired as exc:
         code, output = None, f"timed out after {timeout}s: {str(exc.stdout or '')[-3000:]}"
@@ -121,22 +127,24 @@ def compare(
 ) -> dict:
     """Run every entry, then write ``index.json`` and ``index.html`` under ``out``; the matrix.
 
-    ``jobs`` > 1 runs that many entries at once. Each run's harness then sees the others as noise
+    ``jobs`` > 1 runs that many entries at once. A case marked ``heavy`` then waits until it can
+    run alone among them (:mod:`..harness.sharing`). Each run's harness sees the others as noise
     (contract 11.4), so a case whose timing checks failed beside them is ``inconclusive``: every
     such case is run again alone afterwards, and its second result is the one reported.
     """
     out.mkdir(parents=True, exist_ok=True)
 
-    def one(i: int, entry: Entry) -> matrix.RunResult:
+    def one(i: int, entry: Entry, share: Path | None) -> matrix.RunResult:
         started = time.monotonic()
         progress(f"[{i}/{len(entries)}] {entry.manifest} {' '.join(entry.select) or '(whole suite)'}")
-        run = run_entry(entry, out, pytest_args=pytest_args)
+        run = run_entry(entry, out, pytest_args=pytest_args, share=share)
         counts = (run.results or {}).get("summary", {})
         progress(f"      {run.name}: {counts or 'no results'} in {time.monotonic() - started:.0f}s")
         return run
 
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
-        runs = list(pool.map(one, range(1, len(entries) + 1), entries))
+    with tempfile.TemporaryDirectory(prefix="scenario-share-") as shared, ThreadPoolExecutor(max(1, jobs)) as pool:
+        share = Path(shared) if jobs > 1 else None
+        runs = list(pool.map(one, range(1, len(entries) + 1), entries, [share] * len(entries)))
     if jobs > 1:
         for entry, run in zip(entries, runs, strict=True):
             rerun_inconclusive_alone(entry, run, out, pytest_args=pytest_args, progress=progress)

@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -39,6 +40,7 @@ from .admin import AdminClient
 from .broker import EmbeddedBroker, ExternalRedis, RedisServer
 from .evidence import DEFAULT_RUN_SEED, Evidence, ScenarioFailed
 from .manifest import Manifest, ManifestError, load_manifest
+from .sharing import share_dir, turn
 from .starvation import LoopLag, Sampler
 from .target import Target
 from .waiting import WaitTimeout
@@ -73,6 +75,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "requires(*caps): contract capabilities the scenario needs")
     config.addinivalue_line("markers", "scenario(id, seed=''): scenario identity in reports")
+    config.addinivalue_line(
+        "markers", "heavy(reason): the case loads the machine; among runs sharing it, it runs alone (harness/sharing.py)"
+    )
 
 
 class ScenarioRun:
@@ -374,15 +379,37 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     run = _run(item.config)
     if _is_scenario(item) and run.install_problem:
         pytest.skip(f"not installed: {run.install_problem}")
+    if marker is not None:
+        missing = [cap for cap in marker.args if cap not in run.manifest.capabilities]
+        if missing:
+            pytest.skip(f"unsupported: target {run.manifest.name!r} does not declare {', '.join(missing)}")
     if _is_scenario(item):
+        _take_turn(item)
         item.stash[_LOG_MARKS] = _log_sizes(run)
         item.stash[_CONFORMANCE_KEY] = conformance.begin_case()
         item.stash[_STARTED_KEY] = time.time()
-    if marker is None:
-        return
-    missing = [cap for cap in marker.args if cap not in run.manifest.capabilities]
-    if missing:
-        pytest.skip(f"unsupported: target {run.manifest.name!r} does not declare {', '.join(missing)}")
+
+
+_TURN_KEY = pytest.StashKey[contextlib.ExitStack]()
+
+
+def _take_turn(item: pytest.Item) -> None:
+    """Among the runs sharing the machine ($SCENARIO_SHARE_DIR), wait for this case's turn (alone
+    if it is marked ``heavy``); the case's clock and its starvation window start after the wait."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(turn(share_dir(), heavy=item.get_closest_marker("heavy") is not None))
+    item.stash[_TURN_KEY] = stack
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    try:
+        return (yield)
+    finally:
+        stack = item.stash.get(_TURN_KEY, None)
+        if stack is not None:
+            del item.stash[_TURN_KEY]
+            stack.close()
 
 
 @pytest.hookimpl(wrapper=True)
