@@ -58,12 +58,13 @@ def draw(fig: dict[str, Any], failed_checks: set[str] | frozenset[str] = frozens
             _draw_series(ax, fig)
         _draw_windows_labels(ax, fig)
         _draw_marks(ax, fig, failed_checks)
-        ax.set_xlabel(fig.get("x_label") or "seconds")
+        ax.set_xlabel(fig.get("x_label") or "seconds", loc="left")
         if fig.get("y_label"):
             ax.set_ylabel(fig["y_label"])
         ax.set_title(fig.get("title", ""), fontsize=10, loc="left", pad=28 if fig.get("windows") else 6)
-        if fig.get("note"):
-            ax.text(1.0, 1.01, fig["note"], transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="#666")
+        if fig.get("note"):  # below the axes, right: the window labels take the space above them
+            ax.annotate(fig["note"], (1.0, 0.0), xycoords="axes fraction", xytext=(0, -26), textcoords="offset points",
+                        ha="right", va="top", fontsize=7, color="#666", annotation_clip=False)
         ax.grid(axis="x", color="#ddd", lw=0.5)
         f.tight_layout()
         buf = io.BytesIO()
@@ -76,6 +77,9 @@ def draw(fig: dict[str, Any], failed_checks: set[str] | frozenset[str] = frozens
 def _draw_lanes(ax: Any, fig: dict[str, Any], lanes: list[dict[str, Any]]) -> None:
     cats = [c for lane in lanes for _, c in lane.get("points", [])] + [b[2] for lane in lanes for b in lane.get("bars", [])]
     colours = _colours(cats)
+    # One marker for the whole figure (a thin bar where rows are dense): a category drawn
+    # otherwise than its neighbours looks sparser or denser than it is.
+    marker = "|" if max((len(lane.get("points", [])) for lane in lanes), default=0) > 200 else "o"
     for i, lane in enumerate(lanes):
         for start, end, cat in lane.get("bars", []):
             ax.barh(i, max(end - start, 0.002), left=start, height=0.5, color=colours[cat], alpha=0.35, lw=0)
@@ -83,7 +87,7 @@ def _draw_lanes(ax: Any, fig: dict[str, Any], lanes: list[dict[str, Any]]) -> No
         for t, cat in lane.get("points", []):
             by_cat.setdefault(cat, []).append(t)
         for cat, ts in by_cat.items():
-            ax.scatter(ts, [i] * len(ts), s=5, color=colours[cat], marker="|" if len(ts) > 200 else "o", lw=0.8)
+            ax.scatter(ts, [i] * len(ts), s=5, color=colours[cat], marker=marker, lw=0.8)
     ax.set_yticks(range(len(lanes)))
     ax.set_yticklabels([lane["name"] for lane in lanes], fontsize=6 if len(lanes) > 20 else 8)
     ax.set_ylim(-0.7, len(lanes) - 0.3)
