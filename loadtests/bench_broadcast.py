@@ -22,7 +22,9 @@ For each server and rate it prints deliveries per second, loss (expected
 deliveries not received), messages out of order or repeated,
 publish-to-receive latency (p50, p99, max), and the server's CPU time per
 delivery in µs: user plus system time of all its processes (from
-``/proc``, via psutil) over the measured phase, divided by the deliveries.
+``/proc``, via psutil) over the measured phase, divided by the deliveries, and for the
+reference where that time went: the same per process (workers summed, the broadcaster, the
+master, the admin process).
 The headline is the ratio of CPU per delivery, reference over
 python-websockets. Then the **sweep**: both servers at each client count of ``--sweep`` (as
 far as the open-file limit allows) at ``--sweep-rate`` messages per second; the curve (CPU
@@ -51,6 +53,7 @@ from websockets.exceptions import WebSocketException
 from loadtests.bench_migration import pct
 from loadtests.curves import within_limit, write_curve
 from loadtests.floor import measure as measure_floor
+from scenarios.harness.admin import AdminClient
 from scenarios.harness.broker import EmbeddedBroker, RedisServer
 from scenarios.harness.manifest import load_manifest
 from scenarios.harness.target import Target, free_port
@@ -110,15 +113,38 @@ class Clients:
 
 def tree_cpu(pid: int) -> float:
     """User + system CPU seconds of a process and all its descendants."""
+    return sum(cpu_by_pid(pid).values())
+
+
+def cpu_by_pid(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of a process and of each of its descendants, by pid."""
     root = psutil.Process(pid)
-    total = 0.0
+    out: dict[int, float] = {}
     for proc in [root, *root.children(recursive=True)]:
         try:
             t = proc.cpu_times()
-            total += t.user + t.system
+            out[proc.pid] = t.user + t.system
         except psutil.NoSuchProcess:
             pass
-    return total
+    return out
+
+
+async def process_names(server: Server) -> dict[int, str]:
+    """pid -> the name the target gives it (GET /v1/processes); empty for the peer (one process)."""
+    if server.target is None:
+        return {}
+    admin = AdminClient(server.target.admin_url, server.target.admin_token)
+    return {int(p["pid"]): str(p["name"]) for p in await admin.processes()}
+
+
+def by_role(before: dict[int, float], after: dict[int, float], names: dict[int, str], deliveries: int) -> dict[str, float]:
+    """µs of CPU per delivery spent in each process (workers summed by role: ``worker``), largest first."""
+    spent: dict[str, float] = {}
+    for pid, cpu in after.items():
+        name = names.get(pid, "other")
+        role = "worker" if name.startswith("worker") else name
+        spent[role] = spent.get(role, 0.0) + cpu - before.get(pid, 0.0)
+    return {k: round(v * 1e6 / max(1, deliveries), 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
 
 
 class Server:
@@ -213,7 +239,9 @@ async def run_server(
         await until(warm, timeout=60, interval=0.2, what="warm-up deliveries")
         for rate in rates:
             await asyncio.to_thread(clients.ask, "reset")
-            cpu0 = tree_cpu(server.pid)
+            names = await process_names(server)
+            per_pid0 = cpu_by_pid(server.pid)
+            cpu0 = sum(per_pid0.values())
             ccpu0 = sum(tree_cpu(p.pid) for p in clients.procs)
             n, first, _ = await publish(redis_url, rate, args.seconds, seq)
             seq += n
@@ -228,7 +256,8 @@ async def run_server(
 
             await until(all_in, timeout=120, interval=0.2, what="deliveries")
             done = time.time()
-            cpu = tree_cpu(server.pid) - cpu0
+            per_pid = cpu_by_pid(server.pid)
+            cpu = sum(per_pid.values()) - cpu0
             client_cpu = sum(tree_cpu(p.pid) for p in clients.procs) - ccpu0
             reports = await asyncio.to_thread(clients.ask, "report")
             received = sum(r["received"] for r in reports)
@@ -250,8 +279,13 @@ async def run_server(
                 "cpu_s": round(cpu, 3),
                 "cpu_us_per_delivery": round(cpu * 1e6 / max(1, received), 3),
                 "client_cpu_s": round(client_cpu, 3),
+                #: where the server's time went: µs per delivery in each process (workers summed)
+                "cpu_us_per_delivery_by_process": by_role(per_pid0, per_pid, names, received) if names else {},
             })
             print(format_row(results[-1]), flush=True)
+            if names:
+                split = ", ".join(f"{k} {v:.2f}" for k, v in results[-1]["cpu_us_per_delivery_by_process"].items())
+                print(f"{'':<18} where the time went, µs per delivery: {split}", flush=True)
     finally:
         if clients is not None:
             clients.stop()
