@@ -82,6 +82,30 @@ def test_the_ownership_figure_marks_a_reply_from_a_worker_that_did_not_own_the_s
     assert mark.check == migration.ECHO_CHECK and abs(mark.t - 1.5) < 1e-6  # from the first event, at 0.6
 
 
+def test_the_ownership_figure_marks_an_echo_never_answered_and_where_the_ticks_went_wrong() -> None:
+    """Workerman's naive migration: a frame cut by the move never comes back, and the session's
+    timer stops at the first move; each failed check is marked where it happened."""
+    log = migration.MoveLog({7: 0, 8: 0}, [migration.Move(7, 1.0, 1.1, 1, "admin", True, src=0)])
+    s = migration.SessionStream("c7", 7, tick_seqs=[1, 2, 3], tick_times=[0.2, 0.4, 0.9], tick_total=9)
+    s.sent = {1: migration.Sent(1, 0.5, 3, "d", 1), 2: migration.Sent(2, 1.05, 3, "d", 1)}
+    s.replies = {1: migration.EchoReply(0.6, 0, 3, "d")}
+    jumpy = migration.SessionStream("c8", 8, tick_seqs=[1, 2, 4], tick_times=[0.3, 0.5, 0.95], tick_total=4)
+    fig = migration.ownership_figure(log, [s, jumpy])
+    assert fig is not None
+    marks = {(m.lane, m.label): (m.check, round(m.t, 3)) for m in fig.marks}  # from the first tick, at 0.2
+    assert marks == {
+        ("c7", "e2 never answered"): (migration.ECHO_CHECK, 0.85),
+        ("c7", "ticks stop at #3 of 9"): (migration.TICK_CHECK, 0.7),
+        ("c8", "tick #4 after #2"): (migration.TICK_CHECK, 0.75),
+    }
+
+
+def test_a_session_whose_ticks_are_right_has_no_tick_mark() -> None:
+    s = migration.SessionStream("c7", 7, tick_seqs=[1, 2, 3], tick_times=[0.1, 0.2, 0.3], tick_total=3)
+    assert migration.tick_problem(s) is None
+    assert migration.tick_problem(migration.SessionStream("c7", 7, tick_seqs=[2, 3], tick_total=3)) == (None, "tick #2 after the start")
+
+
 def test_every_figure_kind_draws_a_png_and_a_failed_check_changes_the_drawing() -> None:
     lanes = Figure("l", "lanes", "lanes", lanes=[Lane("a", [(0.1, "x"), (0.2, "y")], [(0.0, 0.3, "z")])],
                    marks=[Mark(0.2, "bad", "a", check="c")]).as_dict()

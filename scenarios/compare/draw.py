@@ -115,6 +115,8 @@ def _draw_series(ax: Any, fig: dict[str, Any]) -> None:
         ax.annotate(label, (0, value), xycoords=("axes fraction", "data"), fontsize=7, color=FAILED, va="bottom")
     if fig.get("log_y"):
         ax.set_yscale("symlog", linthresh=1)
+        if all(p[1] >= 0 for s in series for p in s.get("points") or []):
+            ax.set_ylim(bottom=0)  # from zero, so that a decade (1, 10, 100...) is in view: values between two had no label
     if series:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
 

@@ -144,6 +144,7 @@ def stream_of(streamer: Streamer, *, tick_total: int | None, pushes_sent: int) -
         pings=streamer.pings,
         pongs=streamer.pongs,
         tick_seqs=[e["seq"] for e in c.evs("tick") if e.get("to") == c.session],
+        tick_times=[e["_t"] for e in c.evs("tick") if e.get("to") == c.session],
         tick_total=tick_total,
         push_seqs=numbered(c.evs("apush"), "n"),
         pushes_sent=pushes_sent,

@@ -115,6 +115,7 @@ class SessionStream:
     pings: int = 0
     pongs: int = 0
     tick_seqs: list[int] = field(default_factory=list)  # the ticks of its own timer
+    tick_times: list[float] = field(default_factory=list)  # when each of them arrived (for the figure)
     tick_total: int | None = None  # how many ticks the timer says it sent (timer_stop)
     push_seqs: list[int] = field(default_factory=list)  # the numbered admin pushes it received
     pushes_sent: int = 0  # how many were accepted for it (200)
@@ -486,6 +487,7 @@ def check_errors(h: ErrorsHistory) -> list[Check]:
 
 MOVE_CHECK = "every scheduled move succeeds"
 ECHO_CHECK = "every echo arrives exactly once, in order, intact, from a worker that owned the session then"
+TICK_CHECK = "ticks from each session's own timer arrive without gap or repeat (the timer moved with it)"
 MAX_PROBLEM_MARKS = 10
 
 
@@ -494,6 +496,7 @@ def ownership_figure(log: MoveLog, streams: list[SessionStream], title: str = ""
     as dots coloured by the worker that answered; refused moves and replies from a worker that did not
     own the session then are marked."""
     times = [m.t_start for m in log.moves] + [r.t for s in streams for r in s.replies.values()]
+    times += [t for s in streams for t in (s.tick_times[:1] + s.tick_times[-1:])]
     if not times:
         return None
     origin, end = min(times), max([m.t_end for m in log.moves] + times)
@@ -525,7 +528,32 @@ def ownership_figure(log: MoveLog, streams: list[SessionStream], title: str = ""
                 problems += 1
                 fig.marks.append(Mark(rel(r.t, origin), f"reply from {r.worker}, owner {sorted(owners)}", s.name,
                                       check=ECHO_CHECK))
+            elif seq in s.sent and (r.size, r.digest) != (s.sent[seq].size, s.sent[seq].digest) and problems < MAX_PROBLEM_MARKS:
+                problems += 1
+                fig.marks.append(Mark(rel(r.t, origin), f"e{seq} came back changed", s.name, check=ECHO_CHECK))
+        missing = next((seq for seq in sorted(s.sent) if seq not in s.replies), None)
+        if missing is not None and problems < MAX_PROBLEM_MARKS:  # where it was sent
+            problems += 1
+            fig.marks.append(Mark(rel(s.sent[missing].t, origin), f"e{missing} never answered", s.name, check=ECHO_CHECK))
+        tick = tick_problem(s)
+        if tick is not None:
+            t, label = tick
+            fig.marks.append(Mark(rel(t if t is not None else origin, origin), label, s.name, check=TICK_CHECK))
     return fig
+
+
+def tick_problem(s: SessionStream) -> tuple[float | None, str] | None:
+    """Where a session's own ticks first went wrong (the arrival that breaks 1, 2, 3..., or the last
+    tick when they stop short of the timer's count), and how; None if they did not."""
+    if gap_or_repeat(s.tick_seqs, s.tick_total) is None:
+        return None
+    times = s.tick_times if len(s.tick_times) == len(s.tick_seqs) else []
+    for i, seq in enumerate(s.tick_seqs):
+        if seq != i + 1:
+            after = f"#{s.tick_seqs[i - 1]}" if i else "the start"
+            return (times[i] if times else None), f"tick #{seq} after {after}"
+    last = s.tick_seqs[-1] if s.tick_seqs else 0
+    return (times[-1] if times else None), f"ticks stop at #{last} of {s.tick_total}"
 
 
 REFUSAL_CHECK = "each refused move answers with its status and error code"
