@@ -104,6 +104,8 @@ def test_a_session_whose_ticks_are_right_has_no_tick_mark() -> None:
     s = migration.SessionStream("c7", 7, tick_seqs=[1, 2, 3], tick_times=[0.1, 0.2, 0.3], tick_total=3)
     assert migration.tick_problem(s) is None
     assert migration.tick_problem(migration.SessionStream("c7", 7, tick_seqs=[2, 3], tick_total=3)) == (None, "tick #2 after the start")
+    gone = migration.SessionStream("c7", 7, tick_seqs=[1, 2], tick_times=[0.1, 0.2], tick_total=-1)  # the timer was lost
+    assert migration.tick_problem(gone) == (0.2, "ticks stop at #2 (timer_stop gave no count)")
 
 
 def test_every_figure_kind_draws_a_png_and_a_failed_check_changes_the_drawing() -> None:

@@ -553,7 +553,8 @@ def tick_problem(s: SessionStream) -> tuple[float | None, str] | None:
             after = f"#{s.tick_seqs[i - 1]}" if i else "the start"
             return (times[i] if times else None), f"tick #{seq} after {after}"
     last = s.tick_seqs[-1] if s.tick_seqs else 0
-    return (times[-1] if times else None), f"ticks stop at #{last} of {s.tick_total}"
+    of = f"of {s.tick_total}" if s.tick_total is not None and s.tick_total >= 0 else "(timer_stop gave no count)"
+    return (times[-1] if times else None), f"ticks stop at #{last} {of}"
 
 
 REFUSAL_CHECK = "each refused move answers with its status and error code"
