@@ -44,7 +44,8 @@ def turn(directory: Path | None, *, heavy: bool) -> Iterator[float]:
     """Hold the machine for one case: alone if ``heavy``, else beside other ordinary cases.
 
     Yields how long it waited, in seconds. With ``directory`` None it neither waits nor locks.
-    The wait is not bounded: each case it waits for is bounded by its own scenario bound.
+    The wait has no bound of its own: each case it waits for ends within its own scenario bound,
+    and the case that waits is ended by pytest-timeout's backstop (it covers setup) if one did not.
     """
     if directory is None:
         yield 0.0
