@@ -74,6 +74,7 @@ def test_the_ownership_figure_marks_a_reply_from_a_worker_that_did_not_own_the_s
     s = migration.SessionStream("c7", 7)
     s.sent = {1: migration.Sent(1, 0.5, 3, "d", 1), 2: migration.Sent(2, 2.0, 3, "d", 1)}
     s.replies = {1: migration.EchoReply(0.6, 0, 3, "d"), 2: migration.EchoReply(2.1, 0, 3, "d")}
+    s.reply_order = [1, 2]
     fig = migration.ownership_figure(log, [s])
     assert fig is not None
     (lane,) = fig.lanes
@@ -89,6 +90,7 @@ def test_the_ownership_figure_marks_an_echo_never_answered_and_where_the_ticks_w
     s = migration.SessionStream("c7", 7, tick_seqs=[1, 2, 3], tick_times=[0.2, 0.4, 0.9], tick_total=9)
     s.sent = {1: migration.Sent(1, 0.5, 3, "d", 1), 2: migration.Sent(2, 1.05, 3, "d", 1)}
     s.replies = {1: migration.EchoReply(0.6, 0, 3, "d")}
+    s.reply_order = [1]
     jumpy = migration.SessionStream("c8", 8, tick_seqs=[1, 2, 4], tick_times=[0.3, 0.5, 0.95], tick_total=4)
     fig = migration.ownership_figure(log, [s, jumpy])
     assert fig is not None

@@ -60,26 +60,35 @@ def wait(condition, what: str) -> None:
     raise WaitTimeout(f"timed out waiting for {what}")
 
 
+def holding(directory: Path, *, heavy: bool) -> Holder:
+    """A holder that has its turn."""
+    h = Holder(directory, heavy=heavy)
+    h.start()
+    assert h.has.wait(BOUND_S), f"a {'heavy' if heavy else 'ordinary'} case did not get its turn"
+    return h
+
+
+def queued_heavy(directory: Path) -> Holder:
+    """A heavy holder waiting for the room: it holds the turnstile, and has no turn yet."""
+    h = Holder(directory, heavy=True)
+    h.start()
+    wait(lambda: locked(directory / "turnstile.lock"), "the heavy case at the turnstile")
+    assert not h.has.is_set()
+    return h
+
+
 def test_ordinary_cases_share_the_machine(tmp_path: Path) -> None:
-    a, b = Holder(tmp_path, heavy=False), Holder(tmp_path, heavy=False)
-    a.start()
-    assert a.has.wait(BOUND_S)
-    b.start()
-    assert b.has.wait(BOUND_S), "a second ordinary case waited for the first"
+    a = holding(tmp_path, heavy=False)
+    b = holding(tmp_path, heavy=False)  # while a holds its turn
     a.done()
     b.done()
 
 
 def test_a_heavy_case_waits_for_the_running_ones_and_holds_new_ones_back(tmp_path: Path) -> None:
-    running = Holder(tmp_path, heavy=False)
-    running.start()
-    assert running.has.wait(BOUND_S)
-    heavy = Holder(tmp_path, heavy=True)
-    heavy.start()
+    running = holding(tmp_path, heavy=False)
     # The heavy case queues at the room holding the turnstile: it cannot have the room while the
     # ordinary case is in it.
-    wait(lambda: locked(tmp_path / "turnstile.lock"), "the heavy case at the turnstile")
-    assert not heavy.has.is_set()
+    heavy = queued_heavy(tmp_path)
     later = Holder(tmp_path, heavy=False)
     later.start()
     running.done()
@@ -91,13 +100,8 @@ def test_a_heavy_case_waits_for_the_running_ones_and_holds_new_ones_back(tmp_pat
 
 
 def test_two_heavy_cases_take_turns(tmp_path: Path) -> None:
-    first = Holder(tmp_path, heavy=True)
-    first.start()
-    assert first.has.wait(BOUND_S)
-    second = Holder(tmp_path, heavy=True)
-    second.start()
-    wait(lambda: locked(tmp_path / "turnstile.lock"), "the second heavy case at the turnstile")
-    assert not second.has.is_set()
+    first = holding(tmp_path, heavy=True)
+    second = queued_heavy(tmp_path)
     first.done()
     assert second.has.wait(BOUND_S)
     second.done()
@@ -110,10 +114,7 @@ def test_a_run_that_dies_gives_its_turn_back(tmp_path: Path) -> None:
         with turn(tmp_path, heavy=True):
             os._exit(0)
     os.waitpid(pid, 0)
-    other = Holder(tmp_path, heavy=True)
-    other.start()
-    assert other.has.wait(BOUND_S)
-    other.done()
+    holding(tmp_path, heavy=True).done()
 
 
 def test_without_a_directory_nothing_is_locked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

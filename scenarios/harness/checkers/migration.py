@@ -521,24 +521,25 @@ def ownership_figure(log: MoveLog, streams: list[SessionStream], title: str = ""
         row = next((x for x in fig.lanes if x.name == s.name), None)
         if row is None:
             continue
-        for seq, r in s.replies.items():
+        for r in s.replies.values():
             row.points.append((rel(r.t, origin), f"worker {r.worker}"))
-            owners = log.owners_between(s.session, s.sent[seq].t if seq in s.sent else r.t, r.t)
-            if r.worker not in owners and problems < MAX_PROBLEM_MARKS:
-                problems += 1
-                fig.marks.append(Mark(rel(r.t, origin), f"reply from {r.worker}, owner {sorted(owners)}", s.name,
-                                      check=ECHO_CHECK))
-            elif seq in s.sent and (r.size, r.digest) != (s.sent[seq].size, s.sent[seq].digest) and problems < MAX_PROBLEM_MARKS:
-                problems += 1
-                fig.marks.append(Mark(rel(r.t, origin), f"e{seq} came back changed", s.name, check=ECHO_CHECK))
-        missing = next((seq for seq in sorted(s.sent) if seq not in s.replies), None)
-        if missing is not None and problems < MAX_PROBLEM_MARKS:  # where it was sent
+        for p in echo_problems(s, log):  # the check's own findings, each where it happened
+            if problems >= MAX_PROBLEM_MARKS:
+                break
+            if p["problem"] == "worker":
+                t, label = s.replies[p["seq"]].t, f"reply from {p['reply_worker']}, owner {p['owners_then']}"
+            elif p["problem"] == "data":
+                t, label = s.replies[p["seq"]].t, f"e{p['seq']} came back changed"
+            elif p["missing"] and p["missing"][0] in s.sent:
+                t, label = s.sent[p["missing"][0]].t, f"e{p['missing'][0]} never answered"  # where it was sent
+            else:
+                continue
             problems += 1
-            fig.marks.append(Mark(rel(s.sent[missing].t, origin), f"e{missing} never answered", s.name, check=ECHO_CHECK))
+            fig.marks.append(Mark(rel(t, origin), label, s.name, check=ECHO_CHECK))
         tick = tick_problem(s)
         if tick is not None:
-            t, label = tick
-            fig.marks.append(Mark(rel(t if t is not None else origin, origin), label, s.name, check=TICK_CHECK))
+            at, what = tick
+            fig.marks.append(Mark(rel(at if at is not None else origin, origin), what, s.name, check=TICK_CHECK))
     return fig
 
 
