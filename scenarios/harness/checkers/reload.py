@@ -159,6 +159,10 @@ class TicksHistory:
 REQUESTS = 6
 
 
+#: What a request that got no reply records instead of one (the wait's message).
+NO_REPLY = "no_reply"
+
+
 def merge_outcome(h: TicksHistory) -> dict[str, Any]:
     """How the second and third requests went, judged by when each reached the target.
 
@@ -207,7 +211,8 @@ def merge_outcome(h: TicksHistory) -> dict[str, Any]:
             wrong.append({key: reply.get("reload"), "why": f"merged into {reply.get('reload')}: neither reload {first_id} "
                           "nor one the other request started"})
         elif reply.get("merged") is not False:
-            wrong.append({key: {k: reply.get(k) for k in ("reload", "merged", "code", "name")},
+            wrong.append({key: {k: reply.get(k) for k in ("reload", "merged", "code", "name")}
+                          | ({NO_REPLY: reply[NO_REPLY]} if NO_REPLY in reply else {}),
                           "why": "no reload joined or started"})
     if first.get("merged"):
         wrong.append({"first": first_id, "why": "the first request was merged: a reload ran before it"})
@@ -218,6 +223,20 @@ def merge_outcome(h: TicksHistory) -> dict[str, Any]:
         expected_merged[rid] = len(joined_late)
     return {"merged": merged, "joined_late": joined_late, "late": late, "wrong": wrong,
             "records_merged": records_merged, "expected_merged": expected_merged}
+
+
+def check_replies(h: TicksHistory) -> Check:
+    """Every reload op a worker was asked for is answered (contract 12.1: exactly one reply)."""
+    unanswered = {key: reply[NO_REPLY] for key, reply in (("third", h.merge.get("third", {})),
+                                                          ("from a worker", h.worker_reload_reply))
+                  if NO_REPLY in reply}
+    return named(
+        "every reload request gets a reply",
+        not unanswered,
+        timing=True,  # a wait with a bound (10 s): on a starved machine, inconclusive
+        expected="a reply to each reload op (merged, started, or refused with its code)",
+        observed=unanswered or "all answered",
+    )
 
 
 def check_merges(h: TicksHistory) -> Check:
@@ -262,6 +281,7 @@ def check_ticks_history(h: TicksHistory) -> list[Check]:
             expected="generation 1 for every worker and task worker before any reload",
             observed=h.first_gens,
         ),
+        check_replies(h),
         check_merges(h),
         named(
             "a task in flight during the reload completes and its result arrives once",
