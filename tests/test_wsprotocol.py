@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 
@@ -21,6 +22,7 @@ from scenarios.harness.wsprotocol import (
     close_payload,
     frame,
     judge,
+    run_case,
 )
 
 
@@ -111,3 +113,21 @@ def test_check_protocol_names_each_failed_case_in_its_group() -> None:
     assert failed["framing: lengths, masking, reserved bits and opcodes as RFC 6455 5.2 says"] == {"1.5 unmasked": "answered"}
     h.results = [r for r in results if r.group != "limits"]
     assert "limits: a message over the target's limit failed with 1009" in [c.name for c in check_protocol(h) if not c.passed]
+
+
+def test_a_connection_that_ends_before_the_handshake_answer_is_a_failed_case_not_an_error() -> None:
+    """Workerman: one frame kills a worker, and the next case's connection can reach it as it dies."""
+
+    async def play() -> Observed:
+        async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            return await run_case("127.0.0.1", port, cases(1 << 20)[0])
+
+    seen = asyncio.run(play())
+    assert seen.handshake == "the connection ended before the handshake was answered (0 bytes read)"
+    problem, _ = judge(cases(1 << 20)[0], seen)
+    assert problem is not None and problem.startswith("no handshake")

@@ -251,7 +251,12 @@ async def run_case(host: str, port: int, case: Case) -> Observed:
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CASE_BOUND_S)
     try:
         writer.write(upgrade_request(host, port))
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CASE_BOUND_S)
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CASE_BOUND_S)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:  # e.g. the worker it reached died
+            partial = exc.partial if isinstance(exc, asyncio.IncompleteReadError) else b""
+            seen.handshake = f"the connection ended before the handshake was answered ({len(partial)} bytes read)"
+            return seen
         if not head.startswith(b"HTTP/1.1 101"):
             seen.handshake = head.decode(errors="replace")
             return seen
